@@ -1,0 +1,124 @@
+"""The one job of a provider: send a request, hand back the answer.
+
+``send`` returns once the upstream has answered with a 2xx status (headers for HTTP),
+or raises a ``providers.errors.UpstreamError``. The answer is read whole (``read``) or
+as raw SSE bytes (``chunks``), never re-serialised. Tests swap the provider, not patch it
+(httpx's ``BaseTransport`` and ``MockTransport``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+OPERATIONS = ("chat/completions", "completions", "embeddings")
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    operation: str  # one of OPERATIONS
+    payload: dict[str, Any]  # the client's body, ``model`` replaced, routing fields removed
+    stream: bool
+    request_id: str
+    connect_s: float = 5.0
+    read_s: float = 60.0  # longest silence before the first token (max of ttft and idle)
+    _body: bytes | None = field(default=None, repr=False)
+
+    @property
+    def body(self) -> bytes:
+        """The JSON body, serialised once, on first use (HTTP providers only)."""
+        if self._body is None:
+            self._body = orjson.dumps(self.payload)
+        return self._body
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    content_type: str
+
+    async def read(self) -> bytes:
+        """The whole body of a non-streamed answer."""
+        ...
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """Raw bytes of a streamed answer, as they arrive (SSE, not split into events)."""
+        ...
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        """Tighten the silence allowed between chunks once the first token is in."""
+        ...
+
+    def close(self) -> None:
+        """Release the answer; an unfinished one is aborted (the upstream sees the close)."""
+        ...
+
+
+class Provider(Protocol):
+    kind: str
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+class BufferedResponse:
+    """An answer already in memory, or produced by a local async generator."""
+
+    def __init__(
+        self,
+        body: bytes = b"",
+        *,
+        stream: AsyncIterator[bytes] | None = None,
+        status: int = 200,
+        content_type: str = "application/json",
+    ) -> None:
+        self.status = status
+        self.content_type = content_type
+        self._body = body
+        self._stream = stream
+
+    async def read(self) -> bytes:
+        if self._stream is not None:
+            return b"".join([c async for c in self._stream])
+        return self._body
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        if self._stream is None:
+            return _once(self._body)
+        return self._stream
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        pass
+
+    def close(self) -> None:
+        # Dropping an unfinished async generator lets the loop's asyncgen finaliser run
+        # its cleanup; nothing here holds a socket.
+        self._stream = None
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime  # rare path: keep the import off the hot one
+    import time
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

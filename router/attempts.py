@@ -1,0 +1,329 @@
+"""One upstream attempt, from sending to its first token, and the race that hedges it.
+
+An attempt holds a ``Lease`` on its endpoint for as long as it lives: the in-flight
+count, the breaker's half-open probe slot and the stats token. The lease ends exactly
+once, with the outcome, whichever way the attempt ends: answered, failed, timed out,
+cancelled by a hedge winner or by a client that went away (tower's ``Handle::drop``).
+
+An attempt is *open* once it has a first token (streams) or its whole body (non-streams):
+only then may the pipeline commit it to the client. ``race`` runs one attempt and, when
+the policy hedges, starts the next-ranked endpoint as well if no first token has arrived
+by the hedge delay; the first to open wins, the others are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from providers.base import UpstreamRequest, UpstreamResponse
+from providers.errors import (
+    TotalTimeout,
+    TTFTTimeout,
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamProtocolError,
+)
+from router.config import HedgeSection
+from router.errors import CLIENT_FAULT_STATUSES
+from router.records import AttemptRecord, Usage
+from router.registry import Endpoint
+from router.sse import ProtocolViolation, StreamInspector, inspect_body
+from router.stats import Clock
+
+
+HEDGE_LOST = "hedge_lost"
+
+
+class Lease:
+    """An attempt's claim on an endpoint; ``end`` runs once, whatever the outcome."""
+
+    __slots__ = ("_done", "_token", "clock", "endpoint", "first_token_at", "started")
+
+    def __init__(self, endpoint: Endpoint, clock: Clock) -> None:
+        self.endpoint = endpoint
+        self.clock = clock
+        self.started = clock()
+        self.first_token_at: float | None = None
+        self._token = endpoint.stats.start()
+        endpoint.breaker.acquire(self.started)
+        self._done = False
+
+    def first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = now = self.clock()
+            self.endpoint.stats.first_token(self._token, now)
+
+    def succeed(self, usage: Usage | None, events: int, tool_calls_valid: bool | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        now = self.clock()
+        ep = self.endpoint
+        first = self.first_token_at
+        tokens = usage.completion_tokens if usage and usage.completion_tokens else events
+        ep.stats.finish(
+            self._token,
+            ok=True,
+            latency_s=now - self.started,
+            completion_tokens=tokens,
+            generation_s=(now - first) if first is not None and now > first else None,
+            tool_calls_valid=tool_calls_valid,
+        )
+        ep.breaker.success(now)
+        ep.wake_one()
+
+    def fail(self, exc: UpstreamError) -> None:
+        if self._done:
+            return
+        self._done = True
+        now = self.clock()
+        ep = self.endpoint
+        status = exc.status
+        if status in CLIENT_FAULT_STATUSES:
+            # The request was at fault, not the endpoint: no verdict on its health.
+            ep.stats.finish(self._token, ok=None)
+            ep.breaker.release_probe()
+        else:
+            ep.stats.finish(self._token, ok=False, error=exc.reason)
+            if status in (401, 403):
+                ep.breaker.trip(now, "auth", ep.spec.breaker.cooldown_s)
+            elif isinstance(exc, UpstreamHTTPError) and exc.retry_after_s:
+                ep.breaker.failure(now, exc.reason)
+                ep.breaker.trip(now, "rate_limited", exc.retry_after_s)
+            else:
+                ep.breaker.failure(now, exc.reason)
+        ep.wake_one()
+
+    def cancel(self, *, censored: bool = False) -> None:
+        """Ended without a verdict: a hedge lost, or the client went away.
+
+        A hedge loser still waiting for its first token has shown that its TTFT is at
+        least its age: that lower bound goes into the stats (``censored``), so the peak
+        rule marks the slow endpoint as slow.
+        """
+        if self._done:
+            return
+        self._done = True
+        if censored and self.first_token_at is None:
+            self.endpoint.stats.first_token(self._token, self.clock())
+        self.endpoint.stats.finish(self._token, ok=None)
+        self.endpoint.breaker.release_probe()
+        self.endpoint.wake_one()
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+
+@dataclass(slots=True)
+class Opened:
+    """An attempt that may be committed to the client."""
+
+    endpoint: Endpoint
+    route: str
+    lease: Lease
+    response: UpstreamResponse
+    body: bytes  # the whole answer (non-stream) or the bytes up to the first token (stream)
+    inspector: StreamInspector | None
+    chunks: AsyncIterator[bytes] | None
+    usage: Usage | None
+    hedged: bool
+
+    def abandon(self) -> None:
+        self.response.close()
+        self.lease.cancel()
+
+
+class Attempts:
+    """Runs attempts for one request and keeps their records."""
+
+    def __init__(
+        self,
+        *,
+        operation: str,
+        payload: dict[str, Any],
+        stream: bool,
+        client_wants_usage: bool,
+        request_id: str,
+        deadline: float,
+        clock: Clock,
+    ) -> None:
+        self.operation = operation
+        self.payload = payload
+        self.stream = stream
+        self.client_wants_usage = client_wants_usage
+        self.request_id = request_id
+        self.deadline = deadline
+        self.clock = clock
+        self.records: list[AttemptRecord] = []
+        self.count = 0
+        self.hedges = 0
+
+    async def open(self, route: str, ep: Endpoint, *, hedged: bool = False) -> Opened:
+        """Send to ``ep`` and wait for its first token (or whole body)."""
+        assert ep.provider is not None
+        self.count += 1
+        timeouts = ep.spec.timeouts
+        now = self.clock()
+        budget = self.deadline - now
+        ttft = timeouts.ttft_s
+        bound_by_total = budget < ttft
+        payload = dict(self.payload)
+        payload["model"] = ep.spec.model
+        request = UpstreamRequest(
+            operation=self.operation,
+            payload=payload,
+            stream=self.stream,
+            request_id=self.request_id,
+            connect_s=timeouts.connect_s,
+            read_s=max(ttft, timeouts.idle_s),
+        )
+        lease = Lease(ep, self.clock)
+        response: UpstreamResponse | None = None
+        try:
+            try:
+                async with asyncio.timeout(max(0.0, min(ttft, budget))):
+                    response = await ep.provider.send(request)
+                    if self.stream and self.operation != "embeddings":
+                        opened = await self._first_token(route, ep, lease, response, hedged)
+                    else:
+                        body = await response.read()
+                        lease.first_token()
+                        usage, tools_ok = inspect_body(body)
+                        lease.succeed(usage, 0, tools_ok)
+                        opened = Opened(ep, route, lease, response, body, None, None, usage, hedged)
+            except TimeoutError as exc:
+                if bound_by_total:
+                    raise TotalTimeout(f"total_s ran out waiting for {ep.id}") from exc
+                raise TTFTTimeout(f"no first token from {ep.id} within {ttft}s") from exc
+            except ProtocolViolation as exc:
+                raise UpstreamProtocolError(str(exc)) from exc
+        except UpstreamError as exc:
+            exc.endpoint = ep.id
+            if response is not None:
+                response.close()
+            lease.fail(exc)
+            self._record(route, ep, lease, exc.status, exc.reason, hedged)
+            raise
+        except BaseException as exc:
+            # Cancelled (a hedge won, the client left) or a bug: never leak the slot.
+            if response is not None:
+                response.close()
+            lost = isinstance(exc, asyncio.CancelledError) and exc.args == (HEDGE_LOST,)
+            lease.cancel(censored=lost)
+            self._record(route, ep, lease, None, "hedge_lost" if lost else "cancelled", hedged)
+            raise
+        self._record(route, ep, lease, response.status, None, hedged)
+        return opened
+
+    async def _first_token(
+        self, route: str, ep: Endpoint, lease: Lease, response: UpstreamResponse, hedged: bool
+    ) -> Opened:
+        inspector = StreamInspector(
+            chat=self.operation == "chat/completions",
+            client_wants_usage=self.client_wants_usage,
+        )
+        chunks = response.chunks().__aiter__()
+        held: list[bytes] = []
+        async for data in chunks:
+            out = inspector.feed(data)
+            if out:
+                held.append(out)
+            if inspector.first_token:
+                break
+        else:
+            tail = inspector.leftover()
+            if tail:
+                held.append(tail)
+            if not inspector.done:
+                raise ProtocolViolation("stream ended before its first token")
+        lease.first_token()
+        response.set_idle_timeout(ep.spec.timeouts.idle_s)
+        return Opened(ep, route, lease, response, b"".join(held), inspector, chunks, None, hedged)
+
+    def _record(
+        self, route: str, ep: Endpoint, lease: Lease, status: int | None, reason: str | None,
+        hedged: bool,
+    ) -> None:
+        now = self.clock()
+        ttft = lease.first_token_at
+        self.records.append(
+            AttemptRecord(
+                route=route,
+                endpoint=ep.id,
+                status=status,
+                reason=reason,
+                duration_ms=(now - lease.started) * 1000.0,
+                hedged=hedged,
+                ttft_ms=None if ttft is None else (ttft - lease.started) * 1000.0,
+            )
+        )
+
+    async def race(
+        self,
+        route: str,
+        first: Endpoint,
+        next_endpoint: Callable[[], Endpoint | None],
+        hedge: HedgeSection | None,
+        spend: Callable[[], bool],
+    ) -> Opened:
+        """``first``, hedged by later endpoints when the policy says so.
+
+        ``next_endpoint`` yields the endpoint a hedge would go to; ``spend`` takes one
+        attempt from the budget, or says there is none left.
+        """
+        if hedge is None:
+            return await self.open(route, first)
+        delay = hedge_delay(hedge, first)
+        tasks: set[asyncio.Task[Opened]] = {asyncio.ensure_future(self.open(route, first))}
+        extra = 0
+        last: BaseException | None = None
+        won = False
+        try:
+            while tasks:
+                can_hedge = extra < hedge.max_extra
+                done, _ = await asyncio.wait(
+                    tasks,
+                    timeout=delay if can_hedge else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    ep = next_endpoint() if spend() else None
+                    extra += 1
+                    if ep is not None:
+                        self.hedges += 1
+                        tasks.add(asyncio.ensure_future(self.open(route, ep, hedged=True)))
+                    continue
+                for task in done:
+                    tasks.discard(task)
+                    exc = task.exception()
+                    if exc is None:
+                        won = True
+                        return task.result()
+                    last = exc
+                    if isinstance(exc, UpstreamError) and exc.status in CLIENT_FAULT_STATUSES:
+                        raise exc
+            assert last is not None
+            raise last
+        finally:
+            for task in tasks:
+                task.cancel(HEDGE_LOST if won else None)
+            for task in tasks:
+                try:
+                    result = await task
+                except BaseException:  # noqa: BLE001, S110 - the loser's fate is recorded by open()
+                    continue
+                result.abandon()  # opened just as it was cancelled: close it
+
+
+def hedge_delay(hedge: HedgeSection, ep: Endpoint) -> float:
+    """Seconds to wait for a first token before hedging; a percentile of live TTFT if asked."""
+    if hedge.after is not None:
+        q = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}[hedge.after]
+        live = ep.stats.ttft_percentile(q)
+        if live is not None and ep.stats.ttft_window_size() >= 20:
+            return live
+    return hedge.after_ms / 1000.0

@@ -1,0 +1,137 @@
+"""A circuit breaker per endpoint: stop sending traffic to a host that keeps failing.
+
+Closed (``healthy``) until ``consecutive_failures`` in a row, or an error rate above
+``error_rate`` over the last ``window_s`` with at least ``min_requests`` answers; then
+open (``cooldown``) for ``cooldown_s``. When the cooldown ends the breaker lets one probe
+through (``half_open``): success closes it, failure opens it again for twice as long,
+capped at ``MAX_BACKOFF`` times ``cooldown_s``. An auth failure or a ``Retry-After`` opens
+it directly for a given time and reason. The window is ten buckets of ``window_s / 10``:
+counting costs O(1) per answer whatever the traffic.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from router.config import Breaker as BreakerConfig
+
+State = Literal["healthy", "cooldown", "half_open"]
+MAX_BACKOFF = 8
+_BUCKETS = 10
+
+
+class CircuitBreaker:
+    def __init__(self, config: BreakerConfig) -> None:
+        self.config = config
+        self.state: State = "healthy"
+        self.reason: str | None = None
+        self.until: float = 0.0
+        self.consecutive = 0
+        self.level = 0  # how many times in a row a probe has failed
+        self.probe_in_flight = False
+        self._span = config.window_s / _BUCKETS
+        self._ok = [0] * _BUCKETS
+        self._bad = [0] * _BUCKETS
+        self._epoch = [0] * _BUCKETS
+
+    def reconfigure(self, config: BreakerConfig) -> None:
+        if config != self.config:
+            self.config = config
+            self._span = config.window_s / _BUCKETS
+
+    # -- gate -----------------------------------------------------------------------
+
+    def available(self, now: float) -> bool:
+        """May a new request be sent here now (without taking the probe slot)?"""
+        if self.state == "healthy":
+            return True
+        if self.state == "cooldown":
+            return now >= self.until
+        return not self.probe_in_flight
+
+    def acquire(self, now: float) -> None:
+        """A request is being sent: a due cooldown turns into the half-open probe."""
+        if self.state == "cooldown" and now >= self.until:
+            self.state = "half_open"
+        if self.state == "half_open":
+            self.probe_in_flight = True
+
+    # -- outcomes -------------------------------------------------------------------
+
+    def _count(self, now: float, ok: bool) -> tuple[int, int]:
+        epoch = int(now / self._span)
+        slot = epoch % _BUCKETS
+        if self._epoch[slot] != epoch:
+            self._epoch[slot] = epoch
+            self._ok[slot] = 0
+            self._bad[slot] = 0
+        if ok:
+            self._ok[slot] += 1
+        else:
+            self._bad[slot] += 1
+        oldest = epoch - _BUCKETS + 1
+        good = bad = 0
+        for i in range(_BUCKETS):
+            if self._epoch[i] >= oldest:
+                good += self._ok[i]
+                bad += self._bad[i]
+        return good, bad
+
+    def success(self, now: float) -> None:
+        self.consecutive = 0
+        if self.state == "half_open" or (self.state == "cooldown" and now >= self.until):
+            self._close()
+        if self.state == "healthy":
+            self._count(now, True)
+
+    def failure(self, now: float, reason: str) -> None:
+        self.consecutive += 1
+        if self.state == "half_open":
+            self.probe_in_flight = False
+            self.level = min(self.level + 1, MAX_BACKOFF.bit_length())
+            self._open(now, reason, self.config.cooldown_s * min(2**self.level, MAX_BACKOFF))
+            return
+        if self.state != "healthy":
+            return
+        good, bad = self._count(now, False)
+        cfg = self.config
+        total = good + bad
+        if self.consecutive >= cfg.consecutive_failures:
+            self._open(now, f"{reason}: {self.consecutive} failures in a row", cfg.cooldown_s)
+        elif total >= cfg.min_requests and bad / total > cfg.error_rate:
+            self._open(now, f"{reason}: error rate {bad / total:.0%} over {total}", cfg.cooldown_s)
+
+    def trip(self, now: float, reason: str, seconds: float) -> None:
+        """Open now, for a known time (a bad key, a ``Retry-After``)."""
+        self.probe_in_flight = False
+        self._open(now, reason, seconds)
+
+    def release_probe(self) -> None:
+        """The probe ended without a verdict (cancelled): let another one through."""
+        self.probe_in_flight = False
+
+    def _open(self, now: float, reason: str, seconds: float) -> None:
+        until = now + seconds
+        if self.state == "cooldown" and self.until > until:
+            until = self.until  # never shorten a cooldown already running
+        self.state = "cooldown"
+        self.reason = reason
+        self.until = until
+        self.probe_in_flight = False
+
+    def _close(self) -> None:
+        self.state = "healthy"
+        self.reason = None
+        self.level = 0
+        self.probe_in_flight = False
+        self.consecutive = 0
+        self._ok = [0] * _BUCKETS
+        self._bad = [0] * _BUCKETS
+
+    def view(self, now: float) -> tuple[str, str | None, float | None]:
+        """(state, reason, seconds until the cooldown ends) for /health."""
+        if self.state == "cooldown":
+            if now >= self.until:
+                return "half_open", self.reason, None
+            return "cooldown", self.reason, self.until - now
+        return self.state, self.reason, None

@@ -1,0 +1,191 @@
+"""The one error hierarchy, and how each error looks to an OpenAI client.
+
+::
+
+    Exception
+    ├── providers.errors.UpstreamError          an upstream attempt failed (reason: upstream_error)
+    │   ├── UpstreamConnectError                refused / reset before an answer (connect)
+    │   ├── UpstreamTimeout                     (timeout)
+    │   │   ├── ConnectTimeout                  connect_s ran out (connect_timeout)
+    │   │   ├── TTFTTimeout                     no first byte / first token in ttft_s (ttft_timeout)
+    │   │   ├── IdleTimeout                     a gap between chunks over idle_s (idle_timeout)
+    │   │   └── TotalTimeout                    total_s ran out (total_timeout)
+    │   ├── UpstreamHTTPError                   non-2xx; reason from status: auth, http_429, http_5xx, http_4xx
+    │   ├── UpstreamProtocolError               garbage instead of JSON/SSE (bad_response)
+    │   └── StreamBroken                        stream cut before its end (stream_broken)
+    └── RouterError                             answered to the client as {"error": {...}}
+        ├── BadRequest                400       invalid JSON, missing/ill-typed field, bad routing field
+        ├── Unauthorized              401       missing or unknown client key
+        ├── Forbidden                 403       wrong admin key
+        ├── NotFound                  404       unknown model, or a provider filter that leaves nothing
+        ├── PayloadTooLarge           413       body over server.max_body_mb
+        ├── NoEndpointAvailable       503       nothing to try (all disabled, or all at max_concurrency)
+        ├── AllAttemptsFailed         502/504   every attempt failed; 504 when every one timed out
+        └── UpstreamClientError       4xx       the upstream said the request itself is wrong
+
+Whether an upstream error is retryable is decided by ``retryable(exc, retry_on)``, from
+its type and status against the ``retry.on`` list of the endpoint that raised it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from providers.errors import (
+    ConnectTimeout,
+    IdleTimeout,
+    StreamBroken,
+    TotalTimeout,
+    TTFTTimeout,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from router.records import AttemptRecord
+
+__all__ = [
+    "AllAttemptsFailed",
+    "AttemptRecord",
+    "BadRequest",
+    "ConnectTimeout",
+    "Forbidden",
+    "IdleTimeout",
+    "NoEndpointAvailable",
+    "NotFound",
+    "PayloadTooLarge",
+    "RouterError",
+    "StreamBroken",
+    "TTFTTimeout",
+    "TotalTimeout",
+    "Unauthorized",
+    "UpstreamClientError",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamHTTPError",
+    "UpstreamProtocolError",
+    "UpstreamTimeout",
+    "error_body",
+    "retryable",
+]
+
+# Statuses that say the request itself is wrong: the same body would fail anywhere.
+CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
+
+
+def error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None, **extra: Any
+) -> bytes:
+    err: dict[str, Any] = {"message": message, "type": type_, "code": code, "param": param}
+    err.update(extra)
+    return orjson.dumps({"error": err})
+
+
+class RouterError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.param = param
+
+    def extra(self) -> dict[str, Any]:
+        return {}
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.type, self.code, self.param, **self.extra())
+
+
+class BadRequest(RouterError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class Unauthorized(RouterError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(RouterError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class NotFound(RouterError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PayloadTooLarge(RouterError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class NoEndpointAvailable(RouterError):
+    status = 503
+    type = "service_unavailable"
+    code = "no_endpoint_available"
+
+
+class AllAttemptsFailed(RouterError):
+    type = "upstream_error"
+
+    def __init__(self, attempts: Sequence[AttemptRecord]) -> None:
+        failed = [a for a in attempts if a.reason is not None]
+        timed_out = bool(failed) and all(a.reason and "timeout" in a.reason for a in failed)
+        if timed_out:
+            self.status = 504
+            self.code = "upstream_timeout"
+            message = f"no upstream answered in time ({len(failed)} attempts)"
+        else:
+            self.status = 502
+            self.code = "all_attempts_failed"
+            message = f"every upstream attempt failed ({len(failed)} attempts)"
+        super().__init__(message)
+        self.attempts = tuple(attempts)
+
+    def extra(self) -> dict[str, Any]:
+        return {"attempts": [a.public() for a in self.attempts]}
+
+
+class UpstreamClientError(RouterError):
+    """A 4xx the upstream blamed on the request; its body goes back as it came (redacted)."""
+
+    def __init__(self, error: UpstreamHTTPError) -> None:
+        super().__init__(f"upstream rejected the request with HTTP {error.status}")
+        self.status = error.status or 400
+        self.upstream = error
+
+
+def retryable(exc: BaseException, retry_on: frozenset[str | int]) -> bool:
+    """May the request move on to another attempt after ``exc``?
+
+    ``retry_on`` holds statuses and the classes ``timeout`` and ``connect``. Auth failures
+    always fail over: they say the endpoint's key is bad, not the request.
+    """
+    if isinstance(exc, UpstreamHTTPError):
+        if exc.status in (401, 403):
+            return True
+        if exc.status in CLIENT_FAULT_STATUSES:
+            return False
+        return exc.status in retry_on
+    if isinstance(exc, UpstreamTimeout):
+        return "timeout" in retry_on
+    if isinstance(exc, UpstreamConnectError):
+        return "connect" in retry_on
+    # A broken stream (before anything reached the client) or a garbled answer: the
+    # endpoint misbehaved, another one may serve.
+    return isinstance(exc, UpstreamError)

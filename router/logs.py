@@ -1,0 +1,78 @@
+"""structlog set-up: JSON events (or a console view), levels that cost nothing when off,
+and redaction of every configured secret from every event.
+
+Redaction is a processor, so it runs only on events that pass the level filter; secrets
+are swapped in by the service when a config loads (``Redactor.update``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import orjson
+import structlog
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "critical": 50}
+
+
+class Redactor:
+    """Replaces any configured secret inside string values with ``***``."""
+
+    def __init__(self) -> None:
+        self.secrets: tuple[str, ...] = ()
+
+    def update(self, secrets: list[str]) -> None:
+        self.secrets = tuple(sorted(set(secrets), key=len, reverse=True))
+
+    def scrub(self, text: str) -> str:
+        for s in self.secrets:
+            if s in text:
+                text = text.replace(s, "***")
+        return text
+
+    def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+        if self.secrets:
+            for k, v in event.items():
+                if isinstance(v, str):
+                    event[k] = self.scrub(v)
+                elif isinstance(v, list | dict | tuple):
+                    text = orjson.dumps(v, default=str).decode()
+                    scrubbed = self.scrub(text)
+                    if scrubbed != text:
+                        event[k] = orjson.loads(scrubbed)
+        return event
+
+
+REDACTOR = Redactor()
+
+
+def level_from_env() -> int:
+    return LEVELS.get(os.environ.get("LOG_LEVEL", "info").strip().lower(), 20)
+
+
+def configure(level: int | None = None, fmt: str | None = None) -> None:
+    level = level_from_env() if level is None else level
+    fmt = fmt or os.environ.get("LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        REDACTOR,
+    ]
+    if fmt == "console":
+        processors.append(structlog.dev.ConsoleRenderer(colors=False))
+        factory: Any = structlog.PrintLoggerFactory(sys.stderr)
+    else:
+        processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
+        factory = structlog.BytesLoggerFactory(sys.stderr)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+    logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr, format="%(message)s")

@@ -1,0 +1,102 @@
+"""What one request leaves behind: its attempts, usage, cost and outcome.
+
+The pipeline fills a ``RequestRecord`` as the request runs; at the end it goes to the
+sinks (the log line, metrics, the request log) in one call, off the hot path's critical
+section. Usage is read from the upstream's ``usage`` object in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One upstream attempt as the client and the request log see it."""
+
+    route: str
+    endpoint: str
+    status: int | None
+    reason: str | None  # None = this attempt served the request
+    duration_ms: float
+    hedged: bool = False
+    ttft_ms: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "route": self.route,
+            "endpoint": self.endpoint,
+            "status": self.status,
+            "reason": self.reason,
+            "duration_ms": round(self.duration_ms, 1),
+        }
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @classmethod
+    def parse(cls, usage: Any) -> Usage | None:
+        if not isinstance(usage, dict):
+            return None
+        u = cls(
+            prompt_tokens=_int(usage.get("prompt_tokens")),
+            completion_tokens=_int(usage.get("completion_tokens")),
+        )
+        details = usage.get("completion_tokens_details")
+        if isinstance(details, dict):
+            u.reasoning_tokens = _int(details.get("reasoning_tokens"))
+        pdetails = usage.get("prompt_tokens_details")
+        if isinstance(pdetails, dict):
+            u.cached_tokens = _int(pdetails.get("cached_tokens"))
+            u.cache_write_tokens = _int(pdetails.get("cache_creation_tokens"))
+        # Anthropic-style fields, as litellm passes them through.
+        u.cached_tokens = u.cached_tokens or _int(usage.get("cache_read_input_tokens"))
+        u.cache_write_tokens = u.cache_write_tokens or _int(usage.get("cache_creation_input_tokens"))
+        return u
+
+    def cost(self, price: Any) -> float:
+        """USD, from per-million prices; cached prompt tokens at ``cache_read`` when set."""
+        if price is None:
+            return 0.0
+        cached = min(self.cached_tokens, self.prompt_tokens)
+        written = min(self.cache_write_tokens, self.prompt_tokens - cached)
+        fresh = self.prompt_tokens - cached - written
+        cache_read = price.cache_read if price.cache_read is not None else price.input
+        cache_write = price.cache_write if price.cache_write is not None else price.input
+        return (
+            fresh * price.input
+            + cached * cache_read
+            + written * cache_write
+            + self.completion_tokens * price.output
+        ) / 1_000_000.0
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and v >= 0 else 0
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request_id: str
+    operation: str
+    key_name: str | None
+    route: str | None = None
+    endpoint: str | None = None
+    status: int = 0
+    stream: bool = False
+    started: float = field(default_factory=time.time)
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    usage: Usage | None = None
+    cost: float = 0.0
+    error: str | None = None  # the error class when the request failed
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    hedges: int = 0

@@ -1,0 +1,214 @@
+"""The run-time side of a config: providers, endpoints with their live state, strategies.
+
+A ``Runtime`` is built whole from one ``Config`` and swapped in with one assignment, so a
+request sees one consistent config from start to end. What must outlive a reload lives on
+``EndpointState`` (stats and breaker), keyed by (route, endpoint id), and providers are
+kept when their definition did not change, so their connection pools stay warm.
+Providers are made only for endpoints that can be used: a route whose litellm endpoint
+has no key never imports litellm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+import policies
+from policies import Candidate, Strategy
+from providers.base import Provider
+from router.breaker import CircuitBreaker
+from router.config import Config, EndpointSpec, HedgeSection, PolicySpec, ProviderSpec, RouteSpec
+from router.stats import Clock, EndpointStats, loads
+
+
+def make_provider(spec: ProviderSpec) -> Provider:
+    section: Any = spec.section
+    key = spec.api_key.value if spec.api_key else None
+    if spec.kind == "openai":
+        from providers.openai import OpenAIProvider
+
+        return OpenAIProvider(
+            section.base_url, key, headers=section.headers, max_connections=section.max_connections
+        )
+    if spec.kind == "simulated":
+        from providers.simulated import SimParams, SimulatedProvider
+
+        params = SimParams(
+            **{
+                k: getattr(section, k)
+                for k in SimParams.__dataclass_fields__
+                if hasattr(section, k)
+            }
+        )
+        return SimulatedProvider(params, spec.name)
+    if spec.kind == "litellm":
+        from providers.litellm import LiteLLMProvider  # imported only when a route needs it
+
+        return LiteLLMProvider(
+            base_url=section.base_url, api_key=key, headers=section.headers, params=section.params
+        )
+    raise ValueError(f"unknown provider kind {spec.kind!r}")
+
+
+@dataclass
+class EndpointState:
+    """What survives a reload: the endpoint's evidence and its breaker."""
+
+    stats: EndpointStats
+    breaker: CircuitBreaker
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+
+
+class Endpoint:
+    """One endpoint of one route, at run time."""
+
+    __slots__ = ("breaker", "id", "price", "provider", "spec", "state", "stats")
+
+    def __init__(self, spec: EndpointSpec, provider: Provider | None, state: EndpointState) -> None:
+        self.spec = spec
+        self.id = spec.id
+        self.provider = provider
+        self.state = state
+        self.stats = state.stats
+        self.breaker = state.breaker
+        price = spec.price
+        self.price = (price.input, price.output) if price else (0.0, 0.0)
+
+    @property
+    def usable(self) -> bool:
+        return self.provider is not None and self.spec.disabled_reason is None
+
+    def full(self) -> bool:
+        limit = self.spec.max_concurrency
+        return limit is not None and self.stats.in_flight >= limit
+
+    def wake_one(self) -> None:
+        """A slot freed up: let one request waiting for capacity try again."""
+        waiters = self.state.waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+
+class RouteRuntime:
+    def __init__(
+        self, spec: RouteSpec, endpoints: tuple[Endpoint, ...], policies_: Mapping[str, PolicySpec]
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.endpoints = endpoints
+        self.by_id = {e.id: e for e in endpoints}
+        self._policy_specs = policies_
+        self._strategies: dict[str, tuple[Strategy, HedgeSection | None]] = {}
+        self.policy = spec.policy
+        self.strategy, self.hedge = self.strategy_for(spec.policy.name)
+
+    def strategy_for(self, policy_name: str) -> tuple[Strategy, HedgeSection | None]:
+        """The strategy object of a named policy for this route (made once: it may hold state)."""
+        found = self._strategies.get(policy_name)
+        if found is None:
+            pspec = self._policy_specs.get(policy_name)
+            if pspec is None:
+                pspec = PolicySpec(policy_name, policy_name)  # a bare strategy name
+            strategy = policies.make(pspec.strategy, weights=pspec.weights, pick=pspec.pick)
+            found = (strategy, pspec.hedge)
+            self._strategies[policy_name] = found
+        return found
+
+    def candidates(self, endpoints: list[Endpoint], now: float) -> list[Candidate]:
+        return loads([(e.spec, e.stats) for e in endpoints], now, [e.price for e in endpoints])
+
+
+class Runtime:
+    """Everything built from one config; replaced whole on reload."""
+
+    def __init__(
+        self,
+        config: Config,
+        routes: dict[str, RouteRuntime],
+        providers: dict[str, Provider],
+        states: dict[tuple[str, str], EndpointState],
+        rng: random.Random,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.routes = routes
+        self.providers = providers
+        self.states = states
+        self.rng = rng
+        self.clock = clock
+        self.route_names = sorted(routes)
+        self.client_keys = tuple(
+            (hashlib.sha256(key.encode()).digest(), name) for key, name in config.client_keys.items()
+        )
+        created = int(config.loaded_at.timestamp())
+        self.models_body = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": name, "object": "model", "created": created, "owned_by": "router"}
+                    for name in self.route_names
+                ],
+            }
+        )
+
+
+def build_runtime(
+    config: Config,
+    previous: Runtime | None = None,
+    *,
+    rng: random.Random | None = None,
+    clock: Clock | None = None,
+    provider_factory: Callable[[ProviderSpec], Provider] = make_provider,
+) -> tuple[Runtime, list[Provider]]:
+    """A new runtime, and the providers of ``previous`` that it no longer uses."""
+    import time
+
+    clock = clock or (previous.clock if previous else time.monotonic)
+    rng = rng or (previous.rng if previous else random.Random())
+    old_specs = previous.config.providers if previous else {}
+    old_providers = previous.providers if previous else {}
+    old_states = previous.states if previous else {}
+
+    providers: dict[str, Provider] = {}
+
+    def provider_for(spec: ProviderSpec) -> Provider:
+        if spec.name in providers:
+            return providers[spec.name]
+        old = old_specs.get(spec.name)
+        if old is not None and spec.name in old_providers and old.identity() == spec.identity():
+            providers[spec.name] = old_providers[spec.name]
+        else:
+            providers[spec.name] = provider_factory(spec)
+        return providers[spec.name]
+
+    states: dict[tuple[str, str], EndpointState] = {}
+    routes: dict[str, RouteRuntime] = {}
+    for rspec in config.routes.values():
+        eps = []
+        for espec in rspec.endpoints:
+            key = (rspec.name, espec.id)
+            state = old_states.get(key)
+            if state is None:
+                state = EndpointState(
+                    EndpointStats(espec.stats.halflife_s, clock), CircuitBreaker(espec.breaker)
+                )
+            else:
+                state.stats.halflife = espec.stats.halflife_s
+                state.breaker.reconfigure(espec.breaker)
+            states[key] = state
+            provider = provider_for(espec.provider) if espec.disabled_reason is None else None
+            eps.append(Endpoint(espec, provider, state))
+        routes[rspec.name] = RouteRuntime(rspec, tuple(eps), config.policies)
+
+    retired = [p for name, p in old_providers.items() if providers.get(name) is not p]
+    return Runtime(config, routes, providers, states, rng, clock), retired

@@ -1,0 +1,444 @@
+"""The HTTP API: OpenAI-compatible endpoints, health, metrics and admin.
+
+The aiohttp app owns everything with a lifetime (the service state, provider sessions,
+the request log) through ``web.AppKey`` and ``cleanup_ctx``: no module-level singletons.
+Handlers parse the body once, hand it to the pipeline, and write the answer's bytes as
+they came from upstream. Every failure becomes an OpenAI-shaped error; nothing a client
+sends can take the process down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from providers.errors import UpstreamError
+from router.attempts import Attempts, Opened
+from router.errors import (
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    RouterError,
+    Unauthorized,
+    UpstreamClientError,
+    error_body,
+)
+from router.logs import REDACTOR
+from router.pipeline import Call, Pipeline, RoutingPrefs
+from router.records import RequestRecord
+from router.registry import Runtime
+from router.service import Service
+
+log = structlog.get_logger("router.http")
+
+SERVICE = web.AppKey("service", Service)
+PIPELINE = web.AppKey("pipeline", Pipeline)
+EXTRAS = web.AppKey("extras", dict)  # optional parts: "metrics", "requestlog"
+
+_JSON = "application/json"
+_REQUIRED = {
+    "chat/completions": ("messages", list),
+    "completions": ("prompt", (str, list)),
+    "embeddings": ("input", (str, list)),
+}
+_TYPED = {
+    "stream": bool,
+    "temperature": (int, float),
+    "top_p": (int, float),
+    "max_tokens": int,
+    "max_completion_tokens": int,
+    "n": int,
+    "tools": list,
+    "stop": (str, list),
+    "stream_options": dict,
+    "response_format": dict,
+}
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", list: "an array", dict: "an object", str: "a string"}
+
+
+def _json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+
+
+def _error_response(exc: RouterError, headers: dict[str, str]) -> web.Response:
+    if isinstance(exc, UpstreamClientError):
+        body = exc.upstream.body or exc.body()
+        if REDACTOR.secrets:
+            body = REDACTOR.scrub(body.decode("utf-8", "replace")).encode()
+        return web.Response(status=exc.status, body=body, content_type=_JSON, headers=headers)
+    return _json_response(exc.status, exc.body(), headers)
+
+
+def _bearer(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization")
+    if auth and auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-api-key") or request.headers.get("api-key")
+
+
+def _client_key_name(runtime: Runtime, request: web.Request) -> str | None:
+    """The name of the client's key, or None when client auth is off."""
+    if not runtime.client_keys:
+        return None
+    presented = _bearer(request)
+    if not presented:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    digest = hashlib.sha256(presented.encode()).digest()
+    found = None
+    for key_digest, name in runtime.client_keys:
+        # Equal-length digests, every key compared: timing says nothing about the keys.
+        if hmac.compare_digest(key_digest, digest):
+            found = name
+    if found is None:
+        raise Unauthorized("invalid API key")
+    return found
+
+
+async def _read_body(request: web.Request, max_mb: float) -> bytes:
+    limit = int(max_mb * 1024 * 1024)
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"request body is {length} bytes; the limit is {limit} ({max_mb:g} MB)")
+    if length is not None:
+        return await request.read()
+    chunks = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes ({max_mb:g} MB)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_call(operation: str, body: bytes, request: web.Request, request_id: str) -> Call:
+    if not body:
+        raise BadRequest("request body is empty; expected a JSON object")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON body: {exc}", code="invalid_json") from exc
+    if not isinstance(payload, dict):
+        raise BadRequest("request body must be a JSON object", code="invalid_json")
+    model = payload.get("model")
+    if model is None:
+        raise BadRequest("missing required field 'model'", param="model", code="missing_field")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' must be a non-empty string", param="model", code="invalid_type")
+    field, kind = _REQUIRED[operation]
+    if field not in payload:
+        raise BadRequest(f"missing required field {field!r}", param=field, code="missing_field")
+    if not isinstance(payload[field], kind) or (kind is list and not payload[field]):
+        raise BadRequest(
+            f"{field!r} must be {'a non-empty array' if kind is list else 'a string or an array'}",
+            param=field,
+            code="invalid_type",
+        )
+    for name, types in _TYPED.items():
+        value = payload.get(name)
+        if value is None:
+            continue
+        ok = isinstance(value, types) and not (
+            isinstance(value, bool) and types in (int, (int, float))
+        )
+        if not ok:
+            want = _TYPE_NAMES.get(types, "a number") if isinstance(types, type) else (
+                "a number" if types == (int, float) else "a string or an array"
+            )
+            raise BadRequest(f"{name!r} must be {want}", param=name, code="invalid_type")
+    prefs = None
+    if "provider" in payload:
+        prefs = RoutingPrefs.parse(payload.pop("provider"))
+    stream = bool(payload.get("stream")) and operation != "embeddings"
+    client_wants_usage = False
+    if stream:
+        opts = payload.get("stream_options")
+        client_wants_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
+        if not client_wants_usage:
+            # Ask for usage anyway (it feeds stats and cost); the extra chunk is cut out.
+            payload["stream_options"] = {**(opts or {}), "include_usage": True}
+    return Call(
+        operation=operation,
+        payload=payload,
+        model=model,
+        stream=stream,
+        client_wants_usage=client_wants_usage,
+        request_id=request_id,
+        prefs=prefs,
+        policy=request.headers.get("x-router-policy"),
+    )
+
+
+def _stream_error_event(exc: BaseException) -> bytes:
+    reason = exc.reason if isinstance(exc, UpstreamError) else "internal_error"
+    message = f"upstream stream failed after it started: {reason}"
+    return b"data: " + error_body(message, "upstream_error", "stream_broken") + b"\n\n"
+
+
+async def _proxy(request: web.Request, operation: str) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    runtime = service.runtime
+    started = time.perf_counter()
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    headers = {"x-request-id": request_id}
+    record = RequestRecord(request_id=request_id, operation=operation, key_name=None)
+    opened: Opened | None = None
+    attempts: Attempts | None = None
+    service.in_flight += 1
+    try:
+        if runtime is None:
+            raise RouterError("no valid configuration is loaded; see /health")
+        config = runtime.config
+        record.key_name = _client_key_name(runtime, request)
+        body = await _read_body(request, config.server.max_body_mb)
+        call = parse_call(operation, body, request, request_id)
+        record.stream = call.stream
+        pipeline = request.app[PIPELINE]
+        route = pipeline.resolve(runtime, call)
+        record.route = route.name
+        attempts = Attempts(
+            operation=operation,
+            payload=call.payload,
+            stream=call.stream,
+            client_wants_usage=call.client_wants_usage,
+            request_id=request_id,
+            deadline=runtime.clock() + route.spec.timeouts.total_s,
+            clock=runtime.clock,
+        )
+        opened = await pipeline.run(runtime, route, call, attempts)
+        record.route = opened.route
+        record.endpoint = opened.endpoint.id
+        headers["x-router-route"] = opened.route
+        headers["x-router-endpoint"] = opened.endpoint.id
+        headers["x-router-attempts"] = str(attempts.count)
+        ttft = opened.lease.first_token_at
+        if ttft is not None:
+            record.ttft_ms = (ttft - opened.lease.started) * 1000.0
+        if not call.stream:
+            record.status = 200
+            record.usage = opened.usage
+            return web.Response(
+                status=opened.response.status,
+                body=opened.body,
+                headers={**headers, "Content-Type": opened.response.content_type or _JSON},
+            )
+        headers["Content-Type"] = "text/event-stream"
+        headers["Cache-Control"] = "no-cache"
+        resp = web.StreamResponse(status=200, headers=headers)
+        await resp.prepare(request)
+        record.status = 200
+        chunks = pipeline.relay(opened, attempts.deadline, runtime.clock)
+        try:
+            async for data in chunks:
+                await resp.write(data)
+        except (UpstreamError, RouterError) as exc:
+            record.error = exc.reason if isinstance(exc, UpstreamError) else exc.code
+            record.status = 502
+            await resp.write(_stream_error_event(exc))
+            resp.force_close()
+        finally:
+            await chunks.aclose()
+            inspector = opened.inspector
+            record.usage = inspector.usage if inspector else None
+        return resp
+    except RouterError as exc:
+        record.status = exc.status
+        record.error = exc.code or exc.type
+        if attempts is not None:
+            headers["x-router-attempts"] = str(attempts.count)
+        if record.route:
+            headers.setdefault("x-router-route", record.route)
+        return _error_response(exc, headers)
+    finally:
+        service.in_flight -= 1
+        record.latency_ms = (time.perf_counter() - started) * 1000.0
+        if attempts is not None:
+            record.attempts = attempts.records
+            record.hedges = attempts.hedges
+        if opened is not None and record.usage is not None:
+            record.cost = record.usage.cost(opened.endpoint.spec.price)
+        if record.status == 0:
+            record.status = 499  # the client went away before an answer
+            record.error = record.error or "client_closed"
+        _log_request(record)
+        service.emit(record)
+
+
+def _log_request(record: RequestRecord) -> None:
+    usage = record.usage
+    log.info(
+        "request",
+        request_id=record.request_id,
+        key=record.key_name,
+        operation=record.operation,
+        route=record.route,
+        endpoint=record.endpoint,
+        status=record.status,
+        stream=record.stream,
+        attempts=len(record.attempts),
+        hedges=record.hedges,
+        latency_ms=round(record.latency_ms, 2),
+        ttft_ms=None if record.ttft_ms is None else round(record.ttft_ms, 2),
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        cost=round(record.cost, 8),
+        error=record.error,
+        failed=[f"{a.endpoint}:{a.reason}" for a in record.attempts if a.reason] or None,
+    )
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _proxy(request, "chat/completions")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _proxy(request, "completions")
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await _proxy(request, "embeddings")
+
+
+async def models(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    runtime = service.runtime
+    if runtime is None:
+        return _error_response(RouterError("no valid configuration is loaded"), {})
+    try:
+        _client_key_name(runtime, request)
+    except RouterError as exc:
+        return _error_response(exc, {})
+    return _json_response(200, runtime.models_body)
+
+
+async def health_live(request: web.Request) -> web.Response:
+    return _json_response(200, b'{"status":"ok"}')
+
+
+async def health_ready(request: web.Request) -> web.Response:
+    ready, missing = request.app[SERVICE].readiness()
+    if ready:
+        return _json_response(200, b'{"status":"ready"}')
+    return _json_response(503, orjson.dumps({"status": "not_ready", "problems": missing}))
+
+
+async def health(request: web.Request) -> web.Response:
+    status, body = request.app[SERVICE].health()
+    return _json_response(status, orjson.dumps(body))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    metrics_ = request.app[EXTRAS].get("metrics")
+    if metrics_ is None:
+        return web.Response(status=200, text="", content_type="text/plain")
+    body, content_type = metrics_.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def _check_admin(request: web.Request) -> None:
+    config = request.app[SERVICE].config
+    admin = config.admin_key if config else None
+    if admin is None:
+        raise web.HTTPNotFound(
+            body=error_body("not found", "invalid_request_error", "not_found"), content_type=_JSON
+        )
+    presented = _bearer(request)
+    if not presented:
+        raise Unauthorized("admin endpoints need 'Authorization: Bearer <admin key>'")
+    if not hmac.compare_digest(presented.encode(), admin.value.encode()):
+        raise Forbidden("wrong admin key")
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    try:
+        _check_admin(request)
+    except RouterError as exc:
+        return _error_response(exc, {})
+    result = request.app[SERVICE].reload("admin")
+    if result.ok:
+        return _json_response(200, orjson.dumps({"status": "ok", "version": result.version}))
+    body = error_body(
+        "config is invalid; the previous config keeps serving",
+        "invalid_request_error",
+        "invalid_config",
+        errors=result.errors,
+    )
+    return _json_response(400, body)
+
+
+async def admin_usage(request: web.Request) -> web.Response:
+    try:
+        _check_admin(request)
+    except RouterError as exc:
+        return _error_response(exc, {})
+    requestlog = request.app[EXTRAS].get("requestlog")
+    if requestlog is None or not getattr(requestlog, "enabled", True):
+        return _error_response(RouterError("the request log is off (storage.url is empty)"), {})
+    from router.usage import parse_time  # only admins pay for this import
+
+    q = request.query
+    now = time.time()
+    try:
+        since = parse_time(q.get("since"), now - 86400)
+        until = parse_time(q.get("until"), now)
+    except ValueError as exc:
+        return _error_response(BadRequest(str(exc), param="since"), {})
+    group_by = q.get("group_by", "route")
+    if group_by not in ("route", "endpoint", "key", "day"):
+        return _error_response(
+            BadRequest("group_by must be one of route, endpoint, key, day", param="group_by"), {}
+        )
+    result = await requestlog.usage(since=since, until=until, group_by=group_by)
+    return _json_response(200, orjson.dumps(result, default=str))
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Turns aiohttp's own errors (unknown path, wrong method) into OpenAI-shaped ones."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == _JSON:
+            raise
+        kind = "invalid_request_error"
+        body = error_body(exc.reason or "error", kind, exc.reason.lower().replace(" ", "_"))
+        return web.Response(status=exc.status, body=body, content_type=_JSON, headers=exc.headers)
+
+
+def create_app(service: Service, *, debug: bool = False) -> web.Application:
+    # Bodies are bounded per request by server.max_body_mb (which may change on reload);
+    # aiohttp's own cap is set far above so it never answers first with a non-JSON 413.
+    app = web.Application(client_max_size=1024**3, middlewares=[_errors])
+    app[SERVICE] = service
+    app[PIPELINE] = Pipeline(debug=debug)
+    app[EXTRAS] = {}
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health/live", health_live)
+    app.router.add_get("/health/ready", health_ready)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/admin/reload", admin_reload)
+    app.router.add_get("/admin/usage", admin_usage)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    service = app[SERVICE]
+    import asyncio
+
+    watcher = asyncio.get_running_loop().create_task(service.watch())
+    yield
+    watcher.cancel()
+    await service.aclose()

@@ -1,0 +1,228 @@
+"""The live service state: the current runtime, reloads, and what outlives requests.
+
+A reload reads and validates the whole file first; only a valid config becomes a new
+``Runtime``, swapped in with one assignment, so requests in flight finish on the runtime
+they started with and a broken file never replaces a working one. The file is watched by
+polling its (inode, size, mtime): it costs one ``stat`` every half second, needs no
+dependency, and sees editors that save by rename as well as those that write in place.
+A half-written file fails validation or changes again before the next poll, so it is
+never applied as valid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from providers.base import Provider
+from router.config import Config, ConfigError, load
+from router.logs import REDACTOR
+from router.records import RequestRecord
+from router.registry import Runtime, build_runtime
+from router.stats import Clock
+
+log = structlog.get_logger("router.service")
+
+Sink = Callable[[RequestRecord], None]
+
+
+@dataclass(slots=True)
+class ReloadResult:
+    ok: bool
+    version: str | None
+    errors: list[str]
+
+
+class Service:
+    def __init__(self, config_path: str, *, clock: Clock = time.monotonic) -> None:
+        self.config_path = config_path
+        self.clock = clock
+        self.runtime: Runtime | None = None
+        self.last_error: list[str] | None = None
+        self.last_error_at: datetime | None = None
+        self.sinks: list[Sink] = []
+        self.on_reload: list[Callable[[bool], None]] = []
+        self.in_flight = 0
+        self._stamp: tuple[int, int, int] | None = None
+        self._retired: set[asyncio.Task[None]] = set()
+
+    @property
+    def config(self) -> Config | None:
+        return self.runtime.config if self.runtime else None
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.config_path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def reload(self, reason: str = "manual") -> ReloadResult:
+        stamp = self._file_stamp()
+        try:
+            config = load(self.config_path)
+        except ConfigError as exc:
+            self._stamp = stamp
+            self.last_error = exc.problems
+            self.last_error_at = datetime.now(UTC)
+            log.error("config_invalid", path=self.config_path, reason=reason, errors=exc.problems)
+            for hook in self.on_reload:
+                hook(False)
+            return ReloadResult(False, None, exc.problems)
+        self._stamp = stamp
+        previous = self.runtime
+        runtime, retired = build_runtime(config, previous, clock=self.clock)
+        self.runtime = runtime
+        self.last_error = None
+        self.last_error_at = None
+        REDACTOR.update(config.secrets())
+        for provider in retired:
+            self._retire(provider, previous)
+        log.info(
+            "config_loaded",
+            path=self.config_path,
+            version=config.version,
+            reason=reason,
+            routes=len(config.routes),
+        )
+        for hook in self.on_reload:
+            hook(True)
+        return ReloadResult(True, config.version, [])
+
+    def _retire(self, provider: Provider, previous: Runtime | None) -> None:
+        """Close a provider the new config no longer uses, once its requests are done."""
+        grace = 600.0
+        if previous is not None:
+            grace = max((r.spec.timeouts.total_s for r in previous.routes.values()), default=grace)
+
+        async def close_when_idle() -> None:
+            deadline = self.clock() + grace
+            users = [
+                e for r in (previous.routes.values() if previous else ()) for e in r.endpoints
+                if e.provider is provider
+            ]
+            while any(e.stats.in_flight for e in users) and self.clock() < deadline:
+                await asyncio.sleep(0.5)
+            await provider.aclose()
+
+        try:
+            task = asyncio.get_running_loop().create_task(close_when_idle())
+        except RuntimeError:
+            return  # no loop (router check): nothing open to close
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    async def watch(self, interval: float = 0.5) -> None:
+        """Reload when the file changes (runs for the life of the app)."""
+        while True:
+            await asyncio.sleep(interval)
+            stamp = self._file_stamp()
+            if stamp is not None and stamp != self._stamp:
+                # Let a writer finish: wait until the stamp holds still for one interval.
+                await asyncio.sleep(min(interval, 0.2))
+                if self._file_stamp() != stamp:
+                    continue
+                self.reload("file changed")
+
+    def emit(self, record: RequestRecord) -> None:
+        for sink in self.sinks:
+            try:
+                sink(record)
+            except Exception:  # a broken sink must never fail a request
+                log.exception("sink_failed", sink=getattr(sink, "__qualname__", repr(sink)))
+
+    async def aclose(self) -> None:
+        for task in list(self._retired):
+            task.cancel()
+        if self.runtime is not None:
+            for provider in self.runtime.providers.values():
+                await provider.aclose()
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """The /health body and its status code."""
+        rt = self.runtime
+        cfg_view: dict[str, Any] = {
+            "path": self.config_path,
+            "version": rt.config.version if rt else None,
+            "loaded_at": rt.config.loaded_at.isoformat() if rt else None,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
+        }
+        if rt is None:
+            return 503, {"status": "down", "config": cfg_view, "routes": {}}
+        now = self.clock()
+        routes: dict[str, Any] = {}
+        without = []
+        served = 0
+        for name in rt.route_names:
+            route = rt.routes[name]
+            usable = [e for e in route.endpoints if e.usable]
+            candidates = route.candidates(usable, now) if usable else []
+            scores = route.strategy.scores(candidates) if candidates else {}
+            eps = []
+            available = 0
+            for e in route.endpoints:
+                if not e.usable:
+                    state, reason, left = "disabled", e.spec.disabled_reason, None
+                else:
+                    state, reason, left = e.breaker.view(now)
+                    if state != "cooldown":
+                        available += 1
+                view = {
+                    "id": e.id,
+                    "provider": e.spec.provider.name,
+                    "kind": e.spec.provider.kind,
+                    "model": e.spec.model,
+                    "state": state,
+                    "reason": reason,
+                    "score": scores.get(e.id),
+                }
+                view.update(e.stats.view())
+                view["cooldown_until"] = (
+                    datetime.fromtimestamp(time.time() + left, UTC).isoformat() if left else None
+                )
+                eps.append(view)
+            # A route whose every endpoint is disabled by config (no key set) is the
+            # operator's choice, not a failure: shown, but it does not degrade the service.
+            if usable:
+                served += 1
+                if available == 0:
+                    without.append(name)
+            routes[name] = {
+                "policy": route.policy.name,
+                "strategy": route.policy.strategy,
+                "fallbacks": list(route.spec.fallbacks),
+                "available": available,
+                "disabled": not usable,
+                "endpoints": eps,
+            }
+        if served == 0 or len(without) == served:
+            status = "down"
+        elif without:
+            status = "degraded"
+        else:
+            status = "ok"
+        body = {"status": status, "config": cfg_view, "routes": routes}
+        return (200 if status == "ok" else 503), body
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        rt = self.runtime
+        if rt is None:
+            return False, ["no valid config is loaded"]
+        now = self.clock()
+        missing = [
+            f"route {name!r} has no available endpoint"
+            for name, route in rt.routes.items()
+            if any(e.usable for e in route.endpoints)
+            and not any(e.usable and e.breaker.view(now)[0] != "cooldown" for e in route.endpoints)
+        ]
+        if not any(e.usable for r in rt.routes.values() for e in r.endpoints):
+            missing.append("no route has a usable endpoint")
+        return not missing, missing

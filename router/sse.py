@@ -1,0 +1,251 @@
+"""Peeking at an OpenAI-style SSE stream on its way through, without re-serialising it.
+
+Until the first token, every event is parsed (a handful of small JSON objects): the
+router must know when a real token has arrived (TTFT, hedging, the point after which a
+stream can no longer fail over), and must catch an upstream that sends an error or
+garbage instead of tokens. After the first token, bytes pass through untouched; an event
+is parsed only when a cheap substring test says it carries ``usage`` or ``tool_calls``.
+The usage-only chunk the router asked for (``stream_options.include_usage``) is cut out
+when the client did not ask for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from router.records import Usage
+
+_MAX_HELD = 1 << 20  # bytes an upstream may send before its first token, then it is garbage
+DONE = b"data: [DONE]"
+
+
+class ProtocolViolation(Exception):
+    """The upstream's stream is not OpenAI-style SSE, or it carried an error event."""
+
+
+def _has_usage_object(data: bytes) -> bool:
+    i = data.find(b'"usage"')
+    while i != -1:
+        j = i + 7
+        n = len(data)
+        while j < n and data[j] in b" :\t":
+            j += 1
+        if j < n and data[j] == 0x7B:  # '{'
+            return True
+        i = data.find(b'"usage"', j)
+    return False
+
+
+def _events(block: bytes) -> list[bytes]:
+    return [e for e in block.split(b"\n\n") if e.strip()]
+
+
+def _data(event: bytes) -> bytes | None:
+    """The payload of an event's data lines (joined), or None for comments/other fields."""
+    parts = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
+    if not parts:
+        return None
+    return b"\n".join(parts)
+
+
+class StreamInspector:
+    """Feed it raw upstream bytes; it returns the bytes to forward and notes what it saw."""
+
+    def __init__(self, *, chat: bool, client_wants_usage: bool) -> None:
+        self.chat = chat
+        self.client_wants_usage = client_wants_usage
+        self.first_token = False
+        self.done = False
+        self.usage: Usage | None = None
+        self.events = 0
+        self._carry = b""
+        self._tool_args: dict[int, list[str]] | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        """Returns the complete events in ``data`` (plus any carried part), to forward."""
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        end = data.rfind(b"\n\n")
+        if end == -1:
+            self._carry = data
+            if len(data) > _MAX_HELD:
+                raise ProtocolViolation("no SSE event boundary in the first megabyte")
+            return b""
+        if end + 2 < len(data):
+            self._carry = data[end + 2 :]
+            data = data[: end + 2]
+        self.events += data.count(b"data:")
+        if not self.first_token:
+            return self._before_first_token(data)
+        if data.endswith(b"[DONE]\n\n"):
+            self.done = True
+        usage = _has_usage_object(data)
+        tools = b'"tool_calls"' in data
+        if usage or tools:
+            return self._inspect(data, usage)
+        return data
+
+    def _before_first_token(self, block: bytes) -> bytes:
+        keep = []
+        for event in _events(block):
+            payload = _data(event)
+            if payload is None:
+                keep.append(event)
+                continue
+            if payload == b"[DONE]":
+                self.done = True
+                self.first_token = True
+                keep.append(event)
+                continue
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                raise ProtocolViolation("stream event is not JSON") from exc
+            if not isinstance(obj, dict):
+                raise ProtocolViolation("stream event is not a JSON object")
+            if "error" in obj and obj["error"]:
+                raise ProtocolViolation(f"upstream sent an error event: {_brief(obj['error'])}")
+            if not self._note(obj):
+                continue
+            if not self.first_token and self._is_token(obj):
+                self.first_token = True
+            keep.append(event)
+        return b"".join(e + b"\n\n" for e in keep)
+
+    def _inspect(self, block: bytes, usage: bool) -> bytes:
+        keep = []
+        dropped = False
+        for event in _events(block):
+            payload = _data(event)
+            if payload is None or payload == b"[DONE]" or not payload.startswith(b"{"):
+                keep.append(event)
+                continue
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                keep.append(event)  # after the first token, forward what we cannot read
+                continue
+            if isinstance(obj, dict) and not self._note(obj):
+                dropped = True
+                continue
+            keep.append(event)
+        if not dropped:
+            return block
+        return b"".join(e + b"\n\n" for e in keep)
+
+    def _note(self, obj: dict[str, Any]) -> bool:
+        """Records usage and tool-call fragments; False = drop this event."""
+        usage = obj.get("usage")
+        choices = obj.get("choices")
+        if isinstance(usage, dict):
+            self.usage = Usage.parse(usage)
+            if not self.client_wants_usage and not choices:
+                return False
+        if self.chat and isinstance(choices, list):
+            for choice in choices:
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+                if isinstance(calls, list):
+                    self._collect_tool_args(calls)
+        return True
+
+    def _collect_tool_args(self, calls: list[Any]) -> None:
+        if self._tool_args is None:
+            self._tool_args = {}
+        for call in calls:
+            if not isinstance(call, dict):
+                continue
+            idx = call.get("index", 0)
+            fn = call.get("function")
+            args = fn.get("arguments") if isinstance(fn, dict) else None
+            parts = self._tool_args.setdefault(idx if isinstance(idx, int) else 0, [])
+            if isinstance(args, str):
+                parts.append(args)
+
+    def _is_token(self, obj: dict[str, Any]) -> bool:
+        choices = obj.get("choices")
+        if not isinstance(choices, list):
+            return False
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            if choice.get("finish_reason"):
+                return True
+            if self.chat:
+                delta = choice.get("delta")
+                if isinstance(delta, dict) and (
+                    delta.get("content")
+                    or delta.get("reasoning_content")
+                    or delta.get("reasoning")
+                    or delta.get("tool_calls")
+                    or delta.get("refusal")
+                ):
+                    return True
+            elif choice.get("text"):
+                return True
+        return False
+
+    def tool_calls_valid(self) -> bool | None:
+        """None when the answer had no tool calls; else whether every argument string parses."""
+        if not self._tool_args:
+            return None
+        for parts in self._tool_args.values():
+            text = "".join(parts)
+            if not text:
+                continue
+            try:
+                orjson.loads(text)
+            except orjson.JSONDecodeError:
+                return False
+        return True
+
+    def leftover(self) -> bytes:
+        """A final event the upstream did not terminate with a blank line."""
+        data, self._carry = self._carry, b""
+        if data.strip():
+            if data.strip() == DONE:
+                self.done = True
+            return data + (b"\n\n" if not data.endswith(b"\n\n") else b"")
+        return b""
+
+
+def _brief(err: Any) -> str:
+    if isinstance(err, dict):
+        msg = err.get("message")
+        return str(msg)[:200] if msg else str(err)[:200]
+    return str(err)[:200]
+
+
+def inspect_body(body: bytes) -> tuple[Usage | None, bool | None]:
+    """Usage and tool-call validity of a non-streamed answer; raises on non-JSON."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolViolation("answer is not JSON") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolViolation("answer is not a JSON object")
+    if "error" in obj and obj["error"] and "choices" not in obj and "data" not in obj:
+        raise ProtocolViolation(f"upstream answered 200 with an error: {_brief(obj['error'])}")
+    usage = Usage.parse(obj.get("usage"))
+    valid: bool | None = None
+    choices = obj.get("choices")
+    if isinstance(choices, list):
+        for choice in choices:
+            msg = choice.get("message") if isinstance(choice, dict) else None
+            calls = msg.get("tool_calls") if isinstance(msg, dict) else None
+            if isinstance(calls, list) and calls:
+                valid = True if valid is None else valid
+                for call in calls:
+                    fn = call.get("function") if isinstance(call, dict) else None
+                    args = fn.get("arguments") if isinstance(fn, dict) else None
+                    if isinstance(args, str) and args:
+                        try:
+                            orjson.loads(args)
+                        except orjson.JSONDecodeError:
+                            valid = False
+    return usage, valid

@@ -1,0 +1,288 @@
+"""Live, time-decayed stats per endpoint, and the loads policies compare.
+
+Every metric is a decayed mean: sums of samples and of weights that lose half their
+weight every ``halflife_s`` of elapsed time (not every N samples), so a burst and a
+trickle of the same evidence weigh alike and old evidence fades on a clock. Latency and
+TTFT follow the peak rule of tower's ``load/peak_ewma.rs``: a sample above the mean
+replaces it at once (trouble is believed immediately), lower samples pull it down at the
+decay rate (recovery is believed slowly).
+
+Evidence ages: ``confidence`` is 1 - 0.5**n for n recent samples, times 0.5 per half-life
+since the last one. ``loads`` blends each estimate towards an optimistic prior (the best
+value among the route's endpoints) by that confidence, so an endpoint idle for a while
+drifts back into consideration. An endpoint whose confidence is under ``EXPLORE_BELOW``
+and that has nothing in flight is marked ``explore`` (tried first, once); one with a probe
+already in flight is marked ``probing`` (tried last): explored, never starved, never flooded.
+A request waiting for its first token longer than the TTFT estimate raises the estimate
+to its age, so a host that just went slow is noticed before its first slow answer lands.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from policies import Candidate
+
+Clock = Callable[[], float]
+EXPLORE_BELOW = 0.25
+_WINDOW = 512  # recent samples kept for p50/p95 display and hedge thresholds
+
+
+class DecayedMean:
+    """A mean whose samples lose half their weight every half-life of elapsed time."""
+
+    __slots__ = ("_sum", "_t", "_weight", "peak")
+
+    def __init__(self, peak: bool = False) -> None:
+        self._sum = 0.0
+        self._weight = 0.0
+        self._t = 0.0
+        self.peak = peak
+
+    def add(self, x: float, now: float, halflife: float) -> None:
+        if self._weight > 0.0:
+            decay = 0.5 ** ((now - self._t) / halflife) if now > self._t else 1.0
+            self._sum *= decay
+            self._weight *= decay
+            if self.peak and x * self._weight > self._sum:
+                self._sum = x * self._weight  # peak rule: jump up to the new sample
+        self._sum += x
+        self._weight += 1.0
+        self._t = now
+
+    @property
+    def value(self) -> float | None:
+        return self._sum / self._weight if self._weight > 0.0 else None
+
+
+class Window:
+    """The last few hundred samples, for percentiles on display (not on the hot path)."""
+
+    __slots__ = ("_cache", "_samples")
+
+    def __init__(self) -> None:
+        self._samples: deque[float] = deque(maxlen=_WINDOW)
+        self._cache: list[float] | None = None
+
+    def add(self, x: float) -> None:
+        self._samples.append(x)
+        self._cache = None
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def percentile(self, q: float) -> float | None:
+        if not self._samples:
+            return None
+        if self._cache is None:
+            self._cache = sorted(self._samples)
+        s = self._cache
+        return s[min(len(s) - 1, int(q * len(s)))]
+
+
+class EndpointStats:
+    """What one endpoint has shown lately. Survives config reloads (same route and id)."""
+
+    def __init__(self, halflife_s: float = 30.0, clock: Clock = time.monotonic) -> None:
+        self.halflife = halflife_s
+        self.clock = clock
+        self.latency = DecayedMean(peak=True)
+        self.ttft = DecayedMean(peak=True)
+        self.tokens_per_s = DecayedMean()
+        self.errors = DecayedMean()
+        self.tool_errors = DecayedMean()
+        self.latency_window = Window()
+        self.ttft_window = Window()
+        self.tps_window = Window()
+        self.requests = 0
+        self.failures = 0
+        self.tool_call_answers = 0
+        self.tool_call_failures = 0
+        self.in_flight = 0
+        self.samples = 0.0  # decayed count of answers, for confidence
+        self.last_sample: float | None = None
+        self.last_error: str | None = None
+        self._waiting: dict[int, float] = {}  # attempt token -> start, until its first token
+        self._token = 0
+
+    # -- recording ------------------------------------------------------------------
+
+    def start(self) -> int:
+        """An attempt began; returns the token to pass to ``first_token``/``finish``."""
+        self.in_flight += 1
+        self._token += 1
+        self._waiting[self._token] = self.clock()
+        return self._token
+
+    def first_token(self, token: int, now: float | None = None) -> None:
+        started = self._waiting.pop(token, None)
+        if started is not None:
+            now = self.clock() if now is None else now
+            ttft = now - started
+            self.ttft.add(ttft, now, self.halflife)
+            self.ttft_window.add(ttft)
+
+    def finish(
+        self,
+        token: int,
+        *,
+        ok: bool | None,
+        latency_s: float | None = None,
+        completion_tokens: int | None = None,
+        generation_s: float | None = None,
+        tool_calls_valid: bool | None = None,
+        error: str | None = None,
+    ) -> None:
+        """An attempt ended. ``ok=None`` means it ended without a verdict (cancelled)."""
+        self.in_flight -= 1
+        self._waiting.pop(token, None)
+        if ok is None:
+            return
+        now = self.clock()
+        h = self.halflife
+        self.requests += 1
+        self.samples = self.samples * self._decay(now) + 1.0
+        self.last_sample = now
+        self.errors.add(0.0 if ok else 1.0, now, h)
+        if not ok:
+            self.failures += 1
+            self.last_error = error
+            return
+        if latency_s is not None:
+            self.latency.add(latency_s, now, h)
+            self.latency_window.add(latency_s)
+        if completion_tokens and generation_s and generation_s > 0:
+            tps = completion_tokens / generation_s
+            self.tokens_per_s.add(tps, now, h)
+            self.tps_window.add(tps)
+        if tool_calls_valid is not None:
+            self.tool_call_answers += 1
+            self.tool_call_failures += 0 if tool_calls_valid else 1
+            self.tool_errors.add(0.0 if tool_calls_valid else 1.0, now, h)
+
+    # -- reading --------------------------------------------------------------------
+
+    def _decay(self, now: float) -> float:
+        if self.last_sample is None or now <= self.last_sample:
+            return 1.0
+        return 0.5 ** ((now - self.last_sample) / self.halflife)
+
+    def confidence(self, now: float) -> float:
+        if self.last_sample is None:
+            return 0.0
+        return (1.0 - 0.5**self.samples) * self._decay(now)
+
+    def oldest_wait(self, now: float) -> float:
+        """How long the oldest attempt still waiting for its first token has waited."""
+        if not self._waiting:
+            return 0.0
+        return now - next(iter(self._waiting.values()))
+
+    def ttft_percentile(self, q: float) -> float | None:
+        return self.ttft_window.percentile(q)
+
+    def ttft_window_size(self) -> int:
+        return len(self.ttft_window)
+
+    def error_rate(self) -> float:
+        return self.errors.value or 0.0
+
+    def view(self) -> dict[str, Any]:
+        """The /health view of these stats (milliseconds, rounded)."""
+
+        def ms(x: float | None) -> float | None:
+            return None if x is None else round(x * 1000.0, 1)
+
+        tps = self.tokens_per_s.value
+        tool = self.tool_errors.value
+        return {
+            "in_flight": self.in_flight,
+            "requests": self.requests,
+            "errors": self.failures,
+            "error_rate": round(self.error_rate(), 4),
+            "latency_ms": {
+                "ewma": ms(self.latency.value),
+                "p50": ms(self.latency_window.percentile(0.5)),
+                "p95": ms(self.latency_window.percentile(0.95)),
+            },
+            "ttft_ms": {
+                "ewma": ms(self.ttft.value),
+                "p50": ms(self.ttft_window.percentile(0.5)),
+                "p95": ms(self.ttft_window.percentile(0.95)),
+            },
+            "tokens_per_s": {
+                "ewma": None if tps is None else round(tps, 1),
+                "p50": _round(self.tps_window.percentile(0.5)),
+                "p95": _round(self.tps_window.percentile(0.95)),
+            },
+            "tool_call_error_rate": round(tool, 4) if tool is not None else 0.0,
+            "last_error": self.last_error,
+        }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+def loads(
+    endpoints: Sequence[tuple[Any, EndpointStats]],
+    now: float,
+    prices: Sequence[tuple[float, float]],
+) -> list[Candidate]:
+    """The candidates of one ranking, with estimates blended towards the route's best.
+
+    ``endpoints`` pairs each endpoint spec (id, index, weight) with its stats.
+    """
+    raw = []
+    best_lat = best_ttft = float("inf")
+    best_tps = 0.0
+    best_err = 1.0
+    for spec, st in endpoints:
+        conf = st.confidence(now)
+        lat, ttft, tps = st.latency.value, st.ttft.value, st.tokens_per_s.value
+        err = st.errors.value
+        wait = st.oldest_wait(now)
+        if ttft is not None and wait > ttft:
+            ttft = wait
+        raw.append((spec, st, conf, lat, ttft, tps, err))
+        if conf > 0.0:
+            if lat is not None:
+                best_lat = min(best_lat, lat)
+            if ttft is not None:
+                best_ttft = min(best_ttft, ttft)
+            if tps is not None:
+                best_tps = max(best_tps, tps)
+            if err is not None:
+                best_err = min(best_err, err)
+    if best_lat == float("inf"):
+        best_lat = 0.0
+    if best_ttft == float("inf"):
+        best_ttft = 0.0
+    if best_err == 1.0 and not any(r[6] is not None for r in raw):
+        best_err = 0.0
+    out = []
+    for (spec, st, conf, lat, ttft, tps, err), (p_in, p_out) in zip(raw, prices, strict=True):
+        keep = 1.0 - conf
+        out.append(
+            Candidate(
+                id=spec.id,
+                index=spec.index,
+                weight=spec.weight,
+                price_in=p_in,
+                price_out=p_out,
+                latency_s=conf * (lat if lat is not None else best_lat) + keep * best_lat,
+                ttft_s=conf * (ttft if ttft is not None else best_ttft) + keep * best_ttft,
+                tokens_per_s=conf * (tps if tps is not None else best_tps) + keep * best_tps,
+                error_rate=conf * (err if err is not None else best_err) + keep * best_err,
+                in_flight=st.in_flight,
+                explore=conf < EXPLORE_BELOW and st.in_flight == 0,
+                probing=conf < EXPLORE_BELOW and st.in_flight > 0,
+            )
+        )
+    return out
+
+
+__all__ = ["Clock", "DecayedMean", "EndpointStats", "Window", "loads"]
