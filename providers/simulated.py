@@ -126,7 +126,8 @@ def full_body(operation: str, payload: dict[str, Any], plan: Plan) -> bytes:
     if operation == "embeddings":
         inputs = payload.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
-        dims = payload.get("dimensions") if isinstance(payload.get("dimensions"), int) else 8
+        dims_raw = payload.get("dimensions")
+        dims = dims_raw if isinstance(dims_raw, int) else 8
         data = [
             {"object": "embedding", "index": i, "embedding": _vector(str(item), dims)}
             for i, item in enumerate(items)
@@ -271,9 +272,10 @@ class SimulatedProvider:
             await asyncio.sleep(plan.ttft_s + plan.token_gap_s * len(plan.words))
             return BufferedResponse(full_body(request.operation, request.payload, plan))
         events = StreamEvents(request.operation, request.payload, plan)
-        return BufferedResponse(
-            stream=_play(events, plan), content_type="text/event-stream"
-        )
+        return BufferedResponse(stream=_play(events, plan), content_type="text/event-stream")
+
+    async def aclose(self) -> None:
+        """Nothing to release: no sockets, no pool."""
 
 
 async def _play(events: StreamEvents, plan: Plan) -> AsyncIterator[bytes]:

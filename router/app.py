@@ -8,12 +8,16 @@ the provider pools, and exit 0.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import signal
+from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from router import logs
+from router.records import RequestRecord
 from router.server import EXTRAS, create_app
 from router.service import Service
 
@@ -60,6 +64,48 @@ async def serve(config_path: str, host: str | None, port: int | None, *, reuse_p
 
 
 def _attach_extras(app: web.Application, service: Service) -> None:
-    """Metrics and the request log, when their modules are present."""
+    """Metrics and the request log: sinks fed one record per request, off the hot path.
+
+    The request log needs SQLAlchemy and Alembic, about a second of imports plus a
+    migration: it starts in the background once the service is listening, and the records
+    of the first requests wait in a buffer until it is up, so start-up is not held back.
+    """
+    from router.metrics import Metrics
+
     extras = app[EXTRAS]
-    _ = extras, service
+    storage = service.config.storage if service.config else None
+    early: list[RequestRecord] = []
+    holder: dict[str, Any] = {}
+    metrics = Metrics(lambda: service.runtime, None)
+    service.sinks += [metrics.record, early.append]
+    service.on_reload.append(metrics.config_reload)
+    extras["metrics"] = metrics
+
+    async def start_request_log() -> None:
+        if storage is None or not storage.url:
+            service.sinks.remove(early.append)
+            return
+        # Imported in a thread: SQLAlchemy and Alembic take a second, the loop keeps serving.
+        module = await asyncio.to_thread(importlib.import_module, "router.requestlog")
+        RequestLog = module.RequestLog  # noqa: N806 - a class
+
+        requestlog = RequestLog.from_config(storage)
+        metrics.requestlog = requestlog
+        extras["requestlog"] = requestlog
+        holder["log"] = requestlog
+        service.sinks[service.sinks.index(early.append)] = requestlog.record
+        for record in early:
+            requestlog.record(record)
+        early.clear()
+        await requestlog.start()  # migrates; returns within 10 s even if the database is down
+
+    async def request_log(_: web.Application) -> AsyncIterator[None]:
+        holder["task"] = asyncio.get_running_loop().create_task(start_request_log())
+        yield
+        task = holder["task"]
+        if not task.done():
+            await asyncio.wait({task}, timeout=15)
+        if "log" in holder:
+            await holder["log"].stop(timeout_s=10)  # after aiohttp drained the handlers: flush
+
+    app.cleanup_ctx.append(request_log)

@@ -1,0 +1,164 @@
+"""The request log's schema at head, and how a database gets there.
+
+The tables below are what the writer inserts into and ``/admin/usage`` reads; Alembic
+revisions in ``versions/`` are the frozen history that builds them (they never import
+this module, and a test checks that the two agree). Alembic is configured from code,
+not from an ``alembic.ini``, so an installed router upgrades an old database in place
+wherever it runs. Several processes may start together against one database, so the
+upgrade runs under a lock: a PostgreSQL advisory lock, or SQLite's ``BEGIN IMMEDIATE``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+MIGRATIONS = Path(__file__).parent
+SQLITE_BUSY_MS = 2000  # wait this long for another writer's lock before failing the batch
+PG_CONNECT_TIMEOUT_S = 5.0  # asyncpg's default is 60 s: too long to notice a dead server
+MIGRATION_LOCK_KEY = 0x726F75746572  # b"router": PostgreSQL advisory lock around upgrades
+
+# 64-bit ids on servers; SQLite only autoincrements an INTEGER PRIMARY KEY.
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+# The schema at Alembic's head. Revisions never import these: they are frozen history.
+METADATA = sa.MetaData()
+REQUESTS = sa.Table(
+    "requests",
+    METADATA,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("request_id", sa.String(), nullable=False),
+    sa.Column("key_name", sa.String(), nullable=True, index=True),
+    sa.Column("route", sa.String(), nullable=True, index=True),
+    sa.Column("endpoint", sa.String(), nullable=True),
+    sa.Column("operation", sa.String(), nullable=False),
+    sa.Column("stream", sa.Boolean(), nullable=False),
+    sa.Column("status", sa.Integer(), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("hedges", sa.Integer(), nullable=False),
+    sa.Column("latency_ms", sa.Float(), nullable=False),
+    sa.Column("ttft_ms", sa.Float(), nullable=True),
+    sa.Column("prompt_tokens", sa.Integer(), nullable=False),
+    sa.Column("completion_tokens", sa.Integer(), nullable=False),
+    sa.Column("reasoning_tokens", sa.Integer(), nullable=False),
+    sa.Column("cached_tokens", sa.Integer(), nullable=False),
+    sa.Column("cache_write_tokens", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("cost", sa.Float(), nullable=False),
+    sa.Column("error", sa.String(), nullable=True),
+)
+ATTEMPTS = sa.Table(
+    "attempts",
+    METADATA,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("request_id", sa.String(), nullable=False, index=True),
+    sa.Column("route", sa.String(), nullable=False),
+    sa.Column("endpoint", sa.String(), nullable=False),
+    sa.Column("status", sa.Integer(), nullable=True),
+    sa.Column("reason", sa.String(), nullable=True),
+    sa.Column("duration_ms", sa.Float(), nullable=False),
+    sa.Column("ttft_ms", sa.Float(), nullable=True),
+    sa.Column("hedged", sa.Boolean(), nullable=False),
+)
+
+
+# The async driver for URLs written without one, as libpq and sqlite3 users write them.
+ASYNC_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+
+
+def parse_url(url: str) -> URL:
+    """``url`` as SQLAlchemy reads it, with an async driver; ValueError if unusable."""
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ValueError(f"storage.url: {exc}") from exc
+    driver = ASYNC_DRIVERS.get(parsed.drivername)
+    return parsed.set(drivername=driver) if driver else parsed
+
+
+def make_engine(url: str) -> AsyncEngine:
+    """An async engine for ``url``; SQLite gets WAL, a busy timeout and real transactions."""
+    parsed = parse_url(url)
+    kwargs: dict[str, Any] = {"hide_parameters": True}  # client data stays out of errors
+    if parsed.get_backend_name() != "sqlite":
+        kwargs["pool_pre_ping"] = True  # a restarted server leaves dead pooled connections
+    if parsed.drivername == "postgresql+asyncpg":
+        kwargs["connect_args"] = {"timeout": PG_CONNECT_TIMEOUT_S}
+    try:
+        engine = create_async_engine(parsed, **kwargs)
+    except (sa.exc.ArgumentError, sa.exc.InvalidRequestError, ImportError) as exc:
+        raise ValueError(f"storage.url: {exc}") from exc
+    if engine.dialect.name == "sqlite":
+        _sqlite_setup(engine)
+    return engine
+
+
+def _sqlite_setup(engine: AsyncEngine) -> None:
+    # pysqlite's own transaction handling never BEGINs before DDL, which would make a
+    # migration half-apply; the SQLAlchemy recipe is to turn it off and BEGIN ourselves.
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        # WAL: readers (usage queries) never block the writer, and other processes'
+        # writers queue on the lock instead of failing at once.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; fsync per checkpoint
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("router_write_lock", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def alembic_config() -> AlembicConfig:
+    """Alembic's configuration, from code: the migrations ship inside the package."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def _upgrade_sync(connection: Connection, revision: str) -> list[str]:
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+        )
+    cfg = alembic_config()
+    script = ScriptDirectory.from_config(cfg)
+    known = {rev.revision for rev in script.walk_revisions()}
+    current = MigrationContext.configure(connection).get_current_heads()
+    newer = [rev for rev in current if rev not in known]
+    if newer:
+        return newer
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, revision)
+    return []
+
+
+async def migrate(engine: AsyncEngine, revision: str = "head") -> list[str]:
+    """Upgrade the database to ``revision`` in one transaction, under the migration lock.
+
+    Returns the database's revisions that this version does not know: a newer router
+    has migrated it (a rolling upgrade). Revisions only add, so this one still writes.
+    """
+    locked = engine.execution_options(router_write_lock=True)
+    async with locked.begin() as conn:
+        return await conn.run_sync(_upgrade_sync, revision)

@@ -1,0 +1,642 @@
+"""The request log: batched writes, usage totals, migrations, and a database that fails.
+
+Every scenario runs on SQLite in ``tmp_path``; the same ones run on PostgreSQL when
+``ROUTER_TEST_POSTGRES_URL`` is set, each test in a database of its own (created and
+dropped here), so runs never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Awaitable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from structlog.testing import capture_logs
+
+from router.migrations import schema
+from router.migrations.schema import METADATA, make_engine, migrate
+from router.records import AttemptRecord, RequestRecord, Usage
+from router.requestlog import RequestLog, RequestLogDisabled
+from router.usage import parse_time, usage
+
+T = TypeVar("T")
+DAY = 86400.0
+NOW = time.time()
+
+
+def run(coro: Awaitable[T], timeout: float = 60.0) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+# -- databases ------------------------------------------------------------------------
+
+
+def _pg_base() -> str:
+    url = os.environ.get("ROUTER_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("set ROUTER_TEST_POSTGRES_URL=postgresql+asyncpg://... to run")
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    return parsed.render_as_string(hide_password=False)
+
+
+async def _admin(base: str, statement: str) -> None:
+    engine = create_async_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql(statement)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    base = _pg_base()
+    name = f"router_test_{uuid.uuid4().hex[:12]}"
+    run(_admin(base, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        run(_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'log.db'}"
+    value: str = request.getfixturevalue("pg_url")
+    return value
+
+
+async def scalar(url: str, sql: str) -> Any:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(sa.text(sql))).scalar()
+    finally:
+        await engine.dispose()
+
+
+# -- records --------------------------------------------------------------------------
+
+
+def make_record(
+    i: int,
+    *,
+    route: str = "demo",
+    endpoint: str | None = "fast",
+    key: str | None = "team-a",
+    status: int = 200,
+    error: str | None = None,
+    started: float = NOW,
+    attempts: list[AttemptRecord] | None = None,
+) -> RequestRecord:
+    if attempts is None:
+        attempts = [AttemptRecord(route, endpoint or "fast", status, None, 12.5, ttft_ms=3.0)]
+    return RequestRecord(
+        request_id=f"req-{i}",
+        operation="chat",
+        key_name=key,
+        route=route,
+        endpoint=endpoint,
+        status=status,
+        stream=i % 2 == 0,
+        started=started,
+        latency_ms=100.0 + i,
+        ttft_ms=20.0,
+        usage=Usage(
+            prompt_tokens=10 + i,
+            completion_tokens=5 + i,
+            reasoning_tokens=i % 3,
+            cached_tokens=i % 4,
+            cache_write_tokens=1,
+        ),
+        cost=0.001 * (i + 1),
+        error=error,
+        attempts=attempts,
+    )
+
+
+def mixed_records(n: int) -> list[RequestRecord]:
+    """Two routes, three endpoints, two keys, two days, some failures and failovers."""
+    records = []
+    for i in range(n):
+        route = "demo" if i % 3 else "other"
+        endpoint = ("fast", "slow", "flaky")[i % 3]
+        started = NOW - (DAY if i % 5 == 0 else 0.0)
+        if i % 7 == 0:  # every endpoint failed
+            rec = make_record(
+                i,
+                route=route,
+                endpoint=None,
+                status=502,
+                error="AllAttemptsFailed",
+                started=started,
+                attempts=[
+                    AttemptRecord(route, "fast", 500, "http_5xx", 5.0),
+                    AttemptRecord(route, "slow", None, "timeout", 7.0),
+                ],
+            )
+            rec.usage = None
+            rec.cost = 0.0
+        elif i % 4 == 0:  # failed over, then served
+            rec = make_record(
+                i,
+                route=route,
+                endpoint=endpoint,
+                started=started,
+                key=None,
+                attempts=[
+                    AttemptRecord(route, "other-ep", 503, "http_5xx", 5.0),
+                    AttemptRecord(route, endpoint, 200, None, 9.0, ttft_ms=2.0),
+                ],
+            )
+        else:
+            rec = make_record(
+                i,
+                route=route,
+                endpoint=endpoint,
+                started=started,
+                key="team-a" if i % 2 else "team-b",
+            )
+        records.append(rec)
+    return records
+
+
+def expected_usage(records: list[RequestRecord], group_by: str) -> dict[Any, dict[str, Any]]:
+    out: dict[Any, dict[str, Any]] = {}
+    for rec in records:
+        key = {
+            "route": rec.route,
+            "endpoint": rec.endpoint,
+            "key": rec.key_name,
+            "day": datetime.fromtimestamp(rec.started, UTC).strftime("%Y-%m-%d"),
+        }[group_by]
+        g = out.setdefault(
+            key,
+            {
+                "requests": 0,
+                "errors": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "reasoning_tokens": 0,
+                "cached_tokens": 0,
+                "cost": 0.0,
+            },
+        )
+        u = rec.usage or Usage()
+        g["requests"] += 1
+        g["errors"] += rec.status >= 400 or rec.error is not None
+        g["prompt_tokens"] += u.prompt_tokens
+        g["completion_tokens"] += u.completion_tokens
+        g["reasoning_tokens"] += u.reasoning_tokens
+        g["cached_tokens"] += u.cached_tokens
+        g["cost"] += rec.cost
+    return out
+
+
+def assert_same(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert {k: v for k, v in got.items() if k not in ("key", "cost")} == {
+        k: v for k, v in want.items() if k != "cost"
+    }
+    assert got["cost"] == pytest.approx(want["cost"])
+
+
+# -- writing and reading --------------------------------------------------------------
+
+
+def test_writes_batches_and_usage_matches(url: str) -> None:
+    records = mixed_records(60)
+
+    async def scenario() -> None:
+        log = RequestLog(url, batch_size=7, flush_interval_s=0.05)
+        await log.start()
+        assert log.migrated
+        for rec in records:
+            log.record(rec)
+        await log.stop()
+        assert (log.written, log.dropped, log.queue_depth) == (60, 0, 0)
+
+        assert await scalar(url, "SELECT count(*) FROM requests") == 60
+        n_attempts = sum(len(r.attempts) for r in records)
+        assert await scalar(url, "SELECT count(*) FROM attempts") == n_attempts
+        assert await scalar(url, "SELECT sum(cache_write_tokens) FROM requests") == sum(
+            1 for r in records if r.usage
+        )
+
+        reader = RequestLog(url)
+        await reader.start()
+        try:
+            since, until = datetime.fromtimestamp(NOW - 2 * DAY, UTC), datetime.now(UTC)
+            for group_by in ("route", "endpoint", "key", "day"):
+                got = await reader.usage(since=since, until=until, group_by=group_by)
+                want = expected_usage(records, group_by)
+                assert got["group_by"] == group_by
+                assert {g["key"] for g in got["groups"]} == set(want)
+                for g in got["groups"]:
+                    assert_same(g, want[g["key"]])
+                assert got["total"]["requests"] == 60
+                assert got["total"]["errors"] == sum(w["errors"] for w in want.values())
+                assert got["total"]["prompt_tokens"] == sum(
+                    r.usage.prompt_tokens for r in records if r.usage
+                )
+                assert got["total"]["cost"] == pytest.approx(sum(r.cost for r in records))
+            days = await usage(reader.engine, since=since, until=until, group_by="day")
+            assert [g["key"] for g in days["groups"]] == sorted(g["key"] for g in days["groups"])
+            # The window is half-open and excludes what is outside it.
+            recent = await reader.usage(
+                since=datetime.fromtimestamp(NOW - DAY / 2, UTC), until=until, group_by="route"
+            )
+            assert recent["total"]["requests"] == sum(1 for r in records if r.started == NOW)
+            with pytest.raises(ValueError, match="group_by must be one of"):
+                await reader.usage(since=since, until=until, group_by="model")
+        finally:
+            await reader.stop()
+
+    run(scenario())
+
+
+def test_batch_size_wakes_the_writer_before_the_interval(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'log.db'}"
+
+    async def scenario() -> None:
+        log = RequestLog(url, batch_size=5, flush_interval_s=3600)
+        wake = log._wake  # white box: what the writer waits on besides the interval
+        for i in range(4):
+            log.record(make_record(i))
+        assert not wake.is_set()
+        log.record(make_record(4))
+        assert wake.is_set()
+        await log.start()
+        try:
+            while log.written < 5:  # the writer runs a pass at start, then on wake-ups
+                log._drained.clear()
+                await asyncio.wait_for(log._drained.wait(), 10)
+        finally:
+            await log.stop()
+
+    run(scenario())
+
+
+def test_schema_at_head_matches_the_table_definitions(url: str) -> None:
+    async def scenario() -> None:
+        engine = make_engine(url)
+        try:
+            await migrate(engine)
+            async with engine.connect() as conn:
+                diff = await conn.run_sync(
+                    lambda c: compare_metadata(MigrationContext.configure(c), METADATA)
+                )
+            assert diff == []
+        finally:
+            await engine.dispose()
+
+    run(scenario())
+
+
+def test_upgrade_from_the_first_schema_keeps_old_rows(url: str) -> None:
+    async def scenario() -> None:
+        engine = make_engine(url)
+        try:
+            await migrate(engine, "0001")
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO requests (ts, request_id, key_name, route, endpoint,"
+                        " operation, stream, status, attempts, hedges, latency_ms, ttft_ms,"
+                        " prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens,"
+                        " cost, error) VALUES (:ts, 'old-1', 'team-a', 'demo', 'fast', 'chat',"
+                        " false, 200, 1, 0, 50.0, 10.0, 7, 3, 0, 0, 0.5, NULL)"
+                    ),
+                    {"ts": datetime.now(UTC) - timedelta(hours=1)},
+                )
+        finally:
+            await engine.dispose()
+        assert await scalar(url, "SELECT version_num FROM alembic_version") == "0001"
+
+        log = RequestLog(url, flush_interval_s=0.05)
+        await log.start()
+        log.record(make_record(1))
+        await log.stop()
+        assert log.migrated and log.written == 1
+        assert await scalar(url, "SELECT version_num FROM alembic_version") == "0002"
+        assert await scalar(url, "SELECT count(*) FROM requests") == 2
+        assert (
+            await scalar(url, "SELECT cache_write_tokens FROM requests WHERE request_id = 'old-1'")
+            == 0
+        )
+        assert (
+            await scalar(url, "SELECT cache_write_tokens FROM requests WHERE request_id = 'req-1'")
+            == 1
+        )
+
+    run(scenario())
+
+
+def test_workers_starting_together_migrate_once(url: str) -> None:
+    """``--workers N`` starts N writers on one fresh database at the same moment."""
+
+    async def scenario() -> None:
+        logs = [RequestLog(url) for _ in range(4)]
+        await asyncio.gather(*(log.start() for log in logs))
+        assert all(log.migrated for log in logs)
+        for i, log in enumerate(logs):
+            log.record(make_record(i))
+        await asyncio.gather(*(log.stop() for log in logs))
+        assert [log.written for log in logs] == [1, 1, 1, 1]
+        assert await scalar(url, "SELECT count(*) FROM requests") == 4
+        assert await scalar(url, "SELECT count(*) FROM alembic_version") == 1
+
+    run(scenario())
+
+
+def test_retention_prunes_old_rows_at_start(url: str) -> None:
+    async def scenario() -> None:
+        log = RequestLog(url, retention_days=30)
+        await log.start()
+        log.record(make_record(1, started=NOW - 3 * DAY))
+        log.record(make_record(2))
+        await log.stop()
+        assert await scalar(url, "SELECT count(*) FROM attempts") == 2
+
+        log = RequestLog(url, retention_days=1)
+        await log.start()
+        await log.stop()
+        assert await scalar(url, "SELECT request_id FROM requests") == "req-2"
+        assert await scalar(url, "SELECT count(*) FROM attempts") == 1
+
+    run(scenario())
+
+
+# -- the queue and a failing database -------------------------------------------------
+
+
+def test_bounded_queue_drops_the_oldest_and_counts(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'log.db'}"
+    drops: list[int] = []
+
+    async def scenario() -> None:
+        log = RequestLog(url, queue_size=10, on_drop=drops.append)
+        for i in range(25):  # not started: nothing drains
+            log.record(make_record(i))
+        assert (log.queue_depth, log.dropped, sum(drops)) == (10, 15, 15)
+        await log.start()
+        await log.stop()
+        assert log.written == 10
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as conn:
+                ids = (await conn.execute(sa.text("SELECT request_id FROM requests"))).scalars()
+                assert sorted(ids) == sorted(f"req-{i}" for i in range(15, 25))
+        finally:
+            await engine.dispose()
+        log.record(make_record(99))  # after stop: nothing will write it, so it counts
+        assert log.dropped == 16
+
+    run(scenario())
+
+
+def test_logging_off_is_a_no_op() -> None:
+    async def scenario() -> None:
+        log = RequestLog(None)
+        await log.start()
+        log.record(make_record(1))
+        assert (log.enabled, log.queue_depth, log.dropped, log.written) == (False, 0, 0, 0)
+        with pytest.raises(RequestLogDisabled):
+            await log.usage(since=datetime.now(UTC), until=datetime.now(UTC), group_by="route")
+        await log.stop()
+
+    run(scenario())
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def _record_many(log: RequestLog, records: list[RequestRecord]) -> float:
+    """Record all; the slowest single call in seconds."""
+    slowest = 0.0
+    for rec in records:
+        t = time.perf_counter()
+        log.record(rec)
+        slowest = max(slowest, time.perf_counter() - t)
+    return slowest
+
+
+def test_unreachable_server_never_blocks_or_raises_and_keeps_secrets() -> None:
+    url = f"postgresql+asyncpg://router:s3cret-pw@127.0.0.1:{_closed_port()}/nowhere"
+
+    async def scenario() -> None:
+        with capture_logs() as logs:
+            log = RequestLog(url, queue_size=20, flush_interval_s=0.01)
+            await log.start(ready_timeout_s=10)
+            assert not log.migrated
+            slowest = _record_many(log, [make_record(i) for i in range(50)])
+            assert slowest < 0.25  # O(1) appends; a DB round trip here would take seconds
+            assert (log.queue_depth, log.dropped) == (20, 30)
+            assert not await log.flush(timeout_s=0.2)
+            t = time.monotonic()
+            await log.stop(timeout_s=0.5)
+            assert time.monotonic() - t < 5
+        assert (log.written, log.dropped, log.queue_depth) == (0, 50, 0)
+        events = [e["event"] for e in logs]
+        assert "request_log.write_failed" in events
+        assert "request_log.lost_on_stop" in events
+        assert "s3cret-pw" not in repr(logs)
+
+    run(scenario())
+
+
+def test_sqlite_directory_missing_then_created(tmp_path: Path) -> None:
+    folder = tmp_path / "later"
+    url = f"sqlite+aiosqlite:///{folder / 'log.db'}"
+
+    async def scenario() -> None:
+        with capture_logs() as logs:
+            log = RequestLog(url, flush_interval_s=0.01)
+            await log.start()
+            assert not log.migrated
+            _record_many(log, [make_record(i) for i in range(5)])
+            assert not await log.flush(timeout_s=0.1)
+            folder.mkdir()
+            assert await log.flush(timeout_s=30)
+            await log.stop()
+        assert (log.written, log.dropped) == (5, 0)
+        assert await scalar(url, "SELECT count(*) FROM requests") == 5
+        events = [e["event"] for e in logs]
+        assert "request_log.write_failed" in events  # (info events may be filtered by LOG_LEVEL)
+
+    run(scenario())
+
+
+def test_sqlite_locked_by_another_process_delays_but_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "log.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    monkeypatch.setattr(schema, "SQLITE_BUSY_MS", 20)  # give up on the lock fast: fail, retry
+
+    async def scenario() -> None:
+        with capture_logs() as logs:
+            log = RequestLog(url, flush_interval_s=0.01)
+            await log.start()
+            assert log.migrated and await log.flush()
+            other = sqlite3.connect(path, isolation_level=None)
+            try:
+                other.execute("BEGIN EXCLUSIVE")  # what a backup or a long query would hold
+                slowest = _record_many(log, [make_record(i) for i in range(200)])
+                assert slowest < 0.25  # O(1) appends; a DB round trip here would take seconds
+                assert not await log.flush(timeout_s=0.3)
+                assert log.written == 0
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            assert await log.flush(timeout_s=30)
+            await log.stop()
+        assert (log.written, log.dropped) == (200, 0)
+        failures = [e for e in logs if e["event"] == "request_log.write_failed"]
+        assert failures and "locked" in failures[0]["detail"]
+        assert "INSERT" not in failures[0]["detail"]  # the driver's words, not the statement
+
+    run(scenario())
+
+
+class _Proxy:
+    """A TCP proxy in front of PostgreSQL that can take the database away and back."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.links: set[asyncio.StreamWriter] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def up(self) -> None:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def down(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in list(self.links):
+            w.transport.abort()
+        await self.server.wait_closed()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.links |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+                self.links.discard(dst)
+
+        for t in (pipe(reader, up_writer), pipe(up_reader, writer)):
+            task = asyncio.ensure_future(t)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+
+def test_postgres_goes_away_mid_run_and_comes_back(pg_url: str) -> None:
+    parsed = make_url(pg_url)
+
+    async def scenario() -> None:
+        proxy = _Proxy(parsed.host or "127.0.0.1", parsed.port or 5432)
+        await proxy.up()
+        url = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+        log = RequestLog(url, queue_size=20, flush_interval_s=0.01)
+        try:
+            await log.start()
+            _record_many(log, [make_record(i) for i in range(10)])
+            assert await log.flush(timeout_s=10)
+            assert log.written == 10
+
+            await proxy.down()
+            slowest = _record_many(log, [make_record(i) for i in range(100, 130)])
+            assert slowest < 0.25  # O(1) appends; a DB round trip here would take seconds
+            assert not await log.flush(timeout_s=0.3)
+            assert log.dropped == 10 and log.queue_depth == 20
+
+            await proxy.up()
+            assert await log.flush(timeout_s=30)
+            assert (log.written, log.dropped) == (30, 10)
+        finally:
+            await log.stop()
+            await proxy.down()
+        engine = make_engine(pg_url)
+        try:
+            async with engine.connect() as conn:
+                ids = set(
+                    (await conn.execute(sa.text("SELECT request_id FROM requests"))).scalars()
+                )
+        finally:
+            await engine.dispose()
+        # The oldest of the outage were dropped; the newest twenty were kept and written.
+        assert ids == {f"req-{i}" for i in [*range(10), *range(110, 130)]}
+
+    run(scenario())
+
+
+# -- parse_time -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("2025-01-31T12:00:00Z", datetime(2025, 1, 31, 12, tzinfo=UTC)),
+        ("2025-01-31T14:00:00+02:00", datetime(2025, 1, 31, 12, tzinfo=UTC)),
+        ("2025-01-31T12:00:00", datetime(2025, 1, 31, 12, tzinfo=UTC)),
+        ("2025-01-31", datetime(2025, 1, 31, tzinfo=UTC)),
+        ("1738324800", datetime(2025, 1, 31, 12, tzinfo=UTC)),
+        ("1738324800.5", datetime(2025, 1, 31, 12, 0, 0, 500000, tzinfo=UTC)),
+    ],
+)
+def test_parse_time_accepts_iso_and_unix_seconds(text: str, want: datetime) -> None:
+    assert parse_time(text, datetime.now(UTC)) == want
+
+
+def test_parse_time_defaults_and_errors() -> None:
+    default = datetime(2020, 1, 1, tzinfo=UTC)
+    assert parse_time(None, default) is default
+    assert parse_time("  ", default) is default
+    assert parse_time(None, 1577836800) == default
+    for bad in ("yesterday", "nan", "inf", "1e300", "2025-13-01"):
+        with pytest.raises(ValueError, match="time"):
+            parse_time(bad, default)
+
+
+def test_urls_without_an_async_driver_get_one_and_bad_urls_fail_early() -> None:
+    assert schema.parse_url("postgresql://u:pw@db/log").drivername == "postgresql+asyncpg"
+    assert schema.parse_url("sqlite:///router.db").drivername == "sqlite+aiosqlite"
+    with pytest.raises(ValueError, match=r"storage\.url"):
+        RequestLog("not a url")
+    with pytest.raises(ValueError, match=r"storage\.url"):
+        schema.make_engine("nosuchdb://host/db")
