@@ -27,6 +27,10 @@ class UpstreamConnectError(UpstreamError):
 
     reason = "connect"
 
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused  # nothing listens there: the host is down, not just busy
+
 
 class UpstreamTimeout(UpstreamError):
     """Nothing arrived in time; subclasses say which clock ran out."""

@@ -10,6 +10,7 @@ at the first-token bound and is tightened to ``idle_s`` once the first token is 
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -113,7 +114,10 @@ class OpenAIProvider:
             raise TTFTTimeout("no answer before the read timeout") from exc
         except aiohttp.ClientError as exc:
             # Refused, reset, or closed before any answer: the request never got served.
-            raise UpstreamConnectError(f"{type(exc).__name__}: {exc}") from exc
+            refused = isinstance(exc, aiohttp.ClientConnectorError) and (
+                exc.os_error.errno == errno.ECONNREFUSED
+            )
+            raise UpstreamConnectError(f"{type(exc).__name__}: {exc}", refused=refused) from exc
         if resp.status >= 300:
             await _raise_for_status(resp)
         return OpenAIResponse(resp)

@@ -34,10 +34,9 @@ async def serve(config_path: str, host: str | None, port: int | None, *, reuse_p
     host = host or (server.host if server else "127.0.0.1")
     port = port if port is not None else (server.port if server else 8080)
     if config is not None and not config.client_keys:
-        log.warning(
-            "client_auth_off",
-            detail=f"{config.server.api_keys_env} is unset or empty: /v1 accepts any client",
-        )
+        env = config.server.api_keys_env
+        where = f"{env} is unset or empty" if env else "server.api_keys_env is not set"
+        log.warning("client_auth_off", detail=f"{where}: /v1 accepts any client")
     if not result.ok:
         log.error("serving_without_config", detail="fix routes.yaml; it reloads when saved")
 

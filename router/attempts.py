@@ -22,6 +22,7 @@ from providers.base import UpstreamRequest, UpstreamResponse
 from providers.errors import (
     TotalTimeout,
     TTFTTimeout,
+    UpstreamConnectError,
     UpstreamError,
     UpstreamHTTPError,
     UpstreamProtocolError,
@@ -90,6 +91,11 @@ class Lease:
             ep.stats.finish(self._token, ok=False, error=exc.reason)
             if status in (401, 403):
                 ep.breaker.trip(now, "auth", ep.spec.breaker.cooldown_s)
+            elif isinstance(exc, UpstreamConnectError) and exc.refused:
+                # Nothing listens at that address: waiting for more failures would only
+                # send more requests to a host that is certainly down.
+                ep.breaker.failure(now, exc.reason)
+                ep.breaker.trip(now, "connect: connection refused", ep.spec.breaker.cooldown_s)
             elif isinstance(exc, UpstreamHTTPError) and exc.retry_after_s:
                 ep.breaker.failure(now, exc.reason)
                 ep.breaker.trip(now, "rate_limited", exc.retry_after_s)

@@ -4,13 +4,17 @@ Closed (``healthy``) until ``consecutive_failures`` in a row, or an error rate a
 ``error_rate`` over the last ``window_s`` with at least ``min_requests`` answers; then
 open (``cooldown``) for ``cooldown_s``. When the cooldown ends the breaker lets one probe
 through (``half_open``): success closes it, failure opens it again for twice as long,
-capped at ``MAX_BACKOFF`` times ``cooldown_s``. An auth failure or a ``Retry-After`` opens
+capped at ``MAX_BACKOFF`` times ``cooldown_s``. An endpoint due for its probe is explored
+first by the live-stats policies (``RouteRuntime.candidates``), so the probe happens on the
+next request rather than whenever scoring happens to pick it; when the probe succeeds the
+endpoint's outage-era errors are forgiven (``on_close``), so it gets its traffic back. An auth failure or a ``Retry-After`` opens
 it directly for a given time and reason. The window is ten buckets of ``window_s / 10``:
 counting costs O(1) per answer whatever the traffic.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from router.config import Breaker as BreakerConfig
@@ -21,8 +25,9 @@ _BUCKETS = 10
 
 
 class CircuitBreaker:
-    def __init__(self, config: BreakerConfig) -> None:
+    def __init__(self, config: BreakerConfig, on_close: Callable[[], None] | None = None) -> None:
         self.config = config
+        self.on_close = on_close  # called when a probe closes the breaker again
         self.state: State = "healthy"
         self.reason: str | None = None
         self.until: float = 0.0
@@ -50,8 +55,13 @@ class CircuitBreaker:
         return not self.probe_in_flight
 
     def acquire(self, now: float) -> None:
-        """A request is being sent: a due cooldown turns into the half-open probe."""
-        if self.state == "cooldown" and now >= self.until:
+        """A request is being sent: a cooldown turns into the half-open probe.
+
+        Only a due cooldown, or one tried anyway because every endpoint of the route is
+        cooling down (the panic path), gets here; either way this request is the probe
+        whose outcome closes the breaker or re-opens it for longer.
+        """
+        if self.state == "cooldown":
             self.state = "half_open"
         if self.state == "half_open":
             self.probe_in_flight = True
@@ -119,7 +129,15 @@ class CircuitBreaker:
         self.until = until
         self.probe_in_flight = False
 
+    def probe_due(self, now: float) -> bool:
+        """The cooldown is over and nobody is probing: the next request should probe."""
+        if self.state == "cooldown":
+            return now >= self.until
+        return self.state == "half_open" and not self.probe_in_flight
+
     def _close(self) -> None:
+        if self.on_close is not None and self.state != "healthy":
+            self.on_close()
         self.state = "healthy"
         self.reason = None
         self.level = 0

@@ -354,7 +354,9 @@ class Pipeline:
             return max(0.0, min(max(backoff(state), walk.hold()), attempts.deadline - clock()))
 
         def stop(state: RetryCallState) -> bool:
-            return budget.left <= 0 or clock() >= attempts.deadline
+            # A Retry-After or cooldown that outlasts total_s cannot be waited out:
+            # answer now rather than sleep until the deadline and fail anyway.
+            return budget.left <= 0 or clock() + walk.hold() >= attempts.deadline
 
         retrying = AsyncRetrying(
             stop=stop,
@@ -394,9 +396,12 @@ class Pipeline:
                 raise StreamBroken("upstream closed the stream before [DONE]")
         except ProtocolViolation as exc:
             err = StreamBroken(str(exc))
+            opened.response.close()
             lease.fail(err)
             raise err from exc
         except UpstreamError as exc:
+            # Close the upstream too: after an idle or total timeout it is still open.
+            opened.response.close()
             lease.fail(exc)
             raise
         finally:

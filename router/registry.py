@@ -125,7 +125,11 @@ class RouteRuntime:
         return found
 
     def candidates(self, endpoints: list[Endpoint], now: float) -> list[Candidate]:
-        return loads([(e.spec, e.stats) for e in endpoints], now, [e.price for e in endpoints])
+        out = loads([(e.spec, e.stats) for e in endpoints], now, [e.price for e in endpoints])
+        for c, e in zip(out, endpoints, strict=True):
+            if e.breaker.state != "healthy" and e.breaker.probe_due(now):
+                c.explore, c.probing = True, False  # its half-open probe goes first
+        return out
 
 
 class Runtime:
@@ -199,9 +203,8 @@ def build_runtime(
             key = (rspec.name, espec.id)
             state = old_states.get(key)
             if state is None:
-                state = EndpointState(
-                    EndpointStats(espec.stats.halflife_s, clock), CircuitBreaker(espec.breaker)
-                )
+                stats = EndpointStats(espec.stats.halflife_s, clock)
+                state = EndpointState(stats, CircuitBreaker(espec.breaker, stats.forgive_errors))
             else:
                 state.stats.halflife = espec.stats.halflife_s
                 state.breaker.reconfigure(espec.breaker)

@@ -163,17 +163,21 @@ class EndpointStats:
             self.tool_call_failures += 0 if tool_calls_valid else 1
             self.tool_errors.add(0.0 if tool_calls_valid else 1.0, now, h)
 
+    def forgive_errors(self) -> None:
+        """The breaker closed after a good probe: the outage's errors no longer count."""
+        self.errors = DecayedMean()
+
     # -- reading --------------------------------------------------------------------
 
     def _decay(self, now: float) -> float:
         if self.last_sample is None or now <= self.last_sample:
             return 1.0
-        return 0.5 ** ((now - self.last_sample) / self.halflife)
+        return float(0.5 ** ((now - self.last_sample) / self.halflife))
 
     def confidence(self, now: float) -> float:
         if self.last_sample is None:
             return 0.0
-        return (1.0 - 0.5**self.samples) * self._decay(now)
+        return float(1.0 - 0.5**self.samples) * self._decay(now)
 
     def oldest_wait(self, now: float) -> float:
         """How long the oldest attempt still waiting for its first token has waited."""
