@@ -99,7 +99,9 @@ def _attach_extras(app: web.Application, service: Service) -> None:
         await requestlog.start()  # migrates; returns within 10 s even if the database is down
 
     async def request_log(_: web.Application) -> AsyncIterator[None]:
-        holder["task"] = asyncio.get_running_loop().create_task(start_request_log())
+        holder["task"] = extras["requestlog_starting"] = asyncio.get_running_loop().create_task(
+            start_request_log()
+        )
         yield
         task = holder["task"]
         if not task.done():

@@ -53,8 +53,15 @@ class RouterProcess:
     """``router serve`` on a free loopback port, with its logs captured."""
 
     def __init__(
-        self, config: str | Path, tmp: Path, *, env: dict[str, str] | None = None, port: int | None = None
+        self,
+        config: str | Path,
+        tmp: Path,
+        *,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
+        self.args = args
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.url}/v1"
@@ -78,7 +85,7 @@ class RouterProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "router", "serve", "--config", str(self.config_path),
-             "--port", str(self.port)],
+             "--port", str(self.port), *self.args],
             env=self.env,
             cwd=self.cwd,
             stdout=self._log,
