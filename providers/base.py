@@ -58,6 +58,9 @@ class UpstreamResponse(Protocol):
 
 class Provider(Protocol):
     kind: str
+    # True when ``read_s`` is enforced by the transport itself (aiohttp's sock_read), so
+    # the pipeline needs no timer of its own for a non-streamed answer's first byte.
+    native_timeouts: bool
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
 

@@ -79,6 +79,7 @@ _DONE = b"data: [DONE]\n\n"
 
 class LiteLLMProvider:
     kind = "litellm"
+    native_timeouts = False
     _open: ClassVar[int] = 0  # live instances: litellm's pooled clients are process-wide
 
     def __init__(

@@ -69,13 +69,14 @@ class OpenAIResponse:
 
 class OpenAIProvider:
     kind = "openai"
+    native_timeouts = True
 
     def __init__(
         self,
         base_url: str,
         api_key: str | None = None,
         headers: Mapping[str, str] | None = None,
-        max_connections: int = 1000,
+        max_connections: int = 4096,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Content-Type": "application/json", **(headers or {})}
@@ -83,6 +84,7 @@ class OpenAIProvider:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
         self._urls = {op: f"{self.base_url}/{op}" for op in ("chat/completions", "completions", "embeddings")}
 
     def _client(self) -> aiohttp.ClientSession:
@@ -97,17 +99,15 @@ class OpenAIProvider:
         return self._session
 
     async def send(self, request: UpstreamRequest) -> OpenAIResponse:
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=request.connect_s, sock_read=request.read_s
-        )
+        key = (request.connect_s, request.read_s)
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            timeout = self._timeouts[key] = aiohttp.ClientTimeout(
+                total=None, sock_connect=request.connect_s, sock_read=request.read_s
+            )
         url = self._urls.get(request.operation) or f"{self.base_url}/{request.operation}"
         try:
-            resp = await self._client().post(
-                url,
-                data=request.body,
-                timeout=timeout,
-                headers={"X-Request-Id": request.request_id},
-            )
+            resp = await self._client().post(url, data=request.body, timeout=timeout)
         except aiohttp.ConnectionTimeoutError as exc:
             raise ConnectTimeout(f"no connection within {request.connect_s}s") from exc
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:

@@ -255,6 +255,7 @@ class SimulatedProvider:
     """The simulator, played in-process: no socket, same timings and faults."""
 
     kind = "simulated"
+    native_timeouts = False
 
     def __init__(self, params: SimParams, name: str = "sim") -> None:
         self.simulator = Simulator(params, name)

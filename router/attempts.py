@@ -14,6 +14,7 @@ by the hedge delay; the first to open wins, the others are cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from router.stats import Clock
 
 
 HEDGE_LOST = "hedge_lost"
+_NO_TIMER = contextlib.nullcontext()
 
 
 class Lease:
@@ -177,6 +179,7 @@ class Attempts:
         budget = self.deadline - now
         ttft = timeouts.ttft_s
         bound_by_total = budget < ttft
+        streamed = self.stream and self.operation != "embeddings"
         payload = dict(self.payload)
         payload["model"] = ep.spec.model
         request = UpstreamRequest(
@@ -185,15 +188,20 @@ class Attempts:
             stream=self.stream,
             request_id=self.request_id,
             connect_s=timeouts.connect_s,
-            read_s=max(ttft, timeouts.idle_s),
+            # A non-streamed answer's first byte is bounded by ttft_s, and an HTTP provider's
+            # own read timer does that; a stream's first *token* needs our timer.
+            read_s=max(ttft, timeouts.idle_s) if streamed else ttft,
         )
+        native = not streamed and not bound_by_total and ep.provider.native_timeouts
         lease = Lease(ep, self.clock)
         response: UpstreamResponse | None = None
         try:
             try:
-                async with asyncio.timeout(max(0.0, min(ttft, budget))):
+                async with (
+                    _NO_TIMER if native else asyncio.timeout(max(0.0, min(ttft, budget)))
+                ):
                     response = await ep.provider.send(request)
-                    if self.stream and self.operation != "embeddings":
+                    if streamed:
                         opened = await self._first_token(route, ep, lease, response, hedged)
                     else:
                         body = await response.read()

@@ -82,6 +82,9 @@ class StreamInspector:
         self.events += data.count(b"data:")
         if not self.first_token:
             return self._before_first_token(data)
+        return self._after_first_token(data)
+
+    def _after_first_token(self, data: bytes) -> bytes:
         if data.endswith(b"[DONE]\n\n"):
             self.done = True
         usage = _has_usage_object(data)
@@ -91,8 +94,23 @@ class StreamInspector:
         return data
 
     def _before_first_token(self, block: bytes) -> bytes:
+        """Parses events one by one until the first token; the rest of the block takes the
+        fast path (a whole answer often arrives in one read)."""
         keep = []
-        for event in _events(block):
+        pos = 0
+        n = len(block)
+        while pos < n:
+            end = block.find(b"\n\n", pos)
+            if end == -1:
+                end = n
+            event = block[pos:end]
+            pos = end + 2
+            if not event.strip():
+                continue
+            if self.first_token:
+                rest = block[pos - len(event) - 2 :]
+                head = b"".join(e + b"\n\n" for e in keep)
+                return head + self._after_first_token(rest)
             payload = _data(event)
             if payload is None:
                 keep.append(event)

@@ -1,0 +1,101 @@
+"""The SSE inspector: what it forwards, what it cuts, what it notices."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from router.sse import ProtocolViolation, StreamInspector, inspect_body
+
+
+def event(obj: object) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def delta(content: str | None = None, **extra: object) -> bytes:
+    d: dict[str, object] = {} if content is None else {"content": content}
+    d.update(extra)
+    return event({"choices": [{"index": 0, "delta": d, "finish_reason": None}], "usage": None})
+
+
+USAGE = event({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4,
+                                          "completion_tokens_details": {"reasoning_tokens": 1}}})
+STREAM = [delta(role="assistant", content=""), delta("Hel"), delta("lo"),
+          event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}), USAGE,
+          b"data: [DONE]\n\n"]
+
+
+def run(chunks: list[bytes], *, wants_usage: bool) -> tuple[bytes, StreamInspector]:
+    insp = StreamInspector(chat=True, client_wants_usage=wants_usage)
+    out = b"".join(insp.feed(c) for c in chunks) + insp.leftover()
+    return out, insp
+
+
+@pytest.mark.parametrize("wants_usage", [True, False])
+def test_whole_stream_in_one_read(wants_usage: bool) -> None:
+    out, insp = run([b"".join(STREAM)], wants_usage=wants_usage)
+    assert insp.first_token and insp.done
+    assert insp.usage is not None and insp.usage.completion_tokens == 4
+    assert insp.usage.reasoning_tokens == 1
+    assert (USAGE in out) is wants_usage
+    assert out.replace(USAGE, b"") == b"".join(STREAM).replace(USAGE, b"")
+
+
+@given(st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=12))
+def test_any_split_gives_the_same_bytes(cuts: list[int]) -> None:
+    whole = b"".join(STREAM)
+    chunks, pos = [], 0
+    for c in cuts:
+        chunks.append(whole[pos : pos + c])
+        pos += c
+    chunks.append(whole[pos:])
+    out, insp = run([c for c in chunks if c], wants_usage=True)
+    assert out == whole
+    assert insp.done and insp.first_token
+
+
+def test_the_role_chunk_is_not_a_token() -> None:
+    insp = StreamInspector(chat=True, client_wants_usage=False)
+    assert insp.feed(STREAM[0])  # held by the caller until the first token
+    assert not insp.first_token
+    insp.feed(STREAM[1])
+    assert insp.first_token
+
+
+def test_error_event_before_the_first_token_is_a_protocol_violation() -> None:
+    insp = StreamInspector(chat=True, client_wants_usage=False)
+    with pytest.raises(ProtocolViolation, match="error event"):
+        insp.feed(event({"error": {"message": "overloaded"}}))
+
+
+def test_garbage_is_a_protocol_violation() -> None:
+    insp = StreamInspector(chat=True, client_wants_usage=False)
+    with pytest.raises(ProtocolViolation):
+        insp.feed(b"data: <html>bad gateway</html>\n\n")
+
+
+def test_tool_call_arguments_are_checked() -> None:
+    def call(args: str) -> bytes:
+        return delta(tool_calls=[{"index": 0, "function": {"name": "f", "arguments": args}}])
+
+    _, good = run([call('{"a": '), call("1}"), b"data: [DONE]\n\n"], wants_usage=False)
+    assert good.tool_calls_valid() is True
+    _, bad = run([call('{"a": '), call("1"), b"data: [DONE]\n\n"], wants_usage=False)
+    assert bad.tool_calls_valid() is False
+    _, none = run(STREAM, wants_usage=False)
+    assert none.tool_calls_valid() is None
+
+
+def test_non_streamed_body() -> None:
+    body = json.dumps({"choices": [{"message": {"content": "x", "tool_calls": [
+        {"function": {"name": "f", "arguments": "{oops"}}]}}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 2,
+                  "prompt_tokens_details": {"cached_tokens": 4}}}).encode()
+    usage, valid = inspect_body(body)
+    assert usage is not None and usage.cached_tokens == 4 and usage.prompt_tokens == 9
+    assert valid is False
+    with pytest.raises(ProtocolViolation):
+        inspect_body(b"<html>")
