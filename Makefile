@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: run test lint bench bench-peer soak lock clean
+.PHONY: run test lint bench bench-peer bench-ranking soak lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/perf.py
 
-bench-peer:
+bench-peer: $(STAMP)
 	bash benchmarks/bench_peer.sh
+
+bench-ranking: $(STAMP)
+	$(BIN)/python -m pytest benchmarks/ranking_micro.py -q -p no:cacheprovider
+	$(BIN)/python benchmarks/ranking_micro.py
 
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py
