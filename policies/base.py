@@ -71,7 +71,7 @@ def explore_first(ranked: list[Candidate]) -> list[Candidate]:
     return (
         [c for c in ranked if c.explore]
         + [c for c in ranked if not (c.explore or c.probing)]
-        + [c for c in ranked if c.probing]
+        + [c for c in ranked if c.probing and not c.explore]
     )
 
 

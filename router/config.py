@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import yaml
@@ -47,6 +48,16 @@ class Retry(_Strict):
     backoff_s: float = Field(0.05, ge=0, le=60)
     backoff_max_s: float = Field(2.0, ge=0, le=600)
     on: tuple[int | RetryClass, ...] = (429, 500, 502, 503, 504, "timeout", "connect")
+
+    @field_validator("on", mode="before")
+    @classmethod
+    def _classes(cls, v: Any) -> Any:
+        # One clear message instead of pydantic's one per member of the int | Literal union.
+        if isinstance(v, list | tuple):
+            for item in v:
+                if isinstance(item, str) and item not in ("timeout", "connect"):
+                    raise ValueError(f"{item!r} is not an HTTP status, 'timeout' or 'connect'")
+        return v
 
     @field_validator("on")
     @classmethod
@@ -123,7 +134,7 @@ class OpenAIProviderSection(_Partial):
     base_url: str
     api_key_env: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
-    max_connections: int = Field(1000, ge=1, le=100_000)
+    max_connections: int = Field(4096, ge=1, le=100_000)
 
     @field_validator("base_url")
     @classmethod
@@ -214,9 +225,17 @@ class RouteSection(_Partial):
     endpoints: list[EndpointSection] = Field(min_length=1)
 
 
+class _RouteHead(_Partial):
+    """A route without its endpoints: each endpoint is validated on its own, so one bad
+    endpoint hides no other problem of the file."""
+
+    policy: str = "priority"
+    fallbacks: list[str] = Field(default_factory=list)
+
+
 class FileSection(_Strict):
-    server: ServerSection = Field(default_factory=ServerSection)
-    storage: StorageSection = Field(default_factory=StorageSection)
+    server: ServerSection = Field(default_factory=lambda: ServerSection.model_validate({}))
+    storage: StorageSection = Field(default_factory=lambda: StorageSection.model_validate({}))
     defaults: DefaultsSection = Field(default_factory=DefaultsSection)
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     policies: dict[str, PolicySection] = Field(default_factory=dict)
@@ -407,19 +426,51 @@ def _block(
     layers: Sequence[tuple[Sequence[str | int], Mapping[str, Any] | None]],
     problems: list[str],
 ) -> Any:
-    """Merge one block down its chain and validate it, blaming the layer that broke it."""
+    """Merge one block down its chain and validate it, blaming the layer that broke it.
+
+    Every layer is checked on its own (each field has a default, so a partial block is a
+    valid block), so a bad layer is reported and skipped while the others still merge.
+    """
     model = BLOCKS[name]
     merged: dict[str, Any] = {}
     for where, layer in layers:
         if not layer:
             continue
-        merged.update(layer)
         try:
-            model.model_validate(merged)
+            model.model_validate(layer)
         except ValidationError as exc:
             problems.extend(_problems(exc, [*where, name]))
-            return model()
-    return model.model_validate(merged)
+            continue
+        merged.update(layer)
+    try:
+        return model.model_validate(merged)
+    except ValidationError as exc:  # pragma: no cover - no cross-field bounds today
+        problems.extend(_problems(exc, [*layers[-1][0], name]))
+        return model()
+
+
+def _valid(
+    model: type[BaseModel], data: Any, where: Sequence[str | int], problems: list[str]
+) -> Any:
+    """``model`` validated from ``data`` (None reads as empty), or None with its problems noted."""
+    try:
+        return model.model_validate({} if data is None else data)
+    except ValidationError as exc:
+        problems.extend(_problems(exc, where))
+        return None
+
+
+def _mapping(raw: Mapping[str, Any], key: str, problems: list[str]) -> dict[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"{key}: must be a mapping, got {type(value).__name__}")
+        return {}
+    for name in value:
+        if not isinstance(name, str):
+            problems.append(f"{key}.{name}: names must be strings")
+    return {k: v for k, v in value.items() if isinstance(k, str)}
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -444,17 +495,27 @@ def loads(data: bytes | str, *, path: str = "<string>", env: Mapping[str, str] |
         raise ConfigError(path, [f"(yaml) {where}: {problem}"]) from exc
     if not isinstance(raw, dict):
         raise ConfigError(path, ["(top): the file must be a mapping with a 'routes' key"])
-    try:
-        section = FileSection.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(path, _problems(exc)) from exc
 
+    # Each part is validated on its own and checking goes on past a bad one, so that
+    # `router check` reports every problem of the file at once, not the first layer's.
     problems: list[str] = []
-    defaults = section.defaults
+    for key in raw:
+        if key not in FileSection.model_fields:
+            problems.append(f"{key}: unknown key")
+    server: ServerSection = _valid(ServerSection, raw.get("server"), ["server"], problems)
+    storage: StorageSection = _valid(StorageSection, raw.get("storage"), ["storage"], problems)
+    defaults: DefaultsSection = _valid(
+        DefaultsSection, raw.get("defaults"), ["defaults"], problems
+    ) or DefaultsSection()
+    providers_raw = _mapping(raw, "providers", problems)
+    policies_raw = _mapping(raw, "policies", problems)
+    routes_raw = _mapping(raw, "routes", problems)
+    if raw.get("routes") is None or raw.get("routes") == {}:
+        problems.append("routes: at least one route is required")
 
     providers: dict[str, ProviderSpec] = {}
     provider_sections: dict[str, _Partial] = {}
-    for name, body in section.providers.items():
+    for name, body in providers_raw.items():
         kind = body.get("kind") if isinstance(body, dict) else None
         model = PROVIDER_SECTIONS.get(kind) if isinstance(kind, str) else None
         if model is None:
@@ -478,18 +539,37 @@ def loads(data: bytes | str, *, path: str = "<string>", env: Mapping[str, str] |
         )
 
     policies: dict[str, PolicySpec] = {}
-    for name, pol in section.policies.items():
+    for name, body in policies_raw.items():
+        pol = _valid(PolicySection, body, ["policies", name], problems)
+        if pol is None:
+            continue
         if pol.strategy != "score" and (pol.weights is not None or pol.pick is not None):
             problems.append(f"policies.{name}: 'weights' and 'pick' apply only to strategy 'score'")
         policies[name] = PolicySpec(name, pol.strategy, pol.weights, pol.pick, pol.hedge)
 
     routes: dict[str, RouteSpec] = {}
-    for rname, route in section.routes.items():
+    for rname, body in routes_raw.items():
         rloc: list[str | int] = ["routes", rname]
+        if not isinstance(body, dict):
+            problems.append(f"{_loc(rloc)}: must be a mapping with 'endpoints'")
+            continue
+        head = {k: v for k, v in body.items() if k != "endpoints"}
+        route: _RouteHead = _valid(_RouteHead, head, rloc, problems) or _RouteHead()
+        raw_eps = body.get("endpoints")
+        if not isinstance(raw_eps, list) or not raw_eps:
+            where = _loc([*rloc, "endpoints"])
+            problems.append(f"{where}: a non-empty list of endpoints is required")
+            raw_eps = []
+        route_eps = [
+            (i, _valid(EndpointSection, ep, [*rloc, "endpoints", i], problems))
+            for i, ep in enumerate(raw_eps)
+        ]
         policy = policies.get(route.policy)
         if policy is None:
             if route.policy in STRATEGIES:
                 policy = PolicySpec(route.policy, route.policy)
+            elif route.policy in policies_raw:
+                policy = PolicySpec("priority", "priority")  # invalid policy: reported above
             else:
                 problems.append(
                     f"{_loc([*rloc, 'policy'])}: unknown policy {route.policy!r}; "
@@ -497,12 +577,12 @@ def loads(data: bytes | str, *, path: str = "<string>", env: Mapping[str, str] |
                 )
                 policy = PolicySpec("priority", "priority")
         for i, fb in enumerate(route.fallbacks):
-            if fb not in section.routes:
+            if fb not in routes_raw:
                 problems.append(f"{_loc([*rloc, 'fallbacks', i])}: unknown route {fb!r}")
             elif fb == rname:
                 problems.append(f"{_loc([*rloc, 'fallbacks', i])}: a route cannot fall back to itself")
 
-        route_layers = {
+        route_layers: dict[str, list[tuple[Sequence[str | int], Mapping[str, Any] | None]]] = {
             b: [(["defaults"], getattr(defaults, b)), (rloc, getattr(route, b))] for b in BLOCKS
         }
         route_timeouts = _block("timeouts", route_layers["timeouts"], problems)
@@ -510,25 +590,25 @@ def loads(data: bytes | str, *, path: str = "<string>", env: Mapping[str, str] |
 
         endpoints: list[EndpointSpec] = []
         seen: set[str] = set()
-        for i, ep in enumerate(route.endpoints):
+        for i, ep in route_eps:
+            if ep is None:
+                continue
             eloc: list[str | int] = [*rloc, "endpoints", i]
             pspec = providers.get(ep.provider)
-            if pspec is None:
-                if ep.provider not in provider_sections and ep.provider not in section.providers:
-                    problems.append(f"{_loc([*eloc, 'provider'])}: unknown provider {ep.provider!r}")
-                continue
+            if pspec is None and ep.provider not in providers_raw:
+                problems.append(f"{_loc([*eloc, 'provider'])}: unknown provider {ep.provider!r}")
             eid = ep.id or ep.provider
-            if eid in seen:
+            duplicate = eid in seen
+            if duplicate:
                 problems.append(f"{_loc([*eloc, 'id'])}: duplicate endpoint id {eid!r} in route")
-                continue
             seen.add(eid)
-            psec = provider_sections[ep.provider]
+            owner = provider_sections.get(ep.provider)
             resolved = {
                 b: _block(
                     b,
                     [
                         (["defaults"], getattr(defaults, b)),
-                        (["providers", ep.provider], getattr(psec, b)),
+                        (["providers", ep.provider], getattr(owner, b, None)),
                         (rloc, getattr(route, b)),
                         (eloc, getattr(ep, b)),
                     ],
@@ -536,6 +616,8 @@ def loads(data: bytes | str, *, path: str = "<string>", env: Mapping[str, str] |
                 )
                 for b in BLOCKS
             }
+            if pspec is None or duplicate:
+                continue  # reported above; its blocks were still checked
             reason = None
             if ep.disabled:
                 reason = "disabled in config"
@@ -568,12 +650,10 @@ def loads(data: bytes | str, *, path: str = "<string>", env: Mapping[str, str] |
         )
 
     if problems:
-        raise ConfigError(path, problems)
+        raise ConfigError(path, list(dict.fromkeys(problems)))
 
-    server = section.server
     client_keys = parse_client_keys(env.get(server.api_keys_env, "")) if server.api_keys_env else {}
     admin_raw = env.get(server.admin_key_env, "") if server.admin_key_env else ""
-    storage = section.storage
     if env.get("ROUTER_DATABASE_URL"):
         storage = storage.model_copy(update={"url": env["ROUTER_DATABASE_URL"]})
     return Config(
@@ -582,10 +662,11 @@ def loads(data: bytes | str, *, path: str = "<string>", env: Mapping[str, str] |
         loaded_at=datetime.now(UTC),
         server=server,
         storage=storage,
-        providers=providers,
-        policies=policies,
-        routes=routes,
-        client_keys=client_keys,
+        # Read-only views: a frozen dataclass holding plain dicts could still be mutated.
+        providers=MappingProxyType(providers),
+        policies=MappingProxyType(policies),
+        routes=MappingProxyType(routes),
+        client_keys=MappingProxyType(client_keys),
         admin_key=Secret(admin_raw.strip()) if admin_raw.strip() else None,
     )
 

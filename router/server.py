@@ -9,6 +9,8 @@ sends can take the process down.
 
 from __future__ import annotations
 
+import asyncio
+import asyncio
 import hashlib
 import hmac
 import time
@@ -25,6 +27,7 @@ from router.attempts import Attempts, Opened
 from router.errors import (
     BadRequest,
     Forbidden,
+    NoEndpointAvailable,
     PayloadTooLarge,
     RouterError,
     Unauthorized,
@@ -244,6 +247,12 @@ async def _proxy(request: web.Request, operation: str) -> web.StreamResponse:
             record.status = 502
             await resp.write(_stream_error_event(exc))
             resp.force_close()
+        except (asyncio.CancelledError, ConnectionResetError):
+            # The client went away mid-stream: the log and request log must not call a
+            # truncated stream a 200.
+            record.status = 499
+            record.error = "client_closed"
+            raise
         finally:
             await chunks.aclose()
             inspector = opened.inspector
@@ -379,6 +388,9 @@ async def admin_usage(request: web.Request) -> web.Response:
         _check_admin(request)
     except RouterError as exc:
         return _error_response(exc, {})
+    starting = request.app[EXTRAS].get("requestlog_starting")
+    if starting is not None and not starting.done():
+        await asyncio.wait({starting}, timeout=15)  # the log starts after the service listens
     requestlog = request.app[EXTRAS].get("requestlog")
     if requestlog is None or not getattr(requestlog, "enabled", True):
         return _error_response(RouterError("the request log is off (storage.url is empty)"), {})
@@ -396,7 +408,15 @@ async def admin_usage(request: web.Request) -> web.Response:
         return _error_response(
             BadRequest("group_by must be one of route, endpoint, key, day", param="group_by"), {}
         )
-    result = await requestlog.usage(since=since, until=until, group_by=group_by)
+    try:
+        result = await requestlog.usage(since=since, until=until, group_by=group_by)
+    except ValueError as exc:
+        return _error_response(BadRequest(str(exc), param="since"), {})
+    except Exception as exc:  # the database is down or locked: say so, don't crash
+        log.warning("usage_query_failed", error=type(exc).__name__)
+        return _error_response(
+            NoEndpointAvailable("the request log database is unavailable", code="storage_unavailable"), {}
+        )
     return _json_response(200, orjson.dumps(result, default=str))
 
 
@@ -436,8 +456,6 @@ def create_app(service: Service, *, debug: bool = False) -> web.Application:
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     service = app[SERVICE]
-    import asyncio
-
     watcher = asyncio.get_running_loop().create_task(service.watch())
     yield
     watcher.cancel()

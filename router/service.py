@@ -156,7 +156,7 @@ class Service:
             "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
         }
         if rt is None:
-            return 503, {"status": "down", "config": cfg_view, "routes": {}}
+            return 503, {"status": "down", "pid": os.getpid(), "config": cfg_view, "routes": {}}
         now = self.clock()
         routes: dict[str, Any] = {}
         without = []
@@ -209,7 +209,7 @@ class Service:
             status = "degraded"
         else:
             status = "ok"
-        body = {"status": status, "config": cfg_view, "routes": routes}
+        body = {"status": status, "pid": os.getpid(), "config": cfg_view, "routes": routes}
         return (200 if status == "ok" else 503), body
 
     def readiness(self) -> tuple[bool, list[str]]:

@@ -1,0 +1,312 @@
+"""routes.yaml parsed into frozen, validated objects (``router.config.loads``, in process)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import pydantic
+import pytest
+
+from router.config import ConfigError, Secret, loads, parse_client_keys
+from tests.support import ROOT
+
+LAYERED = """
+storage: {url: null}
+defaults:
+  timeouts: {connect_s: 2, ttft_s: 30}
+  retry: {attempts: 3, backoff_s: 0.05}
+  breaker: {cooldown_s: 15}
+  stats: {halflife_s: 20}
+providers:
+  p: {kind: simulated, retry: {attempts: 4}, timeouts: {idle_s: 9}}
+  q: {kind: simulated}
+routes:
+  r:
+    retry: {backoff_s: 0.5}
+    timeouts: {total_s: 100}
+    endpoints:
+      - {provider: p, model: m, retry: {on: [500, timeout]}, breaker: {min_requests: 3}}
+      - {provider: q, model: m}
+      - {provider: p, model: m2, id: p-two, timeouts: {ttft_s: 7}, stats: {halflife_s: 5}}
+"""
+
+
+def problems_of(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        loads(text, env=env or {})
+    return info.value.problems
+
+
+def test_partial_blocks_merge_field_by_field_down_the_chain() -> None:
+    config = loads(LAYERED, env={})
+    route = config.routes["r"]
+    first, second, third = route.endpoints
+
+    # endpoint <- route <- provider <- defaults, one field at a time
+    assert first.retry.attempts == 4  # provider
+    assert first.retry.backoff_s == 0.5  # route
+    assert first.retry.on == (500, "timeout")  # endpoint; the `on:` key reads as a string
+    assert first.retry.backoff_max_s == 2.0  # built-in default
+    assert first.timeouts.connect_s == 2  # defaults
+    assert first.timeouts.ttft_s == 30  # defaults
+    assert first.timeouts.idle_s == 9  # provider
+    assert first.timeouts.total_s == 100  # route
+    assert first.breaker.cooldown_s == 15  # defaults
+    assert first.breaker.min_requests == 3  # endpoint
+    assert first.breaker.consecutive_failures == 5  # built-in default
+    assert first.stats.halflife_s == 20
+
+    # another provider does not inherit p's overrides
+    assert second.retry.attempts == 3
+    assert second.timeouts.idle_s == 60
+    assert second.retry.backoff_s == 0.5
+    assert second.retry.on == (429, 500, 502, 503, 504, "timeout", "connect")
+
+    assert third.timeouts.ttft_s == 7
+    assert third.timeouts.idle_s == 9
+    assert third.stats.halflife_s == 5
+
+    # the route's own blocks: defaults <- route
+    assert route.retry.attempts == 3 and route.retry.backoff_s == 0.5
+    assert route.timeouts.total_s == 100 and route.timeouts.connect_s == 2
+
+
+def test_endpoint_ids_default_to_the_provider_and_keep_their_order() -> None:
+    config = loads(LAYERED, env={})
+    eps = config.routes["r"].endpoints
+    assert [e.id for e in eps] == ["p", "q", "p-two"]
+    assert [e.index for e in eps] == [0, 1, 2]
+    assert eps[2].model == "m2"
+    assert eps[0].provider.name == "p" and eps[0].provider.kind == "simulated"
+
+
+def test_the_policy_defaults_to_priority_and_named_policies_resolve() -> None:
+    text = """
+storage: {url: null}
+providers: {p: {kind: simulated}}
+policies:
+  quick: {strategy: score, weights: {ttft: 2.0}, pick: p2c, hedge: {after: p90}}
+routes:
+  plain: {endpoints: [{provider: p, model: m}]}
+  named: {policy: quick, endpoints: [{provider: p, model: m}]}
+  bare: {policy: cheapest, endpoints: [{provider: p, model: m}]}
+"""
+    config = loads(text, env={})
+    assert config.routes["plain"].policy.strategy == "priority"
+    named = config.routes["named"].policy
+    assert (named.name, named.strategy, named.pick) == ("quick", "score", "p2c")
+    assert dict(named.weights or {}) == {"ttft": 2.0}
+    assert named.hedge is not None and named.hedge.after == "p90" and named.hedge.after_ms == 1000.0
+    assert config.routes["bare"].policy.strategy == "cheapest"
+
+
+def test_an_unset_key_variable_disables_the_endpoint_and_names_the_variable() -> None:
+    text = """
+storage: {url: null}
+providers:
+  up: {kind: openai, base_url: "http://127.0.0.1:9/v1", api_key_env: UP_KEY_FOR_TEST}
+  sim: {kind: simulated}
+routes:
+  r:
+    endpoints:
+      - {provider: up, model: m}
+      - {provider: sim, model: m}
+      - {provider: sim, model: m, id: off, disabled: true}
+"""
+    config = loads(text, env={})
+    up, sim, off = config.routes["r"].endpoints
+    assert up.disabled_reason is not None and "UP_KEY_FOR_TEST" in up.disabled_reason
+    assert up.provider.api_key is None
+    assert sim.disabled_reason is None
+    assert off.disabled_reason == "disabled in config"
+
+    config = loads(text, env={"UP_KEY_FOR_TEST": "sk-up-123456"})
+    up = config.routes["r"].endpoints[0]
+    assert up.disabled_reason is None
+    assert up.provider.api_key == Secret("sk-up-123456")
+    assert "sk-up-123456" not in repr(up.provider)
+    assert "sk-up-123456" in config.secrets()
+
+
+def test_config_objects_are_frozen() -> None:
+    config = loads(LAYERED, env={})
+    ep = config.routes["r"].endpoints[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.version = "x"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ep.model = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.routes["r"].policy.strategy = "weighted"  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError):
+        ep.retry.attempts = 10  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError):
+        config.server.port = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.routes["new"] = config.routes["r"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        config.providers["new"] = ep.provider  # type: ignore[index]
+    assert isinstance(config.routes["r"].endpoints, tuple)
+
+
+def test_unknown_keys_are_errors_at_every_level_with_their_path() -> None:
+    text = """
+storage: {url: null, typo1: 1}
+sever: {port: 1}
+defaults: {retry: {attempt: 2}}
+providers:
+  p: {kind: simulated, ttft: 5}
+policies:
+  fast: {strategy: lowest_ttft, weight: {ttft: 1}}
+routes:
+  r:
+    polcy: priority
+    endpoints:
+      - {provider: p, model: m, timeouts: {ttft: 3}}
+      - {provider: p, model: m, id: b, modle: x}
+"""
+    problems = problems_of(text)
+    for expected in (
+        "storage.typo1: unknown key",
+        "sever: unknown key",
+        "defaults.retry.attempt: unknown key",
+        "providers.p.ttft: unknown key",
+        "policies.fast.weight: unknown key",
+        "routes.r.polcy: unknown key",
+        "routes.r.endpoints[0].timeouts.ttft: unknown key",
+        "routes.r.endpoints[1].modle: unknown key",
+    ):
+        assert expected in problems, (expected, problems)
+
+
+def test_every_semantic_error_is_reported_with_its_path() -> None:
+    text = """
+storage: {url: null}
+providers:
+  p: {kind: simulated}
+  k: {kind: nonsense}
+routes:
+  demo:
+    policy: nope
+    fallbacks: [missing, demo]
+    endpoints:
+      - {provider: p, model: m}
+      - {provider: p, model: m2}
+      - {provider: x, model: m}
+      - {provider: p, model: m, id: w, weight: heavy}
+      - {provider: p, model: m, id: v, retry: {on: [600, sometimes]}}
+"""
+    problems = problems_of(text)
+    for expected in (
+        "providers.k.kind: must be one of",
+        "routes.demo.policy: unknown policy 'nope'",
+        "routes.demo.fallbacks[0]: unknown route 'missing'",
+        "routes.demo.fallbacks[1]: a route cannot fall back to itself",
+        "routes.demo.endpoints[1].id: duplicate endpoint id 'p'",
+        "routes.demo.endpoints[2].provider: unknown provider 'x'",
+        "routes.demo.endpoints[3].weight:",
+        "routes.demo.endpoints[4].retry.on",
+    ):
+        assert any(p.startswith(expected) for p in problems), (expected, problems)
+    assert len(problems) == len(set(problems))
+
+
+def test_bad_types_and_bounds_are_errors() -> None:
+    text = """
+storage: {url: null}
+server: {port: "eighty", max_body_mb: -1}
+defaults: {timeouts: {ttft_s: 0}, retry: {attempts: many}}
+providers:
+  p: {kind: simulated, error_rate: 2}
+  o: {kind: openai, base_url: "ftp://x"}
+policies:
+  s: {strategy: score, weights: {ttft: -1}}
+  t: {strategy: warp}
+  u: {strategy: round_robin, pick: p2c}
+routes:
+  r: {endpoints: [{provider: p, model: m, max_concurrency: 0}]}
+  e: {endpoints: []}
+"""
+    problems = problems_of(text)
+    for expected in (
+        "server.port:",
+        "server.max_body_mb:",
+        "defaults.timeouts.ttft_s:",
+        "defaults.retry.attempts:",
+        "providers.p.error_rate:",
+        "providers.o.base_url: must start with http:// or https://",
+        "policies.s.weights: weight of ttft must be >= 0",
+        "policies.t.strategy: unknown strategy 'warp'",
+        "policies.u: 'weights' and 'pick' apply only to strategy 'score'",
+        "routes.r.endpoints[0].max_concurrency:",
+        "routes.e.endpoints:",
+    ):
+        assert any(p.startswith(expected) for p in problems), (expected, problems)
+
+
+def test_a_file_with_no_routes_or_not_a_mapping_is_an_error() -> None:
+    assert any(p.startswith("routes:") for p in problems_of("storage: {url: null}\n"))
+    assert problems_of("- a\n- b\n") == ["(top): the file must be a mapping with a 'routes' key"]
+    [problem] = problems_of("routes: {a: [\n")
+    assert problem.startswith("(yaml) line")
+
+
+def test_yaml_1_1_booleans_do_not_eat_the_on_key() -> None:
+    text = """
+storage: {url: null}
+providers: {p: {kind: simulated}}
+routes:
+  r:
+    retry:
+      on: [429, connect]
+    endpoints: [{provider: p, model: m}]
+"""
+    config = loads(text, env={})
+    assert config.routes["r"].endpoints[0].retry.on == (429, "connect")
+    assert config.routes["r"].endpoints[0].retry_on == frozenset({429, "connect"})
+
+
+def test_client_keys_named_and_bare() -> None:
+    keys = parse_client_keys("team-a:sk-aaa, sk-bare ,,")
+    assert keys == {
+        "sk-aaa": "team-a",
+        "sk-bare": "key-" + hashlib.sha256(b"sk-bare").hexdigest()[:8],
+    }
+    text = (
+        "storage: {url: null}\n"
+        "providers: {p: {kind: simulated}}\n"
+        "routes: {r: {endpoints: [{provider: p, model: m}]}}\n"
+    )
+    config = loads(text, env={"ROUTER_API_KEYS": "team-a:sk-aaa", "ROUTER_ADMIN_KEY": "adm-1234"})
+    assert dict(config.client_keys) == {"sk-aaa": "team-a"}
+    assert config.admin_key == Secret("adm-1234")
+    assert set(config.secrets()) == {"sk-aaa", "adm-1234"}
+    assert "sk-aaa" not in repr(config) and "adm-1234" not in repr(config)
+    assert loads(text, env={}).client_keys == {}
+
+
+def test_database_url_from_the_environment_overrides_storage() -> None:
+    text = (
+        "providers: {p: {kind: simulated}}\nroutes: {r: {endpoints: [{provider: p, model: m}]}}\n"
+    )
+    assert loads(text, env={}).storage.url == "sqlite+aiosqlite:///router.db"
+    assert loads(text, env={"ROUTER_DATABASE_URL": "sqlite+aiosqlite:///x.db"}).storage.url == (
+        "sqlite+aiosqlite:///x.db"
+    )
+
+
+def test_version_follows_the_content() -> None:
+    a = loads(LAYERED, env={})
+    b = loads(LAYERED, env={})
+    c = loads(LAYERED + "\n# a comment\n", env={})
+    assert a.version == b.version
+    assert a.version != c.version
+
+
+def test_the_shipped_routes_file_loads_without_keys() -> None:
+    config = loads((ROOT / "routes.yaml").read_bytes(), env={})
+    assert "demo" in config.routes
+    assert all(e.disabled_reason is None for e in config.routes["demo"].endpoints)
+    sonnet = config.routes["claude-sonnet-4-6"]
+    assert sonnet.fallbacks == ("claude-haiku-4-5",)
+    assert any("TOKENLX_API_KEY" in (e.disabled_reason or "") for e in sonnet.endpoints)
