@@ -54,10 +54,13 @@ class Lease:
         endpoint.breaker.acquire(self.started)
         self._done = False
 
-    def first_token(self) -> None:
+    def first_token(self, *, sample: bool = True) -> None:
+        """The first token arrived. Only streams give a TTFT sample: a non-streamed
+        answer's first byte comes after the whole generation."""
         if self.first_token_at is None:
             self.first_token_at = now = self.clock()
-            self.endpoint.stats.first_token(self._token, now)
+            if sample:
+                self.endpoint.stats.first_token(self._token, now)
 
     def succeed(self, usage: Usage | None, events: int, tool_calls_valid: bool | None) -> None:
         if self._done:
@@ -67,12 +70,15 @@ class Lease:
         ep = self.endpoint
         first = self.first_token_at
         tokens = usage.completion_tokens if usage and usage.completion_tokens else events
+        # Tokens per second after the first token for a stream; for a non-streamed answer
+        # (``events`` == 0) over the whole answer, the only span it shows.
+        streamed = events > 0 and first is not None and now > first
         ep.stats.finish(
             self._token,
             ok=True,
             latency_s=now - self.started,
             completion_tokens=tokens,
-            generation_s=(now - first) if first is not None and now > first else None,
+            generation_s=(now - first) if streamed and first is not None else now - self.started,
             tool_calls_valid=tool_calls_valid,
         )
         ep.breaker.success(now)
@@ -205,7 +211,7 @@ class Attempts:
                         opened = await self._first_token(route, ep, lease, response, hedged)
                     else:
                         body = await response.read()
-                        lease.first_token()
+                        lease.first_token(sample=False)
                         usage, tools_ok = inspect_body(body)
                         lease.succeed(usage, 0, tools_ok)
                         opened = Opened(ep, route, lease, response, body, None, None, usage, hedged)

@@ -11,8 +11,10 @@ Evidence ages: ``confidence`` is 1 - 0.5**n for n recent samples, times 0.5 per 
 since the last one. ``loads`` blends each estimate towards an optimistic prior (the best
 value among the route's endpoints) by that confidence, so an endpoint idle for a while
 drifts back into consideration. An endpoint whose confidence is under ``EXPLORE_BELOW``
-and that has nothing in flight is marked ``explore`` (tried first, once); one with a probe
-already in flight is marked ``probing`` (tried last): explored, never starved, never flooded.
+and that has nothing in flight is marked ``explore`` (tried first, once); one under
+``PROBE_BELOW`` with a request already in flight is marked ``probing`` (tried last): an
+endpoint whose evidence is stale gets one request at a time until fresh evidence is in,
+however attractive its blended estimate looks. Explored, never starved, never flooded.
 A request waiting for its first token longer than the TTFT estimate raises the estimate
 to its age, so a host that just went slow is noticed before its first slow answer lands.
 """
@@ -28,6 +30,7 @@ from policies import Candidate
 
 Clock = Callable[[], float]
 EXPLORE_BELOW = 0.25
+PROBE_BELOW = 0.5  # evidence older than about a half-life: one request at a time
 _WINDOW = 512  # recent samples kept for p50/p95 display and hedge thresholds
 
 
@@ -283,7 +286,7 @@ def loads(
                 error_rate=conf * (err if err is not None else best_err) + keep * best_err,
                 in_flight=st.in_flight,
                 explore=conf < EXPLORE_BELOW and st.in_flight == 0,
-                probing=conf < EXPLORE_BELOW and st.in_flight > 0,
+                probing=conf < PROBE_BELOW and st.in_flight > 0,
             )
         )
     return out
