@@ -90,7 +90,7 @@ def rank_once(runtime: Runtime, route: RouteRuntime, policy: str) -> list[Endpoi
     strategy, _ = route.strategy_for(policy)
     candidates = route.candidates(avail, now)
     ranked = strategy.rank(candidates, runtime.rng)
-    return [route.by_id[c.id] for c in ranked]
+    return [route.endpoints[c.index] for c in ranked]
 
 
 def per_call_us(fn: Callable[[], Any], budget_s: float = 0.4) -> float:

@@ -33,58 +33,69 @@ COMPETITIVE_SLACK = 0.05
 TEMPERATURE = 0.1
 
 
+_METRICS = ("latency", "ttft", "throughput", "error_rate", "price", "in_flight")
+
+
 class Score:
     name = "score"
 
     def __init__(self, weights: Mapping[str, float] | None = None, pick: str | None = None) -> None:
         self.weights = dict(weights or DEFAULT_WEIGHTS)
         self.pick = pick or "best"
-        self._w = tuple(
-            self.weights.get(k, 0.0)
-            for k in ("latency", "ttft", "throughput", "error_rate", "price", "in_flight")
-        )
+        w = tuple(self.weights.get(k, 0.0) for k in _METRICS)
+        self._w = w
+        # Only metrics with a weight are normalised: each costs a pass over the route.
+        self._used = tuple(k for k, wk in zip(_METRICS, w, strict=True) if wk)
+
+    def cost_list(self, candidates: Sequence[Candidate]) -> list[float]:
+        """Costs in the candidates' order; lower is better."""
+        w_lat, w_ttft, w_tps, w_err, w_price, w_busy = self._w
+        used = self._used
+        max_lat = (max(c.latency_s for c in candidates) or 1.0) if "latency" in used else 1.0
+        max_ttft = (max(c.ttft_s for c in candidates) or 1.0) if "ttft" in used else 1.0
+        max_tps = (max(c.tokens_per_s for c in candidates) or 1.0) if "throughput" in used else 1.0
+        max_price = (max(c.price for c in candidates) or 1.0) if "price" in used else 1.0
+        max_busy = (max(c.in_flight for c in candidates) or 1) if "in_flight" in used else 1
+        k_lat, k_ttft, k_tps = w_lat / max_lat, w_ttft / max_ttft, w_tps / max_tps
+        k_price, k_busy = w_price / max_price, w_busy / max_busy
+        return [
+            k_lat * c.latency_s
+            + k_ttft * c.ttft_s
+            + w_tps
+            - k_tps * c.tokens_per_s
+            + w_err * c.error_rate
+            + (k_price * (c.price_in + 3.0 * c.price_out) if k_price else 0.0)
+            + k_busy * c.in_flight
+            for c in candidates
+        ]
 
     def costs(self, candidates: Sequence[Candidate]) -> dict[str, float]:
         if not candidates:
             return {}
-        w_lat, w_ttft, w_tps, w_err, w_price, w_busy = self._w
-        max_lat = max(c.latency_s for c in candidates) or 1.0
-        max_ttft = max(c.ttft_s for c in candidates) or 1.0
-        max_tps = max(c.tokens_per_s for c in candidates) or 1.0
-        max_price = max(c.price for c in candidates) or 1.0
-        max_busy = max(c.in_flight for c in candidates) or 1
-        out = {}
-        for c in candidates:
-            cost = (
-                w_lat * c.latency_s / max_lat
-                + w_ttft * c.ttft_s / max_ttft
-                + w_tps * (1.0 - c.tokens_per_s / max_tps)
-                + w_err * c.error_rate
-                + w_price * c.price / max_price
-                + w_busy * c.in_flight / max_busy
-            )
-            out[c.id] = cost
-        return out
+        return {c.id: cost for c, cost in zip(candidates, self.cost_list(candidates), strict=True)}
 
     def rank(self, candidates: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
-        cost = self.costs(candidates)
-        ordered = sorted(candidates, key=lambda c: (cost[c.id], c.index))
+        if not candidates:
+            return []
+        costs = self.cost_list(candidates)
+        keyed = sorted(zip(costs, [c.index for c in candidates], candidates, strict=True))
+        ordered = [c for _, _, c in keyed]
         if any(c.explore or c.probing for c in ordered):
             return explore_first(ordered)
         if len(ordered) < 2 or self.pick == "best":
             return ordered
+        best = keyed[0][0]
         if self.pick == "p2c":
-            best = cost[ordered[0].id]
             limit = max(best * COMPETITIVE_RATIO, best + COMPETITIVE_SLACK)
-            pool = [c for c in ordered if cost[c.id] <= limit]
+            pool = [k for k in keyed if k[0] <= limit]
             if len(pool) < 2:
                 return ordered
             a, b = rng.sample(pool, 2)
-            first = a if cost[a.id] <= cost[b.id] else b
+            first = a[2] if a[0] <= b[0] else b[2]
         else:
-            best = cost[ordered[0].id]
-            odds = [math.exp(-(cost[c.id] - best) / TEMPERATURE) for c in ordered]
-            first = rng.choices(ordered, weights=odds, k=1)[0]
+            odds = [math.exp(-(cost - best) / TEMPERATURE) for cost, _, _ in keyed]
+            odds = [o if math.isfinite(o) else 0.0 for o in odds]  # absurd loads: no chance
+            first = rng.choices(ordered, weights=odds, k=1)[0] if sum(odds) > 0 else ordered[0]
         return [first, *(c for c in ordered if c is not first)]
 
     def scores(self, candidates: Sequence[Candidate]) -> Mapping[str, float]:

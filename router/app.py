@@ -59,6 +59,7 @@ async def serve(config_path: str, host: str | None, port: int | None, *, reuse_p
     log.info("draining", in_flight=service.in_flight)
     await runner.cleanup()
     log.info("stopped")
+    logs.flush()
     return 0
 
 

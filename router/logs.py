@@ -7,6 +7,8 @@ are swapped in by the service when a config loads (``Redactor.update``).
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import os
 import sys
@@ -49,6 +51,70 @@ class Redactor:
 REDACTOR = Redactor()
 
 
+class BufferedLogger:
+    """Writes JSON lines in batches: one syscall per 50 ms instead of one per request.
+
+    Info and debug lines wait at most ``FLUSH_S`` (or until 64 KiB pile up); warnings and
+    errors go out at once, together with whatever is waiting, so order is kept. Outside a
+    running event loop (start-up, CLI) every line is written at once.
+    """
+
+    FLUSH_S = 0.05
+    LIMIT = 64 * 1024
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self._buf: list[bytes] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _later(self, message: bytes) -> None:
+        self._buf.append(message + b"\n")
+        self._size += len(message) + 1
+        if self._size >= self.LIMIT:
+            self.flush()
+            return
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(self.FLUSH_S, self.flush)
+
+    def _now(self, message: bytes) -> None:
+        self._buf.append(message + b"\n")
+        self.flush()
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._buf:
+            data = b"".join(self._buf)
+            self._buf.clear()
+            self._size = 0
+            try:
+                self._file.write(data)
+                self._file.flush()
+            except (OSError, ValueError):  # stderr closed: nothing left to tell
+                pass
+
+    debug = info = msg = log = _later
+    warning = warn = error = err = critical = exception = fatal = failure = _now
+
+
+_SINKS: list[BufferedLogger] = []
+
+
+def flush() -> None:
+    for sink in _SINKS:
+        sink.flush()
+
+
+atexit.register(flush)
+
+
 def level_from_env() -> int:
     return LEVELS.get(os.environ.get("LOG_LEVEL", "info").strip().lower(), 20)
 
@@ -68,7 +134,9 @@ def configure(level: int | None = None, fmt: str | None = None) -> None:
         factory: Any = structlog.PrintLoggerFactory(sys.stderr)
     else:
         processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
-        factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
+        sink = BufferedLogger(sys.stderr.buffer)
+        _SINKS.append(sink)
+        factory = lambda *args: sink  # noqa: E731 - structlog wants a factory
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -283,7 +283,8 @@ class Pipeline:
         else:
             candidates = route.candidates(avail, now)
             ranked = strategy.rank(candidates, runtime.rng)
-            ranking = [route.by_id[c.id] for c in ranked]
+            endpoints = route.endpoints
+            ranking = [endpoints[c.index] for c in ranked]
             if self.debug:
                 log.debug(
                     "route_decision",

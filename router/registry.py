@@ -25,7 +25,7 @@ from policies import Candidate, Strategy
 from providers.base import Provider
 from router.breaker import CircuitBreaker
 from router.config import Config, EndpointSpec, HedgeSection, PolicySpec, ProviderSpec, RouteSpec
-from router.stats import Clock, EndpointStats, loads
+from router.stats import Clock, EndpointStats, Prior, loads
 
 
 def make_provider(spec: ProviderSpec) -> Provider:
@@ -109,6 +109,7 @@ class RouteRuntime:
         self.by_id = {e.id: e for e in endpoints}
         self._policy_specs = policies_
         self._strategies: dict[str, tuple[Strategy, HedgeSection | None]] = {}
+        self.prior = Prior()  # the route's best live values, refreshed by every ranking
         self.policy = spec.policy
         self.strategy, self.hedge = self.strategy_for(spec.policy.name)
 
@@ -125,7 +126,9 @@ class RouteRuntime:
         return found
 
     def candidates(self, endpoints: list[Endpoint], now: float) -> list[Candidate]:
-        out = loads([(e.spec, e.stats) for e in endpoints], now, [e.price for e in endpoints])
+        out = loads(
+            [(e.spec, e.stats) for e in endpoints], now, [e.price for e in endpoints], self.prior
+        )
         for c, e in zip(out, endpoints, strict=True):
             if e.breaker.state != "healthy" and e.breaker.probe_due(now):
                 c.explore, c.probing = True, False  # its half-open probe goes first

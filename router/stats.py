@@ -21,9 +21,11 @@ to its age, so a host that just went slow is noticed before its first slow answe
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from policies import Candidate
@@ -37,13 +39,14 @@ _WINDOW = 512  # recent samples kept for p50/p95 display and hedge thresholds
 class DecayedMean:
     """A mean whose samples lose half their weight every half-life of elapsed time."""
 
-    __slots__ = ("_sum", "_t", "_weight", "peak")
+    __slots__ = ("_sum", "_t", "_weight", "mean", "peak")
 
     def __init__(self, peak: bool = False) -> None:
         self._sum = 0.0
         self._weight = 0.0
         self._t = 0.0
         self.peak = peak
+        self.mean: float | None = None  # kept up to date: read on every ranking
 
     def add(self, x: float, now: float, halflife: float) -> None:
         if self._weight > 0.0:
@@ -55,10 +58,11 @@ class DecayedMean:
         self._sum += x
         self._weight += 1.0
         self._t = now
+        self.mean = self._sum / self._weight
 
     @property
     def value(self) -> float | None:
-        return self._sum / self._weight if self._weight > 0.0 else None
+        return self.mean
 
 
 class Window:
@@ -106,6 +110,7 @@ class EndpointStats:
         self.tool_call_failures = 0
         self.in_flight = 0
         self.samples = 0.0  # decayed count of answers, for confidence
+        self.sample_conf = 0.0  # 1 - 0.5 ** samples, kept up to date
         self.last_sample: float | None = None
         self.last_error: str | None = None
         self._waiting: dict[int, float] = {}  # attempt token -> start, until its first token
@@ -148,6 +153,7 @@ class EndpointStats:
         h = self.halflife
         self.requests += 1
         self.samples = self.samples * self._decay(now) + 1.0
+        self.sample_conf = 1.0 - 0.5**self.samples
         self.last_sample = now
         self.errors.add(0.0 if ok else 1.0, now, h)
         if not ok:
@@ -234,62 +240,90 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
 
 
+@dataclass(slots=True)
+class Prior:
+    """The route's best live values, the optimistic prior that stale estimates drift to.
+
+    Each ranking blends with the prior found by the previous one and leaves the new one
+    behind, so a ranking is a single pass over the route (the lag is one request).
+    """
+
+    latency_s: float = 0.0
+    ttft_s: float = 0.0
+    tokens_per_s: float = 0.0
+    error_rate: float = 0.0
+
+
 def loads(
     endpoints: Sequence[tuple[Any, EndpointStats]],
     now: float,
     prices: Sequence[tuple[float, float]],
+    prior: Prior | None = None,
 ) -> list[Candidate]:
     """The candidates of one ranking, with estimates blended towards the route's best.
 
-    ``endpoints`` pairs each endpoint spec (id, index, weight) with its stats.
+    ``endpoints`` pairs each endpoint spec (id, index, weight) with its stats. This runs on
+    every request over every endpoint of the route, so it makes one pass of plain
+    attribute reads. Without a ``prior`` (tests, one-off views) it first finds one.
     """
-    raw = []
-    best_lat = best_ttft = float("inf")
+    if prior is None:
+        prior = Prior()
+        loads(endpoints, now, prices, prior)
+    p_lat, p_ttft, p_tps, p_err = prior.latency_s, prior.ttft_s, prior.tokens_per_s, prior.error_rate
+    inf = math.inf
+    best_lat = best_ttft = best_err = inf
     best_tps = 0.0
-    best_err = 1.0
-    for spec, st in endpoints:
-        conf = st.confidence(now)
-        lat, ttft, tps = st.latency.value, st.ttft.value, st.tokens_per_s.value
-        err = st.errors.value
-        wait = st.oldest_wait(now)
-        if ttft is not None and wait > ttft:
-            ttft = wait
-        raw.append((spec, st, conf, lat, ttft, tps, err))
-        if conf > 0.0:
-            if lat is not None:
-                best_lat = min(best_lat, lat)
-            if ttft is not None:
-                best_ttft = min(best_ttft, ttft)
-            if tps is not None:
-                best_tps = max(best_tps, tps)
-            if err is not None:
-                best_err = min(best_err, err)
-    if best_lat == float("inf"):
-        best_lat = 0.0
-    if best_ttft == float("inf"):
-        best_ttft = 0.0
-    if best_err == 1.0 and not any(r[6] is not None for r in raw):
-        best_err = 0.0
     out = []
-    for (spec, st, conf, lat, ttft, tps, err), (p_in, p_out) in zip(raw, prices, strict=True):
+    append = out.append
+    for (spec, st), (p_in, p_out) in zip(endpoints, prices, strict=True):
+        last = st.last_sample
+        if last is None:
+            conf = 0.0
+        elif now > last:
+            conf = st.sample_conf * 0.5 ** ((now - last) / st.halflife)
+        else:
+            conf = st.sample_conf
+        lat = st.latency.mean
+        ttft = st.ttft.mean
+        tps = st.tokens_per_s.mean
+        err = st.errors.mean
+        waiting = st._waiting
+        if waiting and ttft is not None:
+            wait = now - next(iter(waiting.values()))
+            if wait > ttft:
+                ttft = wait
+        if conf > 0.0:
+            if lat is not None and lat < best_lat:
+                best_lat = lat
+            if ttft is not None and ttft < best_ttft:
+                best_ttft = ttft
+            if tps is not None and tps > best_tps:
+                best_tps = tps
+            if err is not None and err < best_err:
+                best_err = err
         keep = 1.0 - conf
-        out.append(
+        busy = st.in_flight
+        append(
             Candidate(
-                id=spec.id,
-                index=spec.index,
-                weight=spec.weight,
-                price_in=p_in,
-                price_out=p_out,
-                latency_s=conf * (lat if lat is not None else best_lat) + keep * best_lat,
-                ttft_s=conf * (ttft if ttft is not None else best_ttft) + keep * best_ttft,
-                tokens_per_s=conf * (tps if tps is not None else best_tps) + keep * best_tps,
-                error_rate=conf * (err if err is not None else best_err) + keep * best_err,
-                in_flight=st.in_flight,
-                explore=conf < EXPLORE_BELOW and st.in_flight == 0,
-                probing=conf < PROBE_BELOW and st.in_flight > 0,
+                spec.id,
+                spec.index,
+                spec.weight,
+                p_in,
+                p_out,
+                p_lat if lat is None else conf * lat + keep * p_lat,
+                p_ttft if ttft is None else conf * ttft + keep * p_ttft,
+                p_tps if tps is None else conf * tps + keep * p_tps,
+                p_err if err is None else conf * err + keep * p_err,
+                busy,
+                conf < EXPLORE_BELOW and busy == 0,
+                conf < PROBE_BELOW and busy > 0,
             )
         )
+    prior.latency_s = 0.0 if best_lat == inf else best_lat
+    prior.ttft_s = 0.0 if best_ttft == inf else best_ttft
+    prior.tokens_per_s = best_tps
+    prior.error_rate = 0.0 if best_err == inf else best_err
     return out
 
 
-__all__ = ["Clock", "DecayedMean", "EndpointStats", "Window", "loads"]
+__all__ = ["Clock", "DecayedMean", "EndpointStats", "Prior", "Window", "loads"]
