@@ -35,16 +35,24 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         upstream = await session.post(url, data=body, headers=headers)
     except aiohttp.ClientError as exc:
         return web.json_response(
-            {"error": {"message": f"upstream: {type(exc).__name__}", "type": "upstream_error",
-                       "code": None, "param": None}}, status=502)
+            {
+                "error": {
+                    "message": f"upstream: {type(exc).__name__}",
+                    "type": "upstream_error",
+                    "code": None,
+                    "param": None,
+                }
+            },
+            status=502,
+        )
     async with upstream:
         ctype = upstream.headers.get("Content-Type", "application/json")
         if not ctype.startswith("text/event-stream"):
             data = await upstream.read()
-            return web.Response(body=data, status=upstream.status,
-                                headers={"Content-Type": ctype})
-        resp = web.StreamResponse(status=upstream.status,
-                                  headers={"Content-Type": ctype, "Cache-Control": "no-cache"})
+            return web.Response(body=data, status=upstream.status, headers={"Content-Type": ctype})
+        resp = web.StreamResponse(
+            status=upstream.status, headers={"Content-Type": ctype, "Cache-Control": "no-cache"}
+        )
         await resp.prepare(request)
         try:
             while True:
@@ -53,8 +61,10 @@ async def proxy(request: web.Request) -> web.StreamResponse:
                     break
                 await resp.write(chunk)
         except aiohttp.ClientError:
-            await resp.write(b'data: {"error": {"message": "stream broken", '
-                             b'"type": "upstream_error", "code": "stream_broken"}}\n\n')
+            await resp.write(
+                b'data: {"error": {"message": "stream broken", '
+                b'"type": "upstream_error", "code": "stream_broken"}}\n\n'
+            )
         await resp.write_eof()
         return resp
 
@@ -70,8 +80,9 @@ def make_app(upstream: str, max_connections: int = 0) -> web.Application:
     async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
         connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=None)
         timeout = aiohttp.ClientTimeout(total=600, sock_connect=5)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                         auto_decompress=False) as session:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False
+        ) as session:
             app[SESSION] = session
             yield
 
@@ -94,8 +105,14 @@ def main() -> None:
         import uvloop
 
         uvloop.install()
-    web.run_app(make_app(args.upstream), host=args.host, port=args.port, backlog=4096,
-                access_log=None, print=None)
+    web.run_app(
+        make_app(args.upstream),
+        host=args.host,
+        port=args.port,
+        backlog=4096,
+        access_log=None,
+        print=None,
+    )
 
 
 if __name__ == "__main__":

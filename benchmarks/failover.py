@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -22,8 +24,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import aiohttp  # noqa: E402
-from scenario import Router, Sim, drive, dump, pct, stream_once, table  # noqa: E402
+import aiohttp
+from scenario import Router, Sim, drive, dump, pct, stream_once, table
 
 SIM_ARGS = ("--ttft-ms", "20", "--tokens-per-s", "400", "--tokens", "16", "--jitter", "0.2")
 
@@ -37,7 +39,9 @@ async def main() -> None:
     args = ap.parse_args()
 
     sims = [Sim(f"up{i}", *SIM_ARGS, "--seed", str(i)).start() for i in range(3)]
-    providers = "\n".join(f"  up{i}: {{kind: openai, base_url: '{s.url}/v1'}}" for i, s in enumerate(sims))
+    providers = "\n".join(
+        f"  up{i}: {{kind: openai, base_url: '{s.url}/v1'}}" for i, s in enumerate(sims)
+    )
     config = (
         "storage: {url: null}\n"
         "defaults:\n"
@@ -65,10 +69,8 @@ async def main() -> None:
             state = (ep["state"], ep["reason"])
             if not transitions or transitions[-1][1] != state:
                 transitions.append((time.perf_counter(), state))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop_polling.wait(), 0.02)
-            except TimeoutError:
-                pass
 
     async def progress(i: int, r: Any) -> None:
         if i == int(args.requests * 0.3) and "kill" not in events:
@@ -81,8 +83,14 @@ async def main() -> None:
     try:
         async with aiohttp.ClientSession() as session:
             poller = asyncio.create_task(poll_health(session))
-            run = await drive(router.url, "m", n=args.requests, concurrency=args.concurrency,
-                              stream=False, on_progress=progress)
+            run = await drive(
+                router.url,
+                "m",
+                n=args.requests,
+                concurrency=args.concurrency,
+                stream=False,
+                on_progress=progress,
+            )
             # Keep a trickle going until the restarted endpoint serves again (bounded).
             deadline = time.perf_counter() + args.cooldown * 8 + 10
             tail = []
@@ -106,24 +114,36 @@ async def main() -> None:
     before = [r.latency * 1000 for r in results if r.started < kill and r.ok]
     # Last moment the dead endpoint's error count grew = the last attempt it received.
     last_err_change = kill
-    for (t0, e0), (t1, e1) in zip(errors_seen, errors_seen[1:], strict=False):
+    for (_, e0), (t1, e1) in itertools.pairwise(errors_seen):
         if e1 > e0 and kill <= t1 < restart:
             last_err_change = t1
-    back = min((r.started + r.latency for r in results if r.endpoint == "up0" and r.started > restart), default=None)
-    rows = [["metric", "value", "target"],
-            ["requests", str(len(results)), ""],
-            ["client-visible errors", str(client_errors), "0"],
-            ["p99 latency before the kill (ms)", f"{pct(before, 0.99):.1f}", ""],
-            ["p99 latency during the outage (ms)", f"{pct(outage, 0.99):.1f}", ""],
-            ["dead endpoint stopped receiving after (s)", f"{last_err_change - kill:.3f}", "< 1"],
-            ["serving again after the restart (s)", "never" if back is None else f"{back - restart:.2f}",
-             f"< cooldown_s + 2 = {args.cooldown + 2:g}"],
-            ["outage length (s)", f"{restart - kill:.2f}", ""]]
-    print(f"\nFailover: {args.requests} non-streamed requests, concurrency {args.concurrency}, "
-          f"one of three upstreams killed at 30% and restarted at 70%, cooldown_s {args.cooldown:g}")
+    back = min(
+        (r.started + r.latency for r in results if r.endpoint == "up0" and r.started > restart),
+        default=None,
+    )
+    rows = [
+        ["metric", "value", "target"],
+        ["requests", str(len(results)), ""],
+        ["client-visible errors", str(client_errors), "0"],
+        ["p99 latency before the kill (ms)", f"{pct(before, 0.99):.1f}", ""],
+        ["p99 latency during the outage (ms)", f"{pct(outage, 0.99):.1f}", ""],
+        ["dead endpoint stopped receiving after (s)", f"{last_err_change - kill:.3f}", "< 1"],
+        [
+            "serving again after the restart (s)",
+            "never" if back is None else f"{back - restart:.2f}",
+            f"< cooldown_s + 2 = {args.cooldown + 2:g}",
+        ],
+        ["outage length (s)", f"{restart - kill:.2f}", ""],
+    ]
+    print(
+        f"\nFailover: {args.requests} non-streamed requests, concurrency {args.concurrency}, "
+        f"one of three upstreams killed at 30% and restarted at 70%, cooldown_s {args.cooldown:g}"
+    )
     print(table(rows))
-    print("breaker of the killed endpoint (s from the kill):",
-          ", ".join(f"{t - kill:+.2f} {st[0]}" for t, st in transitions))
+    print(
+        "breaker of the killed endpoint (s from the kill):",
+        ", ".join(f"{t - kill:+.2f} {st[0]}" for t, st in transitions),
+    )
     dump(args.json, {"rows": rows})
 
 

@@ -17,11 +17,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import aiohttp  # noqa: E402
-from scenario import Router, Sim, drive, dump, pct, table  # noqa: E402
+import aiohttp
+from scenario import Router, Sim, drive, dump, pct, table
 
-SIM_ARGS = ("--ttft-ms", "100", "--jitter", "0.15", "--tail-prob", "0.03", "--tail-ms", "2000",
-            "--tokens-per-s", "400", "--tokens", "16")
+SIM_ARGS = (
+    "--ttft-ms",
+    "100",
+    "--jitter",
+    "0.15",
+    "--tail-prob",
+    "0.03",
+    "--tail-ms",
+    "2000",
+    "--tokens-per-s",
+    "400",
+    "--tokens",
+    "16",
+)
 
 
 async def received(session: aiohttp.ClientSession, sim: Sim) -> int:
@@ -36,7 +48,9 @@ async def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
     sims = [Sim(f"h{i}", *SIM_ARGS, "--seed", str(10 + i)).start() for i in range(2)]
-    providers = "\n".join(f"  h{i}: {{kind: openai, base_url: '{s.url}/v1'}}" for i, s in enumerate(sims))
+    providers = "\n".join(
+        f"  h{i}: {{kind: openai, base_url: '{s.url}/v1'}}" for i, s in enumerate(sims)
+    )
     eps = "\n".join(f"      - {{provider: h{i}, model: m}}" for i in range(2))
     config = (
         "storage: {url: null}\n"
@@ -53,13 +67,17 @@ async def main() -> None:
         async with aiohttp.ClientSession() as session:
             for mode in ("off", "on"):
                 before = sum([await received(session, s) for s in sims])
-                run = await drive(router.url, mode, n=args.requests, concurrency=args.concurrency, seed=5)
+                run = await drive(
+                    router.url, mode, n=args.requests, concurrency=args.concurrency, seed=5
+                )
                 after = sum([await received(session, s) for s in sims])
                 ttfts = [r.ttft * 1000 for r in run.results if r.ok and r.ttft is not None]
                 upstream = after - before
                 out[mode] = {
                     "ok": sum(r.ok for r in run.results),
-                    "p50": pct(ttfts, 0.5), "p90": pct(ttfts, 0.9), "p99": pct(ttfts, 0.99),
+                    "p50": pct(ttfts, 0.5),
+                    "p90": pct(ttfts, 0.9),
+                    "p99": pct(ttfts, 0.99),
                     "upstream": upstream,
                     "extra": (upstream - len(run.results)) / len(run.results),
                 }
@@ -69,14 +87,27 @@ async def main() -> None:
             s.stop()
     rows = [["hedging", "ok", "ttft p50 ms", "p90", "p99", "upstream requests", "extra"]]
     for mode, r in out.items():
-        rows.append([mode, str(r["ok"]), f"{r['p50']:.0f}", f"{r['p90']:.0f}", f"{r['p99']:.0f}",
-                     str(r["upstream"]), f"{r['extra']:.1%}"])
+        rows.append(
+            [
+                mode,
+                str(r["ok"]),
+                f"{r['p50']:.0f}",
+                f"{r['p90']:.0f}",
+                f"{r['p99']:.0f}",
+                str(r["upstream"]),
+                f"{r['extra']:.1%}",
+            ]
+        )
     ratio = out["off"]["p99"] / out["on"]["p99"]
-    print(f"\nHedging: {args.requests} streaming requests per run, concurrency {args.concurrency}, "
-          "two upstreams with TTFT ~100 ms and a 3% 2 s tail")
+    print(
+        f"\nHedging: {args.requests} streaming requests per run, concurrency {args.concurrency}, "
+        "two upstreams with TTFT ~100 ms and a 3% 2 s tail"
+    )
     print(table(rows))
-    print(f"p99 TTFT improvement: {ratio:.1f}x (target >= 2x); extra upstream requests "
-          f"{out['on']['extra']:.1%} (target <= 15%)")
+    print(
+        f"p99 TTFT improvement: {ratio:.1f}x (target >= 2x); extra upstream requests "
+        f"{out['on']['extra']:.1%} (target <= 15%)"
+    )
     dump(args.json, out)
 
 

@@ -7,14 +7,17 @@ Three single-endpoint routes on one router process, upstreams answer at once:
   litellm-anthropic kind: litellm, model anthropic/claude-sonnet-4-6 -> tests.fakes.anthropic
 N sequential non-streamed requests per route (after 20 warm-up ones), one keep-alive client.
 """
+
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
+
 from tests.fakes.anthropic import FakeAnthropic
 from tests.support import FakeUpstream, RouterProcess, routes_yaml
 
@@ -26,6 +29,8 @@ def cpu_s(pid: int) -> float:
     """utime + stime of the router process (and its threads: litellm uses an executor)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
 with FakeAnthropic() as anth, FakeUpstream() as compat, tempfile.TemporaryDirectory() as tmp:
     config = routes_yaml(
         "  openai:\n    endpoints:\n      - {provider: compat, model: bench}\n"
@@ -40,7 +45,9 @@ with FakeAnthropic() as anth, FakeUpstream() as compat, tempfile.TemporaryDirect
             body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
             for route in ("openai", "litellm-openai", "litellm-anthropic"):
                 for _ in range(20):
-                    client.post("/chat/completions", json={**body, "model": route}).raise_for_status()
+                    client.post(
+                        "/chat/completions", json={**body, "model": route}
+                    ).raise_for_status()
                 ms = []
                 cpu0 = cpu_s(router.proc.pid)
                 for _ in range(N):
@@ -50,5 +57,7 @@ with FakeAnthropic() as anth, FakeUpstream() as compat, tempfile.TemporaryDirect
                     ms.append((time.perf_counter() - t) * 1000)
                 cpu = (cpu_s(router.proc.pid) - cpu0) * 1000 / N
                 q = statistics.quantiles(ms, n=10)
-                print(f"{route:18s} n={N} median={statistics.median(ms):.2f} ms p90={q[8]:.2f} ms "
-                      f"mean={statistics.fmean(ms):.2f} ms  router CPU {cpu:.2f} ms/req")
+                print(
+                    f"{route:18s} n={N} median={statistics.median(ms):.2f} ms p90={q[8]:.2f} ms "
+                    f"mean={statistics.fmean(ms):.2f} ms  router CPU {cpu:.2f} ms/req"
+                )

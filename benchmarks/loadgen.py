@@ -337,10 +337,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             n = len(records)
             errs = sum(1 for r in records[last:] if not r[4])
             ttfts = sorted(r[2] * 1000.0 for r in records[last:] if r[2] is not None)
-            print(orjson.dumps({"t": round(_now() - start, 1), "done": n, "new": n - last,
-                                "new_errors": errs, "in_flight": len(inflight),
-                                "ttft_p50_ms": pct(ttfts, 0.5), "ttft_p99_ms": pct(ttfts, 0.99),
-                                }).decode(), file=sys.stderr, flush=True)
+            print(
+                orjson.dumps(
+                    {
+                        "t": round(_now() - start, 1),
+                        "done": n,
+                        "new": n - last,
+                        "new_errors": errs,
+                        "in_flight": len(inflight),
+                        "ttft_p50_ms": pct(ttfts, 0.5),
+                        "ttft_p99_ms": pct(ttfts, 0.99),
+                    }
+                ).decode(),
+                file=sys.stderr,
+                flush=True,
+            )
             last = n
 
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -379,11 +390,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "error_statuses": dict(statuses),
         "failures": dict(failures),
         "rps": round(len(measured) / secs, 1),
-        "latency_ms": {"p50": ms(pct(lats, 0.5)), "p90": ms(pct(lats, 0.9)),
-                       "p99": ms(pct(lats, 0.99)), "max": ms(lats[-1] if lats else None),
-                       "mean": ms(sum(lats) / len(lats) if lats else None)},
-        "ttft_ms": {"p50": ms(pct(ttfts, 0.5)), "p90": ms(pct(ttfts, 0.9)),
-                    "p99": ms(pct(ttfts, 0.99))} if stream else None,
+        "latency_ms": {
+            "p50": ms(pct(lats, 0.5)),
+            "p90": ms(pct(lats, 0.9)),
+            "p99": ms(pct(lats, 0.99)),
+            "max": ms(lats[-1] if lats else None),
+            "mean": ms(sum(lats) / len(lats) if lats else None),
+        },
+        "ttft_ms": {
+            "p50": ms(pct(ttfts, 0.5)),
+            "p90": ms(pct(ttfts, 0.9)),
+            "p99": ms(pct(ttfts, 0.99)),
+        }
+        if stream
+        else None,
         "loadgen_cpu_s": round(cpu, 3),
         "loadgen_cpu_frac": round(cpu / max(end - start, 1e-9), 3),
     }

@@ -107,21 +107,32 @@ class Bench:
     procs: list[Proc] = field(default_factory=list)
 
     def start(
-        self, name: str, cmd: list[str], url: str, ready_path: str, core: str | None,
-        env: dict[str, str] | None = None, ready_timeout: float = 120.0,
+        self,
+        name: str,
+        cmd: list[str],
+        url: str,
+        ready_path: str,
+        core: str | None,
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 120.0,
     ) -> Proc:
         log_path = os.path.join(self.tmp, f"{name}.log")
         with open(log_path, "wb") as log:
             t0 = time.perf_counter()
             popen = subprocess.Popen(
-                pinned(core, cmd), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                pinned(core, cmd),
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
                 preexec_fn=_limits,
             )
         proc = Proc(name, popen, url, log_path=log_path)
         self.procs.append(proc)
-        took = wait_http(url + ready_path, ready_timeout, interval_s=0.005,
-                         alive=lambda: popen.poll() is None)
+        took = wait_http(
+            url + ready_path, ready_timeout, interval_s=0.005, alive=lambda: popen.poll() is None
+        )
         if took is None or popen.poll() is not None:
             with open(log_path, "rb") as fh:
                 tail = fh.read()[-3000:].decode("utf-8", "replace")
@@ -135,15 +146,20 @@ class Bench:
         self.procs.clear()
 
 
+STORAGE = {"url": ""}  # --storage: "" = SQLite in the temp dir (as shipped), "off", or a URL
+
+
 def router_config(tmp: str, upstream: str, max_connections: int | None = None) -> str:
     path = os.path.join(tmp, "routes.yaml")
     db = os.path.join(tmp, "router.db")
     pool = f", max_connections: {max_connections}" if max_connections else ""
+    storage = STORAGE["url"]
+    storage_url = "null" if storage == "off" else f'"{storage or f"sqlite+aiosqlite:///{db}"}"'
     text = f"""\
 # The feature set as shipped: live stats, score/p2c, retries armed (defaults), the
 # request log on SQLite, metrics. Two OpenAI-compatible endpoints on the zero upstream.
 server: {{host: 127.0.0.1, port: 8080}}
-storage: {{url: "sqlite+aiosqlite:///{db}"}}
+storage: {{url: {storage_url}}}
 providers:
   up-a: {{kind: openai, base_url: "{upstream}/v1"{pool}}}
   up-b: {{kind: openai, base_url: "{upstream}/v1"{pool}}}
@@ -193,22 +209,48 @@ general_settings:
     return path
 
 
-def loadgen(url: str, mode: str, tokens: int, conns: int, duration: float,
-            core: str | None = "1") -> dict[str, Any]:
-    cmd = [PY, os.path.join(HERE, "loadgen.py"), "--url", url, "--mode", mode,
-           "--tokens", str(tokens), "--conns", str(conns), "--duration", str(duration),
-           "--timeout", "30"]
-    out = subprocess.run(pinned(core, cmd), capture_output=True, timeout=duration + 90,
-                         check=False, preexec_fn=raise_nofile)
+def loadgen(
+    url: str, mode: str, tokens: int, conns: int, duration: float, core: str | None = "1"
+) -> dict[str, Any]:
+    cmd = [
+        PY,
+        os.path.join(HERE, "loadgen.py"),
+        "--url",
+        url,
+        "--mode",
+        mode,
+        "--tokens",
+        str(tokens),
+        "--conns",
+        str(conns),
+        "--duration",
+        str(duration),
+        "--timeout",
+        "30",
+    ]
+    out = subprocess.run(
+        pinned(core, cmd),
+        capture_output=True,
+        timeout=duration + 90,
+        check=False,
+        preexec_fn=raise_nofile,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"loadgen failed: {out.stderr.decode()[-2000:]}")
     result: dict[str, Any] = json.loads(out.stdout)
     return result
 
 
-def measure(proc: Proc | None, url: str, mode: str, tokens: int, conns: int,
-            duration: float, core: str | None = "1", upstream: Proc | None = None,
-            ) -> dict[str, Any]:
+def measure(
+    proc: Proc | None,
+    url: str,
+    mode: str,
+    tokens: int,
+    conns: int,
+    duration: float,
+    core: str | None = "1",
+    upstream: Proc | None = None,
+) -> dict[str, Any]:
     cpu0 = cpu_seconds(proc.pid) if proc else None
     up0 = cpu_seconds(upstream.pid) if upstream else None
     busy0, t0 = machine_busy_seconds(), time.perf_counter()
@@ -248,9 +290,26 @@ def cell_key(r: dict[str, Any]) -> tuple[str, int, int]:
 
 def print_table(rows: list[dict[str, Any]], out: Any = sys.stdout) -> None:
     by = {(r["target"], *cell_key(r)): r for r in rows}
-    head = ["target", "mode", "conns", "req/s", "p50 ms", "p90 ms", "p99 ms", "ttft50",
-            "ttft99", "cpu ms/req", "rss MB", "err", "noise", "x bare", "x direct", "+p50 ms",
-            "+ttft50", "cpu x bare"]
+    head = [
+        "target",
+        "mode",
+        "conns",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "ttft50",
+        "ttft99",
+        "cpu ms/req",
+        "rss MB",
+        "err",
+        "noise",
+        "x bare",
+        "x direct",
+        "+p50 ms",
+        "+ttft50",
+        "cpu x bare",
+    ]
     print("| " + " | ".join(head) + " |", file=out)
     print("|" + "|".join("---" for _ in head) + "|", file=out)
     for r in rows:
@@ -264,9 +323,18 @@ def print_table(rows: list[dict[str, Any]], out: Any = sys.stdout) -> None:
         added_t = None if dttft is None or ttft.get("p50") is None else ttft["p50"] - dttft
         label = "non-stream" if mode == "nonstream" else "stream"
         cells = [
-            r["target"], f"{label} {tokens}", str(conns), f(r["rps"], 0), f(lat["p50"]),
-            f(lat["p90"]), f(lat["p99"]), f(ttft.get("p50")), f(ttft.get("p99")),
-            f(r.get("cpu_ms_per_req"), 3), f(r.get("rss_mb"), 0), str(r["errors"]),
+            r["target"],
+            f"{label} {tokens}",
+            str(conns),
+            f(r["rps"], 0),
+            f(lat["p50"]),
+            f(lat["p90"]),
+            f(lat["p99"]),
+            f(ttft.get("p50")),
+            f(ttft.get("p99")),
+            f(r.get("cpu_ms_per_req"), 3),
+            f(r.get("rss_mb"), 0),
+            str(r["errors"]),
             f(r.get("other_cores"), 2),
             ratio(r["rps"], bare["rps"] if bare else None),
             ratio(r["rps"], direct["rps"] if direct else None),
@@ -277,8 +345,9 @@ def print_table(rows: list[dict[str, Any]], out: Any = sys.stdout) -> None:
         print("| " + " | ".join(cells) + " |", file=out)
 
 
-def print_targets(rows: list[dict[str, Any]], procs: dict[str, dict[str, Any]],
-                  out: Any = sys.stdout) -> None:
+def print_targets(
+    rows: list[dict[str, Any]], procs: dict[str, dict[str, Any]], out: Any = sys.stdout
+) -> None:
     """The issue's targets, each as a ratio from this run."""
     by = {(r["target"], *cell_key(r)): r for r in rows}
 
@@ -286,32 +355,45 @@ def print_targets(rows: list[dict[str, Any]], procs: dict[str, dict[str, Any]],
         return by.get((t, m, k, c))
 
     lines = []
-    for (mode, tokens) in MODES:
+    for mode, tokens in MODES:
         for conns in (16, 64):
             r, b, l_ = (get(t, mode, tokens, conns) for t in ("router", "bare", "litellm"))
             if r and b:
-                lines.append(f"throughput {mode} {tokens} @{conns}: router/bare = "
-                             f"{ratio(r['rps'], b['rps'])} (target >= 1.00)"
-                             + (f"; router/litellm = {ratio(r['rps'], l_['rps'], 1)} "
-                                "(target >= 40)" if l_ else ""))
+                lines.append(
+                    f"throughput {mode} {tokens} @{conns}: router/bare = "
+                    f"{ratio(r['rps'], b['rps'])} (target >= 1.00)"
+                    + (
+                        f"; router/litellm = {ratio(r['rps'], l_['rps'], 1)} (target >= 40)"
+                        if l_
+                        else ""
+                    )
+                )
             if r and b and r.get("cpu_ms_per_req") and b.get("cpu_ms_per_req"):
-                lines.append(f"cpu/req    {mode} {tokens} @{conns}: router/bare = "
-                             f"{ratio(r['cpu_ms_per_req'], b['cpu_ms_per_req'])} (target <= 1.20)")
+                lines.append(
+                    f"cpu/req    {mode} {tokens} @{conns}: router/bare = "
+                    f"{ratio(r['cpu_ms_per_req'], b['cpu_ms_per_req'])} (target <= 1.20)"
+                )
         r, b, d = (get(t, mode, tokens, 1) for t in ("router", "bare", "direct"))
         if r and b and d:
             rl = r["latency_ms"]["p50"] - d["latency_ms"]["p50"]
             bl = b["latency_ms"]["p50"] - d["latency_ms"]["p50"]
-            lines.append(f"added p50  {mode} {tokens} @1: router {rl:.3f} ms, bare {bl:.3f} ms, "
-                         f"difference {rl - bl:+.3f} ms (target <= +0.100)")
+            lines.append(
+                f"added p50  {mode} {tokens} @1: router {rl:.3f} ms, bare {bl:.3f} ms, "
+                f"difference {rl - bl:+.3f} ms (target <= +0.100)"
+            )
             if mode == "stream":
                 rt = r["ttft_ms"]["p50"] - d["ttft_ms"]["p50"]
                 bt = b["ttft_ms"]["p50"] - d["ttft_ms"]["p50"]
-                lines.append(f"added TTFT {mode} {tokens} @1: router {rt:.3f} ms, bare {bt:.3f} ms,"
-                             f" difference {rt - bt:+.3f} ms (target <= +0.100)")
+                lines.append(
+                    f"added TTFT {mode} {tokens} @1: router {rt:.3f} ms, bare {bt:.3f} ms,"
+                    f" difference {rt - bt:+.3f} ms (target <= +0.100)"
+                )
     for name, p in procs.items():
-        lines.append(f"start-up   {name}: ready in {f(p.get('ready_s'), 3)} s, idle RSS "
-                     f"{f(p.get('idle_rss_mb'), 1)} MB"
-                     + (" (targets: <= 1 s, <= 60 MB)" if name == "router" else ""))
+        lines.append(
+            f"start-up   {name}: ready in {f(p.get('ready_s'), 3)} s, idle RSS "
+            f"{f(p.get('idle_rss_mb'), 1)} MB"
+            + (" (targets: <= 1 s, <= 60 MB)" if name == "router" else "")
+        )
     for line in lines:
         print("- " + line, file=out)
 
@@ -324,17 +406,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per cell")
     ap.add_argument("--quick", action="store_true", help="~1 minute: 1 s cells, one run each")
     ap.add_argument("--repeat", type=int, default=2, help="runs per cell; the best is kept")
-    ap.add_argument("--only", default=",".join(ALL_TARGETS),
-                    help="targets, comma-separated (direct,bare,router,litellm)")
+    ap.add_argument(
+        "--only",
+        default=",".join(ALL_TARGETS),
+        help="targets, comma-separated (direct,bare,router,litellm)",
+    )
     ap.add_argument("--conns", default="1,16,64")
     ap.add_argument("--modes", default="nonstream16,stream16,stream256")
+    ap.add_argument(
+        "--storage",
+        default="",
+        help="the router's request log: default SQLite (as shipped), 'off', or a database URL",
+    )
     ap.add_argument("--no-workers", action="store_true", help="skip the --workers 1/2 runs")
-    ap.add_argument("--upstream", choices=["zero", "zero-per-token", "sim"], default="zero",
-                    help="zero: benchmarks/zero_upstream.py, a stream in one write; "
-                    "zero-per-token: one write per SSE event; sim: router sim-upstream "
-                    "(itself the bottleneck for streams)")
-    ap.add_argument("--wait-quiet", type=float, default=30.0,
-                    help="first wait up to S seconds for other processes to go quiet")
+    ap.add_argument(
+        "--upstream",
+        choices=["zero", "zero-per-token", "sim"],
+        default="zero",
+        help="zero: benchmarks/zero_upstream.py, a stream in one write; "
+        "zero-per-token: one write per SSE event; sim: router sim-upstream "
+        "(itself the bottleneck for streams)",
+    )
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=30.0,
+        help="first wait up to S seconds for other processes to go quiet",
+    )
     ap.add_argument("--json", help="also write every measurement to this file")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, db)")
     args = ap.parse_args(argv)
@@ -343,11 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     targets = [t for t in ALL_TARGETS if t in args.only.split(",")]
     if "litellm" in targets and not os.path.exists(PEER):
         targets.remove("litellm")
-        print("# litellm: not installed (make bench-peer installs it in .bench-peer/)",
-              file=sys.stderr)
+        print(
+            "# litellm: not installed (make bench-peer installs it in .bench-peer/)",
+            file=sys.stderr,
+        )
     conns_list = [int(c) for c in args.conns.split(",")]
     modes = [m for m in MODES if f"{m[0]}{m[1]}" in args.modes.split(",")]
     raise_nofile()
+    STORAGE["url"] = args.storage
 
     if args.wait_quiet > 0:
         other = wait_quiet(args.wait_quiet)
@@ -368,8 +469,20 @@ def main(argv: list[str] | None = None) -> int:
                 up_cmd.append("--per-token")
             up_ready = "/health"
         else:
-            up_cmd = [PY, "-m", "router", "sim-upstream", "--port", str(up_port), "--ttft-ms",
-                      "0", "--tokens-per-s", "1e9", "--tokens", "4096"]
+            up_cmd = [
+                PY,
+                "-m",
+                "router",
+                "sim-upstream",
+                "--port",
+                str(up_port),
+                "--ttft-ms",
+                "0",
+                "--tokens-per-s",
+                "1e9",
+                "--tokens",
+                "4096",
+            ]
             up_ready = "/v1/models"
         upstream = bench.start("upstream", up_cmd, upstream_url, up_ready, core="1")
         gateways: dict[str, Proc] = {}
@@ -379,23 +492,50 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             if name == "bare":
-                cmd = [PY, os.path.join(HERE, "bare_proxy.py"), "--port", str(port),
-                       "--upstream", upstream_url]
+                cmd = [
+                    PY,
+                    os.path.join(HERE, "bare_proxy.py"),
+                    "--port",
+                    str(port),
+                    "--upstream",
+                    upstream_url,
+                ]
                 ready = "/health/ready"
             elif name == "router":
-                cmd = [PY, "-m", "router", "serve", "--config",
-                       router_config(tmp, upstream_url), "--host", "127.0.0.1",
-                       "--port", str(port)]
+                cmd = [
+                    PY,
+                    "-m",
+                    "router",
+                    "serve",
+                    "--config",
+                    router_config(tmp, upstream_url),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ]
                 ready = "/health/ready"
             else:
-                cmd = [PEER, "--config", litellm_config(tmp, upstream_url), "--host",
-                       "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+                cmd = [
+                    PEER,
+                    "--config",
+                    litellm_config(tmp, upstream_url),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--num_workers",
+                    "1",
+                ]
                 ready = "/health/readiness"
             proc = bench.start(name, cmd, url, ready, core=gw_core, env=env)
             proc.idle_rss_mb = settled_rss_mb(proc.pid)
             startup[name] = {"ready_s": proc.ready_s, "idle_rss_mb": proc.idle_rss_mb}
-            print(f"# {name}: ready in {proc.ready_s:.3f} s, idle RSS "
-                  f"{f(proc.idle_rss_mb, 1)} MB", file=sys.stderr, flush=True)
+            print(
+                f"# {name}: ready in {proc.ready_s:.3f} s, idle RSS {f(proc.idle_rss_mb, 1)} MB",
+                file=sys.stderr,
+                flush=True,
+            )
             return proc
 
         for name in targets:
@@ -416,42 +556,74 @@ def main(argv: list[str] | None = None) -> int:
                 best: dict[str, dict[str, Any]] = {}
                 for _ in range(repeat):
                     for name in targets:
-                        res = measure(gateways.get(name), url_of(name), mode, tokens, conns,
-                                      duration, upstream=upstream)
+                        res = measure(
+                            gateways.get(name),
+                            url_of(name),
+                            mode,
+                            tokens,
+                            conns,
+                            duration,
+                            upstream=upstream,
+                        )
                         if name not in best or res["rps"] > best[name]["rps"]:
                             best[name] = res
                 for name in targets:
                     res = best[name]
                     res["target"] = name
                     rows.append(res)
-                    print(f"# {name:7} {mode:9} {tokens:3} x{conns:<3} {res['rps']:9.0f} req/s "
-                          f"p50 {f(res['latency_ms']['p50'])} ms err {res['errors']} "
-                          f"noise {f(res.get('other_cores'))}",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"# {name:7} {mode:9} {tokens:3} x{conns:<3} {res['rps']:9.0f} req/s "
+                        f"p50 {f(res['latency_ms']['p50'])} ms err {res['errors']} "
+                        f"noise {f(res.get('other_cores'))}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
         if "router" in targets and not args.no_workers:
             # Unpinned: the workers, the upstream and the load generator share both cores.
             for g in gateways.values():
                 g.stop()
             if HAS_TASKSET:
-                subprocess.run(["taskset", "-a", "-pc", "0-1", str(upstream.pid)],
-                               capture_output=True, check=False)
+                subprocess.run(
+                    ["taskset", "-a", "-pc", "0-1", str(upstream.pid)],
+                    capture_output=True,
+                    check=False,
+                )
             config = router_config(tmp, upstream_url)
             for n in (1, 2):
                 port = free_port()
                 url = f"http://127.0.0.1:{port}"
-                proc = bench.start(f"router-w{n}", [PY, "-m", "router", "serve", "--config",
-                                   config, "--host", "127.0.0.1", "--port", str(port),
-                                   "--workers", str(n)], url, "/health/ready", core=None)
+                proc = bench.start(
+                    f"router-w{n}",
+                    [
+                        PY,
+                        "-m",
+                        "router",
+                        "serve",
+                        "--config",
+                        config,
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--workers",
+                        str(n),
+                    ],
+                    url,
+                    "/health/ready",
+                    core=None,
+                )
                 time.sleep(0.5 + 0.5 * n)  # every worker bound and ready
                 loadgen(url, "nonstream", 16, 64, 1.0, core=None)
-                res = measure(proc, url, "nonstream", 16, 64, max(duration, 2.0), core=None,
-                              upstream=upstream)
+                res = measure(
+                    proc, url, "nonstream", 16, 64, max(duration, 2.0), core=None, upstream=upstream
+                )
                 res["workers"] = n
                 workers.append(res)
                 proc.stop()
-                print(f"# router --workers {n}: {res['rps']:.0f} req/s", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"# router --workers {n}: {res['rps']:.0f} req/s", file=sys.stderr, flush=True
+                )
     finally:
         bench.stop_all()
         if not args.keep:
@@ -460,32 +632,49 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# kept {tmp}", file=sys.stderr)
 
     total = time.perf_counter() - started
-    print(f"\n## Gateway benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {duration:g} s per cell, "
-          f"gateway pinned to core {gw_core if HAS_TASKSET else '-'}, loadgen+upstream on core 1, "
-          f"upstream={args.upstream}, {total:.0f} s)\n")
+    print(
+        f"\n## Gateway benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {duration:g} s per cell, "
+        f"gateway pinned to core {gw_core if HAS_TASKSET else '-'}, loadgen+upstream on core 1, "
+        f"upstream={args.upstream}, {total:.0f} s)\n"
+    )
     print_table(rows)
-    print("\nx bare / x direct: req/s ratio to that target in the same cell; +p50/+ttft50: ms "
-          "added over direct; cpu x bare: CPU per request ratio to bare; noise: cores kept "
-          "busy by other processes during the cell (the machine is shared); best of "
-          f"{repeat} run(s) per cell by req/s.\n")
+    print(
+        "\nx bare / x direct: req/s ratio to that target in the same cell; +p50/+ttft50: ms "
+        "added over direct; cpu x bare: CPU per request ratio to bare; noise: cores kept "
+        "busy by other processes during the cell (the machine is shared); best of "
+        f"{repeat} run(s) per cell by req/s.\n"
+    )
     if workers:
         print("### router --workers (unpinned; loadgen and upstream share the 2 cores)\n")
-        print("| workers | req/s | p50 ms | p99 ms | cpu ms/req | rss MB | loadgen cpu | noise "
-              "| x w1 |")
+        print(
+            "| workers | req/s | p50 ms | p99 ms | cpu ms/req | rss MB | loadgen cpu | noise "
+            "| x w1 |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for w in workers:
-            print(f"| {w['workers']} | {w['rps']:.0f} | {f(w['latency_ms']['p50'])} | "
-                  f"{f(w['latency_ms']['p99'])} | {f(w.get('cpu_ms_per_req'), 3)} | "
-                  f"{f(w.get('rss_mb'), 0)} | {w['loadgen_cpu_frac']:.2f} | "
-                  f"{f(w.get('other_cores'))} | "
-                  f"{ratio(w['rps'], workers[0]['rps'])} |")
+            print(
+                f"| {w['workers']} | {w['rps']:.0f} | {f(w['latency_ms']['p50'])} | "
+                f"{f(w['latency_ms']['p99'])} | {f(w.get('cpu_ms_per_req'), 3)} | "
+                f"{f(w.get('rss_mb'), 0)} | {w['loadgen_cpu_frac']:.2f} | "
+                f"{f(w.get('other_cores'))} | "
+                f"{ratio(w['rps'], workers[0]['rps'])} |"
+            )
         print()
     print("### Targets (ratios from this run)\n")
     print_targets(rows, startup)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"rows": rows, "startup": startup, "workers": workers,
-                       "duration": duration, "seconds": total}, fh, indent=1)
+            json.dump(
+                {
+                    "rows": rows,
+                    "startup": startup,
+                    "workers": workers,
+                    "duration": duration,
+                    "seconds": total,
+                },
+                fh,
+                indent=1,
+            )
     return 0
 
 

@@ -74,7 +74,7 @@ def short(frame: str, root: str) -> str:
     for prefix in (root + "/", "site-packages/"):
         i = where.find(prefix)
         if i >= 0:
-            where = where[i + len(prefix):]
+            where = where[i + len(prefix) :]
     py = "/lib/python3."
     if py in where:
         where = "stdlib/" + where.split(py, 1)[1].split("/", 1)[1]
@@ -101,12 +101,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         up_port, port = free_port(), free_port()
         upstream = f"http://127.0.0.1:{up_port}"
-        bench.start("upstream", [PY, os.path.join(HERE, "zero_upstream.py"), "--port",
-                    str(up_port)], upstream, "/health", core="1")
+        bench.start(
+            "upstream",
+            [PY, os.path.join(HERE, "zero_upstream.py"), "--port", str(up_port)],
+            upstream,
+            "/health",
+            core="1",
+        )
         url = f"http://127.0.0.1:{port}"
-        router = bench.start("router", [PY, "-m", "router", "serve", "--config",
-                             router_config(tmp, upstream), "--host", "127.0.0.1", "--port",
-                             str(port)], url, "/health/ready", core="0")
+        router = bench.start(
+            "router",
+            [
+                PY,
+                "-m",
+                "router",
+                "serve",
+                "--config",
+                router_config(tmp, upstream),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            url,
+            "/health/ready",
+            core="0",
+        )
         loadgen(url, args.mode, args.tokens, 16, 2.0)  # warm
         raw = args.raw or os.path.join(tmp, "stacks.txt")
         result: dict[str, object] = {}
@@ -117,11 +137,30 @@ def main(argv: list[str] | None = None) -> int:
         driver = threading.Thread(target=drive)
         before = thread_cpu(router.pid)
         driver.start()
-        subprocess.run(pinned("1", [spy, "record", "--pid", str(router.pid), "--duration",
-                                    str(int(args.seconds)), "--rate", str(args.rate),
-                                    "--format", "raw", "--function", "--threads",
-                                    "--output", raw]),
-                       check=True, capture_output=True, timeout=args.seconds + 60)
+        subprocess.run(
+            pinned(
+                "1",
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(router.pid),
+                    "--duration",
+                    str(int(args.seconds)),
+                    "--rate",
+                    str(args.rate),
+                    "--format",
+                    "raw",
+                    "--function",
+                    "--threads",
+                    "--output",
+                    raw,
+                ],
+            ),
+            check=True,
+            capture_output=True,
+            timeout=args.seconds + 60,
+        )
         after = thread_cpu(router.pid)
         driver.join(timeout=args.seconds + 90)
         cpu = {k: v - before.get(k, 0.0) for k, v in after.items()}
@@ -129,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\n## py-spy: router, {args.mode} {args.tokens} tokens, {args.conns} conns, "
-          f"{args.seconds:g} s, {total} samples of the loop thread; load: "
-          f"{result.get('rps')} req/s\n")
+    print(
+        f"\n## py-spy: router, {args.mode} {args.tokens} tokens, {args.conns} conns, "
+        f"{args.seconds:g} s, {total} samples of the loop thread; load: "
+        f"{result.get('rps')} req/s\n"
+    )
     print("| thread | CPU s while sampled (/proc) |")
     print("|---|---|")
     for th, secs in sorted(cpu.items(), key=lambda kv: -kv[1]):
@@ -146,8 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|")
     shown = 0
     for fr, n in incl.most_common():
-        if "router/" in fr or "providers/" in fr or "policies/" in fr or "aiohttp" in fr \
-                or "structlog" in fr or "prometheus" in fr or "sqlalchemy" in fr:
+        if (
+            "router/" in fr
+            or "providers/" in fr
+            or "policies/" in fr
+            or "aiohttp" in fr
+            or "structlog" in fr
+            or "prometheus" in fr
+            or "sqlalchemy" in fr
+        ):
             print(f"| {100 * n / total:.1f} | {fr} |")
             shown += 1
             if shown >= args.top:

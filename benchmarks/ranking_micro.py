@@ -73,8 +73,13 @@ routes:
             token = st.start()
             clock.t += 0.01
             st.first_token(token, clock.t + ttft)
-            st.finish(token, ok=rng.random() > 0.05, latency_s=ttft + rng.uniform(0.2, 3.0),
-                      completion_tokens=200, generation_s=rng.uniform(0.5, 4.0))
+            st.finish(
+                token,
+                ok=rng.random() > 0.05,
+                latency_s=ttft + rng.uniform(0.2, 3.0),
+                completion_tokens=200,
+                generation_s=rng.uniform(0.5, 4.0),
+            )
         for _ in range(rng.randrange(3)):  # a few still in flight, waiting for a token
             st.start()
     clock.t += 1.0
@@ -114,8 +119,10 @@ def table() -> None:
             growth = "-" if prev is None else f"{us / prev[1]:.1f}x for {n // prev[0]}x endpoints"
             print(f"| {label} | {n} | {us:.1f} | {us * 1000 / n:.0f} | {growth} |")
             prev = (n, us)
-    print("\nLinear growth: 10x endpoints costs about 10x (ns / endpoint flat); the target is "
-          "under 50 us at 100 endpoints.")
+    print(
+        "\nLinear growth: 10x endpoints costs about 10x (ns / endpoint flat); the target is "
+        "under 50 us at 100 endpoints."
+    )
 
 
 # -- pytest-benchmark ---------------------------------------------------------------------

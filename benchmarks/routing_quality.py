@@ -21,8 +21,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import aiohttp  # noqa: E402
-from scenario import Router, Run, Sim, drive, dump, summarise, table  # noqa: E402
+import aiohttp
+from scenario import Router, Run, Sim, drive, dump, summarise, table
 
 STRATEGIES = [
     ("priority", "{strategy: priority}"),
@@ -33,9 +33,18 @@ STRATEGIES = [
     ("lowest_ttft", "{strategy: lowest_ttft}"),
     ("highest_throughput", "{strategy: highest_throughput}"),
     ("cheapest", "{strategy: cheapest}"),
-    ("score_best", "{strategy: score, weights: {ttft: 1.0, error_rate: 4.0, throughput: 0.3}, pick: best}"),
-    ("score_p2c", "{strategy: score, weights: {ttft: 1.0, error_rate: 4.0, throughput: 0.3}, pick: p2c}"),
-    ("score_weighted", "{strategy: score, weights: {ttft: 1.0, error_rate: 4.0, throughput: 0.3}, pick: weighted}"),
+    (
+        "score_best",
+        "{strategy: score, weights: {ttft: 1.0, error_rate: 4.0, throughput: 0.3}, pick: best}",
+    ),
+    (
+        "score_p2c",
+        "{strategy: score, weights: {ttft: 1.0, error_rate: 4.0, throughput: 0.3}, pick: p2c}",
+    ),
+    (
+        "score_weighted",
+        "{strategy: score, weights: {ttft: 1.0, error_rate: 4.0, throughput: 0.3}, pick: weighted}",
+    ),
 ]
 ENDPOINTS = ["fast", "slow", "flaky"]
 
@@ -63,7 +72,9 @@ def config(sims: dict[str, Sim]) -> str:
     )
 
 
-async def switch_run(router: Router, sims: dict[str, Sim], strategy: str, n: int, conc: int) -> dict[str, Any]:
+async def switch_run(
+    router: Router, sims: dict[str, Sim], strategy: str, n: int, conc: int
+) -> dict[str, Any]:
     """Warm up, then make `fast` slow; how long until its share of new requests drops?"""
     async with aiohttp.ClientSession() as session:
         await sims["fast"].control(session, ttft_ms=60)
@@ -74,7 +85,9 @@ async def switch_run(router: Router, sims: dict[str, Sim], strategy: str, n: int
                 await sims["fast"].control(session, ttft_ms=1000)
                 switched["at"] = time.perf_counter()
 
-        run = await drive(router.url, f"q-{strategy}", n=n, concurrency=conc, seed=11, on_progress=progress)
+        run = await drive(
+            router.url, f"q-{strategy}", n=n, concurrency=conc, seed=11, on_progress=progress
+        )
         await sims["fast"].control(session, ttft_ms=60)
     at = switched["at"]
     after = sorted((r for r in run.results if r.started >= at), key=lambda r: r.started)
@@ -89,8 +102,14 @@ async def switch_run(router: Router, sims: dict[str, Sim], strategy: str, n: int
         if to_fast > max(1, len(window) // 10):
             moved = w + 1.0
     last_fast = max((r.started - at for r in after if r.endpoint == "fast"), default=0.0)
-    return {"moved_within_s": moved, "last_to_fast_s": last_fast, "after_switch": len(after),
-            "share_after": {e: sum(r.endpoint == e for r in after) / max(1, len(after)) for e in ENDPOINTS}}
+    return {
+        "moved_within_s": moved,
+        "last_to_fast_s": last_fast,
+        "after_switch": len(after),
+        "share_after": {
+            e: sum(r.endpoint == e for r in after) / max(1, len(after)) for e in ENDPOINTS
+        },
+    }
 
 
 async def main() -> None:
@@ -105,49 +124,107 @@ async def main() -> None:
     sims = {
         "fast": Sim("fast", "--ttft-ms", "60", "--tokens-per-s", "120", "--seed", "1").start(),
         "slow": Sim("slow", "--ttft-ms", "450", "--tokens-per-s", "35", "--seed", "2").start(),
-        "flaky": Sim("flaky", "--ttft-ms", "80", "--tokens-per-s", "100", "--error-rate", "0.3", "--seed", "3").start(),
+        "flaky": Sim(
+            "flaky",
+            "--ttft-ms",
+            "80",
+            "--tokens-per-s",
+            "100",
+            "--error-rate",
+            "0.3",
+            "--seed",
+            "3",
+        ).start(),
     }
     router = Router(config(sims)).start()
     results: dict[str, Any] = {}
     try:
         # The oracle goes straight at the fast upstream, no router in between.
-        oracle: Run = await drive(sims["fast"].url, "m", n=args.requests, concurrency=args.concurrency)
+        oracle: Run = await drive(
+            sims["fast"].url, "m", n=args.requests, concurrency=args.concurrency
+        )
         results["oracle"] = summarise(oracle, ENDPOINTS)
         results["oracle"]["share"] = {"fast": 1.0, "slow": 0.0, "flaky": 0.0}
         chosen = [s for s, _ in STRATEGIES if not args.only or s in args.only.split(",")]
         for name in chosen:
-            run = await drive(router.url, f"q-{name}", n=args.requests, concurrency=args.concurrency)
+            run = await drive(
+                router.url, f"q-{name}", n=args.requests, concurrency=args.concurrency
+            )
             results[name] = summarise(run, ENDPOINTS, skip=50)
             print(f"  {name}: done", file=sys.stderr)
         switches = {}
         for name in ("lowest_ttft", "score_p2c"):
             if name in chosen:
-                switches[name] = await switch_run(router, sims, name, args.switch_requests, args.concurrency)
+                switches[name] = await switch_run(
+                    router, sims, name, args.switch_requests, args.concurrency
+                )
     finally:
         router.stop()
         for sim in sims.values():
             sim.stop()
 
     oracle_p95 = results["oracle"]["ttft_p95"]
-    rows = [["strategy", "success", "ttft p50", "p95", "p99", "p95/oracle", "e2e p50", "e2e p95",
-             "fast%", "slow%", "flaky%", "attempts"]]
+    rows = [
+        [
+            "strategy",
+            "success",
+            "ttft p50",
+            "p95",
+            "p99",
+            "p95/oracle",
+            "e2e p50",
+            "e2e p95",
+            "fast%",
+            "slow%",
+            "flaky%",
+            "attempts",
+        ]
+    ]
     for name, s in results.items():
-        rows.append([
-            name, f"{s['success']:.1%}", f"{s['ttft_p50']:.0f}", f"{s['ttft_p95']:.0f}",
-            f"{s['ttft_p99']:.0f}", f"{s['ttft_p95'] / oracle_p95:.2f}x", f"{s['lat_p50']:.0f}",
-            f"{s['lat_p95']:.0f}", f"{s['share']['fast']:.1%}", f"{s['share']['slow']:.1%}",
-            f"{s['share']['flaky']:.1%}", f"{s['attempts_mean']:.2f}",
-        ])
-    print(f"\nRouting quality: {args.requests} streaming requests per strategy, concurrency "
-          f"{args.concurrency}; shares counted after the first 50; times in ms")
+        rows.append(
+            [
+                name,
+                f"{s['success']:.1%}",
+                f"{s['ttft_p50']:.0f}",
+                f"{s['ttft_p95']:.0f}",
+                f"{s['ttft_p99']:.0f}",
+                f"{s['ttft_p95'] / oracle_p95:.2f}x",
+                f"{s['lat_p50']:.0f}",
+                f"{s['lat_p95']:.0f}",
+                f"{s['share']['fast']:.1%}",
+                f"{s['share']['slow']:.1%}",
+                f"{s['share']['flaky']:.1%}",
+                f"{s['attempts_mean']:.2f}",
+            ]
+        )
+    print(
+        f"\nRouting quality: {args.requests} streaming requests per strategy, concurrency "
+        f"{args.concurrency}; shares counted after the first 50; times in ms"
+    )
     print(table(rows))
     if switches:
         print("\nFast upstream switched to TTFT 1000 ms mid-run:")
-        srows = [["strategy", "traffic moved within", "last request to fast", "fast% after", "flaky% after", "slow% after"]]
+        srows = [
+            [
+                "strategy",
+                "traffic moved within",
+                "last request to fast",
+                "fast% after",
+                "flaky% after",
+                "slow% after",
+            ]
+        ]
         for name, sw in switches.items():
-            srows.append([name, f"{sw['moved_within_s']:.0f} s", f"{sw['last_to_fast_s']:.2f} s",
-                          f"{sw['share_after']['fast']:.1%}", f"{sw['share_after']['flaky']:.1%}",
-                          f"{sw['share_after']['slow']:.1%}"])
+            srows.append(
+                [
+                    name,
+                    f"{sw['moved_within_s']:.0f} s",
+                    f"{sw['last_to_fast_s']:.2f} s",
+                    f"{sw['share_after']['fast']:.1%}",
+                    f"{sw['share_after']['flaky']:.1%}",
+                    f"{sw['share_after']['slow']:.1%}",
+                ]
+            )
         print(table(srows))
     dump(args.json, {"results": results, "switches": switches})
 

@@ -42,7 +42,7 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> Non
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
         try:
-            urllib.request.urlopen(url, timeout=1).read()  # noqa: S310 - loopback only
+            urllib.request.urlopen(url, timeout=1).read()
             return
         except (urllib.error.URLError, ConnectionError, OSError):
             time.sleep(0.05)
@@ -88,7 +88,16 @@ class Router:
 
     def start(self) -> Router:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router", "serve", "--config", str(self.config), "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "router",
+                "serve",
+                "--config",
+                str(self.config),
+                "--port",
+                str(self.port),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=open(Path(self.dir) / "router.log", "wb"),  # noqa: SIM115 - lives with the process
             env=self.env,
@@ -124,8 +133,13 @@ class Run:
 
 
 async def stream_once(
-    session: aiohttp.ClientSession, url: str, model: str, body_extra: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None, stream: bool = True, timeout: float = 60.0,
+    session: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    body_extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    stream: bool = True,
+    timeout: float = 60.0,
 ) -> Result:
     body = {"model": model, "stream": stream, "messages": [{"role": "user", "content": "hello"}]}
     body.update(body_extra or {})
@@ -137,7 +151,9 @@ async def stream_once(
     ok = False
     try:
         async with session.post(
-            f"{url}/v1/chat/completions", json=body, headers=headers,
+            f"{url}/v1/chat/completions",
+            json=body,
+            headers=headers,
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
             status = resp.status
@@ -167,8 +183,15 @@ async def stream_once(
 
 
 async def drive(
-    url: str, model: str, *, n: int, concurrency: int, seed: int = 7, stream: bool = True,
-    body_extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+    url: str,
+    model: str,
+    *,
+    n: int,
+    concurrency: int,
+    seed: int = 7,
+    stream: bool = True,
+    body_extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
     on_progress: Any = None,
 ) -> Run:
     """``n`` requests at fixed concurrency; the think time between requests is seeded."""
@@ -224,7 +247,12 @@ def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for j, row in enumerate(rows):
-        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        lines.append(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

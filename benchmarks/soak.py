@@ -53,13 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="hold thousands of streams through one worker")
     ap.add_argument("--streams", type=int, default=2000)
     ap.add_argument("--hold-s", type=float, default=60.0)
-    ap.add_argument("--ramp-s", type=float, default=None,
-                    help="spread the connections' starts (default: one stream's length, so "
-                    "streams end and are replaced evenly, not in waves)")
+    ap.add_argument(
+        "--ramp-s",
+        type=float,
+        default=None,
+        help="spread the connections' starts (default: one stream's length, so "
+        "streams end and are replaced evenly, not in waves)",
+    )
     ap.add_argument("--stream-s", type=float, default=20.0, help="how long one stream lasts")
     ap.add_argument("--interval-ms", type=float, default=1000.0, help="gap between tokens")
-    ap.add_argument("--settle-s", type=float, default=None,
-                    help="after the ramp, before the hold (default: one stream's length)")
+    ap.add_argument(
+        "--settle-s",
+        type=float,
+        default=None,
+        help="after the ramp, before the hold (default: one stream's length)",
+    )
     ap.add_argument("--window-s", type=float, default=20.0, help="first/last window compared")
     ap.add_argument("--direct", action="store_true", help="no router: the upstream baseline")
     ap.add_argument("--json", help="also write the samples and the summary to this file")
@@ -80,9 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         up_port, port = free_port(), free_port()
         upstream_url = f"http://127.0.0.1:{up_port}"
-        bench.start("upstream", [PY, os.path.join(HERE, "zero_upstream.py"), "--port",
-                    str(up_port), "--interval-ms", str(args.interval_ms)], upstream_url,
-                    "/health", core="1")
+        bench.start(
+            "upstream",
+            [
+                PY,
+                os.path.join(HERE, "zero_upstream.py"),
+                "--port",
+                str(up_port),
+                "--interval-ms",
+                str(args.interval_ms),
+            ],
+            upstream_url,
+            "/health",
+            core="1",
+        )
         # Pools big enough for every stream: the default (1,000 per provider) is a setting,
         # not what this measures.
         config = router_config(tmp, upstream_url, max_connections=4 * args.streams)
@@ -90,22 +109,61 @@ def main(argv: list[str] | None = None) -> int:
             url, router = upstream_url, bench.procs[0]
         else:
             url = f"http://127.0.0.1:{port}"
-            router = bench.start("router", [PY, "-m", "router", "serve", "--config", config,
-                                 "--host", "127.0.0.1", "--port", str(port)], url,
-                                 "/health/ready", core="0")
+            router = bench.start(
+                "router",
+                [
+                    PY,
+                    "-m",
+                    "router",
+                    "serve",
+                    "--config",
+                    config,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                url,
+                "/health/ready",
+                core="0",
+            )
         time.sleep(1.0)
         idle_rss = rss_mb(router.pid)
-        print(f"# {router.name} ready in {router.ready_s:.2f} s, idle RSS {idle_rss:.1f} MB; "
-              f"{args.streams} streams of {tokens} tokens every {args.interval_ms:g} ms, "
-              f"ramp {args.ramp_s:g} s, hold {args.hold_s:g} s", file=sys.stderr, flush=True)
+        print(
+            f"# {router.name} ready in {router.ready_s:.2f} s, idle RSS {idle_rss:.1f} MB; "
+            f"{args.streams} streams of {tokens} tokens every {args.interval_ms:g} ms, "
+            f"ramp {args.ramp_s:g} s, hold {args.hold_s:g} s",
+            file=sys.stderr,
+            flush=True,
+        )
 
         duration = hold_from + args.hold_s
-        cmd = [PY, os.path.join(HERE, "loadgen.py"), "--url", url, "--mode", "stream",
-               "--tokens", str(tokens), "--conns", str(args.streams), "--duration",
-               str(duration), "--ramp-s", str(args.ramp_s), "--timeout",
-               str(args.stream_s * 3 + 30), "--progress", "5"]
-        gen = subprocess.Popen(pinned("1", cmd), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, preexec_fn=raise_nofile)
+        cmd = [
+            PY,
+            os.path.join(HERE, "loadgen.py"),
+            "--url",
+            url,
+            "--mode",
+            "stream",
+            "--tokens",
+            str(tokens),
+            "--conns",
+            str(args.streams),
+            "--duration",
+            str(duration),
+            "--ramp-s",
+            str(args.ramp_s),
+            "--timeout",
+            str(args.stream_s * 3 + 30),
+            "--progress",
+            "5",
+        ]
+        gen = subprocess.Popen(
+            pinned("1", cmd),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=raise_nofile,
+        )
 
         def read_progress() -> None:
             assert gen.stderr is not None
@@ -124,16 +182,25 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)
             t = time.perf_counter() - t0
             cpu = cpu_seconds(router.pid) or 0.0
-            samples.append({"t": round(t, 1), "rss_mb": rss_mb(router.pid),
-                            "fds": open_fds(router.pid), "cpu": round(cpu - cpu_prev, 3)})
+            samples.append(
+                {
+                    "t": round(t, 1),
+                    "rss_mb": rss_mb(router.pid),
+                    "fds": open_fds(router.pid),
+                    "cpu": round(cpu - cpu_prev, 3),
+                }
+            )
             cpu_prev = cpu
             if len(samples) % 5 == 0:
                 s = samples[-1]
                 pr = progress[-1] if progress else {}
-                print(f"# t={t:5.0f}s rss {s['rss_mb']:.1f} MB fds {s['fds']} cpu "
-                      f"{s['cpu'] * 100:.0f}% streams open {pr.get('in_flight', '-')} "
-                      f"ttft p50 {pr.get('ttft_p50_ms')} p99 {pr.get('ttft_p99_ms')} ms",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"# t={t:5.0f}s rss {s['rss_mb']:.1f} MB fds {s['fds']} cpu "
+                    f"{s['cpu'] * 100:.0f}% streams open {pr.get('in_flight', '-')} "
+                    f"ttft p50 {pr.get('ttft_p50_ms')} p99 {pr.get('ttft_p99_ms')} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if gen.poll() is None:
             gen.kill()
         out, _ = gen.communicate(timeout=30)
@@ -149,21 +216,30 @@ def main(argv: list[str] | None = None) -> int:
         ramp_rss = after_ramp[0] if after_ramp else None
         rss_last = statistics.mean(last) if last else None
         result = {
-            "target": router.name, "settle_s": settle,
-            "streams": args.streams, "hold_s": args.hold_s, "stream_s": args.stream_s,
-            "tokens_per_stream": tokens, "idle_rss_mb": idle_rss,
+            "target": router.name,
+            "settle_s": settle,
+            "streams": args.streams,
+            "hold_s": args.hold_s,
+            "stream_s": args.stream_s,
+            "tokens_per_stream": tokens,
+            "idle_rss_mb": idle_rss,
             "peak_rss_mb": max((s["rss_mb"] for s in samples if s["rss_mb"]), default=None),
-            "rss_first_window_mb": rss_first, "rss_last_window_mb": rss_last,
+            "rss_first_window_mb": rss_first,
+            "rss_last_window_mb": rss_last,
             "growth_pct": (rss_last / rss_first - 1) * 100 if rss_first and rss_last else None,
             "growth_from_ramp_pct": (rss_last / ramp_rss - 1) * 100
-            if ramp_rss and rss_last else None,
+            if ramp_rss and rss_last
+            else None,
             "open_streams_min": min(held, default=None),
             "open_streams_max": max(held, default=None),
             "peak_fds": max((s["fds"] or 0 for s in samples), default=None),
             "router_cpu_frac": (statistics.mean(s["cpu"] for s in hold) if hold else None),
-            "completed": load.get("completed"), "errors": load.get("errors"),
-            "error_statuses": load.get("error_statuses"), "failures": load.get("failures"),
-            "ttft_ms": load.get("ttft_ms"), "latency_ms": load.get("latency_ms"),
+            "completed": load.get("completed"),
+            "errors": load.get("errors"),
+            "error_statuses": load.get("error_statuses"),
+            "failures": load.get("failures"),
+            "ttft_ms": load.get("ttft_ms"),
+            "latency_ms": load.get("latency_ms"),
             "loadgen_cpu_frac": load.get("loadgen_cpu_frac"),
         }
     finally:
@@ -177,36 +253,41 @@ def main(argv: list[str] | None = None) -> int:
         return "-" if x is None else f"{x:.{nd}f}"
 
     through = "straight to the upstream" if args.direct else "through one router worker"
-    print(f"\n## Soak: {result['streams']} open streams {through}, {settle:g} s to settle "
-          f"after a {args.ramp_s:g} s ramp, then a {result['hold_s']:g} s hold "
-          f"({time.strftime('%Y-%m-%d %H:%M')})\n")
-    print(f"| t s | RSS MB | open fds | {router.name} CPU % | streams open | streams ended "
-          "| their TTFT p50 / p99 ms |")
+    print(
+        f"\n## Soak: {result['streams']} open streams {through}, {settle:g} s to settle "
+        f"after a {args.ramp_s:g} s ramp, then a {result['hold_s']:g} s hold "
+        f"({time.strftime('%Y-%m-%d %H:%M')})\n"
+    )
+    print(
+        f"| t s | RSS MB | open fds | {router.name} CPU % | streams open | streams ended "
+        "| their TTFT p50 / p99 ms |"
+    )
     print("|---|---|---|---|---|---|---|")
     for s in samples[4::5]:
         pr = next((p for p in reversed(progress) if p["t"] <= s["t"] + 0.5), {})
-        print(f"| {s['t']:.0f} | {f(s['rss_mb'])} | {s['fds']} | {s['cpu'] * 100:.0f} | "
-              f"{pr.get('in_flight', '-')} | {pr.get('new', '-')} | "
-              f"{f(pr.get('ttft_p50_ms'))} / {f(pr.get('ttft_p99_ms'))} |")
+        print(
+            f"| {s['t']:.0f} | {f(s['rss_mb'])} | {s['fds']} | {s['cpu'] * 100:.0f} | "
+            f"{pr.get('in_flight', '-')} | {pr.get('new', '-')} | "
+            f"{f(pr.get('ttft_p50_ms'))} / {f(pr.get('ttft_p99_ms'))} |"
+        )
     lat, ttft = result["latency_ms"] or {}, result["ttft_ms"] or {}
     print(f"""
-- streams completed: {result['completed']}, errors: {result['errors']} \
-{result['error_statuses'] or ''} {result['failures'] or ''}
-- streams open during the hold (sampled every 5 s): {result['open_streams_min']} \
-to {result['open_streams_max']}; peak open fds {result['peak_fds']}
-- stream latency p50 {f(lat.get('p50'), 0)} ms, p99 {f(lat.get('p99'), 0)} ms; TTFT p50 \
-{f(ttft.get('p50'), 2)} ms, p99 {f(ttft.get('p99'), 2)} ms
-- RSS: idle {f(result['idle_rss_mb'])} MB, peak {f(result['peak_rss_mb'])} MB (target <= 300), \
-first {args.window_s:g} s of the hold {f(result['rss_first_window_mb'])} MB, last \
-{args.window_s:g} s {f(result['rss_last_window_mb'])} MB: growth \
-{f(result['growth_pct'], 2)}% (target < 5%); growth from the end of the ramp: \
-{f(result['growth_from_ramp_pct'], 2)}%
-- {router.name} CPU during the hold: {f((result['router_cpu_frac'] or 0) * 100, 0)}% of one \
-core; load generator {f((result['loadgen_cpu_frac'] or 0) * 100, 0)}%""")
+- streams completed: {result["completed"]}, errors: {result["errors"]} \
+{result["error_statuses"] or ""} {result["failures"] or ""}
+- streams open during the hold (sampled every 5 s): {result["open_streams_min"]} \
+to {result["open_streams_max"]}; peak open fds {result["peak_fds"]}
+- stream latency p50 {f(lat.get("p50"), 0)} ms, p99 {f(lat.get("p99"), 0)} ms; TTFT p50 \
+{f(ttft.get("p50"), 2)} ms, p99 {f(ttft.get("p99"), 2)} ms
+- RSS: idle {f(result["idle_rss_mb"])} MB, peak {f(result["peak_rss_mb"])} MB (target <= 300), \
+first {args.window_s:g} s of the hold {f(result["rss_first_window_mb"])} MB, last \
+{args.window_s:g} s {f(result["rss_last_window_mb"])} MB: growth \
+{f(result["growth_pct"], 2)}% (target < 5%); growth from the end of the ramp: \
+{f(result["growth_from_ramp_pct"], 2)}%
+- {router.name} CPU during the hold: {f((result["router_cpu_frac"] or 0) * 100, 0)}% of one \
+core; load generator {f((result["loadgen_cpu_frac"] or 0) * 100, 0)}%""")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"summary": result, "samples": samples, "progress": progress}, fh,
-                      indent=1)
+            json.dump({"summary": result, "samples": samples, "progress": progress}, fh, indent=1)
     return 0 if result.get("errors") == 0 else 1
 
 

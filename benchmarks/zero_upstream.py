@@ -57,8 +57,14 @@ def build_answer(model: str, n: int, stream: bool, usage: bool, chat: bool) -> l
         else:
             choice = {"index": 0, "text": "".join(text), "finish_reason": "stop"}
             obj = "text_completion"
-        body = {"id": cid, "object": obj, "created": _CREATED, "model": model,
-                "choices": [choice], "usage": _usage(n)}
+        body = {
+            "id": cid,
+            "object": obj,
+            "created": _CREATED,
+            "model": model,
+            "choices": [choice],
+            "usage": _usage(n),
+        }
         return [orjson.dumps(body)]
     obj = "chat.completion.chunk" if chat else "text_completion"
     base = {"id": cid, "object": obj, "created": _CREATED, "model": model}
@@ -74,8 +80,11 @@ def build_answer(model: str, n: int, stream: bool, usage: bool, chat: bool) -> l
             events.append(event({"index": 0, "delta": delta, "finish_reason": None}))
         else:
             events.append(event({"index": 0, "text": tok, "finish_reason": None}))
-    stop = {"index": 0, "delta": {}, "finish_reason": "stop"} if chat else {
-        "index": 0, "text": "", "finish_reason": "stop"}
+    stop = (
+        {"index": 0, "delta": {}, "finish_reason": "stop"}
+        if chat
+        else {"index": 0, "text": "", "finish_reason": "stop"}
+    )
     events.append(event(stop))
     if usage:
         events.append(event(None, usage=_usage(n)))
@@ -108,8 +117,16 @@ class Upstream:
                 raise ValueError("not an object")
         except ValueError:
             return web.json_response(
-                {"error": {"message": "invalid JSON", "type": "invalid_request_error",
-                           "code": None, "param": None}}, status=400)
+                {
+                    "error": {
+                        "message": "invalid JSON",
+                        "type": "invalid_request_error",
+                        "code": None,
+                        "param": None,
+                    }
+                },
+                status=400,
+            )
         n = payload.get("max_tokens") or payload.get("max_completion_tokens") or self.tokens
         n = max(1, min(int(n), 100_000))
         stream = bool(payload.get("stream"))
@@ -121,8 +138,9 @@ class Upstream:
             if self.ttft:
                 await asyncio.sleep(self.ttft)
             return web.Response(body=parts[0], content_type="application/json")
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await resp.prepare(request)
         if self.ttft:
             await asyncio.sleep(self.ttft)
@@ -137,8 +155,14 @@ class Upstream:
         return resp
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": "bench", "object": "model", "created": _CREATED, "owned_by": "bench"}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": "bench", "object": "model", "created": _CREATED, "owned_by": "bench"}
+                ],
+            }
+        )
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -173,10 +197,15 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    web.run_app(make_app(args.tokens, args.ttft_ms, args.interval_ms, args.per_token),
-                host=args.host,
-                port=args.port, backlog=args.backlog, access_log=None, print=None,
-                handle_signals=True)
+    web.run_app(
+        make_app(args.tokens, args.ttft_ms, args.interval_ms, args.per_token),
+        host=args.host,
+        port=args.port,
+        backlog=args.backlog,
+        access_log=None,
+        print=None,
+        handle_signals=True,
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from policies.base import Candidate, by_cost, explore_first, goodness
 
+
 class _ByMetric:
     name = ""
 

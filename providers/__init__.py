@@ -1,1 +1,1 @@
-"""Provider kinds: how to reach a host. A provider sends one request; it knows nothing of routing."""
+"""Provider kinds: how to reach a host. A provider sends one request; it knows no routing."""

@@ -115,8 +115,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return max(0.0, float(value))
     except ValueError:
         pass
-    from email.utils import parsedate_to_datetime  # rare path: keep the import off the hot one
     import time
+    from email.utils import parsedate_to_datetime  # rare path: keep the import off the hot one
 
     try:
         when = parsedate_to_datetime(value)

@@ -9,7 +9,6 @@ at the first-token bound and is tightened to ``idle_s`` once the first token is 
 
 from __future__ import annotations
 
-import asyncio
 import errno
 from collections.abc import AsyncIterator, Mapping
 
@@ -40,7 +39,7 @@ class OpenAIResponse:
     async def read(self) -> bytes:
         try:
             return await self._resp.read()
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise TTFTTimeout("no complete answer before the read timeout") from exc
         except aiohttp.ClientError as exc:
             raise StreamBroken(f"answer cut short: {type(exc).__name__}") from exc
@@ -53,7 +52,7 @@ class OpenAIResponse:
                 if not data:
                     return
                 yield data
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise IdleTimeout("no chunk within the idle timeout") from exc
         except aiohttp.ClientError as exc:
             raise StreamBroken(f"stream cut short: {type(exc).__name__}") from exc
@@ -85,7 +84,9 @@ class OpenAIProvider:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
-        self._urls = {op: f"{self.base_url}/{op}" for op in ("chat/completions", "completions", "embeddings")}
+        self._urls = {
+            op: f"{self.base_url}/{op}" for op in ("chat/completions", "completions", "embeddings")
+        }
 
     def _client(self) -> aiohttp.ClientSession:
         # Made lazily so that the session binds to the running loop.
@@ -110,7 +111,7 @@ class OpenAIProvider:
             resp = await self._client().post(url, data=request.body, timeout=timeout)
         except aiohttp.ConnectionTimeoutError as exc:
             raise ConnectTimeout(f"no connection within {request.connect_s}s") from exc
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise TTFTTimeout("no answer before the read timeout") from exc
         except aiohttp.ClientError as exc:
             # Refused, reset, or closed before any answer: the request never got served.
@@ -131,7 +132,7 @@ class OpenAIProvider:
 async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
     try:
         body = await resp.content.read(_MAX_ERROR_BODY)
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         body = b""
     finally:
         resp.close()

@@ -26,10 +26,35 @@ import orjson
 from providers.base import BufferedResponse, UpstreamRequest
 from providers.errors import StreamBroken, UpstreamHTTPError
 
-_WORDS = (
-    "the router picks a healthy endpoint for every request and streams tokens back "
-    "quickly while live stats decay towards a prior so recovered hosts are tried again"
-).split()
+_WORDS = [
+    "the",
+    "router",
+    "picks",
+    "a",
+    "healthy",
+    "endpoint",
+    "for",
+    "every",
+    "request",
+    "and",
+    "streams",
+    "tokens",
+    "back",
+    "quickly",
+    "while",
+    "live",
+    "stats",
+    "decay",
+    "towards",
+    "a",
+    "prior",
+    "so",
+    "recovered",
+    "hosts",
+    "are",
+    "tried",
+    "again",
+]
 
 
 @dataclass(slots=True)
@@ -114,7 +139,14 @@ def prompt_tokens(payload: dict[str, Any]) -> int:
 def error_json(status: int) -> bytes:
     kind = "rate_limit_error" if status == 429 else "server_error"
     return orjson.dumps(
-        {"error": {"message": f"simulated HTTP {status}", "type": kind, "code": None, "param": None}}
+        {
+            "error": {
+                "message": f"simulated HTTP {status}",
+                "type": kind,
+                "code": None,
+                "param": None,
+            }
+        }
     )
 
 

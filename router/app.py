@@ -25,7 +25,9 @@ DRAIN_S = 30.0
 log = structlog.get_logger("router")
 
 
-async def serve(config_path: str, host: str | None, port: int | None, *, reuse_port: bool = False) -> int:
+async def serve(
+    config_path: str, host: str | None, port: int | None, *, reuse_port: bool = False
+) -> int:
     logs.configure()
     service = Service(config_path)
     result = service.reload("start")
@@ -87,7 +89,7 @@ def _attach_extras(app: web.Application, service: Service) -> None:
             return
         # Imported in a thread: SQLAlchemy and Alembic take a second, the loop keeps serving.
         module = await asyncio.to_thread(importlib.import_module, "router.requestlog")
-        RequestLog = module.RequestLog  # noqa: N806 - a class
+        RequestLog = module.RequestLog
 
         requestlog = RequestLog.from_config(storage)
         metrics.requestlog = requestlog

@@ -35,7 +35,6 @@ from router.registry import Endpoint
 from router.sse import ProtocolViolation, StreamInspector, inspect_body
 from router.stats import Clock
 
-
 HEDGE_LOST = "hedge_lost"
 _NO_TIMER = contextlib.nullcontext()
 
@@ -203,9 +202,7 @@ class Attempts:
         response: UpstreamResponse | None = None
         try:
             try:
-                async with (
-                    _NO_TIMER if native else asyncio.timeout(max(0.0, min(ttft, budget)))
-                ):
+                async with _NO_TIMER if native else asyncio.timeout(max(0.0, min(ttft, budget))):
                     response = await ep.provider.send(request)
                     if streamed:
                         opened = await self._first_token(route, ep, lease, response, hedged)
@@ -265,7 +262,12 @@ class Attempts:
         return Opened(ep, route, lease, response, b"".join(held), inspector, chunks, None, hedged)
 
     def _record(
-        self, route: str, ep: Endpoint, lease: Lease, status: int | None, reason: str | None,
+        self,
+        route: str,
+        ep: Endpoint,
+        lease: Lease,
+        status: int | None,
+        reason: str | None,
         hedged: bool,
     ) -> None:
         now = self.clock()
@@ -334,7 +336,7 @@ class Attempts:
             for task in tasks:
                 try:
                     result = await task
-                except BaseException:  # noqa: BLE001, S110 - the loser's fate is recorded by open()
+                except BaseException:
                     continue
                 result.abandon()  # opened just as it was cancelled: close it
 

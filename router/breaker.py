@@ -7,8 +7,9 @@ through (``half_open``): success closes it, failure opens it again for twice as 
 capped at ``MAX_BACKOFF`` times ``cooldown_s``. An endpoint due for its probe is explored
 first by the live-stats policies (``RouteRuntime.candidates``), so the probe happens on the
 next request rather than whenever scoring happens to pick it; when the probe succeeds the
-endpoint's outage-era errors are forgiven (``on_close``), so it gets its traffic back. An auth failure or a ``Retry-After`` opens
-it directly for a given time and reason. The window is ten buckets of ``window_s / 10``:
+endpoint's outage-era errors are forgiven (``on_close``), so it gets its traffic back.
+An auth failure, a ``Retry-After`` or a refused connection opens it directly for a given
+time and reason. The window is ten buckets of ``window_s / 10``:
 counting costs O(1) per answer whatever the traffic.
 """
 

@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate a routes file")
-    check.add_argument("path", nargs="?", help="routes file (default: $ROUTER_CONFIG or ./routes.yaml)")
+    check.add_argument(
+        "path", nargs="?", help="routes file (default: $ROUTER_CONFIG or ./routes.yaml)"
+    )
     check.set_defaults(func=cmd_check)
 
     sim = sub.add_parser("sim-upstream", help="run a simulated OpenAI-compatible provider")

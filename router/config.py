@@ -483,11 +483,13 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
     return loads(data, path=path, env=env)
 
 
-def loads(data: bytes | str, *, path: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
+def loads(
+    data: bytes | str, *, path: str = "<string>", env: Mapping[str, str] | None = None
+) -> Config:
     env = os.environ if env is None else env
     raw_bytes = data.encode() if isinstance(data, str) else data
     try:
-        raw = yaml.load(raw_bytes, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        raw = yaml.load(raw_bytes, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
@@ -504,9 +506,9 @@ def loads(data: bytes | str, *, path: str = "<string>", env: Mapping[str, str] |
             problems.append(f"{key}: unknown key")
     server: ServerSection = _valid(ServerSection, raw.get("server"), ["server"], problems)
     storage: StorageSection = _valid(StorageSection, raw.get("storage"), ["storage"], problems)
-    defaults: DefaultsSection = _valid(
-        DefaultsSection, raw.get("defaults"), ["defaults"], problems
-    ) or DefaultsSection()
+    defaults: DefaultsSection = (
+        _valid(DefaultsSection, raw.get("defaults"), ["defaults"], problems) or DefaultsSection()
+    )
     providers_raw = _mapping(raw, "providers", problems)
     policies_raw = _mapping(raw, "policies", problems)
     routes_raw = _mapping(raw, "routes", problems)
@@ -580,7 +582,9 @@ def loads(data: bytes | str, *, path: str = "<string>", env: Mapping[str, str] |
             if fb not in routes_raw:
                 problems.append(f"{_loc([*rloc, 'fallbacks', i])}: unknown route {fb!r}")
             elif fb == rname:
-                problems.append(f"{_loc([*rloc, 'fallbacks', i])}: a route cannot fall back to itself")
+                problems.append(
+                    f"{_loc([*rloc, 'fallbacks', i])}: a route cannot fall back to itself"
+                )
 
         route_layers: dict[str, list[tuple[Sequence[str | int], Mapping[str, Any] | None]]] = {
             b: [(["defaults"], getattr(defaults, b)), (rloc, getattr(route, b))] for b in BLOCKS
@@ -687,5 +691,7 @@ def summary(config: Config) -> str:
         )
         for ep in route.endpoints:
             state = f"disabled: {ep.disabled_reason}" if ep.disabled_reason else "ok"
-            lines.append(f"    - {ep.id}: {ep.provider.name} ({ep.provider.kind}) {ep.model} [{state}]")
+            lines.append(
+                f"    - {ep.id}: {ep.provider.name} ({ep.provider.kind}) {ep.model} [{state}]"
+            )
     return "\n".join(lines)

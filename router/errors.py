@@ -3,23 +3,23 @@
 ::
 
     Exception
-    ├── providers.errors.UpstreamError          an upstream attempt failed (reason: upstream_error)
+    ├── providers.errors.UpstreamError          an upstream attempt failed (upstream_error)
     │   ├── UpstreamConnectError                refused / reset before an answer (connect)
     │   ├── UpstreamTimeout                     (timeout)
     │   │   ├── ConnectTimeout                  connect_s ran out (connect_timeout)
-    │   │   ├── TTFTTimeout                     no first byte / first token in ttft_s (ttft_timeout)
+    │   │   ├── TTFTTimeout                     no first token in ttft_s (ttft_timeout)
     │   │   ├── IdleTimeout                     a gap between chunks over idle_s (idle_timeout)
     │   │   └── TotalTimeout                    total_s ran out (total_timeout)
-    │   ├── UpstreamHTTPError                   non-2xx; reason from status: auth, http_429, http_5xx, http_4xx
+    │   ├── UpstreamHTTPError                   non-2xx: auth, http_429, http_5xx, http_4xx
     │   ├── UpstreamProtocolError               garbage instead of JSON/SSE (bad_response)
     │   └── StreamBroken                        stream cut before its end (stream_broken)
     └── RouterError                             answered to the client as {"error": {...}}
-        ├── BadRequest                400       invalid JSON, missing/ill-typed field, bad routing field
+        ├── BadRequest                400       bad JSON, missing/ill-typed field, routing field
         ├── Unauthorized              401       missing or unknown client key
         ├── Forbidden                 403       wrong admin key
-        ├── NotFound                  404       unknown model, or a provider filter that leaves nothing
+        ├── NotFound                  404       unknown model; provider filter left nothing
         ├── PayloadTooLarge           413       body over server.max_body_mb
-        ├── NoEndpointAvailable       503       nothing to try (all disabled, or all at max_concurrency)
+        ├── NoEndpointAvailable       503       nothing to try (disabled, or at max_concurrency)
         ├── AllAttemptsFailed         502/504   every attempt failed; 504 when every one timed out
         └── UpstreamClientError       4xx       the upstream said the request itself is wrong
 

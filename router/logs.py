@@ -12,6 +12,7 @@ import atexit
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -115,6 +116,20 @@ def flush() -> None:
 atexit.register(flush)
 
 
+_second: list[Any] = [0, ""]
+
+
+def _timestamp(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """ISO 8601 UTC time with microseconds; the date part is formatted once a second."""
+    now = time.time()
+    whole = int(now)
+    if whole != _second[0]:
+        _second[0] = whole
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    event["timestamp"] = f"{_second[1]}.{int((now - whole) * 1e6):06d}Z"
+    return event
+
+
 def level_from_env() -> int:
     return LEVELS.get(os.environ.get("LOG_LEVEL", "info").strip().lower(), 20)
 
@@ -125,7 +140,7 @@ def configure(level: int | None = None, fmt: str | None = None) -> None:
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _timestamp,
         structlog.processors.format_exc_info,
         REDACTOR,
     ]

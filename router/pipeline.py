@@ -18,7 +18,7 @@ before that fails over; after it, ``relay`` turns a failure into an SSE error ev
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from router.errors import (
 )
 from router.registry import Endpoint, RouteRuntime, Runtime
 from router.sse import ProtocolViolation
+from router.stats import Clock
 
 log = structlog.get_logger("router.pipeline")
 
@@ -72,16 +73,21 @@ class RoutingPrefs:
             if v is None:
                 return None
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-                raise BadRequest(f"'provider.{name}' must be a list of endpoint ids", param=f"provider.{name}")
+                raise BadRequest(
+                    f"'provider.{name}' must be a list of endpoint ids", param=f"provider.{name}"
+                )
             return tuple(v)
 
         allow = raw.get("allow_fallbacks", True)
         if not isinstance(allow, bool):
-            raise BadRequest("'provider.allow_fallbacks' must be a boolean", param="provider.allow_fallbacks")
+            raise BadRequest(
+                "'provider.allow_fallbacks' must be a boolean", param="provider.allow_fallbacks"
+            )
         sort = raw.get("sort")
         if sort is not None and sort not in SORTS:
             raise BadRequest(
-                f"'provider.sort' must be one of {', '.join(SORTS)}; got {sort!r}", param="provider.sort"
+                f"'provider.sort' must be one of {', '.join(SORTS)}; got {sort!r}",
+                param="provider.sort",
             )
         max_prompt = max_completion = None
         mp = raw.get("max_price")
@@ -93,7 +99,10 @@ class RoutingPrefs:
                 )
             for k, v in mp.items():
                 if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
-                    raise BadRequest(f"'provider.max_price.{k}' must be a number >= 0", param="provider.max_price")
+                    raise BadRequest(
+                        f"'provider.max_price.{k}' must be a number >= 0",
+                        param="provider.max_price",
+                    )
             max_prompt, max_completion = mp.get("prompt"), mp.get("completion")
         only = ids("only")
         return cls(
@@ -153,7 +162,7 @@ class _Walk:
 
     __slots__ = ("_clock", "_pos", "ranking")
 
-    def __init__(self, ranking: list[Endpoint], clock: Any) -> None:
+    def __init__(self, ranking: list[Endpoint], clock: Clock) -> None:
         self.ranking = ranking
         self._pos = 0
         self._clock = clock
@@ -195,7 +204,11 @@ class Pipeline:
         if route is None:
             known = ", ".join(runtime.route_names)
             raise NotFound(f"unknown model {call.model!r}; known routes: {known}", param="model")
-        if call.policy is not None and call.policy not in runtime.config.policies and call.policy not in STRATEGIES:
+        if (
+            call.policy is not None
+            and call.policy not in runtime.config.policies
+            and call.policy not in STRATEGIES
+        ):
             known = ", ".join(sorted(set(runtime.config.policies) | set(STRATEGIES)))
             raise BadRequest(
                 f"unknown policy {call.policy!r} in x-router-policy; known: {known}",
@@ -216,7 +229,9 @@ class Pipeline:
                 )
         return route
 
-    async def run(self, runtime: Runtime, route: RouteRuntime, call: Call, attempts: Attempts) -> Opened:
+    async def run(
+        self, runtime: Runtime, route: RouteRuntime, call: Call, attempts: Attempts
+    ) -> Opened:
         """Serve ``call`` from ``route`` or its fallbacks; raises RouterError when nothing could."""
         prefs = call.prefs
         chain = [route]
@@ -306,13 +321,19 @@ class Pipeline:
                     skipped=[e.id for e in eps if e not in avail],
                 )
         if prefs is not None and prefs.order:
-            first = [route.by_id[i] for i in prefs.order if i in route.by_id and route.by_id[i] in ranking]
+            first = [
+                route.by_id[i]
+                for i in prefs.order
+                if i in route.by_id and route.by_id[i] in ranking
+            ]
             ranking = first + [e for e in ranking if e not in first]
         if prefs is not None and not prefs.allow_fallbacks:
             ranking = ranking[:1]
         return ranking, hedge
 
-    async def _wait_for_slot(self, eps: list[Endpoint], attempts: Attempts, route: RouteRuntime) -> None:
+    async def _wait_for_slot(
+        self, eps: list[Endpoint], attempts: Attempts, route: RouteRuntime
+    ) -> None:
         """Every endpoint is at max_concurrency: wait for a slot, up to ttft_s."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
@@ -326,10 +347,14 @@ class Pipeline:
                 f"every endpoint of route {route.name!r} is at max_concurrency"
             ) from None
 
-    async def _serve(self, runtime: Runtime, route: RouteRuntime, call: Call, attempts: Attempts) -> Opened:
+    async def _serve(
+        self, runtime: Runtime, route: RouteRuntime, call: Call, attempts: Attempts
+    ) -> Opened:
         ranking, hedge = await self._ranking(runtime, route, call, attempts)
         retry = route.spec.retry
-        budget = _Budget(1 if call.prefs is not None and not call.prefs.allow_fallbacks else retry.attempts)
+        budget = _Budget(
+            1 if call.prefs is not None and not call.prefs.allow_fallbacks else retry.attempts
+        )
         walk = _Walk(ranking, runtime.clock)
         if len(ranking) < 2:
             hedge = None
@@ -344,7 +369,11 @@ class Pipeline:
         try:
             return await one_race()
         except UpstreamError as exc:
-            if not self._retryable(route, exc) or budget.left <= 0 or attempts.clock() >= attempts.deadline:
+            if (
+                not self._retryable(route, exc)
+                or budget.left <= 0
+                or attempts.clock() >= attempts.deadline
+            ):
                 raise
             pending: UpstreamError | None = exc
 
@@ -376,7 +405,7 @@ class Pipeline:
                 return await one_race()
         raise AssertionError("unreachable: tenacity reraises the last failure")
 
-    async def relay(self, opened: Opened, deadline: float, clock: Any) -> AsyncIterator[bytes]:
+    async def relay(self, opened: Opened, deadline: float, clock: Clock) -> AsyncGenerator[bytes]:
         """The committed stream: what was held up to the first token, then the rest."""
         lease = opened.lease
         inspector = opened.inspector

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from router.config import Price
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +62,12 @@ class Usage:
             u.cache_write_tokens = _int(pdetails.get("cache_creation_tokens"))
         # Anthropic-style fields, as litellm passes them through.
         u.cached_tokens = u.cached_tokens or _int(usage.get("cache_read_input_tokens"))
-        u.cache_write_tokens = u.cache_write_tokens or _int(usage.get("cache_creation_input_tokens"))
+        u.cache_write_tokens = u.cache_write_tokens or _int(
+            usage.get("cache_creation_input_tokens")
+        )
         return u
 
-    def cost(self, price: Any) -> float:
+    def cost(self, price: Price | None) -> float:
         """USD, from per-million prices; cached prompt tokens at ``cache_read`` when set."""
         if price is None:
             return 0.0

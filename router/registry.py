@@ -155,7 +155,8 @@ class Runtime:
         self.clock = clock
         self.route_names = sorted(routes)
         self.client_keys = tuple(
-            (hashlib.sha256(key.encode()).digest(), name) for key, name in config.client_keys.items()
+            (hashlib.sha256(key.encode()).digest(), name)
+            for key, name in config.client_keys.items()
         )
         created = int(config.loaded_at.timestamp())
         self.models_body = orjson.dumps(

@@ -50,12 +50,12 @@ _JSON = "application/json"
 # Request ids: unique per process (random prefix) and cheap (a counter), unlike uuid4.
 _ID_PREFIX = secrets.token_hex(8)
 _ID_COUNTER = itertools.count()
-_REQUIRED = {
+_REQUIRED: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "chat/completions": ("messages", list),
     "completions": ("prompt", (str, list)),
     "embeddings": ("input", (str, list)),
 }
-_TYPED = {
+_TYPED: dict[str, type | tuple[type, ...]] = {
     "stream": bool,
     "temperature": (int, float),
     "top_p": (int, float),
@@ -67,7 +67,13 @@ _TYPED = {
     "stream_options": dict,
     "response_format": dict,
 }
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", list: "an array", dict: "an object", str: "a string"}
+_TYPE_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    list: "an array",
+    dict: "an object",
+    str: "a string",
+}
 
 
 def _json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
@@ -112,7 +118,9 @@ async def _read_body(request: web.Request, max_mb: float) -> bytes:
     limit = int(max_mb * 1024 * 1024)
     length = request.content_length
     if length is not None and length > limit:
-        raise PayloadTooLarge(f"request body is {length} bytes; the limit is {limit} ({max_mb:g} MB)")
+        raise PayloadTooLarge(
+            f"request body is {length} bytes; the limit is {limit} ({max_mb:g} MB)"
+        )
     if length is not None:
         return await request.read()
     chunks = []
@@ -120,7 +128,9 @@ async def _read_body(request: web.Request, max_mb: float) -> bytes:
     async for chunk in request.content.iter_chunked(1 << 16):
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes ({max_mb:g} MB)")
+            raise PayloadTooLarge(
+                f"request body is over the limit of {limit} bytes ({max_mb:g} MB)"
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -156,8 +166,10 @@ def parse_call(operation: str, body: bytes, request: web.Request, request_id: st
             isinstance(value, bool) and types in (int, (int, float))
         )
         if not ok:
-            want = _TYPE_NAMES.get(types, "a number") if isinstance(types, type) else (
-                "a number" if types == (int, float) else "a string or an array"
+            want = (
+                _TYPE_NAMES.get(types, "a number")
+                if isinstance(types, type)
+                else ("a number" if types == (int, float) else "a string or an array")
             )
             raise BadRequest(f"{name!r} must be {want}", param=name, code="invalid_type")
     prefs = None
@@ -418,28 +430,32 @@ async def admin_usage(request: web.Request) -> web.Response:
     except Exception as exc:  # the database is down or locked: say so, don't crash
         log.warning("usage_query_failed", error=type(exc).__name__)
         return _error_response(
-            NoEndpointAvailable("the request log database is unavailable", code="storage_unavailable"), {}
+            NoEndpointAvailable(
+                "the request log database is unavailable", code="storage_unavailable"
+            ),
+            {},
         )
     return _json_response(200, orjson.dumps(result, default=str))
 
 
-@web.middleware
-async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Turns aiohttp's own errors (unknown path, wrong method) into OpenAI-shaped ones."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == _JSON:
-            raise
-        kind = "invalid_request_error"
-        body = error_body(exc.reason or "error", kind, exc.reason.lower().replace(" ", "_"))
-        return web.Response(status=exc.status, body=body, content_type=_JSON, headers=exc.headers)
+async def _not_found(request: web.Request) -> web.Response:
+    body = error_body(f"no such path: {request.path}", "invalid_request_error", "not_found")
+    return _json_response(404, body)
+
+
+async def _method_not_allowed(request: web.Request) -> web.Response:
+    body = error_body(
+        f"{request.method} is not allowed on {request.path}",
+        "invalid_request_error",
+        "method_not_allowed",
+    )
+    return _json_response(405, body)
 
 
 def create_app(service: Service, *, debug: bool = False) -> web.Application:
     # Bodies are bounded per request by server.max_body_mb (which may change on reload);
     # aiohttp's own cap is set far above so it never answers first with a non-JSON 413.
-    app = web.Application(client_max_size=1024**3, middlewares=[_errors])
+    app = web.Application(client_max_size=1024**3)
     app[SERVICE] = service
     app[PIPELINE] = Pipeline(debug=debug)
     app[EXTRAS] = {}
@@ -453,6 +469,12 @@ def create_app(service: Service, *, debug: bool = False) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/admin/reload", admin_reload)
     app.router.add_get("/admin/usage", admin_usage)
+    # OpenAI-shaped answers for wrong methods and unknown paths, without a middleware
+    # (which would cost every request a wrapper call).
+    for resource in list(app.router.resources()):
+        if isinstance(resource, web.Resource):
+            resource.add_route("*", _method_not_allowed)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
     app.cleanup_ctx.append(_lifecycle)
     return app
 

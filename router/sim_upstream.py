@@ -35,16 +35,22 @@ async def _serve(request: web.Request, operation: str) -> web.StreamResponse:
         if plan.retry_after_s is not None:
             headers["Retry-After"] = f"{plan.retry_after_s:g}"
         return web.Response(
-            status=plan.status, body=error_json(plan.status), content_type="application/json",
+            status=plan.status,
+            body=error_json(plan.status),
+            content_type="application/json",
             headers=headers,
         )
     if not payload.get("stream") or operation == "embeddings":
         delay = plan.ttft_s + plan.token_gap_s * len(plan.words)
         if delay > 0:
             await asyncio.sleep(delay)
-        return web.Response(body=full_body(operation, payload, plan), content_type="application/json")
+        return web.Response(
+            body=full_body(operation, payload, plan), content_type="application/json"
+        )
     events = StreamEvents(operation, payload, plan)
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     await resp.prepare(request)
     head = events.head()
     if head:

@@ -26,16 +26,12 @@ class ProtocolViolation(Exception):
 
 
 def _has_usage_object(data: bytes) -> bool:
-    i = data.find(b'"usage"')
-    while i != -1:
-        j = i + 7
-        n = len(data)
-        while j < n and data[j] in b" :\t":
-            j += 1
-        if j < n and data[j] == 0x7B:  # '{'
-            return True
-        i = data.find(b'"usage"', j)
-    return False
+    """Does a usage *object* (not ``"usage":null``, which every chunk may carry) appear?
+
+    Two substring searches in C; compact JSON and ``json.dumps``' default separator are
+    what upstreams send.
+    """
+    return b'"usage":{' in data or b'"usage": {' in data
 
 
 def _events(block: bytes) -> list[bytes]:
@@ -96,7 +92,7 @@ class StreamInspector:
     def _before_first_token(self, block: bytes) -> bytes:
         """Parses events one by one until the first token; the rest of the block takes the
         fast path (a whole answer often arrives in one read)."""
-        keep = []
+        keep: list[bytes] = []
         pos = 0
         n = len(block)
         while pos < n:
@@ -126,7 +122,7 @@ class StreamInspector:
                 raise ProtocolViolation("stream event is not JSON") from exc
             if not isinstance(obj, dict):
                 raise ProtocolViolation("stream event is not a JSON object")
-            if "error" in obj and obj["error"]:
+            if obj.get("error"):
                 raise ProtocolViolation(f"upstream sent an error event: {_brief(obj['error'])}")
             if not self._note(obj):
                 continue

@@ -269,11 +269,16 @@ def loads(
     if prior is None:
         prior = Prior()
         loads(endpoints, now, prices, prior)
-    p_lat, p_ttft, p_tps, p_err = prior.latency_s, prior.ttft_s, prior.tokens_per_s, prior.error_rate
+    p_lat, p_ttft, p_tps, p_err = (
+        prior.latency_s,
+        prior.ttft_s,
+        prior.tokens_per_s,
+        prior.error_rate,
+    )
     inf = math.inf
     best_lat = best_ttft = best_err = inf
     best_tps = 0.0
-    out = []
+    out: list[Candidate] = []
     append = out.append
     for (spec, st), (p_in, p_out) in zip(endpoints, prices, strict=True):
         last = st.last_sample

@@ -9,6 +9,7 @@ tests set ``fake.behaviour`` to one of its modes (or their own coroutine).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -84,8 +85,17 @@ class RouterProcess:
     def start(self) -> RouterProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router", "serve", "--config", str(self.config_path),
-             "--port", str(self.port), *self.args],
+            [
+                sys.executable,
+                "-m",
+                "router",
+                "serve",
+                "--config",
+                str(self.config_path),
+                "--port",
+                str(self.port),
+                *self.args,
+            ],
             env=self.env,
             cwd=self.cwd,
             stdout=self._log,
@@ -182,14 +192,20 @@ class Received:
     body: dict[str, Any]
 
 
-def chat_body(text: str = "hello from fake", model: str = "fake-model", **extra: Any) -> dict[str, Any]:
+def chat_body(
+    text: str = "hello from fake", model: str = "fake-model", **extra: Any
+) -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 1,
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text, **extra}, "finish_reason": "stop"}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, **extra},
+                "finish_reason": "stop",
+            }
         ],
         "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
     }
@@ -199,11 +215,20 @@ def sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
-def chunk(content: str | None = None, *, finish: str | None = None, model: str = "fake-model",
-          usage: dict[str, Any] | None = None, delta: dict[str, Any] | None = None) -> bytes:
+def chunk(
+    content: str | None = None,
+    *,
+    finish: str | None = None,
+    model: str = "fake-model",
+    usage: dict[str, Any] | None = None,
+    delta: dict[str, Any] | None = None,
+) -> bytes:
     d = delta if delta is not None else ({} if content is None else {"content": content})
     body: dict[str, Any] = {
-        "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
         "choices": [{"index": 0, "delta": d, "finish_reason": finish}],
     }
     if usage is not None:
@@ -211,13 +236,17 @@ def chunk(content: str | None = None, *, finish: str | None = None, model: str =
     return sse(body)
 
 
-async def ok_json(fake: FakeUpstream, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+async def ok_json(
+    fake: FakeUpstream, request: web.Request, body: dict[str, Any]
+) -> web.StreamResponse:
     if body.get("stream"):
         return await ok_stream(fake, request, body)
     return web.json_response(chat_body(fake.text, model=body.get("model", "x")))
 
 
-async def ok_stream(fake: FakeUpstream, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+async def ok_stream(
+    fake: FakeUpstream, request: web.Request, body: dict[str, Any]
+) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     await resp.write(chunk(delta={"role": "assistant", "content": ""}))
@@ -226,13 +255,19 @@ async def ok_stream(fake: FakeUpstream, request: web.Request, body: dict[str, An
     await resp.write(chunk(finish="stop"))
     opts = body.get("stream_options") or {}
     if opts.get("include_usage"):
-        await resp.write(chunk(usage={"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}))
+        await resp.write(
+            chunk(usage={"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8})
+        )
     await resp.write(b"data: [DONE]\n\n")
     return resp
 
 
-def status(code: int, headers: dict[str, str] | None = None, message: str = "fake failure") -> Behaviour:
-    async def behaviour(fake: FakeUpstream, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+def status(
+    code: int, headers: dict[str, str] | None = None, message: str = "fake failure"
+) -> Behaviour:
+    async def behaviour(
+        fake: FakeUpstream, request: web.Request, body: dict[str, Any]
+    ) -> web.StreamResponse:
         return web.json_response(
             {"error": {"message": message, "type": "fake", "code": None, "param": None}},
             status=code,
@@ -242,12 +277,16 @@ def status(code: int, headers: dict[str, str] | None = None, message: str = "fak
     return behaviour
 
 
-async def hang_before_headers(fake: FakeUpstream, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+async def hang_before_headers(
+    fake: FakeUpstream, request: web.Request, body: dict[str, Any]
+) -> web.StreamResponse:
     await asyncio.sleep(3600)
     raise AssertionError("unreachable")
 
 
-async def hang_after_headers(fake: FakeUpstream, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+async def hang_after_headers(
+    fake: FakeUpstream, request: web.Request, body: dict[str, Any]
+) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     await resp.write(chunk(delta={"role": "assistant", "content": ""}))
@@ -255,7 +294,9 @@ async def hang_after_headers(fake: FakeUpstream, request: web.Request, body: dic
     return resp
 
 
-async def reset_mid_stream(fake: FakeUpstream, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+async def reset_mid_stream(
+    fake: FakeUpstream, request: web.Request, body: dict[str, Any]
+) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     await resp.write(chunk(delta={"role": "assistant", "content": ""}))
@@ -267,8 +308,12 @@ async def reset_mid_stream(fake: FakeUpstream, request: web.Request, body: dict[
     return resp
 
 
-async def garbage(fake: FakeUpstream, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-    return web.Response(body=b"<html>502 bad gateway from some proxy</html>", content_type="text/html")
+async def garbage(
+    fake: FakeUpstream, request: web.Request, body: dict[str, Any]
+) -> web.StreamResponse:
+    return web.Response(
+        body=b"<html>502 bad gateway from some proxy</html>", content_type="text/html"
+    )
 
 
 @dataclass
@@ -327,10 +372,8 @@ class FakeUpstream:
 
         if self._thread.is_alive():
             fut = asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
-            try:
+            with contextlib.suppress(Exception):  # best effort at teardown
                 fut.result(10)
-            except Exception:  # noqa: BLE001, S110 - best effort at teardown
-                pass
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
         self._loop.close()

@@ -17,7 +17,9 @@ def test_shipped_config_streams_with_the_openai_sdk(tmp_path: Path) -> None:
         )
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         assert len(text.split()) >= 4
-        answer = client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}])
+        answer = client.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "hi"}]
+        )
         assert answer.choices[0].message.content
         assert answer.usage is not None and answer.usage.completion_tokens > 0
         models = {m.id for m in client.models.list()}

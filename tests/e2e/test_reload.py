@@ -22,7 +22,9 @@ from tests.support import FakeUpstream, RouterProcess
 ADMIN = "admin-secret-key-123"
 
 
-def config(fake_a: FakeUpstream, fake_b: FakeUpstream, *, first: str = "a", extra_route: str = "") -> str:
+def config(
+    fake_a: FakeUpstream, fake_b: FakeUpstream, *, first: str = "a", extra_route: str = ""
+) -> str:
     order = ["a", "b"] if first == "a" else ["b", "a"]
     urls = {"a": fake_a.base_url, "b": fake_b.base_url}
     eps = "\n".join(f"      - {{id: {n}, provider: {n}, model: model-{n}}}" for n in order)
@@ -89,9 +91,13 @@ def test_rename_save_is_picked_up(router: RouterProcess, pair: Any, tmp_path: Pa
     assert served_by(router) == "b"
 
 
-def test_invalid_edit_keeps_the_old_config_and_shows_the_error(router: RouterProcess, pair: Any) -> None:
+def test_invalid_edit_keeps_the_old_config_and_shows_the_error(
+    router: RouterProcess, pair: Any
+) -> None:
     before = version(router)
-    router.config_path.write_text(config(*pair).replace("policy: priority", "policy: priority\n    typo_key: 1"))
+    router.config_path.write_text(
+        config(*pair).replace("policy: priority", "policy: priority\n    typo_key: 1")
+    )
     wait_for(lambda: router.health()["config"]["last_error"], what="last_error")
     health = router.health()
     assert health["config"]["version"] == before
@@ -138,7 +144,9 @@ def test_admin_reload(router: RouterProcess, pair: Any) -> None:
 
 def test_admin_is_404_without_an_admin_key(tmp_path: Path, pair: Any) -> None:
     with RouterProcess(config(*pair), tmp_path) as router:
-        r = httpx.post(f"{router.url}/admin/reload", headers={"Authorization": "Bearer x"}, timeout=5)
+        r = httpx.post(
+            f"{router.url}/admin/reload", headers={"Authorization": "Bearer x"}, timeout=5
+        )
         assert r.status_code == 404
         assert httpx.get(f"{router.url}/admin/usage", timeout=5).status_code == 404
 
@@ -148,7 +156,9 @@ def test_stats_survive_a_reload(router: RouterProcess, pair: Any) -> None:
         served_by(router)
     before = next(e for e in router.health()["routes"]["r"]["endpoints"] if e["id"] == "a")
     assert before["requests"] == 5
-    router.config_path.write_text(config(*pair, extra_route="  other: {endpoints: [{provider: b, model: x}]}\n"))
+    router.config_path.write_text(
+        config(*pair, extra_route="  other: {endpoints: [{provider: b, model: x}]}\n")
+    )
     wait_for(lambda: "other" in router.health()["routes"], what="reload")
     after = next(e for e in router.health()["routes"]["r"]["endpoints"] if e["id"] == "a")
     assert after["requests"] == 5
@@ -186,12 +196,16 @@ def test_stream_in_flight_survives_a_reload(router: RouterProcess, pair: Any) ->
         if i == 2:
             # Mid-stream: a reload that removes endpoint `a` altogether.
             router.config_path.write_text(
-                f"storage: {{url: null}}\nproviders:\n  b: {{kind: openai, base_url: '{b.base_url}'}}\n"
+                "storage: {url: null}\n"
+                f"providers:\n  b: {{kind: openai, base_url: '{b.base_url}'}}\n"
                 "routes:\n  r: {endpoints: [{id: b, provider: b, model: m}]}\n"
             )
     client.close()
     assert "".join(parts).split() == [f"t{i}" for i in range(10)]
-    wait_for(lambda: [e["id"] for e in router.health()["routes"]["r"]["endpoints"]] == ["b"], what="reload")
+    wait_for(
+        lambda: [e["id"] for e in router.health()["routes"]["r"]["endpoints"]] == ["b"],
+        what="reload",
+    )
     assert served_by(router) == "b"
 
 
@@ -203,7 +217,8 @@ def test_sigterm_drains_a_stream_and_exits_zero(router: RouterProcess, pair: Any
 
     def consume() -> None:
         with httpx.stream(
-            "POST", f"{router.base_url}/chat/completions",
+            "POST",
+            f"{router.base_url}/chat/completions",
             json={"model": "r", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
             timeout=10,
         ) as r:

@@ -21,7 +21,9 @@ def test_two_workers_share_the_port_and_the_log(tmp_path: Path) -> None:
             f"providers:\n  up: {{kind: openai, base_url: '{fake.base_url}'}}\n"
             "routes:\n  r: {endpoints: [{provider: up, model: m}]}\n"
         )
-        router = RouterProcess(config, tmp_path, env={"ROUTER_ADMIN_KEY": ADMIN}, args=("--workers", "2"))
+        router = RouterProcess(
+            config, tmp_path, env={"ROUTER_ADMIN_KEY": ADMIN}, args=("--workers", "2")
+        )
         router.start()
         try:
             pids = set()

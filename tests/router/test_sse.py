@@ -21,11 +21,24 @@ def delta(content: str | None = None, **extra: object) -> bytes:
     return event({"choices": [{"index": 0, "delta": d, "finish_reason": None}], "usage": None})
 
 
-USAGE = event({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4,
-                                          "completion_tokens_details": {"reasoning_tokens": 1}}})
-STREAM = [delta(role="assistant", content=""), delta("Hel"), delta("lo"),
-          event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}), USAGE,
-          b"data: [DONE]\n\n"]
+USAGE = event(
+    {
+        "choices": [],
+        "usage": {
+            "prompt_tokens": 3,
+            "completion_tokens": 4,
+            "completion_tokens_details": {"reasoning_tokens": 1},
+        },
+    }
+)
+STREAM = [
+    delta(role="assistant", content=""),
+    delta("Hel"),
+    delta("lo"),
+    event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+    USAGE,
+    b"data: [DONE]\n\n",
+]
 
 
 def run(chunks: list[bytes], *, wants_usage: bool) -> tuple[bytes, StreamInspector]:
@@ -90,10 +103,23 @@ def test_tool_call_arguments_are_checked() -> None:
 
 
 def test_non_streamed_body() -> None:
-    body = json.dumps({"choices": [{"message": {"content": "x", "tool_calls": [
-        {"function": {"name": "f", "arguments": "{oops"}}]}}],
-        "usage": {"prompt_tokens": 9, "completion_tokens": 2,
-                  "prompt_tokens_details": {"cached_tokens": 4}}}).encode()
+    body = json.dumps(
+        {
+            "choices": [
+                {
+                    "message": {
+                        "content": "x",
+                        "tool_calls": [{"function": {"name": "f", "arguments": "{oops"}}],
+                    }
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 9,
+                "completion_tokens": 2,
+                "prompt_tokens_details": {"cached_tokens": 4},
+            },
+        }
+    ).encode()
     usage, valid = inspect_body(body)
     assert usage is not None and usage.cached_tokens == 4 and usage.prompt_tokens == 9
     assert valid is False
