@@ -16,7 +16,6 @@ import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import orjson
 import structlog

@@ -19,6 +19,7 @@ from router.records import Usage
 
 _MAX_HELD = 1 << 20  # bytes an upstream may send before its first token, then it is garbage
 DONE = b"data: [DONE]"
+_MARKERS = (b'"usage":{', b'"usage": {', b'"tool_calls"')
 
 
 class ProtocolViolation(Exception):
@@ -132,6 +133,15 @@ class StreamInspector:
         return b"".join(e + b"\n\n" for e in keep)
 
     def _inspect(self, block: bytes, usage: bool) -> bytes:
+        """Parses the events from the first one that carries usage or tool calls; those
+        before it pass untouched (a whole answer in one read ends with its usage chunk)."""
+        first = min(
+            (i for i in (block.find(m) for m in _MARKERS) if i != -1), default=len(block)
+        )
+        start = block.rfind(b"\n\n", 0, first) + 2 if first else 0
+        if start < 2:
+            start = 0
+        head, block = block[:start], block[start:]
         keep = []
         dropped = False
         for event in _events(block):
@@ -149,8 +159,8 @@ class StreamInspector:
                 continue
             keep.append(event)
         if not dropped:
-            return block
-        return b"".join(e + b"\n\n" for e in keep)
+            return head + block
+        return head + b"".join(e + b"\n\n" for e in keep)
 
     def _note(self, obj: dict[str, Any]) -> bool:
         """Records usage and tool-call fragments; False = drop this event."""

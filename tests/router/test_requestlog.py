@@ -640,3 +640,12 @@ def test_urls_without_an_async_driver_get_one_and_bad_urls_fail_early() -> None:
         RequestLog("not a url")
     with pytest.raises(ValueError, match=r"storage\.url"):
         schema.make_engine("nosuchdb://host/db")
+
+
+def test_head_constant_matches_the_shipped_revisions() -> None:
+    """``schema.HEAD`` lets a start skip Alembic; it must name the newest revision."""
+    from alembic.script import ScriptDirectory
+
+    from router.migrations.schema import HEAD, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD
