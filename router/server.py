@@ -267,6 +267,12 @@ async def _proxy(request: web.Request, operation: str) -> web.StreamResponse:
             record.status = 499
             record.error = "client_closed"
             raise
+        except Exception as exc:  # a bug of ours: end the stream visibly, keep serving
+            log.exception("internal_error", request_id=request_id)
+            record.status = 500
+            record.error = "internal_error"
+            await resp.write(_stream_error_event(exc))
+            resp.force_close()
         finally:
             await chunks.aclose()
             inspector = opened.inspector
@@ -280,6 +286,11 @@ async def _proxy(request: web.Request, operation: str) -> web.StreamResponse:
         if record.route:
             headers.setdefault("x-router-route", record.route)
         return _error_response(exc, headers)
+    except Exception:  # a bug of ours: an OpenAI-shaped 500, and the process keeps serving
+        log.exception("internal_error", request_id=request_id)
+        record.status = 500
+        record.error = "internal_error"
+        return _error_response(RouterError("internal error; see the router's log"), headers)
     finally:
         service.in_flight -= 1
         record.latency_ms = (time.perf_counter() - started) * 1000.0
