@@ -24,3 +24,4 @@ def test_shipped_config_streams_with_the_openai_sdk(tmp_path: Path) -> None:
         assert answer.usage is not None and answer.usage.completion_tokens > 0
         models = {m.id for m in client.models.list()}
         assert {"demo", "claude-sonnet-4-6"} <= models
+        client.close()

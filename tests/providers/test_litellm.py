@@ -514,8 +514,20 @@ def router(tmp_path: Path, anthropic: FakeAnthropic, fake: FakeUpstream) -> Iter
     assert KEY not in proc.log_text()
 
 
+_CLIENTS: list[openai.OpenAI] = []
+
+
 def client(router: RouterProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=router.base_url, api_key="unused", max_retries=0, timeout=20)
+    sdk = openai.OpenAI(base_url=router.base_url, api_key="unused", max_retries=0, timeout=20)
+    _CLIENTS.append(sdk)
+    return sdk
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
 
 
 def test_e2e_openai_sdk_gets_anthropic_answers_through_the_router(
