@@ -235,3 +235,57 @@ def test_sigterm_drains_a_stream_and_exits_zero(router: RouterProcess, pair: Any
     t.join(5)
     assert router.proc.wait(10) == 0
     assert "data: [DONE]" in got
+
+
+def test_sigterm_during_a_stream_keeps_its_rows(tmp_path: Path, pair: Any) -> None:
+    """The stream finishes, the process exits 0, and the request is in the log."""
+    import contextlib
+    import sqlite3
+
+    a, b = pair
+    a.behaviour = _slow_stream
+    db = tmp_path / "log.db"
+    text = config(a, b).replace(
+        "storage: {url: null}", f"storage: {{url: 'sqlite+aiosqlite:///{db}'}}"
+    )
+    router = RouterProcess(text, tmp_path).start()
+    try:
+        got: list[str] = []
+        done = threading.Event()
+
+        def consume() -> None:
+            with httpx.stream(
+                "POST",
+                f"{router.base_url}/chat/completions",
+                json={
+                    "model": "r",
+                    "stream": True,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+                headers={"x-request-id": "drained-stream-1"},
+                timeout=10,
+            ) as r:
+                got.extend(r.iter_lines())
+            done.set()
+
+        t = threading.Thread(target=consume)
+        t.start()
+        wait_for(lambda: len(a.received) == 1, what="stream started")
+        assert router.proc is not None
+        router.proc.send_signal(signal.SIGTERM)
+        assert done.wait(10)
+        t.join(5)
+        assert router.proc.wait(15) == 0
+    finally:
+        router.stop()
+    assert "data: [DONE]" in got
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute(
+            "SELECT status, endpoint, completion_tokens FROM requests WHERE request_id = ?",
+            ("drained-stream-1",),
+        ).fetchall()
+        attempts = conn.execute(
+            "SELECT count(*) FROM attempts WHERE request_id = ?", ("drained-stream-1",)
+        ).fetchone()
+    assert [(status, endpoint) for status, endpoint, _ in rows] == [(200, "a")]
+    assert attempts == (1,)
