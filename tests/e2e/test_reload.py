@@ -209,9 +209,10 @@ def test_stream_in_flight_survives_a_reload(router: RouterProcess, pair: Any) ->
     assert served_by(router) == "b"
 
 
-def test_sigterm_drains_a_stream_and_exits_zero(router: RouterProcess, pair: Any) -> None:
-    a, _ = pair
-    a.behaviour = _slow_stream
+def _sigterm_mid_stream(
+    router: RouterProcess, upstream: FakeUpstream, request_id: str
+) -> list[str]:
+    """Start a slow stream, SIGTERM the router while it runs; the lines the client got."""
     got: list[str] = []
     done = threading.Event()
 
@@ -220,21 +221,27 @@ def test_sigterm_drains_a_stream_and_exits_zero(router: RouterProcess, pair: Any
             "POST",
             f"{router.base_url}/chat/completions",
             json={"model": "r", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-request-id": request_id},
             timeout=10,
         ) as r:
-            for line in r.iter_lines():
-                got.append(line)
+            got.extend(r.iter_lines())
         done.set()
 
     t = threading.Thread(target=consume)
     t.start()
-    wait_for(lambda: len(a.received) == 1, what="stream started")
+    wait_for(lambda: len(upstream.received) == 1, what="stream started")
     assert router.proc is not None
     router.proc.send_signal(signal.SIGTERM)
     assert done.wait(10)
     t.join(5)
-    assert router.proc.wait(10) == 0
-    assert "data: [DONE]" in got
+    assert router.proc.wait(15) == 0
+    return got
+
+
+def test_sigterm_drains_a_stream_and_exits_zero(router: RouterProcess, pair: Any) -> None:
+    a, _ = pair
+    a.behaviour = _slow_stream
+    assert "data: [DONE]" in _sigterm_mid_stream(router, a, "drained-stream-0")
 
 
 def test_sigterm_during_a_stream_keeps_its_rows(tmp_path: Path, pair: Any) -> None:
@@ -250,42 +257,16 @@ def test_sigterm_during_a_stream_keeps_its_rows(tmp_path: Path, pair: Any) -> No
     )
     router = RouterProcess(text, tmp_path).start()
     try:
-        got: list[str] = []
-        done = threading.Event()
-
-        def consume() -> None:
-            with httpx.stream(
-                "POST",
-                f"{router.base_url}/chat/completions",
-                json={
-                    "model": "r",
-                    "stream": True,
-                    "messages": [{"role": "user", "content": "hi"}],
-                },
-                headers={"x-request-id": "drained-stream-1"},
-                timeout=10,
-            ) as r:
-                got.extend(r.iter_lines())
-            done.set()
-
-        t = threading.Thread(target=consume)
-        t.start()
-        wait_for(lambda: len(a.received) == 1, what="stream started")
-        assert router.proc is not None
-        router.proc.send_signal(signal.SIGTERM)
-        assert done.wait(10)
-        t.join(5)
-        assert router.proc.wait(15) == 0
+        got = _sigterm_mid_stream(router, a, "drained-stream-1")
     finally:
         router.stop()
     assert "data: [DONE]" in got
     with contextlib.closing(sqlite3.connect(db)) as conn:
         rows = conn.execute(
-            "SELECT status, endpoint, completion_tokens FROM requests WHERE request_id = ?",
-            ("drained-stream-1",),
+            "SELECT status, endpoint FROM requests WHERE request_id = ?", ("drained-stream-1",)
         ).fetchall()
         attempts = conn.execute(
             "SELECT count(*) FROM attempts WHERE request_id = ?", ("drained-stream-1",)
         ).fetchone()
-    assert [(status, endpoint) for status, endpoint, _ in rows] == [(200, "a")]
+    assert rows == [(200, "a")]
     assert attempts == (1,)
