@@ -489,7 +489,7 @@ def loads(
     env = os.environ if env is None else env
     raw_bytes = data.encode() if isinstance(data, str) else data
     try:
-        raw = yaml.load(raw_bytes, Loader=_Loader)
+        raw = yaml.load(raw_bytes, Loader=_Loader)  # _Loader is a yaml.SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"

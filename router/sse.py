@@ -135,9 +135,7 @@ class StreamInspector:
     def _inspect(self, block: bytes, usage: bool) -> bytes:
         """Parses the events from the first one that carries usage or tool calls; those
         before it pass untouched (a whole answer in one read ends with its usage chunk)."""
-        first = min(
-            (i for i in (block.find(m) for m in _MARKERS) if i != -1), default=len(block)
-        )
+        first = min((i for i in (block.find(m) for m in _MARKERS) if i != -1), default=len(block))
         start = block.rfind(b"\n\n", 0, first) + 2 if first else 0
         if start < 2:
             start = 0
