@@ -146,6 +146,12 @@ class Bench:
         self.procs.clear()
 
 
+def router_cmd(config: str, port: int, *extra: str) -> list[str]:
+    """``router serve`` on 127.0.0.1:port with ``config``."""
+    return [PY, "-m", "router", "serve", "--config", config, "--host", "127.0.0.1",
+            "--port", str(port), *extra]  # fmt: skip
+
+
 STORAGE = {"url": ""}  # --storage: "" = SQLite in the temp dir (as shipped), "off", or a URL
 
 
@@ -502,18 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                 ]
                 ready = "/health/ready"
             elif name == "router":
-                cmd = [
-                    PY,
-                    "-m",
-                    "router",
-                    "serve",
-                    "--config",
-                    router_config(tmp, upstream_url),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ]
+                cmd = router_cmd(router_config(tmp, upstream_url), port)
                 ready = "/health/ready"
             else:
                 cmd = [
@@ -595,20 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                 url = f"http://127.0.0.1:{port}"
                 proc = bench.start(
                     f"router-w{n}",
-                    [
-                        PY,
-                        "-m",
-                        "router",
-                        "serve",
-                        "--config",
-                        config,
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                        "--workers",
-                        str(n),
-                    ],
+                    router_cmd(config, port, "--workers", str(n)),
                     url,
                     "/health/ready",
                     core=None,

@@ -25,7 +25,7 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import CLK_TCK, free_port, raise_nofile
-from perf import HERE, PY, ROOT, Bench, loadgen, pinned, router_config
+from perf import HERE, PY, ROOT, Bench, loadgen, pinned, router_cmd, router_config
 
 
 def fold(path: str, root: str) -> tuple[Counter[str], Counter[str], int]:
@@ -111,18 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://127.0.0.1:{port}"
         router = bench.start(
             "router",
-            [
-                PY,
-                "-m",
-                "router",
-                "serve",
-                "--config",
-                router_config(tmp, upstream),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            router_cmd(router_config(tmp, upstream), port),
             url,
             "/health/ready",
             core="0",

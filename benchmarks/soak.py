@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import cpu_seconds, free_port, raise_nofile, rss_mb
-from perf import HERE, PY, Bench, pinned, router_config
+from perf import HERE, PY, Bench, pinned, router_cmd, router_config
 
 
 def open_fds(pid: int) -> int | None:
@@ -111,18 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             url = f"http://127.0.0.1:{port}"
             router = bench.start(
                 "router",
-                [
-                    PY,
-                    "-m",
-                    "router",
-                    "serve",
-                    "--config",
-                    config,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
+                router_cmd(config, port),
                 url,
                 "/health/ready",
                 core="0",

@@ -53,13 +53,12 @@ class Lease:
         endpoint.breaker.acquire(self.started)
         self._done = False
 
-    def first_token(self, *, sample: bool = True) -> None:
-        """The first token arrived. Only streams give a TTFT sample: a non-streamed
-        answer's first byte comes after the whole generation."""
+    def first_token(self) -> None:
+        """A stream's first token arrived. A non-streamed answer has none: its first byte
+        comes after the whole generation, so it gives no TTFT anywhere (stats, log, metrics)."""
         if self.first_token_at is None:
             self.first_token_at = now = self.clock()
-            if sample:
-                self.endpoint.stats.first_token(self._token, now)
+            self.endpoint.stats.first_token(self._token, now)
 
     def succeed(self, usage: Usage | None, events: int, tool_calls_valid: bool | None) -> None:
         if self._done:
@@ -70,14 +69,13 @@ class Lease:
         first = self.first_token_at
         tokens = usage.completion_tokens if usage and usage.completion_tokens else events
         # Tokens per second after the first token for a stream; for a non-streamed answer
-        # (``events`` == 0) over the whole answer, the only span it shows.
-        streamed = events > 0 and first is not None and now > first
+        # (no first token) over the whole answer, the only span it shows.
         ep.stats.finish(
             self._token,
             ok=True,
             latency_s=now - self.started,
             completion_tokens=tokens,
-            generation_s=(now - first) if streamed and first is not None else now - self.started,
+            generation_s=(now - first) if first is not None and now > first else now - self.started,
             tool_calls_valid=tool_calls_valid,
         )
         ep.breaker.success(now)
@@ -208,7 +206,6 @@ class Attempts:
                         opened = await self._first_token(route, ep, lease, response, hedged)
                     else:
                         body = await response.read()
-                        lease.first_token(sample=False)
                         usage, tools_ok = inspect_body(body)
                         lease.succeed(usage, 0, tools_ok)
                         opened = Opened(ep, route, lease, response, body, None, None, usage, hedged)

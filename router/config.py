@@ -315,12 +315,6 @@ class RouteSpec:
     timeouts: Timeouts
     retry: Retry
 
-    def endpoint(self, endpoint_id: str) -> EndpointSpec | None:
-        for ep in self.endpoints:
-            if ep.id == endpoint_id:
-                return ep
-        return None
-
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -411,14 +405,6 @@ def parse_client_keys(raw: str) -> dict[str, str]:
             name = "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
         keys[key.strip()] = name.strip()
     return keys
-
-
-def _merge(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for layer in layers:
-        if layer:
-            out.update(layer)
-    return out
 
 
 def _block(

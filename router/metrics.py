@@ -113,7 +113,7 @@ class Metrics:
         )
         self.ttft = Histogram(
             "router_ttft_seconds",
-            "Time to first token (first byte when not streamed).",
+            "Time to the first token of streamed answers.",
             ["route", "endpoint"],
             buckets=TTFT_BUCKETS,
             registry=r,

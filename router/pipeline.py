@@ -359,12 +359,9 @@ class Pipeline:
         if len(ranking) < 2:
             hedge = None
 
-        def next_for_hedge() -> Endpoint | None:
-            return walk.next()
-
         async def one_race() -> Opened:
             budget.spend()
-            return await attempts.race(route.name, walk.next(), next_for_hedge, hedge, budget.spend)
+            return await attempts.race(route.name, walk.next(), walk.next, hedge, budget.spend)
 
         try:
             return await one_race()

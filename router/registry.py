@@ -125,6 +125,17 @@ class RouteRuntime:
             self._strategies[policy_name] = found
         return found
 
+    def availability(self, now: float) -> tuple[int, int]:
+        """(endpoints usable by config, those of them not cooling down): what /health,
+        /health/ready and the service status are judged on."""
+        usable = available = 0
+        for e in self.endpoints:
+            if e.usable:
+                usable += 1
+                if e.breaker.view(now)[0] != "cooldown":
+                    available += 1
+        return usable, available
+
     def candidates(self, endpoints: list[Endpoint], now: float) -> list[Candidate]:
         out = loads(
             [(e.spec, e.stats) for e in endpoints], now, [e.price for e in endpoints], self.prior

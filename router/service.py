@@ -170,14 +170,11 @@ class Service:
             candidates = route.candidates(usable, now) if usable else []
             scores = route.strategy.scores(candidates) if candidates else {}
             eps = []
-            available = 0
             for e in route.endpoints:
                 if not e.usable:
                     state, reason, left = "disabled", e.spec.disabled_reason, None
                 else:
                     state, reason, left = e.breaker.view(now)
-                    if state != "cooldown":
-                        available += 1
                 view = {
                     "id": e.id,
                     "provider": e.spec.provider.name,
@@ -194,6 +191,7 @@ class Service:
                 eps.append(view)
             # A route whose every endpoint is disabled by config (no key set) is the
             # operator's choice, not a failure: shown, but it does not degrade the service.
+            _, available = route.availability(now)
             if usable:
                 served += 1
                 if available == 0:
@@ -220,12 +218,12 @@ class Service:
         if rt is None:
             return False, ["no valid config is loaded"]
         now = self.clock()
+        counts = {name: route.availability(now) for name, route in rt.routes.items()}
         missing = [
             f"route {name!r} has no available endpoint"
-            for name, route in rt.routes.items()
-            if any(e.usable for e in route.endpoints)
-            and not any(e.usable and e.breaker.view(now)[0] != "cooldown" for e in route.endpoints)
+            for name, (usable, available) in counts.items()
+            if usable and not available
         ]
-        if not any(e.usable for r in rt.routes.values() for e in r.endpoints):
+        if not any(usable for usable, _ in counts.values()):
             missing.append("no route has a usable endpoint")
         return not missing, missing

@@ -186,13 +186,7 @@ class EndpointStats:
     def confidence(self, now: float) -> float:
         if self.last_sample is None:
             return 0.0
-        return float(1.0 - 0.5**self.samples) * self._decay(now)
-
-    def oldest_wait(self, now: float) -> float:
-        """How long the oldest attempt still waiting for its first token has waited."""
-        if not self._waiting:
-            return 0.0
-        return now - next(iter(self._waiting.values()))
+        return self.sample_conf * self._decay(now)
 
     def ttft_percentile(self, q: float) -> float | None:
         return self.ttft_window.percentile(q)
@@ -281,6 +275,8 @@ def loads(
     out: list[Candidate] = []
     append = out.append
     for (spec, st), (p_in, p_out) in zip(endpoints, prices, strict=True):
+        # EndpointStats.confidence and the oldest first-token wait, inlined: this loop
+        # runs over every endpoint of the route on every request.
         last = st.last_sample
         if last is None:
             conf = 0.0

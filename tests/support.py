@@ -236,6 +236,31 @@ def chunk(
     return sse(body)
 
 
+async def open_stream(request: web.Request) -> web.StreamResponse:
+    """An SSE answer with its headers and OpenAI's role chunk sent, as real hosts begin."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(chunk(delta={"role": "assistant", "content": ""}))
+    return resp
+
+
+def slow_tokens(interval: float, count: int = 200) -> Behaviour:
+    """A stream of ``count`` tokens ``t0 t1 ...``, one every ``interval`` seconds."""
+
+    async def behaviour(
+        fake: FakeUpstream, request: web.Request, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        resp = await open_stream(request)
+        for i in range(count):
+            await resp.write(chunk(f"t{i} "))
+            await asyncio.sleep(interval)
+        await resp.write(chunk(finish="stop"))
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    return behaviour
+
+
 async def ok_json(
     fake: FakeUpstream, request: web.Request, body: dict[str, Any]
 ) -> web.StreamResponse:
@@ -247,9 +272,7 @@ async def ok_json(
 async def ok_stream(
     fake: FakeUpstream, request: web.Request, body: dict[str, Any]
 ) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await resp.prepare(request)
-    await resp.write(chunk(delta={"role": "assistant", "content": ""}))
+    resp = await open_stream(request)
     for word in fake.text.split(" "):
         await resp.write(chunk(word + " "))
     await resp.write(chunk(finish="stop"))
@@ -287,9 +310,7 @@ async def hang_before_headers(
 async def hang_after_headers(
     fake: FakeUpstream, request: web.Request, body: dict[str, Any]
 ) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await resp.prepare(request)
-    await resp.write(chunk(delta={"role": "assistant", "content": ""}))
+    resp = await open_stream(request)
     await asyncio.sleep(3600)
     return resp
 
@@ -297,9 +318,7 @@ async def hang_after_headers(
 async def reset_mid_stream(
     fake: FakeUpstream, request: web.Request, body: dict[str, Any]
 ) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await resp.prepare(request)
-    await resp.write(chunk(delta={"role": "assistant", "content": ""}))
+    resp = await open_stream(request)
     await resp.write(chunk("partial "))
     await resp.write(chunk("answer "))
     await asyncio.sleep(0.05)

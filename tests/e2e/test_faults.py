@@ -35,7 +35,9 @@ from tests.support import (
     hang_before_headers,
     ok_json,
     ok_stream,
+    open_stream,
     reset_mid_stream,
+    slow_tokens,
     status,
 )
 
@@ -262,28 +264,9 @@ def first_token_after(delay: float) -> Behaviour:
     async def behaviour(
         fake: FakeUpstream, request: web.Request, body: dict[str, Any]
     ) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(chunk(delta={"role": "assistant", "content": ""}))
+        resp = await open_stream(request)
         await asyncio.sleep(delay)
         await resp.write(chunk(fake.text))
-        await resp.write(chunk(finish="stop"))
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-
-    return behaviour
-
-
-def slow_tokens(interval: float, count: int = 200) -> Behaviour:
-    async def behaviour(
-        fake: FakeUpstream, request: web.Request, body: dict[str, Any]
-    ) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(chunk(delta={"role": "assistant", "content": ""}))
-        for i in range(count):
-            await resp.write(chunk(f"t{i} "))
-            await asyncio.sleep(interval)
         await resp.write(chunk(finish="stop"))
         await resp.write(b"data: [DONE]\n\n")
         return resp
@@ -294,9 +277,7 @@ def slow_tokens(interval: float, count: int = 200) -> Behaviour:
 async def silent_after_first_token(
     fake: FakeUpstream, request: web.Request, body: dict[str, Any]
 ) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await resp.prepare(request)
-    await resp.write(chunk(delta={"role": "assistant", "content": ""}))
+    resp = await open_stream(request)
     await resp.write(chunk("first "))
     await asyncio.sleep(3600)
     return resp

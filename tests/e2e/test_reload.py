@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support import FakeUpstream, RouterProcess
+from tests.support import FakeUpstream, RouterProcess, slow_tokens
 
 ADMIN = "admin-secret-key-123"
 
@@ -165,21 +165,7 @@ def test_stats_survive_a_reload(router: RouterProcess, pair: Any) -> None:
     assert after["latency_ms"]["ewma"] == before["latency_ms"]["ewma"]
 
 
-async def _slow_stream(fake: FakeUpstream, request: Any, body: dict[str, Any]) -> Any:
-    import asyncio
-
-    from aiohttp import web
-
-    from tests.support import chunk
-
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await resp.prepare(request)
-    for i in range(10):
-        await resp.write(chunk(f"t{i} "))
-        await asyncio.sleep(0.1)
-    await resp.write(chunk(finish="stop"))
-    await resp.write(b"data: [DONE]\n\n")
-    return resp
+_slow_stream = slow_tokens(0.1, count=10)
 
 
 def test_stream_in_flight_survives_a_reload(router: RouterProcess, pair: Any) -> None:

@@ -25,7 +25,15 @@ import openai
 import pytest
 from aiohttp import web
 
-from tests.support import FakeUpstream, RouterProcess, chat_body, chunk, routes_yaml, status
+from tests.support import (
+    FakeUpstream,
+    RouterProcess,
+    chat_body,
+    chunk,
+    open_stream,
+    routes_yaml,
+    status,
+)
 
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 TEXT = "one two three four five"
@@ -41,9 +49,7 @@ def paced(delay: float, gap: float) -> Callable[..., Any]:
         if not body.get("stream"):
             await asyncio.sleep(gap * len(fake.text.split()))
             return web.json_response(chat_body(fake.text, model=body.get("model", "x")))
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(chunk(delta={"role": "assistant", "content": ""}))
+        resp = await open_stream(request)
         for i, word in enumerate(fake.text.split(" ")):
             if i:
                 await asyncio.sleep(gap)

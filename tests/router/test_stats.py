@@ -23,7 +23,7 @@ from router.config import loads as load_config
 from router.records import Usage
 from router.registry import Endpoint, build_runtime
 from router.stats import EXPLORE_BELOW, EndpointStats, Window, loads
-from tests.support import FakeUpstream, chat_body, chunk, routes_yaml
+from tests.support import FakeUpstream, chat_body, chunk, open_stream, routes_yaml
 
 
 class FakeClock:
@@ -498,9 +498,7 @@ async def _endless_stream(
 ) -> web.StreamResponse:
     import asyncio
 
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-    await resp.prepare(request)
-    await resp.write(chunk(delta={"role": "assistant", "content": ""}))
+    resp = await open_stream(request)
     try:
         for i in range(100_000):
             await resp.write(chunk(f"tok{i} "))
