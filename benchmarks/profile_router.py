@@ -25,7 +25,7 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import CLK_TCK, free_port, raise_nofile
-from perf import HERE, PY, ROOT, Bench, loadgen, pinned, router_cmd, router_config
+from perf import HERE, PY, ROOT, STORAGE, Bench, loadgen, pinned, router_cmd, router_config
 
 
 def fold(path: str, root: str) -> tuple[Counter[str], Counter[str], int]:
@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--raw", help="keep the collapsed stacks here")
+    ap.add_argument("--lines", action="store_true", help="per line, not per function")
+    ap.add_argument("--storage", default="", help="as perf.py's: '' (SQLite), 'off' or a URL")
     args = ap.parse_args(argv)
+    STORAGE["url"] = args.storage
     spy = shutil.which("py-spy") or os.path.join(os.path.dirname(PY), "py-spy")
     if not os.path.exists(spy):
         print("py-spy not found: .venv/bin/pip install py-spy", file=sys.stderr)
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                     str(args.rate),
                     "--format",
                     "raw",
-                    "--function",
+                    *([] if args.lines else ["--function"]),
                     "--threads",
                     "--output",
                     raw,

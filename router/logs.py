@@ -26,15 +26,23 @@ class Redactor:
 
     def __init__(self) -> None:
         self.secrets: tuple[str, ...] = ()
+        self._encoded: tuple[bytes, ...] = ()
 
     def update(self, secrets: list[str]) -> None:
         self.secrets = tuple(sorted(set(secrets), key=len, reverse=True))
+        self._encoded = tuple(s.encode() for s in self.secrets)
 
     def scrub(self, text: str) -> str:
         for s in self.secrets:
             if s in text:
                 text = text.replace(s, "***")
         return text
+
+    def scrub_bytes(self, data: bytes) -> bytes:
+        for s in self._encoded:
+            if s in data:
+                data = data.replace(s, b"***")
+        return data
 
     def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
         if self.secrets:
@@ -119,15 +127,43 @@ atexit.register(flush)
 _second: list[Any] = [0, ""]
 
 
-def _timestamp(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _now() -> str:
     """ISO 8601 UTC time with microseconds; the date part is formatted once a second."""
     now = time.time()
     whole = int(now)
     if whole != _second[0]:
         _second[0] = whole
         _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    event["timestamp"] = f"{_second[1]}.{int((now - whole) * 1e6):06d}Z"
+    return f"{_second[1]}.{int((now - whole) * 1e6):06d}Z"
+
+
+def _timestamp(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+    event["timestamp"] = _now()
     return event
+
+
+# The JSON sink when info events are on, for ``info_line``; None sends them to structlog.
+_direct: list[BufferedLogger | None] = [None]
+
+
+def info_line(logger: Any, event: str, fields: dict[str, Any]) -> None:
+    """One info event written straight to the JSON sink, as structlog would render it.
+
+    For the line logged once per request: structlog's processor chain cost more than
+    the rest of the request's bookkeeping. ``fields`` is taken over. With console
+    output, or info filtered out, it goes through ``logger`` like any other event.
+    """
+    sink = _direct[0]
+    if sink is None:
+        logger.info(event, **fields)
+        return
+    fields["event"] = event
+    fields["level"] = "info"
+    fields["timestamp"] = _now()
+    data = orjson.dumps(fields, default=str)
+    if REDACTOR.secrets:
+        data = REDACTOR.scrub_bytes(data)
+    sink.info(data)
 
 
 def level_from_env() -> int:
@@ -145,12 +181,14 @@ def configure(level: int | None = None, fmt: str | None = None) -> None:
         REDACTOR,
     ]
     if fmt == "console":
+        _direct[0] = None
         processors.append(structlog.dev.ConsoleRenderer(colors=False))
         factory: Any = structlog.PrintLoggerFactory(sys.stderr)
     else:
         processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
         sink = BufferedLogger(sys.stderr.buffer)
         _SINKS.append(sink)
+        _direct[0] = sink if level <= LEVELS["info"] else None
         factory = lambda *args: sink  # noqa: E731 - structlog wants a factory
     structlog.configure(
         processors=processors,

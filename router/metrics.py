@@ -7,26 +7,28 @@ counts, breaker states, the request log's queue) is not copied on every change: 
 custom collector reads it from the current runtime when Prometheus scrapes, so a
 reload never leaves stale gauges behind.
 
-Every ``Metrics`` owns a private ``CollectorRegistry`` (no process-global registry:
-two apps in one test process never share counters). ``.labels()`` costs a lock and a
-tuple of strings, so the label children are cached per label tuple and ``record()``
-stays at a few microseconds.
+The event half is a custom collector too. prometheus-client's ``Counter.inc`` and
+``Histogram.observe`` take a lock per call (a dozen per request here) to be safe across
+threads; ``record()`` only ever runs on the event loop's thread, so it adds to plain
+ints and bucket lists, and ``/metrics`` (on the same thread) turns them into metric
+families. Every ``Metrics`` owns a private ``CollectorRegistry``: two apps in one test
+process never share counters.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from router.records import RequestRecord
 
@@ -42,25 +44,43 @@ TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 30, 60)
 TPS_BUCKETS = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000)
 STATES = ("healthy", "cooldown", "half_open", "disabled")
 NONE = "none"  # the label value when a request never reached a route or endpoint
+TOKEN_KINDS = ("prompt", "completion", "reasoning", "cached")
 
 
-@dataclass(slots=True)
-class _EndpointChildren:
-    latency: Any
-    ttft: Any
-    tps: Any
-    prompt: Any
-    completion: Any
-    reasoning: Any
-    cached: Any
-    cost: Any
+class _Histogram:
+    """One series' bucket counts (not cumulative; the last is +Inf) and sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # Prometheus buckets are "less than or equal": the first bound >= value.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
 
 
-@dataclass(slots=True)
-class _RouteChildren:
-    retries: Any
-    failovers: Any
-    hedges: Any
+class _EndpointSeries:
+    __slots__ = ("cost", "latency", "tokens", "tps", "ttft")
+
+    def __init__(self) -> None:
+        self.latency = _Histogram(LATENCY_BUCKETS)
+        self.ttft = _Histogram(TTFT_BUCKETS)
+        self.tps = _Histogram(TPS_BUCKETS)
+        self.tokens = [0, 0, 0, 0]  # in TOKEN_KINDS order
+        self.cost = 0.0
+
+
+class _RouteSeries:
+    __slots__ = ("failovers", "hedges", "retries")
+
+    def __init__(self) -> None:
+        self.retries = 0
+        self.failovers = 0
+        self.hedges = 0
 
 
 class Metrics:
@@ -73,89 +93,19 @@ class Metrics:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._runtime = runtime_getter
-        r = self.registry
-        self.requests = Counter(
-            "router_requests",
-            "Requests answered, by the route and endpoint that served.",
-            ["route", "endpoint", "status"],
-            registry=r,
-        )
-        self.attempts = Counter(
-            "router_attempts",
-            "Upstream attempts, by outcome (reason 'ok' for success).",
-            ["route", "endpoint", "reason"],
-            registry=r,
-        )
-        self.retries = Counter(
-            "router_retries",
-            "Upstream attempts after the first, hedges not included.",
-            ["route"],
-            registry=r,
-        )
-        self.failovers = Counter(
-            "router_failovers",
-            "Requests served by an endpoint other than the first tried.",
-            ["route"],
-            registry=r,
-        )
-        self.hedges = Counter(
-            "router_hedges",
-            "Hedged attempts started.",
-            ["route"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "router_request_latency_seconds",
-            "End-to-end request latency.",
-            ["route", "endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.ttft = Histogram(
-            "router_ttft_seconds",
-            "Time to the first token of streamed answers.",
-            ["route", "endpoint"],
-            buckets=TTFT_BUCKETS,
-            registry=r,
-        )
-        self.tps = Histogram(
-            "router_tokens_per_second",
-            "Output tokens per second after the first token.",
-            ["route", "endpoint"],
-            buckets=TPS_BUCKETS,
-            registry=r,
-        )
-        self.tokens = Counter(
-            "router_tokens",
-            "Tokens, by kind (reasoning and cached are parts of the others).",
-            ["route", "endpoint", "kind"],
-            registry=r,
-        )
-        self.cost = Counter(
-            "router_cost_usd",
-            "Cost in USD from the endpoints' prices.",
-            ["route", "endpoint"],
-            registry=r,
-        )
-        self.reloads = Counter(
-            "router_config_reloads",
-            "Config reloads, by result.",
-            ["result"],
-            registry=r,
-        )
-        for result in ("ok", "error"):
-            self.reloads.labels(result)  # both series exist from the start, at 0
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.attempts: dict[tuple[str, str, str], int] = {}
+        self.endpoints: dict[tuple[str, str], _EndpointSeries] = {}
+        self.routes: dict[str, _RouteSeries] = {}
+        self.reloads = {"ok": 0, "error": 0}  # both series exist from the start, at 0
         self.requestlog = requestlog  # may be set later: the log starts after listening
-        r.register(_StateCollector(runtime_getter, lambda: self.requestlog))
-        self._requests: dict[tuple[str, str, str], Any] = {}
-        self._attempts: dict[tuple[str, str, str], Any] = {}
-        self._endpoints: dict[tuple[str, str], _EndpointChildren] = {}
-        self._routes: dict[str, _RouteChildren] = {}
+        self.registry.register(_EventCollector(self))
+        self.registry.register(_StateCollector(runtime_getter, lambda: self.requestlog))
 
     # -- events -----------------------------------------------------------------------
 
     def record(self, rec: RequestRecord) -> None:
-        """Count one finished request (sync, a few microseconds)."""
+        """Count one finished request (sync, a few microseconds, event loop thread only)."""
         route = rec.route or NONE
         if rec.endpoint is None and not rec.attempts:
             # The route may be a client's unknown model name: keep the label set bounded.
@@ -164,27 +114,24 @@ class Metrics:
                 route = NONE
         endpoint = rec.endpoint or NONE
 
+        requests = self.requests
         key3 = (route, endpoint, str(rec.status))
-        child = self._requests.get(key3)
-        if child is None:
-            child = self._requests[key3] = self.requests.labels(*key3)
-        child.inc()
+        requests[key3] = requests.get(key3, 0) + 1
 
         attempts = rec.attempts
+        counts = self.attempts
         for a in attempts:
             akey = (a.route, a.endpoint, a.reason or "ok")
-            achild = self._attempts.get(akey)
-            if achild is None:
-                achild = self._attempts[akey] = self.attempts.labels(*akey)
-            achild.inc()
+            counts[akey] = counts.get(akey, 0) + 1
 
-        if attempts or rec.hedges:
-            rc = self._route(route)
+        if len(attempts) > 1 or rec.hedges:
+            rs = self.routes.get(route)
+            if rs is None:
+                rs = self.routes[route] = _RouteSeries()
             tried = [a for a in attempts if not a.hedged]  # in the order they were started
             if len(tried) > 1:
-                rc.retries.inc(len(tried) - 1)
-            if rec.hedges:
-                rc.hedges.inc(rec.hedges)
+                rs.retries += len(tried) - 1
+            rs.hedges += rec.hedges
             won = next((a for a in attempts if a.reason is None), None)
             # A hedge that wins is counted as a hedge, not as a failover.
             if (
@@ -193,62 +140,137 @@ class Metrics:
                 and tried
                 and (won.route, won.endpoint) != (tried[0].route, tried[0].endpoint)
             ):
-                rc.failovers.inc()
+                rs.failovers += 1
 
-        ec = self._endpoint(route, endpoint)
-        ec.latency.observe(rec.latency_ms / 1000.0)
+        key2 = (route, endpoint)
+        es = self.endpoints.get(key2)
+        if es is None:
+            es = self.endpoints[key2] = _EndpointSeries()
+        es.latency.observe(rec.latency_ms / 1000.0)
         if rec.ttft_ms is not None:
-            ec.ttft.observe(rec.ttft_ms / 1000.0)
+            es.ttft.observe(rec.ttft_ms / 1000.0)
         usage = rec.usage
         if usage is not None:
-            if usage.prompt_tokens:
-                ec.prompt.inc(usage.prompt_tokens)
+            tokens = es.tokens
+            tokens[0] += usage.prompt_tokens
+            tokens[1] += usage.completion_tokens
+            tokens[2] += usage.reasoning_tokens
+            tokens[3] += usage.cached_tokens
             if usage.completion_tokens:
-                ec.completion.inc(usage.completion_tokens)
                 # Generation speed: output tokens over the time after the first token.
                 generating_ms = rec.latency_ms - (rec.ttft_ms or 0.0)
                 if generating_ms > 0:
-                    ec.tps.observe(usage.completion_tokens * 1000.0 / generating_ms)
-            if usage.reasoning_tokens:
-                ec.reasoning.inc(usage.reasoning_tokens)
-            if usage.cached_tokens:
-                ec.cached.inc(usage.cached_tokens)
-        if rec.cost > 0:
-            ec.cost.inc(rec.cost)
+                    es.tps.observe(usage.completion_tokens * 1000.0 / generating_ms)
+        es.cost += rec.cost
 
     def config_reload(self, ok: bool) -> None:
-        self.reloads.labels("ok" if ok else "error").inc()
+        self.reloads["ok" if ok else "error"] += 1
 
     def render(self) -> tuple[bytes, str]:
         """(body, content type) for ``GET /metrics``."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
-    # -- cached label children --------------------------------------------------------
 
-    def _route(self, route: str) -> _RouteChildren:
-        found = self._routes.get(route)
-        if found is None:
-            found = self._routes[route] = _RouteChildren(
-                self.retries.labels(route), self.failovers.labels(route), self.hedges.labels(route)
-            )
-        return found
+def _histogram(
+    family: HistogramMetricFamily, labels: list[str], h: _Histogram, les: list[str]
+) -> None:
+    buckets = []
+    total = 0
+    for le, n in zip(les, h.counts, strict=True):
+        total += n
+        buckets.append((le, total))
+    family.add_metric(labels, buckets, h.sum)
 
-    def _endpoint(self, route: str, endpoint: str) -> _EndpointChildren:
-        key = (route, endpoint)
-        found = self._endpoints.get(key)
-        if found is None:
-            tokens = self.tokens
-            found = self._endpoints[key] = _EndpointChildren(
-                latency=self.latency.labels(*key),
-                ttft=self.ttft.labels(*key),
-                tps=self.tps.labels(*key),
-                prompt=tokens.labels(route, endpoint, "prompt"),
-                completion=tokens.labels(route, endpoint, "completion"),
-                reasoning=tokens.labels(route, endpoint, "reasoning"),
-                cached=tokens.labels(route, endpoint, "cached"),
-                cost=self.cost.labels(*key),
-            )
-        return found
+
+class _EventCollector:
+    """The counters and histograms ``Metrics.record`` keeps, as metric families."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+        self._les = {
+            b: [floatToGoString(x) for x in b] + ["+Inf"]  # type: ignore[no-untyped-call]
+            for b in (LATENCY_BUCKETS, TTFT_BUCKETS, TPS_BUCKETS)
+        }
+
+    def collect(self) -> Iterable[Metric]:
+        m = self._m
+        requests = CounterMetricFamily(
+            "router_requests",
+            "Requests answered, by the route and endpoint that served.",
+            labels=["route", "endpoint", "status"],
+        )
+        for key, n in m.requests.items():
+            requests.add_metric(list(key), n)
+        attempts = CounterMetricFamily(
+            "router_attempts",
+            "Upstream attempts, by outcome (reason 'ok' for success).",
+            labels=["route", "endpoint", "reason"],
+        )
+        for key, n in m.attempts.items():
+            attempts.add_metric(list(key), n)
+        yield requests
+        yield attempts
+
+        retries = CounterMetricFamily(
+            "router_retries",
+            "Upstream attempts after the first, hedges not included.",
+            labels=["route"],
+        )
+        failovers = CounterMetricFamily(
+            "router_failovers",
+            "Requests served by an endpoint other than the first tried.",
+            labels=["route"],
+        )
+        hedges = CounterMetricFamily("router_hedges", "Hedged attempts started.", labels=["route"])
+        for route, rs in m.routes.items():
+            retries.add_metric([route], rs.retries)
+            failovers.add_metric([route], rs.failovers)
+            hedges.add_metric([route], rs.hedges)
+        yield retries
+        yield failovers
+        yield hedges
+
+        labels = ["route", "endpoint"]
+        latency = HistogramMetricFamily(
+            "router_request_latency_seconds", "End-to-end request latency.", labels=labels
+        )
+        ttft = HistogramMetricFamily(
+            "router_ttft_seconds", "Time to the first token of streamed answers.", labels=labels
+        )
+        tps = HistogramMetricFamily(
+            "router_tokens_per_second",
+            "Output tokens per second after the first token.",
+            labels=labels,
+        )
+        tokens = CounterMetricFamily(
+            "router_tokens",
+            "Tokens, by kind (reasoning and cached are parts of the others).",
+            labels=["route", "endpoint", "kind"],
+        )
+        cost = CounterMetricFamily(
+            "router_cost_usd", "Cost in USD from the endpoints' prices.", labels=labels
+        )
+        les = self._les
+        for (route, endpoint), es in m.endpoints.items():
+            values = [route, endpoint]
+            _histogram(latency, values, es.latency, les[LATENCY_BUCKETS])
+            _histogram(ttft, values, es.ttft, les[TTFT_BUCKETS])
+            _histogram(tps, values, es.tps, les[TPS_BUCKETS])
+            for kind, n in zip(TOKEN_KINDS, es.tokens, strict=True):
+                tokens.add_metric([route, endpoint, kind], n)
+            cost.add_metric(values, es.cost)
+        yield latency
+        yield ttft
+        yield tps
+        yield tokens
+        yield cost
+
+        reloads = CounterMetricFamily(
+            "router_config_reloads", "Config reloads, by result.", labels=["result"]
+        )
+        for result, n in m.reloads.items():
+            reloads.add_metric([result], n)
+        yield reloads
 
 
 class _StateCollector:

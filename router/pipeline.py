@@ -235,7 +235,7 @@ class Pipeline:
         """Serve ``call`` from ``route`` or its fallbacks; raises RouterError when nothing could."""
         prefs = call.prefs
         chain = [route]
-        if prefs is None or prefs.allow_fallbacks:
+        if route.spec.fallbacks and (prefs is None or prefs.allow_fallbacks):
             chain += [runtime.routes[name] for name in route.spec.fallbacks]
         nothing: _NoEndpoint | None = None
         for i, r in enumerate(chain):
@@ -265,6 +265,14 @@ class Pipeline:
     async def _ranking(
         self, runtime: Runtime, route: RouteRuntime, call: Call, attempts: Attempts
     ) -> tuple[list[Endpoint], HedgeSection | None]:
+        """The ranking, after waiting for a free slot if every endpoint is full."""
+        while True:
+            ranked = self._rank(runtime, route, call)
+            if ranked is not None:
+                return ranked
+            await self._wait_for_slot(self._admitted(route, call), attempts, route)
+
+    def _admitted(self, route: RouteRuntime, call: Call) -> list[Endpoint]:
         prefs = call.prefs
         eps = [e for e in route.endpoints if e.usable]
         if not eps:
@@ -276,13 +284,19 @@ class Pipeline:
                     f"no endpoint of route {route.name!r} matches the 'provider' filters",
                     filtered=True,
                 )
-        clock = runtime.clock
-        while True:
-            now = clock()
-            open_now = [e for e in eps if not e.full()]
-            if open_now:
-                break
-            await self._wait_for_slot(eps, attempts, route)
+        return eps
+
+    def _rank(
+        self, runtime: Runtime, route: RouteRuntime, call: Call
+    ) -> tuple[list[Endpoint], HedgeSection | None] | None:
+        """The ranking now, or None when every admitted endpoint is at max_concurrency
+        (sync: no coroutine per request for the usual case, which never waits)."""
+        prefs = call.prefs
+        eps = self._admitted(route, call)
+        now = runtime.clock()
+        open_now = [e for e in eps if not e.full()]
+        if not open_now:
+            return None
         avail = [e for e in open_now if e.breaker.available(now)]
         if prefs is not None and prefs.sort is not None:
             strategy, hedge = route.strategy_for(SORTS[prefs.sort])
@@ -350,29 +364,57 @@ class Pipeline:
     async def _serve(
         self, runtime: Runtime, route: RouteRuntime, call: Call, attempts: Attempts
     ) -> Opened:
-        ranking, hedge = await self._ranking(runtime, route, call, attempts)
+        ranked = self._rank(runtime, route, call)
+        if ranked is None:
+            ranked = await self._ranking(runtime, route, call, attempts)
+        ranking, hedge = ranked
+        if hedge is not None and len(ranking) > 1:
+            return await self._retrying(runtime, route, call, attempts, ranking, hedge, None)
+        # The usual case: one attempt on the best endpoint, with nothing allocated for
+        # retries until it fails. The ranking's head is available and not full: _rank
+        # kept only such endpoints (or, all cooling down, put the one due first there).
+        try:
+            return await attempts.open(route.name, ranking[0])
+        except UpstreamError as exc:
+            failure = exc
+        return await self._retrying(runtime, route, call, attempts, ranking, None, failure)
+
+    async def _retrying(
+        self,
+        runtime: Runtime,
+        route: RouteRuntime,
+        call: Call,
+        attempts: Attempts,
+        ranking: list[Endpoint],
+        hedge: HedgeSection | None,
+        failure: UpstreamError | None,
+    ) -> Opened:
+        """Races on the ranking under tenacity, after the first try's ``failure`` if any."""
         retry = route.spec.retry
         budget = _Budget(
             1 if call.prefs is not None and not call.prefs.allow_fallbacks else retry.attempts
         )
         walk = _Walk(ranking, runtime.clock)
-        if len(ranking) < 2:
-            hedge = None
 
         async def one_race() -> Opened:
             budget.spend()
             return await attempts.race(route.name, walk.next(), walk.next, hedge, budget.spend)
 
-        try:
-            return await one_race()
-        except UpstreamError as exc:
-            if (
-                not self._retryable(route, exc)
-                or budget.left <= 0
-                or attempts.clock() >= attempts.deadline
-            ):
-                raise
-            pending: UpstreamError | None = exc
+        if failure is None:
+            try:
+                return await one_race()
+            except UpstreamError as exc:
+                failure = exc
+        else:
+            walk.next()  # the first try went to the ranking's head
+            budget.spend()
+        if (
+            not self._retryable(route, failure)
+            or budget.left <= 0
+            or attempts.clock() >= attempts.deadline
+        ):
+            raise failure
+        pending: UpstreamError | None = failure
 
         clock = runtime.clock
         backoff = wait_random_exponential(multiplier=retry.backoff_s, max=retry.backoff_max_s)
@@ -397,8 +439,8 @@ class Pipeline:
             with attempt:
                 if pending is not None:
                     # Hand tenacity the first failure, so its backoff comes before attempt 2.
-                    failure, pending = pending, None
-                    raise failure
+                    fail, pending = pending, None
+                    raise fail
                 return await one_race()
         raise AssertionError("unreachable: tenacity reraises the last failure")
 

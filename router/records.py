@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     from router.config import Price
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AttemptRecord:
-    """One upstream attempt as the client and the request log see it."""
+    """One upstream attempt as the client and the request log see it (not frozen: a
+    frozen dataclass pays ``object.__setattr__`` per field, and one is made per attempt)."""
 
     route: str
     endpoint: str

@@ -33,7 +33,7 @@ from router.errors import (
     UpstreamClientError,
     error_body,
 )
-from router.logs import REDACTOR
+from router.logs import REDACTOR, info_line
 from router.pipeline import Call, Pipeline, RoutingPrefs
 from router.records import RequestRecord
 from router.registry import Runtime
@@ -157,9 +157,9 @@ def parse_call(operation: str, body: bytes, request: web.Request, request_id: st
             param=field,
             code="invalid_type",
         )
-    for name, types in _TYPED.items():
-        value = payload.get(name)
-        if value is None:
+    for name, value in payload.items():
+        types = _TYPED.get(name)
+        if types is None or value is None:
             continue
         ok = isinstance(value, types) and not (
             isinstance(value, bool) and types in (int, (int, float))
@@ -200,7 +200,13 @@ def _stream_error_event(exc: BaseException) -> bytes:
     return b"data: " + error_body(message, "upstream_error", "stream_broken") + b"\n\n"
 
 
-async def _proxy(request: web.Request, operation: str) -> web.StreamResponse:
+_OPERATION_AT = {f"/v1/{op}": op for op in ("chat/completions", "completions", "embeddings")}
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``: one
+    handler (the operation read from the path), so no wrapper coroutine per request."""
+    operation = _OPERATION_AT[request.path]
     service = request.app[SERVICE]
     runtime = service.runtime
     started = time.perf_counter()
@@ -308,37 +314,32 @@ async def _proxy(request: web.Request, operation: str) -> web.StreamResponse:
 
 def _log_request(record: RequestRecord) -> None:
     usage = record.usage
-    log.info(
+    attempts = record.attempts
+    failed = None
+    if len(attempts) > 1 or record.error:
+        failed = [f"{a.endpoint}:{a.reason}" for a in attempts if a.reason] or None
+    info_line(
+        log,
         "request",
-        request_id=record.request_id,
-        key=record.key_name,
-        operation=record.operation,
-        route=record.route,
-        endpoint=record.endpoint,
-        status=record.status,
-        stream=record.stream,
-        attempts=len(record.attempts),
-        hedges=record.hedges,
-        latency_ms=round(record.latency_ms, 2),
-        ttft_ms=None if record.ttft_ms is None else round(record.ttft_ms, 2),
-        prompt_tokens=usage.prompt_tokens if usage else None,
-        completion_tokens=usage.completion_tokens if usage else None,
-        cost=round(record.cost, 8),
-        error=record.error,
-        failed=[f"{a.endpoint}:{a.reason}" for a in record.attempts if a.reason] or None,
+        {
+            "request_id": record.request_id,
+            "key": record.key_name,
+            "operation": record.operation,
+            "route": record.route,
+            "endpoint": record.endpoint,
+            "status": record.status,
+            "stream": record.stream,
+            "attempts": len(attempts),
+            "hedges": record.hedges,
+            "latency_ms": round(record.latency_ms, 2),
+            "ttft_ms": None if record.ttft_ms is None else round(record.ttft_ms, 2),
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "cost": round(record.cost, 8),
+            "error": record.error,
+            "failed": failed,
+        },
     )
-
-
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "chat/completions")
-
-
-async def completions(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "completions")
-
-
-async def embeddings(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "embeddings")
 
 
 async def models(request: web.Request) -> web.Response:
@@ -469,9 +470,8 @@ def create_app(service: Service, *, debug: bool = False) -> web.Application:
     app[SERVICE] = service
     app[PIPELINE] = Pipeline(debug=debug)
     app[EXTRAS] = {}
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/embeddings", embeddings)
+    for path in _OPERATION_AT:
+        app.router.add_post(path, proxy)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health/live", health_live)
     app.router.add_get("/health/ready", health_ready)

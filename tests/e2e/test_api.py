@@ -553,6 +553,24 @@ def test_an_upstream_error_quoting_its_key_is_redacted(env: Env) -> None:
     assert_no_keys(json.dumps(env.router.health()))
 
 
+def test_a_key_sent_as_a_request_id_is_redacted_from_the_request_line(env: Env) -> None:
+    # The request line is serialised outside structlog's processors: it must still redact.
+    body = json.dumps({"model": "chat", "messages": MESSAGES}).encode()
+    assert post(env, body, **{"x-request-id": f"id-{UPSTREAM_KEY}"}).status_code == 200
+
+    def line() -> dict[str, Any] | None:
+        for e in env.router.logs():
+            if e.get("event") == "request" and str(e.get("request_id")).startswith("id-"):
+                return e
+        return None
+
+    assert poll(lambda: line() is not None)
+    found = line()
+    assert found is not None and found["request_id"] == "id-***"
+    assert found["level"] == "info" and found["timestamp"].endswith("Z")
+    assert_no_keys(env.router.log_text())
+
+
 def test_no_key_in_any_response_log_line_or_health(env: Env) -> None:
     texts = []
     with httpx.Client(timeout=10) as http:
