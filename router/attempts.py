@@ -21,6 +21,7 @@ from typing import Any
 
 from providers.base import UpstreamRequest, UpstreamResponse
 from providers.errors import (
+    IdleTimeout,
     TotalTimeout,
     TTFTTimeout,
     UpstreamConnectError,
@@ -185,17 +186,19 @@ class Attempts:
         streamed = self.stream and self.operation != "embeddings"
         payload = dict(self.payload)
         payload["model"] = ep.spec.model
+        # An HTTP provider's own read timer (a silence of ttft_s) bounds a non-streamed
+        # answer's first byte, and a stream's too; a stream that keeps sending without a
+        # token is caught by the clock in _first_token. Only other providers, or a total_s
+        # that ends first, need a timer of ours (an asyncio.timeout per attempt).
+        native = not bound_by_total and ep.provider.native_timeouts
         request = UpstreamRequest(
             operation=self.operation,
             payload=payload,
             stream=self.stream,
             request_id=self.request_id,
             connect_s=timeouts.connect_s,
-            # A non-streamed answer's first byte is bounded by ttft_s, and an HTTP provider's
-            # own read timer does that; a stream's first *token* needs our timer.
-            read_s=max(ttft, timeouts.idle_s) if streamed else ttft,
+            read_s=max(ttft, timeouts.idle_s) if streamed and not native else ttft,
         )
-        native = not streamed and not bound_by_total and ep.provider.native_timeouts
         lease = Lease(ep, self.clock)
         response: UpstreamResponse | None = None
         try:
@@ -203,7 +206,9 @@ class Attempts:
                 async with _NO_TIMER if native else asyncio.timeout(max(0.0, min(ttft, budget))):
                     response = await ep.provider.send(request)
                     if streamed:
-                        opened = await self._first_token(route, ep, lease, response, hedged)
+                        opened = await self._first_token(
+                            route, ep, lease, response, hedged, lease.started + ttft
+                        )
                     else:
                         body = await response.read()
                         usage, tools_ok = inspect_body(body)
@@ -234,26 +239,42 @@ class Attempts:
         return opened
 
     async def _first_token(
-        self, route: str, ep: Endpoint, lease: Lease, response: UpstreamResponse, hedged: bool
+        self,
+        route: str,
+        ep: Endpoint,
+        lease: Lease,
+        response: UpstreamResponse,
+        hedged: bool,
+        limit: float,
     ) -> Opened:
+        """Reads up to the first token, by ``limit`` on the clock."""
         inspector = StreamInspector(
             chat=self.operation == "chat/completions",
             client_wants_usage=self.client_wants_usage,
         )
         chunks = response.chunks().__aiter__()
         held: list[bytes] = []
-        async for data in chunks:
-            out = inspector.feed(data)
-            if out:
-                held.append(out)
-            if inspector.first_token:
-                break
-        else:
-            tail = inspector.leftover()
-            if tail:
-                held.append(tail)
-            if not inspector.done:
-                raise ProtocolViolation("stream ended before its first token")
+        try:
+            async for data in chunks:
+                out = inspector.feed(data)
+                if out:
+                    held.append(out)
+                if inspector.first_token:
+                    break
+                if self.clock() > limit:
+                    raise TTFTTimeout(
+                        f"no first token from {ep.id} within {ep.spec.timeouts.ttft_s}s"
+                    )
+            else:
+                tail = inspector.leftover()
+                if tail:
+                    held.append(tail)
+                if not inspector.done:
+                    raise ProtocolViolation("stream ended before its first token")
+        except IdleTimeout as exc:  # the provider's silence timer, set to ttft_s
+            raise TTFTTimeout(
+                f"no first token from {ep.id} within {ep.spec.timeouts.ttft_s}s"
+            ) from exc
         lease.first_token()
         response.set_idle_timeout(ep.spec.timeouts.idle_s)
         return Opened(ep, route, lease, response, b"".join(held), inspector, chunks, None, hedged)

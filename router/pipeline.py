@@ -18,7 +18,7 @@ before that fails over; after it, ``relay`` turns a failure into an SSE error ev
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -444,23 +444,33 @@ class Pipeline:
                 return await one_race()
         raise AssertionError("unreachable: tenacity reraises the last failure")
 
-    async def relay(self, opened: Opened, deadline: float, clock: Clock) -> AsyncGenerator[bytes]:
-        """The committed stream: what was held up to the first token, then the rest."""
+    async def relay(
+        self,
+        opened: Opened,
+        deadline: float,
+        clock: Clock,
+        write: Callable[[bytes], Awaitable[None]],
+    ) -> None:
+        """Writes the committed stream: what was held up to the first token, then the rest.
+
+        A coroutine that writes, not an async generator that yields: no generator
+        protocol per chunk, and the lease still ends in ``finally`` however it stops.
+        """
         lease = opened.lease
         inspector = opened.inspector
         assert inspector is not None and opened.chunks is not None
         try:
             if opened.body:
-                yield opened.body
+                await write(opened.body)
             async for data in opened.chunks:
                 out = inspector.feed(data)
                 if out:
-                    yield out
+                    await write(out)
                 if clock() > deadline:
                     raise TotalTimeout("total_s ran out mid-stream")
             tail = inspector.leftover()
             if tail:
-                yield tail
+                await write(tail)
             if not inspector.done:
                 raise StreamBroken("upstream closed the stream before [DONE]")
         except ProtocolViolation as exc:

@@ -258,10 +258,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(status=200, headers=headers)
         await resp.prepare(request)
         record.status = 200
-        chunks = pipeline.relay(opened, attempts.deadline, runtime.clock)
         try:
-            async for data in chunks:
-                await resp.write(data)
+            await pipeline.relay(opened, attempts.deadline, runtime.clock, resp.write)
         except (UpstreamError, RouterError) as exc:
             record.error = exc.reason if isinstance(exc, UpstreamError) else exc.code
             record.status = 502
@@ -280,7 +278,6 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             await resp.write(_stream_error_event(exc))
             resp.force_close()
         finally:
-            await chunks.aclose()
             inspector = opened.inspector
             record.usage = inspector.usage if inspector else None
         return resp

@@ -19,20 +19,10 @@ from router.records import Usage
 
 _MAX_HELD = 1 << 20  # bytes an upstream may send before its first token, then it is garbage
 DONE = b"data: [DONE]"
-_MARKERS = (b'"usage":{', b'"usage": {', b'"tool_calls"')
 
 
 class ProtocolViolation(Exception):
     """The upstream's stream is not OpenAI-style SSE, or it carried an error event."""
-
-
-def _has_usage_object(data: bytes) -> bool:
-    """Does a usage *object* (not ``"usage":null``, which every chunk may carry) appear?
-
-    Two substring searches in C; compact JSON and ``json.dumps``' default separator are
-    what upstreams send.
-    """
-    return b'"usage":{' in data or b'"usage": {' in data
 
 
 def _events(block: bytes) -> list[bytes]:
@@ -41,6 +31,8 @@ def _events(block: bytes) -> list[bytes]:
 
 def _data(event: bytes) -> bytes | None:
     """The payload of an event's data lines (joined), or None for comments/other fields."""
+    if event.startswith(b"data:") and b"\n" not in event:  # the usual one-line event
+        return event[5:].lstrip()
     parts = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
     if not parts:
         return None
@@ -84,38 +76,43 @@ class StreamInspector:
     def _after_first_token(self, data: bytes) -> bytes:
         if data.endswith(b"[DONE]\n\n"):
             self.done = True
-        usage = _has_usage_object(data)
-        tools = b'"tool_calls"' in data
-        if usage or tools:
-            return self._inspect(data, usage)
-        return data
+        first = data.find(b'"usage":{')
+        if first == -1:
+            first = data.find(b'"usage": {')
+        tools = data.find(b'"tool_calls"') if self.chat else -1
+        if tools != -1 and (first == -1 or tools < first):
+            first = tools
+        if first == -1:
+            return data
+        return self._inspect(data, first)
 
     def _before_first_token(self, block: bytes) -> bytes:
         """Parses events one by one until the first token; the rest of the block takes the
         fast path (a whole answer often arrives in one read)."""
-        keep: list[bytes] = []
+        keep: list[bytes] | None = None  # the events kept, once one has been dropped
         pos = 0
         n = len(block)
         while pos < n:
             end = block.find(b"\n\n", pos)
             if end == -1:
                 end = n
-            event = block[pos:end]
-            pos = end + 2
+            start, pos = pos, end + 2
+            event = block[start:end]
             if not event.strip():
                 continue
             if self.first_token:
-                rest = block[pos - len(event) - 2 :]
-                head = b"".join(e + b"\n\n" for e in keep)
-                return head + self._after_first_token(rest)
+                head = block[:start] if keep is None else b"".join(e + b"\n\n" for e in keep)
+                return head + self._after_first_token(block[start:])
             payload = _data(event)
             if payload is None:
-                keep.append(event)
+                if keep is not None:
+                    keep.append(event)
                 continue
             if payload == b"[DONE]":
                 self.done = True
                 self.first_token = True
-                keep.append(event)
+                if keep is not None:
+                    keep.append(event)
                 continue
             try:
                 obj = orjson.loads(payload)
@@ -126,17 +123,20 @@ class StreamInspector:
             if obj.get("error"):
                 raise ProtocolViolation(f"upstream sent an error event: {_brief(obj['error'])}")
             if not self._note(obj):
+                if keep is None:
+                    keep = _events(block[:start])
                 continue
             if not self.first_token and self._is_token(obj):
                 self.first_token = True
-            keep.append(event)
-        return b"".join(e + b"\n\n" for e in keep)
+            if keep is not None:
+                keep.append(event)
+        return block if keep is None else b"".join(e + b"\n\n" for e in keep)
 
-    def _inspect(self, block: bytes, usage: bool) -> bytes:
-        """Parses the events from the first one that carries usage or tool calls; those
-        before it pass untouched (a whole answer in one read ends with its usage chunk)."""
-        first = min((i for i in (block.find(m) for m in _MARKERS) if i != -1), default=len(block))
-        start = block.rfind(b"\n\n", 0, first) + 2 if first else 0
+    def _inspect(self, block: bytes, first: int) -> bytes:
+        """Parses the events from the one holding byte ``first`` (the first usage or tool
+        calls marker); those before it pass untouched (a whole answer in one read ends
+        with its usage chunk)."""
+        start = block.rfind(b"\n\n", 0, first) + 2
         if start < 2:
             start = 0
         head, block = block[:start], block[start:]

@@ -1,0 +1,181 @@
+"""CPU work per request as instructions counted by callgrind: router vs the bare hop.
+
+Why it exists: on these shared machines the same cell of ``make bench`` varies by a
+quarter from one run to the next, even in CPU seconds per request, which drowns the
+effect of most single changes. Valgrind's callgrind counts the instructions a process
+executes, which does not depend on what else the machine is doing: the same binary,
+inputs and requests give nearly the same count. This runs each gateway under callgrind
+with instrumentation off while it starts and warms up, switches it on for exactly
+``--requests`` requests (sent by a client outside valgrind, at ``--conns`` concurrency,
+to the zero upstream), dumps, and reports instructions per request and the ratio to the
+bare pass-through. Every thread counts (the request log's writer thread too).
+
+Instructions are not time (a cache miss costs more than an add), but for two Python
+programs doing the same kind of work they track CPU time closely, and they move only
+when the work changes.
+
+    python benchmarks/instructions.py                       # router and bare, both modes
+    python benchmarks/instructions.py --only router --modes nonstream --storage off
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import aiohttp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import free_port, raise_nofile
+from perf import HERE, PY, STORAGE, Bench, router_cmd, router_config
+
+
+async def drive(url: str, stream: bool, n: int, conns: int, tokens: int) -> int:
+    """Send exactly ``n`` requests over ``conns`` connections; the number that failed."""
+    body = {
+        "model": "bench",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": tokens,
+        "stream": stream,
+    }
+    failed = 0
+    left = n
+    connector = aiohttp.TCPConnector(limit=conns)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def worker() -> None:
+            nonlocal left, failed
+            while left > 0:
+                left -= 1
+                async with session.post(url + "/v1/chat/completions", json=body) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        failed += 1
+
+        await asyncio.gather(*(worker() for _ in range(conns)))
+    return failed
+
+
+def total_ir(path: str) -> int:
+    """The event count of one callgrind dump (its ``summary:`` or ``totals:`` line)."""
+    with open(path) as fh:
+        for line in fh:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"no totals in {path}")
+
+
+def measure(
+    bench: Bench, tmp: str, name: str, cmd: list[str], ready: str, args: argparse.Namespace
+) -> dict[str, float]:
+    out = os.path.join(tmp, f"{name}.callgrind")
+    port = int(cmd[cmd.index("--port") + 1])
+    url = f"http://127.0.0.1:{port}"
+    grind = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}.%p",
+        *cmd,
+    ]
+    proc = bench.start(name, grind, url, ready, core=None, ready_timeout=300)
+    results = {}
+    try:
+        for mode in args.modes.split(","):
+            stream = mode == "stream"
+            asyncio.run(drive(url, stream, args.warmup, args.conns, args.tokens))
+            subprocess.run(["callgrind_control", "--zero", str(proc.pid)], check=True,
+                           capture_output=True)  # fmt: skip
+            subprocess.run(["callgrind_control", "--instr=on", str(proc.pid)], check=True,
+                           capture_output=True)  # fmt: skip
+            t0 = time.perf_counter()
+            failed = asyncio.run(drive(url, stream, args.requests, args.conns, args.tokens))
+            took = time.perf_counter() - t0
+            before = set(glob.glob(f"{out}.{proc.pid}*"))
+            subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True,
+                           capture_output=True)  # fmt: skip
+            deadline = time.monotonic() + 60
+            dumps: set[str] = set()
+            while time.monotonic() < deadline and not dumps:
+                dumps = set(glob.glob(f"{out}.{proc.pid}*")) - before
+                time.sleep(0.2)
+            time.sleep(0.5)  # let the dump be written whole
+            ir = sum(total_ir(p) for p in dumps)
+            # Switching instrumentation off dumps too (what ran since): set those aside.
+            subprocess.run(["callgrind_control", "--instr=off", str(proc.pid)], check=True,
+                           capture_output=True)  # fmt: skip
+            time.sleep(0.5)
+            results[mode] = ir / args.requests
+            print(
+                f"# {name:6} {mode:9} {ir / args.requests:12,.0f} instructions/request "
+                f"({args.requests} requests, {failed} failed, {took:.1f} s under valgrind)",
+                file=sys.stderr,
+            )
+    finally:
+        proc.stop()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="instructions per request under callgrind")
+    ap.add_argument("--only", default="bare,router", help="targets: bare, router")
+    ap.add_argument("--modes", default="nonstream,stream")
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--conns", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--storage", default="", help="as perf.py's: '' (SQLite), 'off' or a URL")
+    args = ap.parse_args(argv)
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        print("valgrind (callgrind) not found", file=sys.stderr)
+        return 2
+    STORAGE["url"] = args.storage
+    raise_nofile()
+    tmp = tempfile.mkdtemp(prefix="router-instructions-")
+    bench = Bench(tmp)
+    table: dict[str, dict[str, float]] = {}
+    try:
+        up_port = free_port()
+        upstream = f"http://127.0.0.1:{up_port}"
+        bench.start(
+            "upstream",
+            [PY, os.path.join(HERE, "zero_upstream.py"), "--port", str(up_port)],
+            upstream,
+            "/health",
+            core=None,
+        )
+        targets = {
+            "bare": (
+                [PY, os.path.join(HERE, "bare_proxy.py"), "--port", str(free_port()),
+                 "--upstream", upstream],  # fmt: skip
+                "/health",
+            ),
+            "router": (router_cmd(router_config(tmp, upstream), free_port()), "/health/ready"),
+        }
+        for name in args.only.split(","):
+            cmd, ready = targets[name]
+            table[name] = measure(bench, tmp, name, cmd, ready, args)
+    finally:
+        bench.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\n| target | mode | instructions / request | x bare |  (conns {args.conns}, "
+          f"{args.tokens} tokens, storage {args.storage or 'sqlite'})")  # fmt: skip
+    print("|---|---|---|---|")
+    for name, modes in table.items():
+        for mode, ir in modes.items():
+            bare = table.get("bare", {}).get(mode)
+            ratio = f"{ir / bare:.2f}" if bare else "-"
+            print(f"| {name} | {mode} | {ir:,.0f} | {ratio} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
