@@ -92,16 +92,19 @@ def measure(
         for mode in args.modes.split(","):
             stream = mode == "stream"
             asyncio.run(drive(url, stream, args.warmup, args.conns, args.tokens))
-            subprocess.run(["callgrind_control", "--zero", str(proc.pid)], check=True,
-                           capture_output=True)  # fmt: skip
-            subprocess.run(["callgrind_control", "--instr=on", str(proc.pid)], check=True,
-                           capture_output=True)  # fmt: skip
+            subprocess.run(
+                ["callgrind_control", "--zero", str(proc.pid)], check=True, capture_output=True
+            )
+            subprocess.run(
+                ["callgrind_control", "--instr=on", str(proc.pid)], check=True, capture_output=True
+            )
             t0 = time.perf_counter()
             failed = asyncio.run(drive(url, stream, args.requests, args.conns, args.tokens))
             took = time.perf_counter() - t0
             before = set(glob.glob(f"{out}.{proc.pid}*"))
-            subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True,
-                           capture_output=True)  # fmt: skip
+            subprocess.run(
+                ["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True
+            )
             deadline = time.monotonic() + 60
             dumps: set[str] = set()
             while time.monotonic() < deadline and not dumps:
@@ -110,8 +113,9 @@ def measure(
             time.sleep(0.5)  # let the dump be written whole
             ir = sum(total_ir(p) for p in dumps)
             # Switching instrumentation off dumps too (what ran since): set those aside.
-            subprocess.run(["callgrind_control", "--instr=off", str(proc.pid)], check=True,
-                           capture_output=True)  # fmt: skip
+            subprocess.run(
+                ["callgrind_control", "--instr=off", str(proc.pid)], check=True, capture_output=True
+            )
             time.sleep(0.5)
             results[mode] = ir / args.requests
             print(
@@ -154,8 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         targets = {
             "bare": (
-                [PY, os.path.join(HERE, "bare_proxy.py"), "--port", str(free_port()),
-                 "--upstream", upstream],  # fmt: skip
+                [
+                    PY,
+                    os.path.join(HERE, "bare_proxy.py"),
+                    "--port",
+                    str(free_port()),
+                    "--upstream",
+                    upstream,
+                ],
                 "/health",
             ),
             "router": (router_cmd(router_config(tmp, upstream), free_port()), "/health/ready"),
@@ -166,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\n| target | mode | instructions / request | x bare |  (conns {args.conns}, "
-          f"{args.tokens} tokens, storage {args.storage or 'sqlite'})")  # fmt: skip
+    print(
+        f"\n| target | mode | instructions / request | x bare |  (conns {args.conns}, "
+        f"{args.tokens} tokens, storage {args.storage or 'sqlite'})"
+    )
     print("|---|---|---|---|")
     for name, modes in table.items():
         for mode, ir in modes.items():
