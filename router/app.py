@@ -11,15 +11,14 @@ import asyncio
 import gc
 import importlib
 import signal
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
 from router import logs
 from router.records import RequestRecord
-from router.server import EXTRAS, create_app
+from router.server import Api, make_server
 from router.service import Service
 
 DRAIN_S = 30.0
@@ -43,11 +42,10 @@ async def serve(
     if not result.ok:
         log.error("serving_without_config", detail="fix routes.yaml; it reloads when saved")
 
-    app = create_app(service, debug=logs.level_from_env() <= 10)
-    _attach_extras(app, service)
-    runner = web.AppRunner(
-        app, handler_cancellation=True, access_log=None, shutdown_timeout=DRAIN_S
-    )
+    api = Api(service, debug=logs.level_from_env() <= 10)
+    stop_request_log = _attach_extras(api, service)
+    watcher = asyncio.get_running_loop().create_task(service.watch())
+    runner = web.ServerRunner(make_server(api), shutdown_timeout=DRAIN_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=4096)
     await site.start()
@@ -63,58 +61,53 @@ async def serve(
     loop.add_signal_handler(signal.SIGHUP, lambda: service.reload("SIGHUP"))
     await stop.wait()
     log.info("draining", in_flight=service.in_flight)
-    await runner.cleanup()
+    await runner.cleanup()  # stops listening, lets handlers finish (up to DRAIN_S)
+    watcher.cancel()
+    await stop_request_log()  # after the handlers: their records are in it
+    await service.aclose()
     log.info("stopped")
     logs.flush()
     return 0
 
 
-def _attach_extras(app: web.Application, service: Service) -> None:
+def _attach_extras(api: Api, service: Service) -> Callable[[], Awaitable[None]]:
     """Metrics and the request log: sinks fed one record per request, off the hot path.
 
-    The request log needs SQLAlchemy and Alembic, about a second of imports plus a
-    migration: it starts in the background once the service is listening, and the records
-    of the first requests wait in a buffer until it is up, so start-up is not held back.
+    The request log starts in the background once the service is listening, and the
+    records of the first requests wait in a buffer until it is up, so start-up is not
+    held back. Returns what stops it (flushing what it holds).
     """
     from router.metrics import Metrics
 
-    extras = app[EXTRAS]
     storage = service.config.storage if service.config else None
     early: list[RequestRecord] = []
-    holder: dict[str, Any] = {}
     metrics = Metrics(lambda: service.runtime, None)
     service.sinks += [metrics.record, early.append]
     service.on_reload.append(metrics.config_reload)
-    extras["metrics"] = metrics
+    api.metrics = metrics
 
     async def start_request_log() -> None:
         if storage is None or not storage.url:
             service.sinks.remove(early.append)
             return
-        # Imported in a thread: SQLAlchemy and Alembic take a second, the loop keeps serving.
+        # Imported in a thread: the loop keeps serving meanwhile.
         module = await asyncio.to_thread(importlib.import_module, "router.requestlog")
-        RequestLog = module.RequestLog
-
-        requestlog = RequestLog.from_config(storage)
+        requestlog = module.RequestLog.from_config(storage)
         metrics.requestlog = requestlog
-        extras["requestlog"] = requestlog
-        holder["log"] = requestlog
+        api.requestlog = requestlog
         service.sinks[service.sinks.index(early.append)] = requestlog.record
         for record in early:
             requestlog.record(record)
         early.clear()
         await requestlog.start()  # migrates; returns within 10 s even if the database is down
-        gc.freeze()  # SQLAlchemy's object graph is permanent: keep it out of GC scans
+        gc.freeze()  # what the log imported and built is permanent: keep it out of GC scans
 
-    async def request_log(_: web.Application) -> AsyncIterator[None]:
-        holder["task"] = extras["requestlog_starting"] = asyncio.get_running_loop().create_task(
-            start_request_log()
-        )
-        yield
-        task = holder["task"]
-        if not task.done():
-            await asyncio.wait({task}, timeout=15)
-        if "log" in holder:
-            await holder["log"].stop(timeout_s=10)  # after aiohttp drained the handlers: flush
+    starting = api.requestlog_starting = asyncio.get_running_loop().create_task(start_request_log())
 
-    app.cleanup_ctx.append(request_log)
+    async def stop() -> None:
+        if not starting.done():
+            await asyncio.wait({starting}, timeout=15)
+        if api.requestlog is not None:
+            await api.requestlog.stop(timeout_s=10)
+
+    return stop

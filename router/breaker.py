@@ -69,18 +69,22 @@ class CircuitBreaker:
 
     # -- outcomes -------------------------------------------------------------------
 
-    def _count(self, now: float, ok: bool) -> tuple[int, int]:
+    def _slot(self, now: float) -> int:
+        """The bucket for ``now``, emptied if it last held an older span."""
         epoch = int(now / self._span)
         slot = epoch % _BUCKETS
         if self._epoch[slot] != epoch:
             self._epoch[slot] = epoch
             self._ok[slot] = 0
             self._bad[slot] = 0
-        if ok:
-            self._ok[slot] += 1
-        else:
-            self._bad[slot] += 1
-        oldest = epoch - _BUCKETS + 1
+        return slot
+
+    def _failure_counts(self, now: float) -> tuple[int, int]:
+        """Counts one failure; (successes, failures) over the window, for the error rate.
+        Summed only here: a success needs no verdict, so it only adds to its bucket."""
+        slot = self._slot(now)
+        self._bad[slot] += 1
+        oldest = int(now / self._span) - _BUCKETS + 1
         good = bad = 0
         for i in range(_BUCKETS):
             if self._epoch[i] >= oldest:
@@ -93,7 +97,7 @@ class CircuitBreaker:
         if self.state == "half_open" or (self.state == "cooldown" and now >= self.until):
             self._close()
         if self.state == "healthy":
-            self._count(now, True)
+            self._ok[self._slot(now)] += 1
 
     def failure(self, now: float, reason: str) -> None:
         self.consecutive += 1
@@ -104,7 +108,7 @@ class CircuitBreaker:
             return
         if self.state != "healthy":
             return
-        good, bad = self._count(now, False)
+        good, bad = self._failure_counts(now)
         cfg = self.config
         total = good + bad
         if self.consecutive >= cfg.consecutive_failures:
