@@ -13,6 +13,7 @@ import errno
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
+from yarl import URL
 
 from providers.base import UpstreamRequest, parse_retry_after
 from providers.errors import (
@@ -84,8 +85,10 @@ class OpenAIProvider:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+        # Parsed once: a string URL is parsed again by every request.
         self._urls = {
-            op: f"{self.base_url}/{op}" for op in ("chat/completions", "completions", "embeddings")
+            op: URL(f"{self.base_url}/{op}")
+            for op in ("chat/completions", "completions", "embeddings")
         }
 
     def _client(self) -> aiohttp.ClientSession:
@@ -94,8 +97,13 @@ class OpenAIProvider:
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections, ttl_dns_cache=300, keepalive_timeout=30
             )
+            # No cookie jar: cookies one client's answer set must never ride along on
+            # another client's request (and a growing jar is filtered on every request).
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._headers, auto_decompress=True
+                connector=connector,
+                headers=self._headers,
+                auto_decompress=True,
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
@@ -106,7 +114,7 @@ class OpenAIProvider:
             timeout = self._timeouts[key] = aiohttp.ClientTimeout(
                 total=None, sock_connect=request.connect_s, sock_read=request.read_s
             )
-        url = self._urls.get(request.operation) or f"{self.base_url}/{request.operation}"
+        url = self._urls.get(request.operation) or URL(f"{self.base_url}/{request.operation}")
         try:
             resp = await self._client().post(url, data=request.body, timeout=timeout)
         except aiohttp.ConnectionTimeoutError as exc:

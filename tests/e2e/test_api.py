@@ -22,6 +22,7 @@ from tests.support import (
     FakeUpstream,
     Received,
     RouterProcess,
+    chat_body,
     free_port,
     ok_json,
     routes_yaml,
@@ -698,3 +699,33 @@ def test_ready_is_503_naming_a_route_with_no_available_endpoint(tmp_path: Path) 
                 f"{router.base_url}/chat/completions", json={"model": "open", "messages": MESSAGES}
             )
             assert ok.status_code == 200
+
+
+async def sets_a_cookie(
+    fake: FakeUpstream, request: web.Request, body: dict[str, Any]
+) -> web.StreamResponse:
+    resp = web.json_response(chat_body(fake.text, model=body.get("model", "x")))
+    resp.set_cookie("session", "belongs-to-the-first-client")
+    return resp
+
+
+def test_upstream_cookies_never_ride_along_on_other_requests(tmp_path: Path) -> None:
+    # A gateway shares its upstream connections between clients: a cookie one answer sets
+    # must not be sent upstream with anyone's next request.
+    with FakeUpstream(behaviour=sets_a_cookie) as upstream:
+        # By name: aiohttp's cookie jar ignores cookies from IP-address hosts.
+        by_name = upstream.base_url.replace("127.0.0.1", "localhost")
+        providers = f"  up: {{kind: openai, base_url: '{by_name}'}}\n"
+        routes = "  chat:\n    endpoints: [{provider: up, model: m}]\n"
+        with (
+            RouterProcess(routes_yaml(routes, providers), tmp_path) as router,
+            httpx.Client(timeout=10) as http,
+        ):
+            for _ in range(3):
+                resp = http.post(
+                    f"{router.base_url}/chat/completions",
+                    json={"model": "chat", "messages": MESSAGES},
+                )
+                assert resp.status_code == 200
+    assert len(upstream.received) == 3
+    assert all("Cookie" not in r.headers for r in upstream.received)
