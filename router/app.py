@@ -90,7 +90,8 @@ def _attach_extras(api: Api, service: Service) -> Callable[[], Awaitable[None]]:
         if storage is None or not storage.url:
             service.sinks.remove(early.append)
             return
-        # Imported in a thread: the loop keeps serving meanwhile.
+        # Imported in a thread: the loop keeps serving meanwhile. (The writer talks to the
+        # driver; SQLAlchemy and Alembic stay out of this process, see migrations/store.py.)
         module = await asyncio.to_thread(importlib.import_module, "router.requestlog")
         requestlog = module.RequestLog.from_config(storage)
         metrics.requestlog = requestlog
@@ -100,7 +101,7 @@ def _attach_extras(api: Api, service: Service) -> Callable[[], Awaitable[None]]:
             requestlog.record(record)
         early.clear()
         await requestlog.start()  # migrates; returns within 10 s even if the database is down
-        gc.freeze()  # what the log imported and built is permanent: keep it out of GC scans
+        gc.freeze()  # the log's modules and connections are permanent: keep them out of GC scans
 
     starting = api.requestlog_starting = asyncio.get_running_loop().create_task(start_request_log())
 

@@ -2,16 +2,18 @@
 
 Requests must never wait for the database, so writing is a producer/consumer pipe in
 the style of a log shipper (Fluent Bit's bounded in-memory buffer, Vector's
-``when_full: drop_newest``, but dropping the *oldest*): ``record()`` appends to a bounded
-deque in O(1) and never blocks or raises; one background task drains it in batches
-(``executemany`` inserts, one transaction per batch) every ``flush_interval_s`` or as
-soon as ``batch_size`` records wait. A failing, slow, locked or unreachable database
-only delays the writer: the batch goes back to the head of the queue, the writer
-retries with exponential backoff, and if the queue overflows meanwhile the oldest
-records are dropped and *counted* (``dropped``, ``on_drop``), never silently.
+``when_full: drop_newest``, but dropping the *oldest*): ``record()`` turns a record into
+plain row tuples and appends them to a bounded deque in O(1), never blocking or raising;
+one background task drains it in batches (one transaction per batch) every
+``flush_interval_s`` or as soon as ``batch_size`` records wait. A failing, slow, locked
+or unreachable database only delays the writer: the batch goes back to the head of the
+queue, the writer reconnects with exponential backoff, and if the queue overflows
+meanwhile the oldest records are dropped and *counted* (``dropped``, ``on_drop``).
 
-The writer migrates the database to the schema's head before its first write
-(``router.migrations.schema``), so a new router upgrades an old log in place.
+The writer talks to the driver directly (``router.migrations.store``): the serving
+process never imports SQLAlchemy. Before its first write it reads the database's schema
+revision and, if that is not head, upgrades it in a child process, so a new router
+upgrades an old log in place. ``usage()`` loads SQLAlchemy on first use: only admins pay.
 """
 
 from __future__ import annotations
@@ -20,18 +22,25 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from router.migrations.schema import ATTEMPTS, REQUESTS, make_engine, migrate, parse_url
+from router.migrations.store import (
+    HEAD,
+    Row,
+    Store,
+    Target,
+    open_store,
+    parse_target,
+    upgrade_in_child,
+)
 from router.records import RequestRecord
-from router.usage import usage
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from router.config import StorageSection
 
 PRUNE_EVERY_S = 3600.0
@@ -40,126 +49,62 @@ BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 30.0
 MAX_TEXT = 256  # client-chosen strings (request ids) are cut here
 
+# A queued record: its request row and its attempts' rows, plain tuples of str, int,
+# float and None, which the garbage collector stops tracking (a queue of thousands of
+# dataclasses would be rescanned by every young-generation collection).
+_Entry = tuple[Row, tuple[Row, ...]]
+
 
 class RequestLogDisabled(RuntimeError):
     """The request log is off (no ``storage.url``) or not started: nothing to query."""
 
 
-# -- rows -----------------------------------------------------------------------------
-
-
 def _text(value: str | None) -> str | None:
-    return value if value is None or len(value) <= MAX_TEXT else value[:MAX_TEXT]
+    """Client-chosen text, cut to MAX_TEXT and made storable: a NUL (PostgreSQL) or a
+    lone surrogate (any UTF-8 driver) would fail its whole batch on every retry."""
+    if value is None:
+        return None
+    if len(value) > MAX_TEXT:
+        value = value[:MAX_TEXT]
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    if not value.isascii():  # O(1) for the usual ASCII string
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
 
 
-def request_row(rec: RequestRecord) -> dict[str, Any]:
-    u = rec.usage
-    return {
-        "ts": datetime.fromtimestamp(rec.started, UTC),
-        "request_id": _text(rec.request_id) or "",
-        "key_name": _text(rec.key_name),
-        "route": _text(rec.route),
-        "endpoint": rec.endpoint,
-        "operation": rec.operation,
-        "stream": rec.stream,
-        "status": rec.status,
-        "attempts": len(rec.attempts),
-        "hedges": rec.hedges,
-        "latency_ms": rec.latency_ms,
-        "ttft_ms": rec.ttft_ms,
-        "prompt_tokens": u.prompt_tokens if u else 0,
-        "completion_tokens": u.completion_tokens if u else 0,
-        "reasoning_tokens": u.reasoning_tokens if u else 0,
-        "cached_tokens": u.cached_tokens if u else 0,
-        "cache_write_tokens": u.cache_write_tokens if u else 0,
-        "cost": rec.cost,
-        "error": _text(rec.error),
-    }
-
-
-def attempt_rows(rec: RequestRecord) -> list[dict[str, Any]]:
+def entry(rec: RequestRecord, stamp: Callable[[float], Any]) -> _Entry:
+    """``rec`` as rows in ``store.REQUEST_COLUMNS`` / ``store.ATTEMPT_COLUMNS`` order."""
     # Attempts carry monotonic durations only; they are stamped with the request's time.
-    ts = datetime.fromtimestamp(rec.started, UTC)
-    request_id = _text(rec.request_id) or ""
-    return [
-        {
-            "ts": ts,
-            "request_id": request_id,
-            "route": a.route,
-            "endpoint": a.endpoint,
-            "status": a.status,
-            "reason": a.reason,
-            "duration_ms": a.duration_ms,
-            "ttft_ms": a.ttft_ms,
-            "hedged": a.hedged,
-        }
-        for a in rec.attempts
-    ]
-
-
-REQUEST_COLUMNS = (
-    "ts", "request_id", "key_name", "route", "endpoint", "operation", "stream", "status",
-    "attempts", "hedges", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
-    "reasoning_tokens", "cached_tokens", "cache_write_tokens", "cost", "error",
-)  # fmt: skip
-ATTEMPT_COLUMNS = (
-    "ts", "request_id", "route", "endpoint", "status", "reason", "duration_ms", "ttft_ms",
-    "hedged",
-)  # fmt: skip
-_FastInsert = tuple[str, str, Callable[[float], Any], Callable[[bool], Any]]
-
-
-def _row_tuples(
-    batch: list[RequestRecord], stamp: Callable[[float], Any], flag: Callable[[bool], Any]
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The rows of a batch as tuples in REQUEST_COLUMNS / ATTEMPT_COLUMNS order."""
-    requests = []
-    attempts = []
-    for rec in batch:
-        ts = stamp(rec.started)
-        rid = _text(rec.request_id) or ""
-        u = rec.usage
-        requests.append(
+    ts = stamp(rec.started)
+    rid = _text(rec.request_id) or ""
+    u = rec.usage
+    request = (
+        ts, rid, _text(rec.key_name), _text(rec.route), rec.endpoint, rec.operation,
+        rec.stream, rec.status, len(rec.attempts), rec.hedges, rec.latency_ms, rec.ttft_ms,
+        u.prompt_tokens if u else 0, u.completion_tokens if u else 0,
+        u.reasoning_tokens if u else 0, u.cached_tokens if u else 0,
+        u.cache_write_tokens if u else 0, rec.cost, _text(rec.error),
+    )  # fmt: skip
+    attempts = tuple(
+        [
+            # An attempt's route is its own: a fallback route's attempts differ from the
+            # request's.
             (
                 ts,
                 rid,
-                _text(rec.key_name),
-                _text(rec.route),
-                rec.endpoint,
-                rec.operation,
-                flag(rec.stream),
-                rec.status,
-                len(rec.attempts),
-                rec.hedges,
-                rec.latency_ms,
-                rec.ttft_ms,
-                u.prompt_tokens if u else 0,
-                u.completion_tokens if u else 0,
-                u.reasoning_tokens if u else 0,
-                u.cached_tokens if u else 0,
-                u.cache_write_tokens if u else 0,
-                rec.cost,
-                _text(rec.error),
+                _text(a.route),
+                a.endpoint,
+                a.status,
+                a.reason,
+                a.duration_ms,
+                a.ttft_ms,
+                a.hedged,
             )
-        )
-        for a in rec.attempts:
-            attempts.append(
-                (
-                    ts,
-                    rid,
-                    a.route,
-                    a.endpoint,
-                    a.status,
-                    a.reason,
-                    a.duration_ms,
-                    a.ttft_ms,
-                    flag(a.hedged),
-                )
-            )
-    return requests, attempts
-
-
-# -- the log --------------------------------------------------------------------------
+            for a in rec.attempts
+        ]
+    )
+    return request, attempts
 
 
 class RequestLog:
@@ -177,28 +122,32 @@ class RequestLog:
     ) -> None:
         self.url = url
         self._log = structlog.get_logger("router.requestlog")
-        parsed = parse_url(url) if url else None  # ValueError now, not at start()
-        self.safe_url = parsed.render_as_string(hide_password=True) if parsed else None
-        self._password = parsed.password if parsed else None
+        self._target: Target | None = parse_target(url) if url else None  # ValueError now
+        self.safe_url = self._target.safe_url if self._target else None
+        self._store: Store | None = open_store(self._target) if self._target else None
         self._queue_size = queue_size
         self._batch_size = batch_size
         self._flush_interval = flush_interval_s
-        self._retention = timedelta(days=retention_days)
+        self._retention_s = retention_days * 86400.0
         self._on_drop = on_drop
-        self._queue: deque[RequestRecord] = deque()
+        self._queue: deque[_Entry] = deque()
         self._inflight = 0  # records taken off the queue by a write not yet committed
-        self._engine: AsyncEngine | None = None
-        self._fast: _FastInsert | bool | None = None  # driver-level inserts, once known
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._tried = asyncio.Event()  # the first migration attempt is over
-        self._drained = asyncio.Event()
+        self._drained = asyncio.Event()  # a pass of the writer ended
+        self._flush_asked = 0  # flush() tickets given out ...
+        self._flushed = 0  # ... and the newest one a pass has honoured
+        self._started = False
         self._closed = False
         self._dropped = 0
         self._written = 0
         self._next_prune = 0.0
-        self.migrated = False
+        self._reader: AsyncEngine | None = None  # SQLAlchemy, for usage() only
+        self._reader_lock = asyncio.Lock()
+        self.migrated = False  # the database is at head (or newer): writes may start
+        self.upgraded = False  # this log ran the upgrade child to get it there
 
     @classmethod
     def from_config(
@@ -236,47 +185,53 @@ class RequestLog:
     def written(self) -> int:
         return self._written
 
-    @property
-    def engine(self) -> AsyncEngine:
-        if self._engine is None:
-            raise RequestLogDisabled("the request log is off (storage.url is not set)")
-        return self._engine
-
     def record(self, rec: RequestRecord) -> None:
         """Queue ``rec`` (and its attempts) for writing: O(1), never blocks, never raises.
 
-        The log takes ownership of ``rec``: do not change it afterwards. Call from the
-        event loop's thread.
+        Call from the event loop's thread.
         """
-        if self.url is None:
+        if self._store is None:
             return
         if self._closed:  # nothing will ever write it
             self._drop(1)
+            return
+        try:
+            item = entry(rec, self._store.stamp)
+        except Exception:  # a malformed record must not fail the request that made it
+            self._drop(1)
+            self._log.exception("request_log.bad_record")
             return
         queue = self._queue
         if len(queue) >= self._queue_size:
             queue.popleft()
             self._drop(1)
-        queue.append(rec)
+        queue.append(item)
         if len(queue) >= self._batch_size and not self._wake.is_set():
             self._wake.set()
 
     async def usage(self, *, since: datetime, until: datetime, group_by: str) -> dict[str, Any]:
         """Totals from the log; see ``router.usage.usage``."""
-        return await usage(self.engine, since=since, until=until, group_by=group_by)
+        if self.url is None or not self._started or self._closed:
+            raise RequestLogDisabled("the request log is off (storage.url is not set)")
+        async with self._reader_lock:
+            if self._reader is None:
+                # SQLAlchemy's import takes the better part of a second: not on the loop.
+                self._reader = await asyncio.to_thread(_reader_engine, self.url)
+        from router.usage import usage
+
+        return await usage(self._reader, since=since, until=until, group_by=group_by)
 
     # -- life cycle -------------------------------------------------------------------
 
     async def start(self, *, ready_timeout_s: float = 10.0) -> None:
-        """Open the engine and start the writer, which migrates to head, prunes, writes.
+        """Start the writer, which migrates to head, prunes, then writes.
 
         Waits for the first migration attempt, at most ``ready_timeout_s``; a database
         that is down does not stop the router from starting: the writer keeps trying.
-        ValueError if the URL names no usable async driver.
         """
-        if self.url is None or self._task is not None:
+        if self._store is None or self._task is not None:
             return
-        self._engine = make_engine(self.url)
+        self._started = True
         self._task = asyncio.create_task(self._run(), name="request-log-writer")
         try:
             async with asyncio.timeout(ready_timeout_s):
@@ -288,17 +243,21 @@ class RequestLog:
         """Write everything queued now; False if that did not finish in ``timeout_s``."""
         if self._task is None or self._task.done():
             return not self._queue
-        self._drained.clear()
+        # A ticket: only a pass that starts after this call can have written its records.
+        self._flush_asked += 1
+        ticket = self._flush_asked
         self._wake.set()
         try:
             async with asyncio.timeout(timeout_s):
-                await self._drained.wait()
+                while self._flushed < ticket:
+                    self._drained.clear()
+                    await self._drained.wait()
         except TimeoutError:
             return False
         return True
 
     async def stop(self, timeout_s: float = 10.0) -> None:
-        """Flush what is queued (for at most ``timeout_s``), then close the engine.
+        """Flush what is queued (for at most ``timeout_s``), then close the connection.
 
         What could not be written in time is counted as dropped and logged.
         """
@@ -316,26 +275,42 @@ class RequestLog:
             self._queue.clear()
             self._drop(lost)
             self._log.warning("request_log.lost_on_stop", records=lost, url=self.safe_url)
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            await engine.dispose()
+        if self._store is not None and self._started:
+            self._started = False  # a second stop() finds nothing to shut
+            await self._store.shutdown()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.dispose()
 
     # -- the writer -------------------------------------------------------------------
 
     async def _run(self) -> None:
+        """Passes of writing: full batches as soon as they fill; what is left over only
+        when the interval has passed, or a flush or the stop asks for it.
+
+        Writing the few records that came in during the last write at once (what a plain
+        "drain until empty" does) turned each full batch into two, and a transaction's
+        fixed cost over a handful of rows cost more per row than the rows themselves.
+        """
+        assert self._store is not None
+        store = self._store
         backoff = BACKOFF_MIN_S
         failing = False
+        everything = True  # the first pass writes what waited for the start
         while True:
+            ticket = self._flush_asked
             try:
+                await store.connect()
                 if not self.migrated:
-                    await self._migrate()
-                await self._prune_if_due()
-                await self._drain()
+                    await self._migrate(store)
+                await self._prune_if_due(store)
+                await self._drain(store, len(self._queue) if everything else None)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._tried.set()
                 failing = True
+                everything = True
                 self._log.warning(
                     "request_log.write_failed",
                     url=self.safe_url,
@@ -345,6 +320,7 @@ class RequestLog:
                     dropped=self._dropped,
                     retry_in_s=round(backoff, 3),
                 )
+                await store.close()  # the next try reconnects: the old one may be broken
                 await self._backoff(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
@@ -352,15 +328,26 @@ class RequestLog:
                 failing = False
                 self._log.info("request_log.recovered", url=self.safe_url, queued=self.queue_depth)
             backoff = BACKOFF_MIN_S
+            if everything:
+                self._flushed = ticket
             self._drained.set()
             if self._stop.is_set():
-                return
-            try:
-                async with asyncio.timeout(self._flush_interval):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+                if not self._queue:
+                    return
+                everything = True
+                continue
+            everything = await self._wait()
+
+    async def _wait(self) -> bool:
+        """Until a batch is full (False) or everything queued is due (True)."""
+        try:
+            async with asyncio.timeout(self._flush_interval):
+                await self._wake.wait()
+        except TimeoutError:
+            return True
+        finally:
             self._wake.clear()
+        return self._stop.is_set() or self._flush_asked > self._flushed
 
     async def _backoff(self, delay: float) -> None:
         if self._stop.is_set():  # shutting down: retry briskly until stop()'s bound
@@ -372,31 +359,31 @@ class RequestLog:
         except TimeoutError:
             pass
 
-    async def _migrate(self) -> None:
-        assert self._engine is not None
+    async def _migrate(self, store: Store) -> None:
+        """Bring the database to head; Alembic runs in a child, and only when needed."""
+        assert self._target is not None
         try:
-            newer = await migrate(self._engine)
+            revision = await store.revision()
+            newer = [] if revision == HEAD else await upgrade_in_child(self._target)
         finally:
             self._tried.set()
         self.migrated = True
+        self.upgraded = revision != HEAD
         if newer:
             self._log.warning("request_log.newer_schema", url=self.safe_url, revisions=newer)
+        elif revision != HEAD:
+            self._log.info("request_log.migrated", url=self.safe_url, revision=HEAD)
         self._log.info("request_log.ready", url=self.safe_url)
 
-    async def _prune_if_due(self) -> None:
+    async def _prune_if_due(self, store: Store) -> None:
         """Delete rows past retention; a failure is logged and retried later, not fatal."""
         now = time.monotonic()
         if now < self._next_prune:
             return
-        assert self._engine is not None
         self._next_prune = now + PRUNE_EVERY_S
-        cutoff = datetime.now(UTC) - self._retention
+        cutoff = time.time() - self._retention_s
         try:
-            async with self._engine.begin() as conn:
-                gone = await conn.execute(sa.delete(REQUESTS).where(REQUESTS.c.ts < cutoff))
-                gone_attempts = await conn.execute(
-                    sa.delete(ATTEMPTS).where(ATTEMPTS.c.ts < cutoff)
-                )
+            requests, attempts = await store.prune(cutoff)
         except Exception as exc:
             # Writes go on; a prune that failed (locked, down, too slow) comes back soon.
             self._next_prune = now + PRUNE_RETRY_S
@@ -408,21 +395,29 @@ class RequestLog:
                 retry_in_s=PRUNE_RETRY_S,
             )
             return
-        if gone.rowcount or gone_attempts.rowcount:
+        if requests or attempts:
             self._log.info(
                 "request_log.pruned",
-                requests=gone.rowcount,
-                attempts=gone_attempts.rowcount,
-                before=cutoff.isoformat(),
+                requests=requests,
+                attempts=attempts,
+                before=datetime.fromtimestamp(cutoff, UTC).isoformat(),
             )
 
-    async def _drain(self) -> None:
-        queue = self._queue
-        while queue:
-            batch = [queue.popleft() for _ in range(min(len(queue), self._batch_size))]
+    async def _drain(self, store: Store, count: int | None) -> None:
+        """Write ``count`` records from the head (None: every full batch there is)."""
+        queue, size = self._queue, self._batch_size
+        while queue and (len(queue) >= size if count is None else count > 0):
+            n = min(len(queue), size if count is None else min(size, count))
+            if count is not None:
+                count -= n
+            batch = [queue.popleft() for _ in range(n)]
             self._inflight = len(batch)
             try:
-                await self._write(batch)
+                # All or nothing: a failed batch is retried whole.
+                await store.insert(
+                    [request for request, _ in batch],
+                    [row for _, attempts in batch for row in attempts],
+                )
             except BaseException:
                 self._requeue(batch)
                 raise
@@ -430,62 +425,7 @@ class RequestLog:
                 self._inflight = 0
             self._written += len(batch)
 
-    async def _write(self, batch: list[RequestRecord]) -> None:
-        assert self._engine is not None
-        fast = self._fast_insert()
-        async with self._engine.begin() as conn:  # all or nothing: a failed batch is retried whole
-            if fast is None:
-                requests = [request_row(rec) for rec in batch]
-                attempts = [row for rec in batch for row in attempt_rows(rec)]
-                await conn.execute(sa.insert(REQUESTS), requests)
-                if attempts:
-                    await conn.execute(sa.insert(ATTEMPTS), attempts)
-                return
-            req_sql, att_sql, stamp, flag = fast
-            req_rows, att_rows = _row_tuples(batch, stamp, flag)
-            await conn.exec_driver_sql(req_sql, req_rows)
-            if att_rows:
-                await conn.exec_driver_sql(att_sql, att_rows)
-
-    def _fast_insert(self) -> _FastInsert | None:
-        """Driver-level INSERTs of plain tuples, for the dialects whose types we know.
-
-        SQLAlchemy's per-parameter processing cost more CPU per request than the rest of
-        the request log together; the rows' types are fixed, so the conversions SQLAlchemy
-        would look up per value are done here once per column.
-        """
-        if self._fast is not None or self._engine is None:
-            return self._fast if isinstance(self._fast, tuple) else None
-        dialect = self._engine.dialect
-        style = dialect.paramstyle
-        if dialect.name not in ("sqlite", "postgresql") or style not in ("qmark", "numeric_dollar"):
-            self._fast = False
-            return None
-
-        def sql(table: sa.Table, columns: tuple[str, ...]) -> str:
-            if style == "qmark":
-                marks = ", ".join("?" for _ in columns)
-            else:
-                marks = ", ".join(f"${i + 1}" for i in range(len(columns)))
-            return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
-
-        if dialect.name == "sqlite":
-            # SQLAlchemy's storage format for DateTime on SQLite, and booleans as integers,
-            # so rows written here read back through the same column types.
-            def stamp(t: float) -> Any:
-                return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-            flag: Callable[[bool], Any] = int
-        else:
-
-            def stamp(t: float) -> Any:
-                return datetime.fromtimestamp(t, UTC)
-
-            flag = bool
-        self._fast = (sql(REQUESTS, REQUEST_COLUMNS), sql(ATTEMPTS, ATTEMPT_COLUMNS), stamp, flag)
-        return self._fast
-
-    def _requeue(self, batch: list[RequestRecord]) -> None:
+    def _requeue(self, batch: list[_Entry]) -> None:
         """Put a failed batch back at the head; keep the bound by dropping the oldest."""
         queue = self._queue
         queue.extendleft(reversed(batch))
@@ -504,8 +444,11 @@ class RequestLog:
                 self._log.exception("request_log.on_drop_failed")
 
     def _redact(self, exc: BaseException) -> str:
-        # The driver's own message, without SQLAlchemy's echo of the statement.
-        text = str(getattr(exc, "orig", None) or exc)
-        if self._password:
-            text = text.replace(self._password, "***")
-        return text[:500]
+        assert self._target is not None
+        return self._target.redact(" ".join(str(exc).split()))[:500]
+
+
+def _reader_engine(url: str) -> AsyncEngine:
+    from router.migrations.schema import make_engine
+
+    return make_engine(url)

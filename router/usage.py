@@ -5,6 +5,10 @@ database so the answer costs the same for a thousand rows or ten million (``ts``
 indexed). The same query runs on SQLite and PostgreSQL; only "the UTC day of ``ts``"
 needs a dialect-specific expression. Errors are requests that answered with a status
 of 400 or more, or that ended with an error class.
+
+SQLAlchemy is imported by the query, not by this module: the server imports
+``parse_time`` on the event loop, and serving processes never load SQLAlchemy unless an
+admin asks for usage (``RequestLog.usage`` loads it in a thread first).
 """
 
 from __future__ import annotations
@@ -13,13 +17,9 @@ import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from router.migrations.schema import REQUESTS
-
 if TYPE_CHECKING:
-    from router.requestlog import RequestLog
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 GROUP_BY = ("route", "endpoint", "key", "day")
 _SUMMED = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
@@ -58,6 +58,10 @@ def parse_time(value: str | None, default: datetime | float) -> datetime:
 
 
 def _day(engine: AsyncEngine) -> sa.ColumnElement[Any]:
+    import sqlalchemy as sa
+
+    from router.migrations.schema import REQUESTS
+
     ts = REQUESTS.c.ts
     if engine.dialect.name == "postgresql":
         return sa.func.to_char(sa.func.timezone("UTC", ts), "YYYY-MM-DD")
@@ -68,6 +72,8 @@ def _day(engine: AsyncEngine) -> sa.ColumnElement[Any]:
 
 
 def _key(engine: AsyncEngine, group_by: str) -> sa.ColumnElement[Any]:
+    from router.migrations.schema import REQUESTS
+
     if group_by == "route":
         return REQUESTS.c.route
     if group_by == "endpoint":
@@ -84,7 +90,7 @@ def _empty() -> dict[str, Any]:
 
 
 async def usage(
-    engine_or_log: AsyncEngine | RequestLog,
+    engine: AsyncEngine,
     *,
     since: datetime,
     until: datetime,
@@ -95,7 +101,10 @@ async def usage(
     Days are in order; other groups by cost, highest first. A key is ``None`` for rows
     without one (no client key configured, or no endpoint reached).
     """
-    engine = engine_or_log if isinstance(engine_or_log, AsyncEngine) else engine_or_log.engine
+    import sqlalchemy as sa
+
+    from router.migrations.schema import REQUESTS
+
     if since.tzinfo is None or until.tzinfo is None:
         raise ValueError("since and until must be aware datetimes (UTC)")
     if since > until:

@@ -1,6 +1,7 @@
 """Alembic's entry point for the request log.
 
-The router runs migrations itself at start-up and hands Alembic an open connection in
+The router runs migrations itself (``python -m router.migrations upgrade``, a child
+process started by the writer) and hands Alembic an open connection in
 ``config.attributes["connection"]`` (already inside a transaction that holds the
 migration lock), so this file only has to run the revisions on it. Offline mode
 (``--sql``) is kept for operators who want the DDL as a script.
@@ -27,8 +28,8 @@ def run_online() -> None:
     connection = config.attributes.get("connection")
     if connection is None:
         raise RuntimeError(
-            "the request log migrates itself: use router.requestlog.RequestLog.start(), "
-            "or pass a connection in config.attributes['connection']"
+            "the request log migrates itself: run `python -m router.migrations upgrade` "
+            "(the URL on stdin), or pass a connection in config.attributes['connection']"
         )
     context.configure(connection=connection, render_as_batch=True)
     with context.begin_transaction():

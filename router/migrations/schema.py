@@ -6,6 +6,10 @@ this module, and a test checks that the two agree). Alembic is configured from c
 not from an ``alembic.ini``, so an installed router upgrades an old database in place
 wherever it runs. Several processes may start together against one database, so the
 upgrade runs under a lock: a PostgreSQL advisory lock, or SQLite's ``BEGIN IMMEDIATE``.
+
+Only the upgrade child (``python -m router.migrations``) and ``/admin/usage`` import
+this module; the serving path writes through ``store.py`` and never loads SQLAlchemy.
+Indexes are the ones a query of ours uses: every index is paid for on each insert.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from router.migrations import store
+from router.migrations.store import HEAD
+
 MIGRATIONS = Path(__file__).parent
-SQLITE_BUSY_MS = 2000  # wait this long for another writer's lock before failing the batch
-PG_CONNECT_TIMEOUT_S = 5.0  # asyncpg's default is 60 s: too long to notice a dead server
 MIGRATION_LOCK_KEY = 0x726F75746572  # b"router": PostgreSQL advisory lock around upgrades
 
 # 64-bit ids on servers; SQLite only autoincrements an INTEGER PRIMARY KEY.
@@ -34,8 +39,8 @@ REQUESTS = sa.Table(
     sa.Column("id", _ID, primary_key=True, autoincrement=True),
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
     sa.Column("request_id", sa.String(), nullable=False),
-    sa.Column("key_name", sa.String(), nullable=True, index=True),
-    sa.Column("route", sa.String(), nullable=True, index=True),
+    sa.Column("key_name", sa.String(), nullable=True),
+    sa.Column("route", sa.String(), nullable=True),
     sa.Column("endpoint", sa.String(), nullable=True),
     sa.Column("operation", sa.String(), nullable=False),
     sa.Column("stream", sa.Boolean(), nullable=False),
@@ -57,7 +62,7 @@ ATTEMPTS = sa.Table(
     METADATA,
     sa.Column("id", _ID, primary_key=True, autoincrement=True),
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("request_id", sa.String(), nullable=False, index=True),
+    sa.Column("request_id", sa.String(), nullable=False),  # join on (ts, request_id)
     sa.Column("route", sa.String(), nullable=False),
     sa.Column("endpoint", sa.String(), nullable=False),
     sa.Column("status", sa.Integer(), nullable=True),
@@ -93,7 +98,7 @@ def make_engine(url: str) -> AsyncEngine:
     if parsed.get_backend_name() != "sqlite":
         kwargs["pool_pre_ping"] = True  # a restarted server leaves dead pooled connections
     if parsed.drivername == "postgresql+asyncpg":
-        kwargs["connect_args"] = {"timeout": PG_CONNECT_TIMEOUT_S}
+        kwargs["connect_args"] = {"timeout": store.PG_CONNECT_TIMEOUT_S}
     try:
         engine = create_async_engine(parsed, **kwargs)
     except (sa.exc.ArgumentError, sa.exc.InvalidRequestError, ImportError) as exc:
@@ -115,7 +120,7 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         # WAL: readers (usage queries) never block the writer, and other processes'
         # writers queue on the lock instead of failing at once.
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={store.SQLITE_BUSY_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; fsync per checkpoint
         cursor.close()
 
@@ -123,12 +128,6 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("router_write_lock", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-# The newest revision this version ships. A database already there needs no Alembic at
-# all, which keeps about 10 MB of imports out of every worker (a test keeps it in step
-# with the revisions in versions/).
-HEAD = "0002"
 
 
 def _current_revision(connection: Connection) -> str | None:

@@ -2,15 +2,20 @@
 
 Every scenario runs on SQLite in ``tmp_path``; the same ones run on PostgreSQL when
 ``ROUTER_TEST_POSTGRES_URL`` is set, each test in a database of its own (created and
-dropped here), so runs never see each other's rows.
+dropped here), so runs never see each other's rows. The writer never loads SQLAlchemy;
+these tests read what it wrote through SQLAlchemy, the schema's one definition.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Iterator
@@ -18,16 +23,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from structlog.testing import capture_logs
 
-from router.migrations import schema
-from router.migrations.schema import METADATA, make_engine, migrate
+from router.migrations import schema, store
+from router.migrations.schema import ATTEMPTS, METADATA, REQUESTS, make_engine, migrate
+from router.migrations.store import HEAD, parse_target
 from router.records import AttemptRecord, RequestRecord, Usage
 from router.requestlog import RequestLog, RequestLogDisabled
 from router.usage import parse_time, usage
@@ -244,6 +253,7 @@ def test_writes_batches_and_usage_matches(url: str) -> None:
 
         reader = RequestLog(url)
         await reader.start()
+        engine = make_engine(url)
         try:
             since, until = datetime.fromtimestamp(NOW - 2 * DAY, UTC), datetime.now(UTC)
             for group_by in ("route", "endpoint", "key", "day"):
@@ -259,7 +269,7 @@ def test_writes_batches_and_usage_matches(url: str) -> None:
                     r.usage.prompt_tokens for r in records if r.usage
                 )
                 assert got["total"]["cost"] == pytest.approx(sum(r.cost for r in records))
-            days = await usage(reader.engine, since=since, until=until, group_by="day")
+            days = await usage(engine, since=since, until=until, group_by="day")
             assert [g["key"] for g in days["groups"]] == sorted(g["key"] for g in days["groups"])
             # The window is half-open and excludes what is outside it.
             recent = await reader.usage(
@@ -270,6 +280,57 @@ def test_writes_batches_and_usage_matches(url: str) -> None:
                 await reader.usage(since=since, until=until, group_by="model")
         finally:
             await reader.stop()
+            await engine.dispose()
+
+    run(scenario())
+
+
+def test_full_batches_go_at_once_and_the_rest_when_due(tmp_path: Path) -> None:
+    """A remainder waits for the interval (or a flush): a handful of rows in their own
+    transaction would cost more per row than the rows themselves."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'log.db'}"
+
+    async def scenario() -> None:
+        log = RequestLog(url, batch_size=10, flush_interval_s=3600)
+        await log.start(ready_timeout_s=60)
+        try:
+            assert await log.flush()  # the first pass, which writes all that waited, is over
+            for i in range(25):
+                log.record(make_record(i))
+            while log.written < 20:
+                log._drained.clear()
+                await asyncio.wait_for(log._drained.wait(), 10)
+            await asyncio.sleep(0.2)
+            assert (log.written, log.queue_depth) == (20, 5)
+            assert await log.flush(timeout_s=10)
+            assert (log.written, log.queue_depth) == (25, 0)
+        finally:
+            await log.stop()
+        assert await scalar(url, "SELECT count(*) FROM requests") == 25
+
+    run(scenario())
+
+
+def test_client_text_that_no_database_stores_is_made_storable(url: str) -> None:
+    """A NUL or a lone surrogate in a client-chosen name must not poison its batch."""
+    odd = ["nul\x00here", "lone\ud800surrogate", "caf\u00e9", "x" * 1000]
+
+    async def scenario() -> None:
+        log = RequestLog(url, flush_interval_s=0.01)
+        await log.start(ready_timeout_s=60)
+        for i, route in enumerate(odd):
+            log.record(make_record(i, route=route))
+        assert await log.flush(timeout_s=30)
+        await log.stop()
+        assert (log.written, log.dropped) == (4, 0)
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as conn:
+                rows = await conn.execute(sa.text("SELECT route FROM requests ORDER BY id"))
+                routes = list(rows.scalars())
+        finally:
+            await engine.dispose()
+        assert routes == ["nul\ufffdhere", "lone?surrogate", "caf\u00e9", "x" * 256]
 
     run(scenario())
 
@@ -312,11 +373,29 @@ def test_schema_at_head_matches_the_table_definitions(url: str) -> None:
     run(scenario())
 
 
-def test_upgrade_from_the_first_schema_keeps_old_rows(url: str) -> None:
+async def index_names(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(
+                lambda c: {
+                    str(ix["name"])
+                    for table in ("requests", "attempts")
+                    for ix in sa.inspect(c).get_indexes(table)
+                }
+            )
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("old", ["0001", "0002"])
+def test_upgrade_from_an_old_schema_keeps_old_rows(url: str, old: str) -> None:
+    """A database left by an older router is upgraded in place at start, by the child."""
+
     async def scenario() -> None:
         engine = make_engine(url)
         try:
-            await migrate(engine, "0001")
+            await migrate(engine, old)
             async with engine.begin() as conn:
                 await conn.execute(
                     sa.text(
@@ -330,14 +409,16 @@ def test_upgrade_from_the_first_schema_keeps_old_rows(url: str) -> None:
                 )
         finally:
             await engine.dispose()
-        assert await scalar(url, "SELECT version_num FROM alembic_version") == "0001"
+        assert await scalar(url, "SELECT version_num FROM alembic_version") == old
+        assert "ix_requests_route" in await index_names(url)
 
         log = RequestLog(url, flush_interval_s=0.05)
-        await log.start()
+        await log.start(ready_timeout_s=60)
         log.record(make_record(1))
         await log.stop()
-        assert log.migrated and log.written == 1
-        assert await scalar(url, "SELECT version_num FROM alembic_version") == "0002"
+        assert log.migrated and log.upgraded and log.written == 1
+        assert await scalar(url, "SELECT version_num FROM alembic_version") == HEAD
+        assert await index_names(url) == {"ix_requests_ts", "ix_attempts_ts"}
         assert await scalar(url, "SELECT count(*) FROM requests") == 2
         assert (
             await scalar(url, "SELECT cache_write_tokens FROM requests WHERE request_id = 'old-1'")
@@ -356,7 +437,7 @@ def test_workers_starting_together_migrate_once(url: str) -> None:
 
     async def scenario() -> None:
         logs = [RequestLog(url) for _ in range(4)]
-        await asyncio.gather(*(log.start() for log in logs))
+        await asyncio.gather(*(log.start(ready_timeout_s=60) for log in logs))
         assert all(log.migrated for log in logs)
         for i, log in enumerate(logs):
             log.record(make_record(i))
@@ -495,7 +576,7 @@ def test_sqlite_locked_by_another_process_delays_but_loses_nothing(
 ) -> None:
     path = tmp_path / "log.db"
     url = f"sqlite+aiosqlite:///{path}"
-    monkeypatch.setattr(schema, "SQLITE_BUSY_MS", 20)  # give up on the lock fast: fail, retry
+    monkeypatch.setattr(store, "SQLITE_BUSY_MS", 20)  # give up on the lock fast: fail, retry
 
     async def scenario() -> None:
         with capture_logs() as logs:
@@ -605,6 +686,40 @@ def test_postgres_goes_away_mid_run_and_comes_back(pg_url: str) -> None:
     run(scenario())
 
 
+def _children() -> set[int]:
+    """This process's live child processes, from /proc."""
+    pids: set[int] = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids |= {int(p) for p in (task / "children").read_text().split()}
+    return pids
+
+
+def test_stop_during_an_upgrade_leaves_no_child_behind(pg_url: str) -> None:
+    """The upgrade child waits on another process's migration lock; stop() ends it."""
+
+    async def scenario() -> None:
+        libpq = make_url(pg_url).set(drivername="postgresql").render_as_string(False)
+        holder = await asyncpg.connect(libpq)
+        try:
+            async with holder.transaction():
+                await holder.execute("SELECT pg_advisory_xact_lock($1)", schema.MIGRATION_LOCK_KEY)
+                before = _children()
+                log = RequestLog(pg_url)
+                await log.start(ready_timeout_s=3)
+                waiting = _children() - before
+                assert not log.migrated and waiting  # the child is blocked on the lock
+                log.record(make_record(1))
+                await log.stop(timeout_s=1)
+                assert not waiting & _children()
+                assert (log.written, log.dropped) == (0, 1)
+        finally:
+            await holder.close()
+        assert await scalar(pg_url, "SELECT to_regclass('alembic_version') IS NULL")
+
+    run(scenario())
+
+
 # -- parse_time -----------------------------------------------------------------------
 
 
@@ -636,16 +751,157 @@ def test_parse_time_defaults_and_errors() -> None:
 def test_urls_without_an_async_driver_get_one_and_bad_urls_fail_early() -> None:
     assert schema.parse_url("postgresql://u:pw@db/log").drivername == "postgresql+asyncpg"
     assert schema.parse_url("sqlite:///router.db").drivername == "sqlite+aiosqlite"
-    with pytest.raises(ValueError, match=r"storage\.url"):
-        RequestLog("not a url")
+    for bad in ("not a url", "nosuchdb://host/db", "sqlite://", "sqlite:///:memory:"):
+        with pytest.raises(ValueError, match=r"storage\.url"):
+            RequestLog(bad)
     with pytest.raises(ValueError, match=r"storage\.url"):
         schema.make_engine("nosuchdb://host/db")
 
 
+@pytest.mark.parametrize(
+    ("url", "backend", "where"),
+    [
+        ("sqlite:///router.db", "sqlite", "router.db"),
+        ("sqlite+aiosqlite:////var/lib/router/log.db", "sqlite", "/var/lib/router/log.db"),
+        ("postgres://u@db:5433/log", "postgresql", "postgresql://u@db:5433/log"),
+        ("postgresql+asyncpg://u:p%40ss@db/log", "postgresql", "postgresql://u:p%40ss@db/log"),
+    ],
+)
+def test_urls_are_read_as_sqlalchemy_reads_them(url: str, backend: str, where: str) -> None:
+    """The writer parses ``storage.url`` without SQLAlchemy; the child and usage with it."""
+    target = parse_target(url)
+    parsed = schema.parse_url(url)
+    assert target.backend == backend == parsed.get_backend_name()
+    assert (target.path if backend == "sqlite" else target.dsn) == where
+    if backend == "sqlite":
+        assert target.path == parsed.database
+    assert target.safe_url == make_url(url).render_as_string(hide_password=True)
+
+
+def test_a_password_never_reaches_the_safe_url_or_the_logs() -> None:
+    target = parse_target("postgresql://router:s3cret%2Fpw@db:5432/log?sslmode=require")
+    assert target.safe_url == "postgresql://router:***@db:5432/log?sslmode=require"
+    assert (
+        target.redact("auth failed for s3cret/pw and s3cret%2Fpw") == "auth failed for *** and ***"
+    )
+    assert parse_target("postgresql://db/log?ssl=require").connect_args == {"ssl": "require"}
+
+
 def test_head_constant_matches_the_shipped_revisions() -> None:
-    """``schema.HEAD`` lets a start skip Alembic; it must name the newest revision."""
+    """``store.HEAD`` lets a start skip Alembic; it must name the newest revision."""
     from alembic.script import ScriptDirectory
 
-    from router.migrations.schema import HEAD, alembic_config
+    assert ScriptDirectory.from_config(schema.alembic_config()).get_current_head() == HEAD
 
-    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD
+
+def test_the_writers_columns_are_the_tables_columns() -> None:
+    """``store`` names the columns it inserts; ``schema`` is the one definition."""
+    assert tuple(c.name for c in REQUESTS.columns if c.name != "id") == store.REQUEST_COLUMNS
+    assert tuple(c.name for c in ATTEMPTS.columns if c.name != "id") == store.ATTEMPT_COLUMNS
+    kinds = {
+        sa.String: "text",
+        sa.Integer: "integer",
+        sa.Float: "float8",
+        sa.Boolean: "boolean",
+        sa.DateTime: "timestamptz",
+    }
+    for column in [*REQUESTS.columns, *ATTEMPTS.columns]:
+        if column.name != "id":
+            assert store.PG_TYPES[column.name] == kinds[type(column.type)], column.name
+
+
+@given(st.floats(min_value=0, max_value=4102444800, allow_nan=False))
+def test_sqlite_stamps_are_sqlalchemys_datetime_format(t: float) -> None:
+    """Rows written as text read back through SQLAlchemy's DateTime, and sort by time."""
+    stamp = store.SQLiteStore(":unused:").stamp
+    want = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    assert stamp(t) == want
+    assert stamp(t) == want  # again, from the per-second cache
+
+
+# -- the serving process and the upgrade child ----------------------------------------
+
+_SERVE = """
+import asyncio, json, sys
+from router.records import AttemptRecord, RequestRecord
+from router.requestlog import RequestLog
+
+async def main():
+    log = RequestLog(sys.argv[1])
+    await log.start(ready_timeout_s=60)
+    log.record(RequestRecord("r-1", "chat", None, route="demo", endpoint="a", status=200,
+                             attempts=[AttemptRecord("demo", "a", 200, None, 1.0)]))
+    await log.stop()
+    loaded = sorted({m.split(".")[0] for m in sys.modules} & {"sqlalchemy", "alembic"})
+    print(json.dumps({"loaded": loaded, "upgraded": log.upgraded, "written": log.written}))
+
+asyncio.run(main())
+"""
+
+
+def test_the_serving_process_never_loads_sqlalchemy(url: str) -> None:
+    """The upgrade runs in a child once; later starts only read the revision."""
+
+    def serve() -> dict[str, Any]:
+        out = subprocess.run(
+            [sys.executable, "-c", _SERVE, url],
+            capture_output=True,
+            timeout=120,
+            check=True,
+            cwd=Path(__file__).parents[2],
+        )
+        # structlog's default output is stdout too: the answer is the last line.
+        result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
+        return result
+
+    first, second = serve(), serve()
+    assert first == {"loaded": [], "upgraded": True, "written": 1}
+    assert second == {"loaded": [], "upgraded": False, "written": 1}
+    assert run(scalar(url, "SELECT count(*) FROM requests")) == 2
+    assert run(scalar(url, "SELECT version_num FROM alembic_version")) == HEAD
+
+
+def test_a_failed_upgrade_is_logged_and_retried(tmp_path: Path) -> None:
+    """A table in the way: the child's error is logged, nothing is written, no crash."""
+    path = tmp_path / "log.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE requests (whatever TEXT)")  # not ours, no alembic_version
+    url = f"sqlite+aiosqlite:///{path}"
+
+    async def scenario() -> None:
+        with capture_logs() as logs:
+            log = RequestLog(url, flush_interval_s=0.01)
+            await log.start(ready_timeout_s=60)
+            log.record(make_record(1))
+            assert not await log.flush(timeout_s=0.5)
+            await log.stop(timeout_s=0.5)
+        assert (log.migrated, log.written, log.dropped) == (False, 0, 1)
+        failures = [e for e in logs if e["event"] == "request_log.write_failed"]
+        assert failures[0]["error"] == "MigrationFailed"
+        assert "already exists" in failures[0]["detail"]
+
+    run(scenario())
+
+
+def test_a_newer_schema_is_reported_and_still_written(url: str) -> None:
+    """A rolling upgrade: a newer router migrated first; revisions only add, so write."""
+
+    async def scenario() -> None:
+        engine = make_engine(url)
+        try:
+            await migrate(engine)
+            async with engine.begin() as conn:
+                await conn.execute(sa.text("UPDATE alembic_version SET version_num = '0999'"))
+        finally:
+            await engine.dispose()
+        with capture_logs() as logs:
+            log = RequestLog(url)
+            await log.start(ready_timeout_s=60)
+            log.record(make_record(1))
+            await log.stop()
+        assert (log.migrated, log.written) == (True, 1)
+        newer = [e for e in logs if e["event"] == "request_log.newer_schema"]
+        assert newer and newer[0]["revisions"] == ["0999"]
+        assert await scalar(url, "SELECT version_num FROM alembic_version") == "0999"
+
+    run(scenario())

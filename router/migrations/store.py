@@ -1,0 +1,403 @@
+"""The request log's database as the serving process sees it: the driver, and nothing more.
+
+SQLAlchemy and Alembic cost a serving process about 30 MB of resident memory and, per
+batch, a layer of adaptation between the event loop and the driver; the writer needs
+neither. So the writer talks to the driver directly: SQLite through the standard
+``sqlite3`` module on one thread of its own (one hop per batch; the loop never waits on
+the file), PostgreSQL through ``asyncpg`` with a whole batch as one ``jsonb`` parameter
+that the server unpacks (``jsonb_array_elements``): the router serializes it in C
+(``orjson``), a quarter of the CPU of ``COPY``'s per-value encoding for the same server
+time, in one round trip and without a transaction to open (one statement is atomic).
+
+It reads the schema version with plain SQL and, when the database is not at ``HEAD``,
+runs the Alembic upgrade in a child process (``python -m router.migrations upgrade``),
+so that memory is given back when the child exits. ``schema.py`` stays the one
+definition of the tables, the migrations and the queries; tests keep the columns and
+types here in step with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import os
+import re
+import sqlite3
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+import orjson
+
+# The newest revision this version ships (a test keeps it in step with versions/).
+HEAD = "0003"
+
+REQUEST_COLUMNS = (
+    "ts", "request_id", "key_name", "route", "endpoint", "operation", "stream", "status",
+    "attempts", "hedges", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
+    "reasoning_tokens", "cached_tokens", "cache_write_tokens", "cost", "error",
+)  # fmt: skip
+ATTEMPT_COLUMNS = (
+    "ts", "request_id", "route", "endpoint", "status", "reason", "duration_ms", "ttft_ms",
+    "hedged",
+)  # fmt: skip
+# How PostgreSQL reads each column back out of the JSON batch (``ts`` as Unix seconds);
+# a test checks these against the column types in ``schema.py``.
+PG_TYPES = {
+    "ts": "timestamptz", "request_id": "text", "key_name": "text", "route": "text",
+    "endpoint": "text", "operation": "text", "stream": "boolean", "status": "integer",
+    "attempts": "integer", "hedges": "integer", "latency_ms": "float8", "ttft_ms": "float8",
+    "prompt_tokens": "integer", "completion_tokens": "integer", "reasoning_tokens": "integer",
+    "cached_tokens": "integer", "cache_write_tokens": "integer", "cost": "float8",
+    "error": "text", "reason": "text", "duration_ms": "float8", "hedged": "boolean",
+}  # fmt: skip
+
+SQLITE_BUSY_MS = 2000  # wait this long for another writer's lock before failing the batch
+PG_CONNECT_TIMEOUT_S = 5.0  # asyncpg's default is 60 s: too long to notice a dead server
+PG_COMMAND_TIMEOUT_S = 30.0  # a hung server fails the batch, which is then retried
+MIGRATION_TIMEOUT_S = 300.0  # the child may wait on another process's migration lock
+
+Row = tuple[Any, ...]
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # where ``router`` is importable
+
+
+class MigrationFailed(RuntimeError):
+    """The upgrade child exited with an error; its last line says why."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A ``storage.url``, parsed once: which backend, where, and what must not be logged."""
+
+    backend: Literal["sqlite", "postgresql"]
+    url: str
+    safe_url: str
+    secrets: tuple[str, ...] = ()
+    path: str = ""  # SQLite's file
+    dsn: str = ""  # PostgreSQL, as libpq and asyncpg spell it
+    connect_args: dict[str, str] = field(default_factory=dict)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][\w+.-]*)://(?P<rest>.*)$", re.DOTALL)
+_SQLITE = ("sqlite", "sqlite+aiosqlite")
+_POSTGRES = ("postgresql", "postgres", "postgresql+asyncpg")
+_USE = "use sqlite+aiosqlite:///path/to/file.db or postgresql+asyncpg://user:pw@host/db"
+
+
+def parse_target(url: str) -> Target:
+    """``url`` as SQLAlchemy would read it, for the two backends we write to; else ValueError."""
+    match = _SCHEME.match(url.strip())
+    if match is None:
+        raise ValueError(f"storage.url: not a database URL ({_USE})")
+    scheme, rest = match["scheme"].lower(), match["rest"]
+    if scheme in _SQLITE:
+        # sqlite:///relative.db and sqlite:////absolute.db: no host, the rest is the path.
+        path, _, query = rest.removeprefix("/").partition("?")
+        if not rest.startswith("/") or not path:
+            raise ValueError(f"storage.url: a SQLite URL names a file ({_USE})")
+        if path == ":memory:" or query:
+            raise ValueError(
+                "storage.url: an in-memory SQLite log or URL options are not supported "
+                "(a file path, or storage.url: null to turn the log off)"
+            )
+        return Target("sqlite", url, url, path=path)
+    if scheme in _POSTGRES:
+        parts = urlsplit(f"postgresql://{rest}")
+        query = dict(parse_qsl(parts.query))
+        # SQLAlchemy's asyncpg dialect passes ?ssl= to connect(); libpq's sslmode= stays.
+        connect_args = {"ssl": query.pop("ssl")} if "ssl" in query else {}
+        safe = url
+        secrets: tuple[str, ...] = ()
+        if parts.password:
+            userinfo, _, hostinfo = parts.netloc.rpartition("@")
+            hidden = f"{userinfo.partition(':')[0]}:***@{hostinfo}"
+            safe = url.replace(parts.netloc, hidden, 1)
+            secrets = tuple({parts.password, unquote(parts.password)})
+        dsn = parts._replace(query=urlencode(query)).geturl()
+        return Target("postgresql", url, safe, secrets, dsn=dsn, connect_args=connect_args)
+    raise ValueError(f"storage.url: {scheme}:// is not supported ({_USE})")
+
+
+class Store(Protocol):
+    """One connection's worth of the operations the writer needs."""
+
+    def stamp(self, t: float) -> Any:
+        """Unix seconds as this backend stores the ``ts`` columns."""
+
+    async def connect(self) -> None: ...
+
+    async def revision(self) -> str | None:
+        """The database's Alembic revision; None without one (a fresh database)."""
+
+    async def insert(self, requests: list[Row], attempts: list[Row]) -> None:
+        """Both tables' rows in one transaction: all or nothing."""
+
+    async def prune(self, cutoff: float) -> tuple[int, int]:
+        """Delete rows older than ``cutoff``; how many requests and attempts went."""
+
+    async def close(self) -> None:
+        """Drop the connection (quietly: it may already be broken); connect() reopens."""
+
+    async def shutdown(self) -> None:
+        """Close for good."""
+
+
+def open_store(target: Target) -> Store:
+    if target.backend == "sqlite":
+        return SQLiteStore(target.path)
+    return PostgresStore(target.dsn, target.connect_args)
+
+
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+_SQLITE_REQUESTS = _insert_sql("requests", REQUEST_COLUMNS)
+_SQLITE_ATTEMPTS = _insert_sql("attempts", ATTEMPT_COLUMNS)
+
+
+class SQLiteStore:
+    """A ``sqlite3`` connection that lives on one thread of its own.
+
+    Every operation is one hop to that thread, with its whole transaction inside, so a
+    lock held by another process (``busy_timeout``) stalls the writer, never the loop.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="request-log-sqlite")
+        self._conn: sqlite3.Connection | None = None  # touched only on self._thread
+        self._open = False  # the loop's view of _conn, so a connected pass costs no hop
+        self._second = -1
+        self._prefix = ""
+
+    def stamp(self, t: float) -> str:
+        # SQLAlchemy's text format for DateTime on SQLite, so rows read back through the
+        # same column type; the date part is formatted once per second, not per row.
+        second = int(t)
+        micro = round((t - second) * 1_000_000)
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S.", time.gmtime(second))
+        return f"{self._prefix}{micro:06d}"
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def connect(self) -> None:
+        if not self._open:
+            await self._call(self._connect)
+            self._open = True
+
+    async def revision(self) -> str | None:
+        result: str | None = await self._call(self._revision)
+        return result
+
+    async def insert(self, requests: list[Row], attempts: list[Row]) -> None:
+        await self._call(self._insert, requests, attempts)
+
+    async def prune(self, cutoff: float) -> tuple[int, int]:
+        result: tuple[int, int] = await self._call(self._prune, self.stamp(cutoff))
+        return result
+
+    async def close(self) -> None:
+        self._open = False
+        await self._call(self._close)
+
+    async def shutdown(self) -> None:
+        await self.close()
+        self._thread.shutdown(wait=False)
+
+    # -- on the thread ----------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self._conn is not None:
+            return
+        # isolation_level=None: we BEGIN ourselves; the module's implicit transactions
+        # would not cover a batch as one unit.
+        conn = sqlite3.connect(self._path, timeout=SQLITE_BUSY_MS / 1000, isolation_level=None)
+        try:
+            # WAL: readers (usage queries) never block the writer, and other processes'
+            # writers queue on the lock instead of failing at once. NORMAL: safe with WAL,
+            # an fsync per checkpoint rather than per batch.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _revision(self) -> str | None:
+        assert self._conn is not None
+        conn = self._conn
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+        ).fetchone()
+        if found is None:
+            return None
+        rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+        return str(rows[0][0]) if len(rows) == 1 else None
+
+    def _insert(self, requests: list[Row], attempts: list[Row]) -> None:
+        assert self._conn is not None
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")  # take the write lock now, not halfway through
+        try:
+            conn.executemany(_SQLITE_REQUESTS, requests)
+            if attempts:
+                conn.executemany(_SQLITE_ATTEMPTS, attempts)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _prune(self, cutoff: str) -> tuple[int, int]:
+        assert self._conn is not None
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            requests = conn.execute("DELETE FROM requests WHERE ts < ?", (cutoff,)).rowcount
+            attempts = conn.execute("DELETE FROM attempts WHERE ts < ?", (cutoff,)).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return requests, attempts
+
+    def _rollback(self) -> None:
+        if self._conn is not None and self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+
+def _pg_select(columns: tuple[str, ...], param: str) -> str:
+    def value(i: int, name: str) -> str:
+        if PG_TYPES[name] == "timestamptz":
+            return f"to_timestamp((e->>{i})::float8)"
+        return f"(e->>{i})::{PG_TYPES[name]}"
+
+    values = ", ".join(value(i, name) for i, name in enumerate(columns))
+    return f"SELECT {values} FROM jsonb_array_elements({param}::jsonb) AS e"
+
+
+# Both tables in one statement (a data-modifying CTE): atomic, one round trip.
+_PG_INSERT = (
+    f"WITH r AS (INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
+    f"{_pg_select(REQUEST_COLUMNS, '$1')}) "
+    f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) {_pg_select(ATTEMPT_COLUMNS, '$2')}"
+)
+
+
+class PostgresStore:
+    """One ``asyncpg`` connection; a broken one is dropped and the next batch reconnects."""
+
+    def __init__(self, dsn: str, connect_args: dict[str, str]) -> None:
+        self._dsn = dsn
+        self._connect_args = connect_args
+        self._conn: Any = None  # asyncpg.Connection: asyncpg is imported on first use
+
+    @staticmethod
+    def stamp(t: float) -> float:
+        return t  # the server converts: to_timestamp()
+
+    async def connect(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            return
+        # Imported off the loop (tens of ms); only PostgreSQL users pay for it.
+        asyncpg = await asyncio.to_thread(importlib.import_module, "asyncpg")
+        self._conn = await asyncpg.connect(
+            self._dsn,
+            timeout=PG_CONNECT_TIMEOUT_S,
+            command_timeout=PG_COMMAND_TIMEOUT_S,
+            **self._connect_args,
+        )
+
+    async def revision(self) -> str | None:
+        conn = self._conn
+        if not await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL"):
+            return None
+        rows = await conn.fetch("SELECT version_num FROM alembic_version")
+        return str(rows[0][0]) if len(rows) == 1 else None
+
+    async def insert(self, requests: list[Row], attempts: list[Row]) -> None:
+        await self._conn.execute(
+            _PG_INSERT, orjson.dumps(requests).decode(), orjson.dumps(attempts).decode()
+        )
+
+    async def prune(self, cutoff: float) -> tuple[int, int]:
+        conn = self._conn
+        async with conn.transaction():
+            requests = await conn.execute(
+                "DELETE FROM requests WHERE ts < to_timestamp($1::float8)", cutoff
+            )
+            attempts = await conn.execute(
+                "DELETE FROM attempts WHERE ts < to_timestamp($1::float8)", cutoff
+            )
+        # asyncpg returns the command tag: "DELETE <rows>".
+        return int(requests.split()[-1]), int(attempts.split()[-1])
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None or conn.is_closed():
+            return
+        try:
+            await conn.close(timeout=2.0)
+        except Exception:
+            conn.terminate()
+
+    async def shutdown(self) -> None:
+        await self.close()
+
+
+async def upgrade_in_child(target: Target, revision: str = "head") -> list[str]:
+    """Run the Alembic upgrade in ``python -m router.migrations``; the revisions it reports
+    as newer than this version (a newer router migrated the database first).
+
+    The URL goes on stdin, so a password never shows in ``ps``.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "router.migrations",
+        "upgrade",
+        revision,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        async with asyncio.timeout(MIGRATION_TIMEOUT_S):
+            out, err = await proc.communicate(target.url.encode() + b"\n")
+    except BaseException:  # timed out, or the writer was cancelled: leave no child behind
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    if proc.returncode != 0:
+        lines = err.decode("utf-8", "replace").strip().splitlines()
+        why = lines[-1] if lines else f"exit status {proc.returncode}"
+        raise MigrationFailed(target.redact(why))
+    newer: list[str] = json.loads(out)["newer"]
+    return newer
