@@ -84,6 +84,7 @@ def measure(
         "--tool=callgrind",
         "--instr-atstart=no",
         f"--callgrind-out-file={out}.%p",
+        *(["--separate-threads=yes"] if args.threads else []),
         *cmd,
     ]
     proc = bench.start(name, grind, url, ready, core=None, ready_timeout=300)
@@ -111,7 +112,13 @@ def measure(
                 dumps = set(glob.glob(f"{out}.{proc.pid}*")) - before
                 time.sleep(0.2)
             time.sleep(0.5)  # let the dump be written whole
-            ir = sum(total_ir(p) for p in dumps)
+            ir = sum(total_ir(p) for p in dumps)  # one file per thread with --threads
+            if args.threads:
+                for p in sorted(dumps):
+                    print(
+                        f"#   {p.rsplit('.', 2)[-2:]} {total_ir(p) / args.requests:12,.0f}",
+                        file=sys.stderr,
+                    )
             # Switching instrumentation off dumps too (what ran since): set those aside.
             subprocess.run(
                 ["callgrind_control", "--instr=off", str(proc.pid)], check=True, capture_output=True
@@ -136,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--conns", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--keep", action="store_true", help="keep the callgrind files")
+    ap.add_argument("--threads", action="store_true", help="also count per thread")
     ap.add_argument("--storage", default="", help="as perf.py's: '' (SQLite), 'off' or a URL")
     args = ap.parse_args(argv)
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
@@ -175,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             table[name] = measure(bench, tmp, name, cmd, ready, args)
     finally:
         bench.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"# kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(
         f"\n| target | mode | instructions / request | x bare |  (conns {args.conns}, "
         f"{args.tokens} tokens, storage {args.storage or 'sqlite'})"

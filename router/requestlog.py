@@ -74,14 +74,20 @@ def _text(value: str | None) -> str | None:
 
 
 def entry(rec: RequestRecord, stamp: Callable[[float], Any]) -> _Entry:
-    """``rec`` as rows in ``store.REQUEST_COLUMNS`` / ``store.ATTEMPT_COLUMNS`` order."""
+    """``rec`` as rows in ``store.REQUEST_COLUMNS`` / ``store.ATTEMPT_COLUMNS`` order.
+
+    Flags go as 0/1, not bools: sqlite3 binds only exact ints, floats and strings
+    directly; a bool takes its adapter path, whose failed ``__conform__`` lookup raised
+    and swallowed an AttributeError per value, a quarter of the writer's CPU. (PostgreSQL
+    reads '0'/'1' as booleans.)"""
     # Attempts carry monotonic durations only; they are stamped with the request's time.
     ts = stamp(rec.started)
     rid = _text(rec.request_id) or ""
     u = rec.usage
     request = (
         ts, rid, _text(rec.key_name), _text(rec.route), rec.endpoint, rec.operation,
-        rec.stream, rec.status, len(rec.attempts), rec.hedges, rec.latency_ms, rec.ttft_ms,
+        1 if rec.stream else 0, rec.status, len(rec.attempts), rec.hedges, rec.latency_ms,
+        rec.ttft_ms,
         u.prompt_tokens if u else 0, u.completion_tokens if u else 0,
         u.reasoning_tokens if u else 0, u.cached_tokens if u else 0,
         u.cache_write_tokens if u else 0, rec.cost, _text(rec.error),
@@ -99,7 +105,7 @@ def entry(rec: RequestRecord, stamp: Callable[[float], Any]) -> _Entry:
                 a.reason,
                 a.duration_ms,
                 a.ttft_ms,
-                a.hedged,
+                1 if a.hedged else 0,
             )
             for a in rec.attempts
         ]
