@@ -156,15 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(tmp)
     table: dict[str, dict[str, float]] = {}
     try:
-        up_port = free_port()
-        upstream = f"http://127.0.0.1:{up_port}"
-        bench.start(
-            "upstream",
-            [PY, os.path.join(HERE, "zero_upstream.py"), "--port", str(up_port)],
-            upstream,
-            "/health",
-            core=None,
-        )
+        _, upstream = bench.zero_upstream(None)
         targets = {
             "bare": (
                 [
@@ -183,11 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd, ready = targets[name]
             table[name] = measure(bench, tmp, name, cmd, ready, args)
     finally:
-        bench.stop_all()
-        if args.keep:
-            print(f"# kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        bench.finish(args.keep)
     print(
         f"\n| target | mode | instructions / request | x bare |  (conns {args.conns}, "
         f"{args.tokens} tokens, storage {args.storage or 'sqlite'})"

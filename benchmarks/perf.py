@@ -145,6 +145,21 @@ class Bench:
             p.stop()
         self.procs.clear()
 
+    def zero_upstream(self, core: str | None, *extra: str) -> tuple[Proc, str]:
+        """``zero_upstream.py`` on a free port: (its process, its base URL)."""
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [PY, os.path.join(HERE, "zero_upstream.py"), "--port", str(port), *extra]
+        return self.start("upstream", cmd, url, "/health", core=core), url
+
+    def finish(self, keep: bool = False) -> None:
+        """Stop everything; remove the temp dir unless asked to keep it (then say where)."""
+        self.stop_all()
+        if keep:
+            print(f"# kept {self.tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
 
 def router_cmd(config: str, port: int, *extra: str) -> list[str]:
     """``router serve`` on 127.0.0.1:port with ``config``."""
@@ -607,11 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"# router --workers {n}: {res['rps']:.0f} req/s", file=sys.stderr, flush=True
                 )
     finally:
-        bench.stop_all()
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"# kept {tmp}", file=sys.stderr)
+        bench.finish(args.keep)
 
     total = time.perf_counter() - started
     print(

@@ -25,7 +25,7 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import CLK_TCK, free_port, raise_nofile
-from perf import HERE, PY, ROOT, STORAGE, Bench, loadgen, pinned, router_cmd, router_config
+from perf import PY, ROOT, STORAGE, Bench, loadgen, pinned, router_cmd, router_config
 
 
 def fold(path: str, root: str) -> tuple[Counter[str], Counter[str], int]:
@@ -102,15 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp(prefix="router-profile-")
     bench = Bench(tmp)
     try:
-        up_port, port = free_port(), free_port()
-        upstream = f"http://127.0.0.1:{up_port}"
-        bench.start(
-            "upstream",
-            [PY, os.path.join(HERE, "zero_upstream.py"), "--port", str(up_port)],
-            upstream,
-            "/health",
-            core="1",
-        )
+        port = free_port()
+        _, upstream = bench.zero_upstream("1")
         url = f"http://127.0.0.1:{port}"
         router = bench.start(
             "router",
@@ -158,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu = {k: v - before.get(k, 0.0) for k, v in after.items()}
         own, incl, total = fold(raw, ROOT)
     finally:
-        bench.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
+        bench.finish()
     print(
         f"\n## py-spy: router, {args.mode} {args.tokens} tokens, {args.conns} conns, "
         f"{args.seconds:g} s, {total} samples of the loop thread; load: "

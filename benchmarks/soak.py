@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -232,11 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadgen_cpu_frac": load.get("loadgen_cpu_frac"),
         }
     finally:
-        bench.stop_all()
-        if args.keep:
-            print(f"# kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        bench.finish(args.keep)
 
     def f(x: Any, nd: int = 1) -> str:
         return "-" if x is None else f"{x:.{nd}f}"
