@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from policies.base import Candidate, Strategy
+from policies.base import Candidate, Loads, Strategy
 from policies.metric import Cheapest, HighestThroughput, LowestLatency, LowestTTFT
 from policies.score import Score
 from policies.simple import LeastBusy, Priority, RoundRobin, Weighted
@@ -38,4 +38,4 @@ def make(strategy: str, **options: Any) -> Strategy:
     return factory()
 
 
-__all__ = ["SORTS", "STRATEGIES", "Candidate", "Strategy", "make"]
+__all__ = ["SORTS", "STRATEGIES", "Candidate", "Loads", "Strategy", "make"]

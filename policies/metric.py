@@ -10,47 +10,61 @@ Endpoints marked ``explore`` go first and ``probing`` ones last (see ``Candidate
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-from policies.base import Candidate, by_cost, explore_first, goodness
+from policies.base import (
+    Candidate,
+    Loads,
+    as_loads,
+    by_cost,
+    costs_by_id,
+    explore_first,
+    goodness,
+    ordered,
+)
 
 
 class _ByMetric:
     name = ""
 
-    def __init__(self, cost: Callable[[Candidate], float]) -> None:
-        self._cost = cost
-
-    def costs(self, candidates: Sequence[Candidate]) -> dict[str, float]:
-        return {c.id: self._cost(c) for c in candidates}
+    def costs(self, loads: Loads) -> Sequence[float]:
+        raise NotImplementedError
 
     def rank(self, candidates: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
-        return explore_first(by_cost(candidates, self.costs(candidates), rng))
+        loads = as_loads(candidates)
+        return loads.pick(explore_first(loads, by_cost(loads, self.costs(loads), rng)))
 
     def scores(self, candidates: Sequence[Candidate]) -> Mapping[str, float]:
-        return goodness({c.id: self._cost(c) for c in candidates})
+        loads = as_loads(candidates)
+        return goodness(costs_by_id(loads, self.costs(loads)))
 
 
 class LowestLatency(_ByMetric):
     name = "lowest_latency"
 
-    def __init__(self) -> None:
-        super().__init__(lambda c: c.latency_s * (c.in_flight + 1))
+    def costs(self, loads: Loads) -> list[float]:
+        busy = loads.metric("in_flight")
+        return [x * (b + 1) for x, b in zip(loads.metric("latency_s"), busy, strict=True)]
+
+
+# in_flight as a tie-breaker only: 1 µs per request in flight.
+_TTFT_THEN_BUSY = (("ttft_s", 1.0, False), ("in_flight", 1e-6, False))
 
 
 class LowestTTFT(_ByMetric):
     name = "lowest_ttft"
 
-    def __init__(self) -> None:
-        # in_flight as a tie-breaker only: 1 µs per request in flight.
-        super().__init__(lambda c: c.ttft_s + c.in_flight * 1e-6)
+    def costs(self, loads: Loads) -> Sequence[float]:
+        return loads.combine(_TTFT_THEN_BUSY)
 
 
 class HighestThroughput(_ByMetric):
     name = "highest_throughput"
 
-    def __init__(self) -> None:
-        super().__init__(lambda c: 1.0 / (c.tokens_per_s + 1e-9) + c.in_flight * 1e-9)
+    def costs(self, loads: Loads) -> list[float]:
+        busy = loads.metric("in_flight")
+        tps = loads.metric("tokens_per_s")
+        return [1.0 / (x + 1e-9) + b * 1e-9 for x, b in zip(tps, busy, strict=True)]
 
 
 class Cheapest:
@@ -59,7 +73,9 @@ class Cheapest:
     name = "cheapest"
 
     def rank(self, candidates: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
-        return sorted(candidates, key=lambda c: (c.price, c.index))
+        loads = as_loads(candidates)
+        return loads.pick(ordered(loads, loads.metric("price")))
 
     def scores(self, candidates: Sequence[Candidate]) -> Mapping[str, float]:
-        return goodness({c.id: c.price for c in candidates})
+        loads = as_loads(candidates)
+        return goodness(costs_by_id(loads, loads.metric("price")))

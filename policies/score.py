@@ -25,15 +25,31 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 
-from policies.base import Candidate, explore_first, goodness
+from policies.base import (
+    Candidate,
+    Loads,
+    Term,
+    as_loads,
+    costs_by_id,
+    explore_first,
+    goodness,
+    ordered,
+)
 
 DEFAULT_WEIGHTS: Mapping[str, float] = {"ttft": 1.0, "error_rate": 4.0, "throughput": 0.3}
 COMPETITIVE_RATIO = 1.25
 COMPETITIVE_SLACK = 0.05
 TEMPERATURE = 0.1
 
-
-_METRICS = ("latency", "ttft", "throughput", "error_rate", "price", "in_flight")
+# Each weight's Candidate field, and whether it is normalised by the route maximum.
+_METRICS = {
+    "latency": ("latency_s", True),
+    "ttft": ("ttft_s", True),
+    "throughput": ("tokens_per_s", True),
+    "error_rate": ("error_rate", False),
+    "price": ("price", True),
+    "in_flight": ("in_flight", True),
+}
 
 
 class Score:
@@ -42,61 +58,63 @@ class Score:
     def __init__(self, weights: Mapping[str, float] | None = None, pick: str | None = None) -> None:
         self.weights = dict(weights or DEFAULT_WEIGHTS)
         self.pick = pick or "best"
-        w = tuple(self.weights.get(k, 0.0) for k in _METRICS)
-        self._w = w
-        # Only metrics with a weight are normalised: each costs a pass over the route.
-        self._used = tuple(k for k, wk in zip(_METRICS, w, strict=True) if wk)
+        # The cost as one weighted sum; only metrics with a weight are read (each costs a
+        # pass over the route). Throughput, higher is better, counts as w * (1 - normalised).
+        terms: list[Term] = []
+        self._constant = 0.0
+        for name, (field, norm) in _METRICS.items():
+            w = self.weights.get(name, 0.0)
+            if w:
+                if field == "tokens_per_s":
+                    self._constant, w = w, -w
+                terms.append((field, w, norm))
+        self._terms = tuple(terms)
 
-    def cost_list(self, candidates: Sequence[Candidate]) -> list[float]:
-        """Costs in the candidates' order; lower is better."""
-        w_lat, w_ttft, w_tps, w_err, w_price, w_busy = self._w
-        used = self._used
-        max_lat = (max(c.latency_s for c in candidates) or 1.0) if "latency" in used else 1.0
-        max_ttft = (max(c.ttft_s for c in candidates) or 1.0) if "ttft" in used else 1.0
-        max_tps = (max(c.tokens_per_s for c in candidates) or 1.0) if "throughput" in used else 1.0
-        max_price = (max(c.price for c in candidates) or 1.0) if "price" in used else 1.0
-        max_busy = (max(c.in_flight for c in candidates) or 1) if "in_flight" in used else 1
-        k_lat, k_ttft, k_tps = w_lat / max_lat, w_ttft / max_ttft, w_tps / max_tps
-        k_price, k_busy = w_price / max_price, w_busy / max_busy
-        return [
-            k_lat * c.latency_s
-            + k_ttft * c.ttft_s
-            + w_tps
-            - k_tps * c.tokens_per_s
-            + w_err * c.error_rate
-            + (k_price * (c.price_in + 3.0 * c.price_out) if k_price else 0.0)
-            + k_busy * c.in_flight
-            for c in candidates
-        ]
+    def cost_list(self, loads: Loads) -> Sequence[float]:
+        """Costs indexed by key; lower is better."""
+        return loads.combine(self._terms, self._constant)
 
     def costs(self, candidates: Sequence[Candidate]) -> dict[str, float]:
-        if not candidates:
-            return {}
-        return {c.id: cost for c, cost in zip(candidates, self.cost_list(candidates), strict=True)}
+        loads = as_loads(candidates)
+        return costs_by_id(loads, self.cost_list(loads)) if loads.keys else {}
 
     def rank(self, candidates: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
-        if not candidates:
+        loads = as_loads(candidates)
+        if not loads.keys:
             return []
-        costs = self.cost_list(candidates)
-        keyed = sorted(zip(costs, [c.index for c in candidates], candidates, strict=True))
-        ordered = [c for _, _, c in keyed]
-        if any(c.explore or c.probing for c in ordered):
-            return explore_first(ordered)
-        if len(ordered) < 2 or self.pick == "best":
-            return ordered
-        best = keyed[0][0]
+        cost = loads.combine(self._terms, self._constant)
+        order = ordered(loads, cost)
+        if loads.flags() is not None:
+            return loads.pick(explore_first(loads, order))
+        size = len(order)
+        if size < 2 or self.pick == "best":
+            return loads.pick(order)
+        best = cost[order[0]]
         if self.pick == "p2c":
             limit = max(best * COMPETITIVE_RATIO, best + COMPETITIVE_SLACK)
-            pool = [k for k in keyed if k[0] <= limit]
-            if len(pool) < 2:
-                return ordered
-            a, b = rng.sample(pool, 2)
-            first = a[2] if a[0] <= b[0] else b[2]
+            size = 0
+            for k in order:  # the competitive pool: a prefix of the order
+                if not cost[k] <= limit:
+                    break
+                size += 1
+            if size < 2:
+                return loads.pick(order)
+            # Two distinct members of the pool, uniformly; the cheaper (the first drawn on a
+            # tie) goes first. Of two, that is the cheaper, unless they tie.
+            if size == 2 and best < cost[order[1]]:
+                return loads.pick(order)
+            i = int(rng.random() * size)
+            j = int(rng.random() * (size - 1))
+            j += j >= i
+            a, b = order[i], order[j]
+            at = i if cost[a] <= cost[b] else j
         else:
-            odds = [math.exp(-(cost - best) / TEMPERATURE) for cost, _, _ in keyed]
+            odds = [math.exp(-(cost[k] - best) / TEMPERATURE) for k in order]
             odds = [o if math.isfinite(o) else 0.0 for o in odds]  # absurd loads: no chance
-            first = rng.choices(ordered, weights=odds, k=1)[0] if sum(odds) > 0 else ordered[0]
-        return [first, *(c for c in ordered if c is not first)]
+            at = rng.choices(range(size), weights=odds, k=1)[0] if sum(odds) > 0 else 0
+        if at:
+            order.insert(0, order.pop(at))
+        return loads.pick(order)
 
     def scores(self, candidates: Sequence[Candidate]) -> Mapping[str, float]:
         cost = self.costs(candidates)

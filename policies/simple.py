@@ -6,7 +6,14 @@ import itertools
 import random
 from collections.abc import Mapping, Sequence
 
-from policies.base import Candidate, by_cost, goodness
+from policies.base import Candidate, Loads, as_loads, by_cost, costs_by_id, goodness
+
+
+def listed(loads: Loads) -> list[int]:
+    """Keys in listed (index) order."""
+    if loads.index_ordered:
+        return list(loads.keys)
+    return sorted(loads.keys, key=loads.metric("index").__getitem__)
 
 
 class Priority:
@@ -15,10 +22,12 @@ class Priority:
     name = "priority"
 
     def rank(self, candidates: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
-        return sorted(candidates, key=lambda c: c.index)
+        loads = as_loads(candidates)
+        return loads.pick(listed(loads))
 
     def scores(self, candidates: Sequence[Candidate]) -> Mapping[str, float]:
-        return goodness({c.id: float(c.index) for c in candidates})
+        loads = as_loads(candidates)
+        return goodness(costs_by_id(loads, loads.metric("index")))
 
 
 class RoundRobin:
@@ -30,11 +39,12 @@ class RoundRobin:
         self._turn = itertools.count()
 
     def rank(self, candidates: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
-        ordered = sorted(candidates, key=lambda c: c.index)
-        if not ordered:
+        loads = as_loads(candidates)
+        order = listed(loads)
+        if not order:
             return []
-        start = next(self._turn) % len(ordered)
-        return ordered[start:] + ordered[:start]
+        start = next(self._turn) % len(order)
+        return loads.pick(order[start:] + order[:start])
 
     def scores(self, candidates: Sequence[Candidate]) -> Mapping[str, float]:
         return dict.fromkeys((c.id for c in candidates), 1.0)
@@ -50,9 +60,11 @@ class Weighted:
     name = "weighted"
 
     def rank(self, candidates: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
-        keyed = [(rng.random() ** (1.0 / c.weight), c) for c in candidates]
+        loads = as_loads(candidates)
+        weight = loads.metric("weight")
+        keyed = [(rng.random() ** (1.0 / weight[k]), k) for k in loads.keys]
         keyed.sort(key=lambda t: t[0], reverse=True)
-        return [c for _, c in keyed]
+        return loads.pick(k for _, k in keyed)
 
     def scores(self, candidates: Sequence[Candidate]) -> Mapping[str, float]:
         total = sum(c.weight for c in candidates) or 1.0
@@ -65,7 +77,11 @@ class LeastBusy:
     name = "least_busy"
 
     def rank(self, candidates: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
-        return by_cost(candidates, {c.id: float(c.in_flight) for c in candidates}, rng)
+        loads = as_loads(candidates)
+        return loads.pick(by_cost(loads, loads.metric("in_flight"), rng))
 
     def scores(self, candidates: Sequence[Candidate]) -> Mapping[str, float]:
-        return goodness({c.id: float(c.in_flight) for c in candidates})
+        loads = as_loads(candidates)
+        return goodness(
+            {k: float(v) for k, v in costs_by_id(loads, loads.metric("in_flight")).items()}
+        )

@@ -274,7 +274,7 @@ class Pipeline:
 
     def _admitted(self, route: RouteRuntime, call: Call) -> list[Endpoint]:
         prefs = call.prefs
-        eps = [e for e in route.endpoints if e.usable]
+        eps = route.usable
         if not eps:
             raise _NoEndpoint(f"route {route.name!r} has no usable endpoint (all disabled)")
         if prefs is not None:
@@ -294,7 +294,7 @@ class Pipeline:
         prefs = call.prefs
         eps = self._admitted(route, call)
         now = runtime.clock()
-        open_now = [e for e in eps if not e.full()]
+        open_now = [e for e in eps if not e.full()] if route.limited else eps
         if not open_now:
             return None
         avail = [e for e in open_now if e.breaker.available(now)]

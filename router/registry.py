@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,9 @@ from policies import Candidate, Strategy
 from providers.base import Provider
 from router.breaker import CircuitBreaker
 from router.config import Config, EndpointSpec, HedgeSection, PolicySpec, ProviderSpec, RouteSpec
-from router.stats import Clock, EndpointStats, Prior, loads
+from router.stats import Clock, EndpointStats, Prior, RouteLoads, loads
+
+_HEALTHY = frozenset({"healthy"})
 
 
 def make_provider(spec: ProviderSpec) -> Provider:
@@ -107,9 +109,21 @@ class RouteRuntime:
         self.name = spec.name
         self.endpoints = endpoints
         self.by_id = {e.id: e for e in endpoints}
+        # Fixed for this runtime's life (a key or provider change is a reload): the
+        # pipeline's filters read these instead of testing every endpoint per request.
+        self.usable = [e for e in endpoints if e.usable]
+        self.limited = any(e.spec.max_concurrency is not None for e in self.usable)
         self._policy_specs = policies_
         self._strategies: dict[str, tuple[Strategy, HedgeSection | None]] = {}
         self.prior = Prior()  # the route's best live values, refreshed by every ranking
+        self._all = list(endpoints)
+        self._breakers = [e.breaker for e in endpoints]
+        self._live = RouteLoads(
+            [e.spec for e in endpoints],
+            [e.stats for e in endpoints],
+            [e.price for e in endpoints],
+            self.prior,
+        )
         self.policy = spec.policy
         self.strategy, self.hedge = self.strategy_for(spec.policy.name)
 
@@ -136,13 +150,35 @@ class RouteRuntime:
                     available += 1
         return usable, available
 
-    def candidates(self, endpoints: list[Endpoint], now: float) -> list[Candidate]:
+    def candidates(self, endpoints: list[Endpoint], now: float) -> Sequence[Candidate]:
+        """The live loads of ``endpoints`` (some of this route's, in its order).
+
+        An endpoint due for its half-open probe is explored first, so the probe happens on
+        this request. The route's ``RouteLoads`` answers from its cache; where it cannot
+        (see ``RouteLoads.at``), ``loads`` computes the candidates directly.
+        """
+        if endpoints == self._all:
+            keys = None
+            states = {b.state for b in self._breakers}
+        else:
+            keys = [e.spec.index for e in endpoints]
+            states = {e.breaker.state for e in endpoints}
+        forced: list[int] = []
+        if states != _HEALTHY:
+            forced = [
+                e.spec.index
+                for e in endpoints
+                if e.breaker.state != "healthy" and e.breaker.probe_due(now)
+            ]
+        live = self._live.at(keys, now, forced)
+        if live is not None:
+            return live
         out = loads(
             [(e.spec, e.stats) for e in endpoints], now, [e.price for e in endpoints], self.prior
         )
-        for c, e in zip(out, endpoints, strict=True):
-            if e.breaker.state != "healthy" and e.breaker.probe_due(now):
-                c.explore, c.probing = True, False  # its half-open probe goes first
+        for c in out:
+            if c.index in forced:
+                c.explore, c.probing = True, False
         return out
 
 

@@ -11,6 +11,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 import policies
 from policies import Candidate, Strategy
+from policies.base import as_loads
 from policies.score import Score
 from policies.simple import RoundRobin
 
@@ -168,6 +170,53 @@ def test_live_strategies_try_explore_first_and_probing_last(name: str) -> None:
 def test_probing_endpoint_is_still_on_the_failover_path() -> None:
     cs = cands({"ttft_s": 0.1}, {"ttft_s": 0.01, "probing": True, "in_flight": 1})
     assert ids(policies.make("lowest_ttft").rank(cs, random.Random(1))) == ["a", "b"]
+
+
+@pytest.mark.parametrize("name", LIVE)
+def test_many_to_explore_and_probe_keep_their_order_within_each_group(name: str) -> None:
+    rng = random.Random(5)
+    specs: list[dict[str, object]] = []
+    for _ in range(40):
+        flag = rng.choice(["explore", "probing", None, None])
+        specs.append(
+            {
+                "latency_s": rng.uniform(0.1, 2.0),
+                "ttft_s": rng.uniform(0.05, 1.0),
+                "tokens_per_s": rng.uniform(20.0, 200.0),
+                "in_flight": 1 if flag == "probing" else 0,
+                "explore": flag == "explore",
+                "probing": flag == "probing",
+            }
+        )
+    cs = cands(*specs)
+    unflagged = [replace(c, explore=False, probing=False) for c in cs]
+    strategy = policies.make(name, pick="best") if name == "score" else policies.make(name)
+    by_load = ids(strategy.rank(unflagged, random.Random(1)))  # no ties: no draws
+    flagged = {c.id: (0 if c.explore else 2 if c.probing else 1) for c in cs}
+    assert sum(tier != 1 for tier in flagged.values()) > 8  # more than a handful
+    expected = sorted(by_load, key=flagged.__getitem__)
+    assert ids(strategy.rank(cs, random.Random(1))) == expected
+
+
+def test_a_weighted_sum_normalises_by_the_largest_value() -> None:
+    cs = cands({"ttft_s": 0.2, "error_rate": 0.1}, {"ttft_s": 0.4, "error_rate": 0.0})
+    total = as_loads(cs).combine((("ttft_s", 2.0, True), ("error_rate", 4.0, False)), 0.5)
+    assert total == [pytest.approx(0.5 + 2.0 * 0.5 + 0.4), pytest.approx(0.5 + 2.0 * 1.0)]
+
+
+def test_ties_break_by_listed_index_whatever_the_given_order() -> None:
+    a, b, c = cands({"ttft_s": 0.3}, {"ttft_s": 0.1}, {"ttft_s": 0.3})
+    best = Score(weights={"ttft": 1.0}, pick="best")
+    assert ids(best.rank([c, a, b], random.Random(1))) == ["b", "a", "c"]
+    assert ids(policies.make("cheapest").rank([c, b, a], random.Random(1))) == ["a", "b", "c"]
+
+
+def test_p2c_of_two_unequal_endpoints_is_the_cheaper_and_of_two_equal_a_coin_flip() -> None:
+    score = Score(weights={"ttft": 1.0}, pick="p2c")
+    unequal = cands({"ttft_s": 0.11}, {"ttft_s": 0.1})
+    assert first_shares(score, unequal, 1000)["b"] == 1.0
+    equal = cands({"ttft_s": 0.1}, {"ttft_s": 0.1})
+    assert first_shares(score, equal, 4000)["a"] == pytest.approx(0.5, abs=0.05)
 
 
 # -- statistical -------------------------------------------------------------------------

@@ -6,15 +6,25 @@ drives the real service: a client that walks away mid-stream leaves nothing in f
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import httpx
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import policies
+from policies import Candidate
+from policies.base import as_loads
+from policies.metric import Cheapest
+from policies.score import Score
+from policies.simple import Priority
 from providers.errors import TTFTTimeout, UpstreamHTTPError
 from router.attempts import Lease
 from router.breaker import CircuitBreaker
@@ -22,7 +32,17 @@ from router.config import Breaker
 from router.config import loads as load_config
 from router.records import Usage
 from router.registry import Endpoint, build_runtime
-from router.stats import EXPLORE_BELOW, EndpointStats, Window, loads
+from router.stats import (
+    EXPLORE_BELOW,
+    PROBE_BELOW,
+    DecayedMean,
+    EndpointStats,
+    LiveLoads,
+    Prior,
+    RouteLoads,
+    Window,
+    loads,
+)
 from tests.support import FakeUpstream, chat_body, chunk, open_stream, routes_yaml
 
 
@@ -208,6 +228,68 @@ def test_an_unknown_endpoint_is_explored_once_then_probing() -> None:
     assert probing.in_flight == 1
 
 
+# -- one decay factor per answer ---------------------------------------------------------
+
+
+class DirectMeans:
+    """The means as ``finish`` kept them before it shared one decay factor between them:
+    each decays by its own elapsed time."""
+
+    def __init__(self, halflife: float) -> None:
+        self.h = halflife
+        self.latency = DecayedMean(peak=True)
+        self.tokens_per_s = DecayedMean()
+        self.errors = DecayedMean()
+        self.samples = 0.0
+        self.last: float | None = None
+
+    def finish(self, now: float, ok: bool, latency: float, tps: float | None) -> None:
+        if self.last is not None and now > self.last:
+            self.samples *= 0.5 ** ((now - self.last) / self.h)
+        self.samples += 1.0
+        self.last = now
+        self.errors.add(0.0 if ok else 1.0, now, self.h)
+        if ok:
+            self.latency.add(latency, now, self.h)
+            if tps is not None:
+                self.tokens_per_s.add(tps, now, self.h)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    answers=st.lists(
+        st.tuples(
+            st.floats(0.0, 30.0),
+            st.booleans(),
+            st.floats(0.01, 10.0),
+            st.one_of(st.none(), st.floats(0.1, 5.0)),
+        ),
+        max_size=30,
+    )
+)
+def test_a_shared_decay_factor_changes_no_mean(
+    answers: list[tuple[float, bool, float, float | None]],
+) -> None:
+    clock = FakeClock()
+    stats = EndpointStats(halflife_s=10.0, clock=clock)
+    direct = DirectMeans(10.0)
+    for wait, ok, latency, generation in answers:
+        clock.advance(wait)
+        token = stats.start()
+        stats.finish(
+            token,
+            ok=ok,
+            latency_s=latency,
+            completion_tokens=None if generation is None else 40,
+            generation_s=generation,
+        )
+        direct.finish(clock(), ok, latency, None if generation is None else 40 / generation)
+        assert stats.samples == direct.samples  # exactly: the same operations
+        assert stats.errors.mean == direct.errors.mean
+        assert stats.latency.mean == direct.latency.mean
+        assert stats.tokens_per_s.mean == direct.tokens_per_s.mean
+
+
 # -- error rate, tool calls, throughput, percentiles ---------------------------------------
 
 
@@ -278,6 +360,372 @@ def test_percentiles_over_the_recent_window() -> None:
     assert view["latency_ms"]["p95"] == pytest.approx(96.0)
     assert view["ttft_ms"]["p95"] == pytest.approx(48.0)
     assert stats.ttft_percentile(0.5) == pytest.approx(0.0255)
+
+
+# -- the live cache (RouteLoads) against the direct computation (loads) ------------------
+
+LIVE_FIELDS = ("latency_s", "ttft_s", "tokens_per_s", "error_rate", "in_flight")
+
+
+class Fleet:
+    """A route's stats behind both ``RouteLoads`` and ``loads``, each with its own prior, so
+    every ranking can be checked against the uncached one. ``RouteLoads`` keeps its cache
+    unless the route has at most ``direct_up_to`` endpoints (then it reads stats afresh)."""
+
+    def __init__(
+        self, n: int, clock: FakeClock, halflife: float = 10.0, direct_up_to: int = 0
+    ) -> None:
+        self.clock = clock
+        self.specs = [Spec(f"e{i}", i, 1.0 + i) for i in range(n)]
+        self.stats = [EndpointStats(halflife_s=halflife, clock=clock) for _ in range(n)]
+        self.prices = [(float(i), 2.0 * i) for i in range(n)]
+        self.live = RouteLoads(self.specs, self.stats, self.prices, Prior(), direct_up_to)
+        self.direct_prior = Prior()
+        self.open: list[list[int]] = [[] for _ in range(n)]  # tokens in flight
+
+    def start(self, i: int) -> None:
+        self.open[i].append(self.stats[i].start())
+
+    def first_token(self, i: int) -> None:
+        if self.open[i]:
+            self.stats[i].first_token(self.open[i][0])
+
+    def finish(self, i: int, ok: bool | None, latency: float) -> None:
+        if self.open[i]:
+            token = self.open[i].pop(0)
+            self.stats[i].finish(
+                token, ok=ok, latency_s=latency, completion_tokens=50, generation_s=latency
+            )
+
+    def rank_both(
+        self, keys: list[int] | None = None, forced: tuple[int, ...] = ()
+    ) -> tuple[Any, list[Candidate]]:
+        """The cached loads and the direct ones, over ``keys`` (None: all)."""
+        now = self.clock()
+        live = self.live.at(keys, now, forced)
+        members = range(len(self.stats)) if keys is None else keys
+        direct = loads(
+            [(self.specs[k], self.stats[k]) for k in members],
+            now,
+            [self.prices[k] for k in members],
+            self.direct_prior,
+        )
+        for c in direct:
+            if c.index in forced:
+                c.explore, c.probing = True, False
+        return live, direct
+
+    def check(self, keys: list[int] | None = None, forced: tuple[int, ...] = ()) -> Any:
+        """Rank with both; assert the same candidates, prior and rankings."""
+        live, direct = self.rank_both(keys, forced)
+        assert live is not None
+        assert isinstance(live, LiveLoads)
+        assert [c.id for c in live] == [c.id for c in direct]
+        now = self.clock()
+        for got, want, k in zip(live, direct, live.keys, strict=True):
+            for field in LIVE_FIELDS:
+                assert getattr(got, field) == pytest.approx(
+                    getattr(want, field), rel=1e-9, abs=1e-12
+                )
+            conf = self.stats[k].confidence(now)
+            if all(abs(conf - edge) > 1e-9 for edge in (EXPLORE_BELOW, PROBE_BELOW)):
+                assert (got.explore, got.probing) == (want.explore, want.probing), got.id
+        for field in ("latency_s", "ttft_s", "tokens_per_s", "error_rate"):
+            assert getattr(self.live.prior, field) == pytest.approx(
+                getattr(self.direct_prior, field), rel=1e-9, abs=1e-12
+            )
+        for name, options in RANKERS:
+            strategy = policies.make(name, **options)
+            got_cost, want_cost = ranking_costs(strategy, live), ranking_costs(strategy, direct)
+            for k, want in zip(live.keys, want_cost, strict=True):
+                assert got_cost[k] == pytest.approx(want, rel=1e-9, abs=1e-9), name
+            ordered_costs = sorted(want_cost)
+            if any(b - a < 1e-9 * max(1.0, abs(b)) for a, b in pairwise(ordered_costs)):
+                continue  # a tie, or one but for rounding: the order is up to random draws
+            seed = len(self.open) + int(now)
+            got_ids = [c.id for c in strategy.rank(live, random.Random(seed))]
+            want_ids = [c.id for c in strategy.rank(direct, random.Random(seed))]
+            assert got_ids == want_ids, name
+        return live
+
+
+def ranking_costs(strategy: Any, candidates: Sequence[Candidate]) -> Sequence[float]:
+    """What ``strategy`` sorts by, indexed by key."""
+    loads_ = as_loads(candidates)
+    if isinstance(strategy, Score):
+        return strategy.cost_list(loads_)
+    if isinstance(strategy, Priority):
+        return loads_.metric("index")
+    if isinstance(strategy, Cheapest):
+        return loads_.metric("price")
+    return strategy.costs(loads_)  # type: ignore[no-any-return]
+
+
+MODES = pytest.mark.parametrize("direct_up_to", [0, 4], ids=["cached", "afresh"])
+
+RANKERS: list[tuple[str, dict[str, Any]]] = [
+    ("lowest_ttft", {}),
+    ("lowest_latency", {}),
+    ("highest_throughput", {}),
+    ("cheapest", {}),
+    ("priority", {}),
+    ("score", {"pick": "best"}),
+    (
+        "score",
+        {
+            "pick": "best",
+            "weights": {
+                "latency": 1.0,
+                "ttft": 0.5,
+                "throughput": 0.2,
+                "error_rate": 3.0,
+                "price": 0.1,
+                "in_flight": 0.2,
+            },
+        },
+    ),
+]
+
+OPS = st.one_of(
+    st.tuples(st.just("start"), st.integers(0, 3)),
+    st.tuples(st.just("first_token"), st.integers(0, 3)),
+    st.tuples(
+        st.just("finish"),
+        st.integers(0, 3),
+        st.sampled_from([True, True, False, None]),
+        st.floats(0.01, 5.0),
+    ),
+    st.tuples(st.just("advance"), st.floats(0.0, 40.0)),
+    st.tuples(st.just("rank"), st.lists(st.integers(0, 3), min_size=1, unique=True)),
+    st.tuples(st.just("rank_all"), st.sampled_from([(), (0,), (2, 3)])),
+    st.tuples(st.just("forgive"), st.integers(0, 3)),
+)
+
+
+@MODES
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(OPS, max_size=60))
+def test_the_cache_gives_what_the_direct_computation_gives(
+    direct_up_to: int, ops: list[tuple[Any, ...]]
+) -> None:
+    """Whatever happens between rankings (samples, waits, idle time, subsets, forgiven
+    errors), the cached loads, prior and rankings equal the uncached ones; so do those a
+    small route computes afresh."""
+    fleet = Fleet(4, FakeClock(), direct_up_to=direct_up_to)
+    for op in ops:
+        kind = op[0]
+        if kind == "start":
+            fleet.start(op[1])
+        elif kind == "first_token":
+            fleet.first_token(op[1])
+        elif kind == "finish":
+            fleet.finish(op[1], op[2], op[3])
+        elif kind == "advance":
+            fleet.clock.advance(op[1])
+        elif kind == "rank":
+            fleet.check(sorted(op[1]))
+        elif kind == "rank_all":
+            fleet.check(None, op[1])
+        else:
+            fleet.stats[op[1]].forgive_errors()
+    fleet.check()
+
+
+@MODES
+def test_a_sample_after_a_ranking_is_in_the_next_one(direct_up_to: int) -> None:
+    clock = FakeClock()
+    fleet = Fleet(2, clock, direct_up_to=direct_up_to)
+    for i in (0, 1):
+        for _ in range(5):
+            fleet.start(i)
+            fleet.first_token(i)
+            fleet.finish(i, True, 0.2)
+    fleet.check()  # leaves the prior the next ranking blends with
+    before = fleet.check()
+    assert before[0].latency_s == pytest.approx(0.2)
+    fleet.start(0)
+    fleet.finish(0, True, 3.0)  # the peak rule: believed at once
+    after = fleet.check()
+    assert after[0].latency_s > 2.5  # the peak rule's jump, blended by its confidence
+    assert after[0].in_flight == 0
+
+
+@MODES
+def test_a_request_in_flight_and_its_wait_are_in_the_next_ranking(direct_up_to: int) -> None:
+    clock = FakeClock()
+    fleet = Fleet(2, clock, direct_up_to=direct_up_to)
+    for i in (0, 1):
+        fleet.start(i)
+        clock.advance(0.1)
+        fleet.first_token(i)
+        fleet.finish(i, True, 0.5)
+    fleet.check()
+    fleet.start(1)  # waits for its first token, and goes on waiting
+    assert fleet.check()[1].in_flight == 1
+    clock.advance(3.0)  # far longer than its 0.1 s estimate: raises its TTFT
+    assert fleet.check()[1].ttft_s > 1.0
+    clock.advance(3.0)
+    assert fleet.check()[1].ttft_s > 2.0  # and keeps raising it while it waits
+
+
+@MODES
+def test_a_moved_prior_recomputes_every_blend(direct_up_to: int) -> None:
+    clock = FakeClock()
+    fleet = Fleet(3, clock, direct_up_to=direct_up_to)
+    for i, latency in enumerate((0.5, 1.0, 2.0)):
+        fleet.start(i)
+        fleet.finish(i, True, latency)
+    fleet.check()
+    clock.advance(15.0)  # confidence down: every blend leans on the prior
+    fleet.start(0)
+    fleet.finish(0, True, 0.05)  # a new best: the prior moves for the others too
+    fleet.check()
+    fleet.check()  # blending with the prior the previous ranking left
+    assert fleet.live.prior.latency_s == pytest.approx(0.5 * 0.5 + 0.05 * 0.5, rel=0.5)
+
+
+@MODES
+def test_forgiven_errors_are_gone_from_the_next_ranking(direct_up_to: int) -> None:
+    clock = FakeClock()
+    fleet = Fleet(2, clock, direct_up_to=direct_up_to)
+    for ok in (False, False, True):
+        for i in (0, 1):
+            fleet.start(i)
+            fleet.finish(i, ok or i == 1, 0.3)
+    fleet.check()
+    assert fleet.check()[0].error_rate > 0.5
+    fleet.stats[0].forgive_errors()
+    assert fleet.check()[0].error_rate == 0.0  # no evidence left: the route's best
+
+
+def test_a_long_idle_route_rebases_and_still_agrees() -> None:
+    clock = FakeClock()
+    fleet = Fleet(3, clock, halflife=2.0)
+    for i in range(3):
+        fleet.start(i)
+        fleet.finish(i, True, 0.1 * (i + 1))
+    fleet.check()
+    for _ in range(4):
+        clock.advance(50.0)  # 25 half-lives each time: past the point where t0 moves up
+        fleet.start(1)
+        fleet.finish(1, True, 0.3)
+        fleet.check()
+
+
+def test_a_changed_half_life_is_picked_up() -> None:
+    clock = FakeClock()
+    fleet = Fleet(2, clock)
+    for i in (0, 1):
+        fleet.start(i)
+        fleet.finish(i, True, 0.2)
+    clock.advance(10.0)
+    fleet.check()
+    for st_ in fleet.stats:
+        st_.halflife = 5.0  # what a reload does
+    clock.advance(1.0)
+    fleet.check()
+
+
+def test_different_half_lives_are_computed_directly() -> None:
+    clock = FakeClock()
+    fleet = Fleet(2, clock)
+    fleet.stats[1].halflife = 20.0
+    for i in (0, 1):
+        fleet.start(i)
+        fleet.finish(i, True, 0.2)
+    assert fleet.live.at(None, clock(), ()) is None  # RouteRuntime falls back to loads
+    fleet.stats[1].halflife = 10.0
+    fleet.check()
+    small = Fleet(2, clock, direct_up_to=2)  # computed afresh: any half-lives will do
+    small.stats[1].halflife = 20.0
+    for i in (0, 1):
+        small.start(i)
+        small.finish(i, True, 0.2)
+    clock.advance(7.0)
+    small.check()
+
+
+def test_a_clock_behind_a_sample_is_computed_directly() -> None:
+    clock = FakeClock()
+    fleet = Fleet(1, clock)
+    fleet.start(0)
+    fleet.finish(0, True, 0.2)
+    assert fleet.live.at(None, clock() - 1.0, ()) is None
+    assert fleet.live.at(None, clock(), ()) is not None
+
+
+def test_a_route_that_lost_its_stats_to_a_reload_still_sees_their_changes() -> None:
+    clock = FakeClock()
+    fleet = Fleet(2, clock)
+    for i in (0, 1):
+        fleet.start(i)
+        fleet.finish(i, True, 0.2)
+    fleet.check()
+    newer = RouteLoads(fleet.specs, fleet.stats, fleet.prices, Prior())
+    assert newer.at(None, clock(), ()) is not None  # the newer route watches them now
+    fleet.start(0)
+    fleet.finish(0, True, 4.0)  # reported to the newer route only
+    older = fleet.check()[0].latency_s
+    assert older > 2.0  # the peak rule's jump: the older route saw it too
+    assert newer.at(None, clock(), ())[0].latency_s == pytest.approx(older)  # type: ignore[index]
+
+
+@MODES
+def test_a_live_candidate_shows_its_routes_latest_ranking_and_cannot_be_set(
+    direct_up_to: int,
+) -> None:
+    clock = FakeClock()
+    fleet = Fleet(2, clock, direct_up_to=direct_up_to)
+    fleet.start(0)
+    fleet.finish(0, True, 0.2)
+    first = fleet.check()[0]
+    fleet.start(0)
+    fleet.finish(0, True, 2.0)
+    latest = fleet.check()[0]
+    assert latest is first  # the same object, read anew
+    assert first.latency_s > 1.0
+    with pytest.raises(AttributeError):
+        first.latency_s = 1.0
+
+
+def test_the_route_ranks_with_the_cache_and_a_due_probe_goes_first() -> None:
+    clock = FakeClock()
+    config = load_config(
+        routes_yaml(
+            "  r:\n    endpoints:\n"
+            "      - {id: a, provider: p, model: a}\n"
+            "      - {id: b, provider: p, model: b}\n",
+            "  p: {kind: simulated}\n",
+        ),
+        env={},
+    )
+    runtime, _ = build_runtime(config, clock=clock, provider_factory=lambda spec: object())  # type: ignore[arg-type,return-value]
+    route = runtime.routes["r"]
+    for e in route.endpoints:
+        for _ in range(5):
+            token = e.stats.start()
+            e.stats.finish(token, ok=True, latency_s=0.2)
+    eps = list(route.endpoints)
+    assert isinstance(route.candidates(eps, clock()), LiveLoads)
+    route.endpoints[1].breaker.trip(clock(), "auth", 5.0)
+    clock.advance(5.0)
+    ranked = policies.make("score").rank(route.candidates(eps, clock()), random.Random(1))
+    assert ranked[0].id == route.endpoints[1].id and ranked[0].explore
+    only = route.candidates(eps[1:], clock())
+    assert [c.id for c in only] == [route.endpoints[1].id]
+
+
+def test_percentiles_follow_new_samples_though_kept_sorted_between_them() -> None:
+    clock = FakeClock()
+    stats = EndpointStats(halflife_s=10.0, clock=clock)
+    for _ in range(10):
+        answer(stats, clock, latency=0.1, ttft=0.05)
+    assert stats.ttft_percentile(0.5) == pytest.approx(0.05)
+    assert stats.view()["latency_ms"]["p50"] == pytest.approx(100.0)
+    for _ in range(30):
+        answer(stats, clock, latency=2.0, ttft=1.0)
+    assert stats.ttft_percentile(0.5) == pytest.approx(1.0)  # not the sorted copy of before
+    assert stats.view()["latency_ms"]["p50"] == pytest.approx(2000.0)
 
 
 # -- in-flight accounting through the Lease ------------------------------------------------
