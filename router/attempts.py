@@ -262,9 +262,7 @@ class Attempts:
                 if inspector.first_token:
                     break
                 if self.clock() > limit:
-                    raise TTFTTimeout(
-                        f"no first token from {ep.id} within {ep.spec.timeouts.ttft_s}s"
-                    )
+                    raise _no_first_token(ep)
             else:
                 tail = inspector.leftover()
                 if tail:
@@ -272,9 +270,7 @@ class Attempts:
                 if not inspector.done:
                     raise ProtocolViolation("stream ended before its first token")
         except IdleTimeout as exc:  # the provider's silence timer, set to ttft_s
-            raise TTFTTimeout(
-                f"no first token from {ep.id} within {ep.spec.timeouts.ttft_s}s"
-            ) from exc
+            raise _no_first_token(ep) from exc
         lease.first_token()
         response.set_idle_timeout(ep.spec.timeouts.idle_s)
         return Opened(ep, route, lease, response, b"".join(held), inspector, chunks, None, hedged)
@@ -357,6 +353,10 @@ class Attempts:
                 except BaseException:
                     continue
                 result.abandon()  # opened just as it was cancelled: close it
+
+
+def _no_first_token(ep: Endpoint) -> TTFTTimeout:
+    return TTFTTimeout(f"no first token from {ep.id} within {ep.spec.timeouts.ttft_s}s")
 
 
 def hedge_delay(hedge: HedgeSection, ep: Endpoint) -> float:

@@ -182,6 +182,15 @@ def _histogram(
     family.add_metric(labels, buckets, h.sum)
 
 
+def _counter(
+    name: str, doc: str, labels: list[str], counts: Iterable[tuple[tuple[str, ...], int]]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for values, n in counts:
+        family.add_metric(list(values), n)
+    return family
+
+
 class _EventCollector:
     """The counters and histograms ``Metrics.record`` keeps, as metric families."""
 
@@ -194,22 +203,18 @@ class _EventCollector:
 
     def collect(self) -> Iterable[Metric]:
         m = self._m
-        requests = CounterMetricFamily(
+        yield _counter(
             "router_requests",
             "Requests answered, by the route and endpoint that served.",
-            labels=["route", "endpoint", "status"],
+            ["route", "endpoint", "status"],
+            m.requests.items(),
         )
-        for key, n in m.requests.items():
-            requests.add_metric(list(key), n)
-        attempts = CounterMetricFamily(
+        yield _counter(
             "router_attempts",
             "Upstream attempts, by outcome (reason 'ok' for success).",
-            labels=["route", "endpoint", "reason"],
+            ["route", "endpoint", "reason"],
+            m.attempts.items(),
         )
-        for key, n in m.attempts.items():
-            attempts.add_metric(list(key), n)
-        yield requests
-        yield attempts
 
         retries = CounterMetricFamily(
             "router_retries",
@@ -265,12 +270,8 @@ class _EventCollector:
         yield tokens
         yield cost
 
-        reloads = CounterMetricFamily(
-            "router_config_reloads", "Config reloads, by result.", labels=["result"]
-        )
-        for result, n in m.reloads.items():
-            reloads.add_metric([result], n)
-        yield reloads
+        reloads = [((result,), n) for result, n in m.reloads.items()]
+        yield _counter("router_config_reloads", "Config reloads, by result.", ["result"], reloads)
 
 
 class _StateCollector:

@@ -407,3 +407,13 @@ class FakeUpstream:
 def routes_yaml(routes: str, providers: str, *, extra: str = "") -> str:
     """A minimal routes file around the given ``providers:`` and ``routes:`` blocks."""
     return f"storage: {{url: null}}\n{extra}\nproviders:\n{providers}\nroutes:\n{routes}\n"
+
+
+def poll(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether ``check`` came true within ``timeout`` (checked every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from tests.support import (
     chat_body,
     free_port,
     ok_json,
+    poll,
     routes_yaml,
     status,
 )
@@ -135,15 +135,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         )
         with router:
             yield Env(router, main, second, failing, echo)
-
-
-def poll(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
 
 
 def header(rec: Received, name: str) -> str | None:

@@ -7,8 +7,7 @@ drives the real service: a client that walks away mid-stream leaves nothing in f
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -43,7 +42,7 @@ from router.stats import (
     Window,
     loads,
 )
-from tests.support import FakeUpstream, chat_body, chunk, open_stream, routes_yaml
+from tests.support import FakeUpstream, chat_body, chunk, open_stream, poll, routes_yaml
 
 
 class FakeClock:
@@ -932,15 +931,6 @@ def _endpoint_view(url: str) -> dict[str, Any]:
     return body["routes"]["r"]["endpoints"][0]
 
 
-def _poll(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
-
-
 async def _endless_stream(
     fake: FakeUpstream, request: web.Request, body: dict[str, Any]
 ) -> web.StreamResponse:
@@ -981,7 +971,7 @@ def test_client_disconnect_mid_stream_leaves_nothing_in_flight(
             seen += next(chunks)
         assert _endpoint_view(router.url)["in_flight"] == 1
     # the client closed its connection mid-stream
-    assert _poll(lambda: _endpoint_view(router.url)["in_flight"] == 0)
+    assert poll(lambda: _endpoint_view(router.url)["in_flight"] == 0)
     assert fake.disconnected.wait(10), "the upstream request was not cancelled"
     view = _endpoint_view(router.url)
     assert view["errors"] == 0  # the client left; the endpoint did nothing wrong
@@ -990,7 +980,7 @@ def test_client_disconnect_mid_stream_leaves_nothing_in_flight(
     def logged() -> list[dict[str, Any]]:
         return [e for e in router.logs() if e.get("event") == "request"]
 
-    assert _poll(lambda: len(logged()) == 1)
+    assert poll(lambda: len(logged()) == 1)
     [line] = logged()
     assert line["status"] == 499 and line["error"] == "client_closed"
 
