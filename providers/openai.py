@@ -1,10 +1,11 @@
 """Any OpenAI-compatible HTTP API: the fast path.
 
-One aiohttp ``ClientSession`` per provider keeps pooled keep-alive connections to its
-host. The client's body goes out as the bytes it was parsed from (``model`` replaced);
-the answer comes back as raw bytes, streamed chunks passed on as they arrive. aiohttp's
-own ``sock_read`` timer bounds silences, so no extra timer is armed per chunk: it starts
-at the first-token bound and is tightened to ``idle_s`` once the first token is in.
+Each provider holds one ``providers.http1.Origin``: pooled keep-alive connections to its
+host and the request head rendered once. The client's body goes out as the bytes it was
+parsed from (``model`` replaced); the answer comes back as raw bytes, streamed chunks
+passed on as they arrive. aiohttp's own ``sock_read`` timer bounds silences, so no extra
+timer is armed per chunk: it starts at the first-token bound and is tightened to
+``idle_s`` once the first token is in.
 """
 
 from __future__ import annotations
@@ -25,31 +26,32 @@ from providers.errors import (
     UpstreamError,
     UpstreamHTTPError,
 )
+from providers.http1 import Answer, Origin
 
 _MAX_ERROR_BODY = 64 * 1024
 
 
 class OpenAIResponse:
-    __slots__ = ("_resp", "content_type", "status")
+    __slots__ = ("_answer", "content_type", "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        self._resp = resp
-        self.status = resp.status
-        self.content_type = resp.headers.get("Content-Type", "application/json")
+    def __init__(self, answer: Answer) -> None:
+        self._answer = answer
+        self.status = answer.status
+        self.content_type = answer.headers.get("Content-Type", "application/json")
 
     async def read(self) -> bytes:
         try:
-            return await self._resp.read()
+            return await self._answer.payload.read()
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise TTFTTimeout("no complete answer before the read timeout") from exc
         except aiohttp.ClientError as exc:
             raise StreamBroken(f"answer cut short: {type(exc).__name__}") from exc
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        content = self._resp.content
+        payload = self._answer.payload
         try:
             while True:
-                data = await content.readany()
+                data = await payload.readany()
                 if not data:
                     return
                 yield data
@@ -59,12 +61,10 @@ class OpenAIResponse:
             raise StreamBroken(f"stream cut short: {type(exc).__name__}") from exc
 
     def set_idle_timeout(self, seconds: float) -> None:
-        conn = self._resp.connection
-        if conn is not None and conn.protocol is not None:
-            conn.protocol.read_timeout = seconds
+        self._answer.protocol.read_timeout = seconds
 
     def close(self) -> None:
-        self._resp.close()
+        self._answer.close()
 
 
 class OpenAIProvider:
@@ -79,72 +79,50 @@ class OpenAIProvider:
         max_connections: int = 4096,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._headers = {"Content-Type": "application/json", **(headers or {})}
+        base = URL(self.base_url)
+        fields = {"Content-Type": "application/json", **(headers or {})}
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
-        # Parsed once: a string URL is parsed again by every request.
-        self._urls = {
-            op: URL(f"{self.base_url}/{op}")
-            for op in ("chat/completions", "completions", "embeddings")
-        }
+            fields["Authorization"] = f"Bearer {api_key}"
+        # Made now so that a bad URL or header fails the config load, not a request.
+        self._origin = Origin(base, fields, max_connections=max_connections)
+        self._heads = {op: self._head(op) for op in ("chat/completions", "completions", "embeddings")}
 
-    def _client(self) -> aiohttp.ClientSession:
-        # Made lazily so that the session binds to the running loop.
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, ttl_dns_cache=300, keepalive_timeout=30
-            )
-            # No cookie jar: cookies one client's answer set must never ride along on
-            # another client's request (and a growing jar is filtered on every request).
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers=self._headers,
-                auto_decompress=True,
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
+    def _head(self, operation: str) -> bytes:
+        url = URL(f"{self.base_url}/{operation}")
+        return self._origin.head(url.raw_path_qs)
 
     async def send(self, request: UpstreamRequest) -> OpenAIResponse:
-        key = (request.connect_s, request.read_s)
-        timeout = self._timeouts.get(key)
-        if timeout is None:
-            timeout = self._timeouts[key] = aiohttp.ClientTimeout(
-                total=None, sock_connect=request.connect_s, sock_read=request.read_s
-            )
-        url = self._urls.get(request.operation) or URL(f"{self.base_url}/{request.operation}")
+        head = self._heads.get(request.operation) or self._head(request.operation)
         try:
-            resp = await self._client().post(url, data=request.body, timeout=timeout)
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise ConnectTimeout(f"no connection within {request.connect_s}s") from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise TTFTTimeout("no answer before the read timeout") from exc
-        except aiohttp.ClientError as exc:
-            # Refused, reset, or closed before any answer: the request never got served.
-            refused = isinstance(exc, aiohttp.ClientConnectorError) and (
-                exc.os_error.errno == errno.ECONNREFUSED
+            answer = await self._origin.post(
+                head, request.body, request.connect_s, request.read_s
             )
-            raise UpstreamConnectError(f"{type(exc).__name__}: {exc}", refused=refused) from exc
-        if resp.status >= 300:
-            await _raise_for_status(resp)
-        return OpenAIResponse(resp)
+        except aiohttp.ServerTimeoutError as exc:  # a TimeoutError too: caught first
+            raise TTFTTimeout("no answer before the read timeout") from exc
+        except TimeoutError as exc:
+            raise ConnectTimeout(f"no connection within {request.connect_s}s") from exc
+        except (OSError, aiohttp.ClientError) as exc:
+            # Refused, reset, or closed before any answer: the request never got served.
+            raise UpstreamConnectError(
+                f"{type(exc).__name__}: {exc}",
+                refused=isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED,
+            ) from exc
+        if answer.status >= 300:
+            await _raise_for_status(answer)
+        return OpenAIResponse(answer)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._origin.close()
 
 
-async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
+async def _raise_for_status(answer: Answer) -> None:
     try:
-        body = await resp.content.read(_MAX_ERROR_BODY)
+        body = await answer.payload.read(_MAX_ERROR_BODY)
     except (TimeoutError, aiohttp.ClientError):
         body = b""
     finally:
-        resp.close()
-    headers = resp.headers
+        answer.close()
+    headers = answer.headers
     retry_after = parse_retry_after(headers.get("Retry-After"))
     if retry_after is None and headers.get("retry-after-ms"):
         try:
@@ -152,7 +130,7 @@ async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
         except ValueError:
             retry_after = None
     raise UpstreamHTTPError(
-        resp.status,
+        answer.status,
         body,
         retry_after_s=retry_after,
         content_type=headers.get("Content-Type", "application/json"),
