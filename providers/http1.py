@@ -31,7 +31,11 @@ _USER_AGENT = "llm-router"
 
 
 class Answer:
-    """The status line and headers of an answer; ``payload`` streams its body."""
+    """The status line and headers of an answer; ``payload`` streams its body.
+
+    The connection goes back to the pool as soon as the parser has seen the body's end
+    (as aiohttp's ``ClientResponse`` does), whether or not anyone calls ``close``.
+    """
 
     __slots__ = ("_origin", "_protocol", "headers", "payload", "status")
 
@@ -41,16 +45,22 @@ class Answer:
         self.status: int = message.code
         self.headers: CIMultiDictProxy[str] = message.headers
         self.payload = payload
+        payload.on_eof(self._ended)  # runs at once if the whole body is already in
 
     @property
     def protocol(self) -> ResponseHandler:
         return self._protocol
 
-    def close(self) -> None:
-        """Hand the connection back when the body was read to its end, else drop it."""
+    def _ended(self) -> None:
         origin, self._origin = self._origin, None
         if origin is not None:
-            origin.release(self._protocol, reusable=self.payload.is_eof())
+            origin.release(self._protocol, reusable=True)
+
+    def close(self) -> None:
+        """Drops the connection if the body did not reach its end."""
+        origin, self._origin = self._origin, None
+        if origin is not None:
+            origin.release(self._protocol, reusable=False)
 
 
 class Origin:

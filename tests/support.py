@@ -190,6 +190,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    peer: Any = None  # the router's end of the connection: one per pooled connection
 
 
 def chat_body(
@@ -360,7 +361,8 @@ class FakeUpstream:
             body = json.loads(raw)
         except json.JSONDecodeError:
             body = {"_raw": raw.decode(errors="replace")}
-        self.received.append(Received(request.path, dict(request.headers), body))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.received.append(Received(request.path, dict(request.headers), body, peer))
         try:
             return await self.behaviour(self, request, body)
         except asyncio.CancelledError:

@@ -720,3 +720,28 @@ def test_upstream_cookies_never_ride_along_on_other_requests(tmp_path: Path) -> 
                 assert resp.status_code == 200
     assert len(upstream.received) == 3
     assert all("Cookie" not in r.headers for r in upstream.received)
+
+
+def test_upstream_connections_are_reused_across_requests_and_modes(tmp_path: Path) -> None:
+    # Keep-alive is the whole point of a pooled fast path: one client sending one request
+    # at a time must reach the upstream over a single connection, streamed or not.
+    with FakeUpstream(behaviour=multi) as upstream:
+        providers = f"  up: {{kind: openai, base_url: '{upstream.base_url}'}}\n"
+        routes = "  chat:\n    endpoints: [{provider: up, model: m}]\n"
+        with (
+            RouterProcess(routes_yaml(routes, providers), tmp_path) as router,
+            openai.OpenAI(base_url=router.base_url, api_key="x", max_retries=0) as client,
+        ):
+            for i in range(6):
+                if i % 2:
+                    chunks = list(
+                        client.chat.completions.create(
+                            model="chat", messages=MESSAGES, stream=True
+                        )
+                    )
+                    assert chunks[-1].choices[0].finish_reason == "stop"
+                else:
+                    answer = client.chat.completions.create(model="chat", messages=MESSAGES)
+                    assert answer.choices[0].message.content == upstream.text
+    assert len(upstream.received) == 6
+    assert len({r.peer for r in upstream.received}) == 1
