@@ -18,6 +18,7 @@ before that fails over; after it, ``relay`` turns a failure into an SSE error ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -450,29 +451,45 @@ class Pipeline:
         deadline: float,
         clock: Clock,
         write: Callable[[bytes], Awaitable[None]],
+        finish: Callable[[bytes], Awaitable[None]],
     ) -> None:
         """Writes the committed stream: what was held up to the first token, then the rest.
 
-        A coroutine that writes, not an async generator that yields: no generator
-        protocol per chunk, and the lease still ends in ``finally`` however it stops.
+        The bytes that hold ``[DONE]`` go out through ``finish``, with the end of the
+        client's response in the same write (a whole short answer, held up to its first
+        token, is then one write). A coroutine that writes, not an async generator that
+        yields: no generator protocol per chunk, and the lease still ends in ``finally``
+        however it stops.
         """
         lease = opened.lease
         inspector = opened.inspector
         assert inspector is not None and opened.chunks is not None
         try:
-            if opened.body:
-                await write(opened.body)
-            async for data in opened.chunks:
-                out = inspector.feed(data)
-                if out:
-                    await write(out)
-                if clock() > deadline:
-                    raise TotalTimeout("total_s ran out mid-stream")
-            tail = inspector.leftover()
-            if tail:
-                await write(tail)
-            if not inspector.done:
-                raise StreamBroken("upstream closed the stream before [DONE]")
+            if inspector.done:
+                await finish(opened.body)
+            else:
+                if opened.body:
+                    await write(opened.body)
+                async for data in opened.chunks:
+                    out = inspector.feed(data)
+                    if inspector.done:
+                        await finish(out)
+                        break
+                    if out:
+                        await write(out)
+                    if clock() > deadline:
+                        raise TotalTimeout("total_s ran out mid-stream")
+                else:
+                    tail = inspector.leftover()
+                    if tail:
+                        await write(tail)
+                    if not inspector.done:
+                        raise StreamBroken("upstream closed the stream before [DONE]")
+            with contextlib.suppress(UpstreamError):
+                # Nothing follows [DONE]: read on to the body's end, so that the
+                # connection goes back to the pool (the idle timer bounds this).
+                async for _ in opened.chunks:
+                    pass
         except ProtocolViolation as exc:
             err = StreamBroken(str(exc))
             opened.response.close()
