@@ -68,23 +68,27 @@ class StreamInspector:
         if end + 2 < len(data):
             self._carry = data[end + 2 :]
             data = data[: end + 2]
-        self.events += data.count(b"data:")
         if not self.first_token:
             return self._before_first_token(data)
-        return self._after_first_token(data)
+        return self._after_first_token(data, 0)
 
-    def _after_first_token(self, data: bytes) -> bytes:
+    def _after_first_token(self, data: bytes, start: int) -> bytes:
+        """``data[start:]``, with the events from the usage or first tool-calls marker on
+        parsed (those before it pass untouched: a whole answer in one read ends with its
+        usage chunk)."""
         if data.endswith(b"[DONE]\n\n"):
             self.done = True
-        first = data.find(b'"usage":{')
+        first = data.find(b'"usage":{', start)
         if first == -1:
-            first = data.find(b'"usage": {')
-        tools = data.find(b'"tool_calls"') if self.chat else -1
-        if tools != -1 and (first == -1 or tools < first):
-            first = tools
+            first = data.find(b'"usage": {', start)
+        if self.chat:
+            tools = data.find(b'"tool_calls"', start)
+            if tools != -1 and (first == -1 or tools < first):
+                first = tools
         if first == -1:
-            return data
-        return self._inspect(data, first)
+            self.events += data.count(b"data:", start)
+            return data[start:] if start else data
+        return self._inspect(data, start, first)
 
     def _before_first_token(self, block: bytes) -> bytes:
         """Parses events one by one until the first token; the rest of the block takes the
@@ -97,12 +101,17 @@ class StreamInspector:
             if end == -1:
                 end = n
             start, pos = pos, end + 2
-            event = block[start:end]
-            if not event.strip():
-                continue
             if self.first_token:
-                head = block[:start] if keep is None else b"".join(e + b"\n\n" for e in keep)
-                return head + self._after_first_token(block[start:])
+                if keep is None:
+                    rest = self._after_first_token(block, start)
+                    return block if len(rest) == n - start else block[:start] + rest
+                return b"".join(e + b"\n\n" for e in keep) + self._after_first_token(
+                    block, start
+                )
+            event = block[start:end]
+            if not event or event.isspace():
+                continue
+            self.events += 1
             payload = _data(event)
             if payload is None:
                 if keep is not None:
@@ -132,17 +141,14 @@ class StreamInspector:
                 keep.append(event)
         return block if keep is None else b"".join(e + b"\n\n" for e in keep)
 
-    def _inspect(self, block: bytes, first: int) -> bytes:
-        """Parses the events from the one holding byte ``first`` (the first usage or tool
-        calls marker); those before it pass untouched (a whole answer in one read ends
-        with its usage chunk)."""
-        start = block.rfind(b"\n\n", 0, first) + 2
-        if start < 2:
-            start = 0
-        head, block = block[:start], block[start:]
+    def _inspect(self, data: bytes, start: int, first: int) -> bytes:
+        """Parses the events of ``data[start:]`` from the one holding byte ``first``."""
+        cut = data.rfind(b"\n\n", start, first)
+        cut = start if cut == -1 else cut + 2
         keep = []
         dropped = False
-        for event in _events(block):
+        for event in _events(data[cut:]):
+            self.events += 1
             payload = _data(event)
             if payload is None or payload == b"[DONE]" or not payload.startswith(b"{"):
                 keep.append(event)
@@ -156,9 +162,11 @@ class StreamInspector:
                 dropped = True
                 continue
             keep.append(event)
+        if self.usage is None or not self.usage.completion_tokens:
+            self.events += data.count(b"data:", start, cut)  # only a fallback for usage
         if not dropped:
-            return head + block
-        return head + b"".join(e + b"\n\n" for e in keep)
+            return data[start:] if start else data
+        return data[start:cut] + b"".join(e + b"\n\n" for e in keep)
 
     def _note(self, obj: dict[str, Any]) -> bool:
         """Records usage and tool-call fragments; False = drop this event."""
