@@ -251,6 +251,7 @@ class Attempts:
         inspector = StreamInspector(
             chat=self.operation == "chat/completions",
             client_wants_usage=self.client_wants_usage,
+            tools=bool(self.payload.get("tools")),
         )
         chunks = response.chunks().__aiter__()
         held: list[bytes] = []

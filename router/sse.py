@@ -4,7 +4,8 @@ Until the first token, every event is parsed (a handful of small JSON objects): 
 router must know when a real token has arrived (TTFT, hedging, the point after which a
 stream can no longer fail over), and must catch an upstream that sends an error or
 garbage instead of tokens. After the first token, bytes pass through untouched; an event
-is parsed only when a cheap substring test says it carries ``usage`` or ``tool_calls``.
+is parsed only when a substring test says it carries ``usage`` (looked for from the end)
+or ``tool_calls`` (looked for only when the request offered tools).
 The usage-only chunk the router asked for (``stream_options.include_usage``) is cut out
 when the client did not ask for it.
 """
@@ -42,8 +43,11 @@ def _data(event: bytes) -> bytes | None:
 class StreamInspector:
     """Feed it raw upstream bytes; it returns the bytes to forward and notes what it saw."""
 
-    def __init__(self, *, chat: bool, client_wants_usage: bool) -> None:
+    def __init__(self, *, chat: bool, client_wants_usage: bool, tools: bool = True) -> None:
         self.chat = chat
+        # Tool calls come only when the request offered tools: without them, no block is
+        # scanned for the marker (a scan of every byte, the costliest step of a long stream).
+        self.tools = chat and tools
         self.client_wants_usage = client_wants_usage
         self.first_token = False
         self.done = False
@@ -70,25 +74,30 @@ class StreamInspector:
             data = data[: end + 2]
         if not self.first_token:
             return self._before_first_token(data)
-        return self._after_first_token(data, 0)
+        return self._after_first_token(data, 0, 0)
 
-    def _after_first_token(self, data: bytes, start: int) -> bytes:
-        """``data[start:]``, with the events from the usage or first tool-calls marker on
-        parsed (those before it pass untouched: a whole answer in one read ends with its
-        usage chunk)."""
+    def _after_first_token(self, data: bytes, start: int, head: int) -> bytes:
+        """``data[head:]``, with the events from ``start`` on that carry usage or tool calls
+        parsed (those before the first such marker pass untouched: a whole answer in one
+        read ends with its usage chunk). The usage marker is looked for from the end: the
+        usage chunk closes the stream, and when several carry usage the last one counts."""
         if data.endswith(b"[DONE]\n\n"):
             self.done = True
-        first = data.find(b'"usage":{', start)
+        first = data.rfind(b'"usage":{', start)
         if first == -1:
-            first = data.find(b'"usage": {', start)
-        if self.chat:
-            tools = data.find(b'"tool_calls"', start)
-            if tools != -1 and (first == -1 or tools < first):
+            first = data.rfind(b'"usage": {', start)
+        if first != -1:
+            first = data.rfind(b"\n\n", start, first)
+            first = start if first == -1 else first + 2
+        if self.tools:
+            tools = data.find(b'"tool_calls"', start, len(data) if first == -1 else first)
+            if tools != -1:
                 first = tools
         if first == -1:
-            self.events += data.count(b"data:", start)
-            return data[start:] if start else data
-        return self._inspect(data, start, first)
+            if self.usage is None:
+                self.events += data.count(b"data:", start)  # only a fallback for usage
+            return data[head:] if head else data
+        return self._inspect(data, start, first, head)
 
     def _before_first_token(self, block: bytes) -> bytes:
         """Parses events one by one until the first token; the rest of the block takes the
@@ -103,10 +112,9 @@ class StreamInspector:
             start, pos = pos, end + 2
             if self.first_token:
                 if keep is None:
-                    rest = self._after_first_token(block, start)
-                    return block if len(rest) == n - start else block[:start] + rest
+                    return self._after_first_token(block, start, 0)
                 return b"".join(e + b"\n\n" for e in keep) + self._after_first_token(
-                    block, start
+                    block, start, start
                 )
             event = block[start:end]
             if not event or event.isspace():
@@ -141,8 +149,8 @@ class StreamInspector:
                 keep.append(event)
         return block if keep is None else b"".join(e + b"\n\n" for e in keep)
 
-    def _inspect(self, data: bytes, start: int, first: int) -> bytes:
-        """Parses the events of ``data[start:]`` from the one holding byte ``first``."""
+    def _inspect(self, data: bytes, start: int, first: int, head: int) -> bytes:
+        """``data[head:]``, the events from the one holding byte ``first`` on parsed."""
         cut = data.rfind(b"\n\n", start, first)
         cut = start if cut == -1 else cut + 2
         keep = []
@@ -165,8 +173,8 @@ class StreamInspector:
         if self.usage is None or not self.usage.completion_tokens:
             self.events += data.count(b"data:", start, cut)  # only a fallback for usage
         if not dropped:
-            return data[start:] if start else data
-        return data[start:cut] + b"".join(e + b"\n\n" for e in keep)
+            return data[head:] if head else data
+        return data[head:cut] + b"".join(e + b"\n\n" for e in keep)
 
     def _note(self, obj: dict[str, Any]) -> bool:
         """Records usage and tool-call fragments; False = drop this event."""

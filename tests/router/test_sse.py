@@ -102,6 +102,26 @@ def test_tool_call_arguments_are_checked() -> None:
     assert none.tool_calls_valid() is None
 
 
+def test_tool_calls_are_not_looked_for_when_the_request_offered_no_tools() -> None:
+    call = delta(tool_calls=[{"index": 0, "function": {"name": "f", "arguments": "{oops"}}])
+    stream = [delta("a"), call, USAGE, b"data: [DONE]\n\n"]
+    for tools, valid in ((True, False), (False, None)):
+        insp = StreamInspector(chat=True, client_wants_usage=False, tools=tools)
+        out = b"".join(insp.feed(c) for c in [b"".join(stream)])
+        assert insp.tool_calls_valid() is valid
+        assert out == b"".join(stream).replace(USAGE, b"")  # the usage chunk cut either way
+        assert insp.usage is not None and insp.usage.completion_tokens == 4
+
+
+def test_usage_chunk_followed_by_null_usage_chunks_is_still_read() -> None:
+    # Some hosts send the usage chunk before a last chunk that says "usage": null.
+    tail = event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": None})
+    stream = [delta("a"), USAGE, tail, b"data: [DONE]\n\n"]
+    out, insp = run([b"".join(stream)], wants_usage=False)
+    assert insp.usage is not None and insp.usage.completion_tokens == 4
+    assert out == b"".join(stream).replace(USAGE, b"")
+
+
 def test_non_streamed_body() -> None:
     body = json.dumps(
         {
