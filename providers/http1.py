@@ -82,8 +82,13 @@ class Origin:
             ssl.create_default_context() if base.scheme == "https" else None
         )
         host = base.host if base.is_default_port() else f"{base.host}:{self.port}"
-        lines = [("Host", host), ("User-Agent", _USER_AGENT), ("Accept", "*/*"),
-                 ("Accept-Encoding", "gzip, deflate"), *headers.items()]
+        lines = [
+            ("Host", host),
+            ("User-Agent", _USER_AGENT),
+            ("Accept", "*/*"),
+            ("Accept-Encoding", "gzip, deflate"),
+            *headers.items(),
+        ]
         for name, value in lines:
             if any(c in name or c in value for c in "\r\n\0"):
                 raise ValueError(f"header {name!r}: line breaks are not allowed")
@@ -110,9 +115,7 @@ class Origin:
         try:
             protocol.set_response_params(read_timeout=read_s, read_bufsize=_READ_BUFSIZE)
             assert protocol.transport is not None
-            protocol.transport.write(
-                b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
-            )
+            protocol.transport.write(b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body))
             protocol.start_timeout()
             while True:
                 try:

@@ -85,7 +85,9 @@ class OpenAIProvider:
             fields["Authorization"] = f"Bearer {api_key}"
         # Made now so that a bad URL or header fails the config load, not a request.
         self._origin = Origin(base, fields, max_connections=max_connections)
-        self._heads = {op: self._head(op) for op in ("chat/completions", "completions", "embeddings")}
+        self._heads = {
+            op: self._head(op) for op in ("chat/completions", "completions", "embeddings")
+        }
 
     def _head(self, operation: str) -> bytes:
         url = URL(f"{self.base_url}/{operation}")
@@ -94,9 +96,7 @@ class OpenAIProvider:
     async def send(self, request: UpstreamRequest) -> OpenAIResponse:
         head = self._heads.get(request.operation) or self._head(request.operation)
         try:
-            answer = await self._origin.post(
-                head, request.body, request.connect_s, request.read_s
-            )
+            answer = await self._origin.post(head, request.body, request.connect_s, request.read_s)
         except aiohttp.ServerTimeoutError as exc:  # a TimeoutError too: caught first
             raise TTFTTimeout("no answer before the read timeout") from exc
         except TimeoutError as exc:

@@ -735,9 +735,7 @@ def test_upstream_connections_are_reused_across_requests_and_modes(tmp_path: Pat
             for i in range(6):
                 if i % 2:
                     chunks = list(
-                        client.chat.completions.create(
-                            model="chat", messages=MESSAGES, stream=True
-                        )
+                        client.chat.completions.create(model="chat", messages=MESSAGES, stream=True)
                     )
                     assert chunks[-1].choices[0].finish_reason == "stop"
                 else:
