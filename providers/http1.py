@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp.client_exceptions import ClientConnectionError, ClientResponseError
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -39,7 +40,9 @@ class Answer:
 
     __slots__ = ("_origin", "_protocol", "headers", "payload", "status")
 
-    def __init__(self, origin: Origin, protocol: ResponseHandler, message: Any, payload: Any):
+    def __init__(
+        self, origin: Origin, protocol: ResponseHandler, message: Any, payload: StreamReader
+    ) -> None:
         self._origin: Origin | None = origin
         self._protocol = protocol
         self.status: int = message.code
