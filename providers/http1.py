@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from aiohttp.client_exceptions import ClientConnectionError, ClientResponseError
+from aiohttp.client_exceptions import ClientConnectionError, ServerDisconnectedError
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
@@ -117,19 +117,15 @@ class Origin:
         protocol = await self._acquire(connect_s)
         try:
             protocol.set_response_params(read_timeout=read_s, read_bufsize=_READ_BUFSIZE)
-            assert protocol.transport is not None
+            if protocol.transport is None:  # closed by the peer as it was made
+                raise ServerDisconnectedError()
             protocol.transport.write(b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body))
             protocol.start_timeout()
             while True:
                 try:
                     message, payload = await protocol.read()
                 except HttpProcessingError as exc:
-                    raise ClientResponseError(
-                        None,  # type: ignore[arg-type]
-                        (),
-                        status=exc.code,
-                        message=exc.message,
-                    ) from exc
+                    raise ClientConnectionError(f"not an HTTP answer: {exc.message}") from exc
                 if not 100 <= message.code < 200 or message.code == 101:
                     break
         except BaseException:

@@ -177,3 +177,25 @@ def test_a_request_cancelled_as_its_turn_came_passes_the_turn_on() -> None:
             await runner.cleanup()
 
     run(main)
+
+
+def test_an_upstream_that_does_not_speak_http_is_a_connect_error() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        provider = OpenAIProvider(f"http://127.0.0.1:{port}/v1")
+        try:
+            with pytest.raises(UpstreamConnectError, match="not an HTTP answer"):
+                await provider.send(request())
+        finally:
+            await provider.aclose()
+            server.close()
+            await server.wait_closed()
+
+    run(main)
