@@ -19,10 +19,13 @@ upgrades an old log in place. ``usage()`` loads SQLAlchemy on first use: only ad
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from itertools import chain
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -36,7 +39,7 @@ from router.migrations.store import (
     parse_target,
     upgrade_in_child,
 )
-from router.records import RequestRecord
+from router.records import RequestRecord, Usage
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -48,22 +51,25 @@ PRUNE_RETRY_S = 60.0
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 30.0
 MAX_TEXT = 256  # client-chosen strings (request ids) are cut here
+MAX_NAMES = 4096  # distinct names kept made storable (see entry())
+NULL = math.nan  # a NULL as both stores bind it cheaply (see store.REQUEST_COLUMNS)
 
-# A queued record: its request row and its attempts' rows, plain tuples of str, int,
-# float and None, which the garbage collector stops tracking (a queue of thousands of
-# dataclasses would be rescanned by every young-generation collection).
+# A queued record: its request row and its attempts' rows, plain tuples of str, int and
+# float, which the garbage collector stops tracking (a queue of thousands of dataclasses
+# would be rescanned by every young-generation collection).
 _Entry = tuple[Row, tuple[Row, ...]]
+_REQUEST = itemgetter(0)
+_ATTEMPTS = itemgetter(1)
+_NO_USAGE = Usage()
 
 
 class RequestLogDisabled(RuntimeError):
     """The request log is off (no ``storage.url``) or not started: nothing to query."""
 
 
-def _text(value: str | None) -> str | None:
-    """Client-chosen text, cut to MAX_TEXT and made storable: a NUL (PostgreSQL) or a
-    lone surrogate (any UTF-8 driver) would fail its whole batch on every retry."""
-    if value is None:
-        return None
+def _text(value: str) -> str:
+    """Text made storable and cut to MAX_TEXT: a NUL (PostgreSQL) or a lone surrogate
+    (any UTF-8 driver) would fail its whole batch on every retry."""
     if len(value) > MAX_TEXT:
         value = value[:MAX_TEXT]
     if "\x00" in value:
@@ -73,44 +79,65 @@ def _text(value: str | None) -> str | None:
     return value
 
 
-def entry(rec: RequestRecord, stamp: Callable[[float], Any]) -> _Entry:
-    """``rec`` as rows in ``store.REQUEST_COLUMNS`` / ``store.ATTEMPT_COLUMNS`` order.
+def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
+    """``rec`` as rows in ``store.REQUEST_COLUMNS`` / ``store.ATTEMPT_COLUMNS`` order,
+    which end before their ``store.DEFAULTS`` when those are all the row has there.
 
-    Flags go as 0/1, not bools: sqlite3 binds only exact ints, floats and strings
-    directly; a bool takes its adapter path, whose failed ``__conform__`` lookup raised
-    and swallowed an AttributeError per value, a quarter of the writer's CPU. (PostgreSQL
-    reads '0'/'1' as booleans.)"""
-    # Attempts carry monotonic durations only; they are stamped with the request's time.
-    ts = stamp(rec.started)
-    rid = _text(rec.request_id) or ""
-    u = rec.usage
-    request = (
-        ts, rid, _text(rec.key_name), _text(rec.route), rec.endpoint, rec.operation,
-        1 if rec.stream else 0, rec.status, len(rec.attempts), rec.hedges, rec.latency_ms,
-        rec.ttft_ms,
-        u.prompt_tokens if u else 0, u.completion_tokens if u else 0,
-        u.reasoning_tokens if u else 0, u.cached_tokens if u else 0,
-        u.cache_write_tokens if u else 0, rec.cost, _text(rec.error),
+    This runs on the event loop for every request, so it does little more than read each
+    field once: ``ts`` is the start in Unix seconds as both stores take it (attempts,
+    which carry monotonic durations only, get their request's); NULL is NaN; flags go
+    as 0/1, since sqlite3 sends a bool through its slow adapter path (PostgreSQL reads
+    '0'/'1' as booleans). Names from the configuration (routes, endpoints, client keys,
+    error classes, attempt reasons) come storable from ``names``, None as NULL: the
+    same few come with every record, and a hit is a dictionary lookup instead of a call
+    of ``_text``. A name not in it raises KeyError: see ``learn_names``."""
+    ts = rec.started
+    rid = _text(rec.request_id)
+    u = rec.usage or _NO_USAGE
+    ttft = rec.ttft_ms
+    attempts = rec.attempts
+    request: Row = (
+        ts, rid, names[rec.key_name], names[rec.route], names[rec.endpoint], rec.operation,
+        1 if rec.stream else 0, rec.status, len(attempts), rec.latency_ms,
+        NULL if ttft is None else ttft, u.prompt_tokens, u.completion_tokens, rec.cost,
     )  # fmt: skip
-    attempts = tuple(
-        [
-            # An attempt's route is its own: a fallback route's attempts differ from the
-            # request's.
-            (
-                ts,
-                rid,
-                _text(a.route),
-                a.endpoint,
-                a.status,
-                a.reason,
-                a.duration_ms,
-                a.ttft_ms,
-                1 if a.hedged else 0,
-            )
-            for a in rec.attempts
+    # The columns at their defaults in most rows go only when they are not (DEFAULTS).
+    if (
+        rec.hedges or u.reasoning_tokens or u.cached_tokens or u.cache_write_tokens
+        or rec.error is not None
+    ):  # fmt: skip
+        request += (
+            rec.hedges, u.reasoning_tokens, u.cached_tokens, u.cache_write_tokens,
+            names[rec.error],
+        )  # fmt: skip
+    rows: list[Row] = []
+    tails = False
+    for a in attempts:  # a loop, not a comprehension: no function object per record
+        # An attempt's route is its own: a fallback route's attempts differ from the
+        # request's.
+        rows.append((
+            ts, rid, names[a.route], names[a.endpoint], NULL if a.status is None else a.status,
+            a.duration_ms, NULL if a.ttft_ms is None else a.ttft_ms,
+        ))  # fmt: skip
+        if a.reason is not None or a.hedged:
+            tails = True
+    if tails:  # all or none: a request's attempts share a width, and so stay in order
+        rows = [
+            (*row, names[a.reason], 1 if a.hedged else 0)
+            for row, a in zip(rows, attempts, strict=True)
         ]
-    )
-    return request, attempts
+    return request, tuple(rows)
+
+
+def learn_names(rec: RequestRecord, names: dict[str | None, Any]) -> None:
+    """Add ``rec``'s names to ``names``, which starts over when full (it is a cache)."""
+    if len(names) >= MAX_NAMES:
+        names.clear()
+    names[None] = NULL
+    attempts = [name for a in rec.attempts for name in (a.route, a.endpoint, a.reason)]
+    for name in (rec.key_name, rec.route, rec.endpoint, rec.error, *attempts):
+        if name is not None:
+            names[name] = _text(name)
 
 
 class RequestLog:
@@ -136,6 +163,7 @@ class RequestLog:
         self._flush_interval = flush_interval_s
         self._retention_s = retention_days * 86400.0
         self._on_drop = on_drop
+        self._names: dict[str | None, Any] = {None: NULL}  # see entry()
         self._queue: deque[_Entry] = deque()
         self._inflight = 0  # records taken off the queue by a write not yet committed
         self._task: asyncio.Task[None] | None = None
@@ -202,7 +230,11 @@ class RequestLog:
             self._drop(1)
             return
         try:
-            item = entry(rec, self._store.stamp)
+            try:
+                item = entry(rec, self._names)
+            except KeyError:  # a name not seen before (try costs nothing until it raises)
+                learn_names(rec, self._names)
+                item = entry(rec, self._names)
         except Exception:  # a malformed record must not fail the request that made it
             self._drop(1)
             self._log.exception("request_log.bad_record")
@@ -212,7 +244,9 @@ class RequestLog:
             queue.popleft()
             self._drop(1)
         queue.append(item)
-        if len(queue) >= self._batch_size and not self._wake.is_set():
+        # On reaching a batch, not past it: under load the queue stays deeper than one
+        # batch while one is written, and the writer looks for more full batches anyway.
+        if len(queue) == self._batch_size:
             self._wake.set()
 
     async def usage(self, *, since: datetime, until: datetime, group_by: str) -> dict[str, Any]:
@@ -421,8 +455,8 @@ class RequestLog:
             try:
                 # All or nothing: a failed batch is retried whole.
                 await store.insert(
-                    [request for request, _ in batch],
-                    [row for _, attempts in batch for row in attempts],
+                    list(map(_REQUEST, batch)),
+                    list(chain.from_iterable(map(_ATTEMPTS, batch))),
                 )
             except BaseException:
                 self._requeue(batch)

@@ -66,8 +66,8 @@ def _day(engine: AsyncEngine) -> sa.ColumnElement[Any]:
     if engine.dialect.name == "postgresql":
         return sa.func.to_char(sa.func.timezone("UTC", ts), "YYYY-MM-DD")
     if engine.dialect.name == "sqlite":
-        # SQLAlchemy stores SQLite datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff'; we write UTC.
-        return sa.func.substr(ts, 1, 10)
+        # SQLite keeps ts as Unix seconds (schema.UnixTime, revision 0004).
+        return sa.func.strftime("%Y-%m-%d", ts, "unixepoch")
     return sa.cast(sa.func.date(ts), sa.String)
 
 

@@ -10,10 +10,13 @@ upgrade runs under a lock: a PostgreSQL advisory lock, or SQLite's ``BEGIN IMMED
 Only the upgrade child (``python -m router.migrations``) and ``/admin/usage`` import
 this module; the serving path writes through ``store.py`` and never loads SQLAlchemy.
 Indexes are the ones a query of ours uses: every index is paid for on each insert.
+On SQLite, ``ts`` is Unix seconds (REAL, revision 0004), which ``UnixTime`` turns into
+and out of datetimes, so queries read the same on both backends.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +34,33 @@ MIGRATION_LOCK_KEY = 0x726F75746572  # b"router": PostgreSQL advisory lock aroun
 # 64-bit ids on servers; SQLite only autoincrements an INTEGER PRIMARY KEY.
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+
+class UnixTime(sa.TypeDecorator[datetime]):
+    """An aware datetime kept as Unix seconds in a REAL: SQLite's ``ts`` since 0004.
+
+    A float binds, compares and indexes for a fraction of the text that SQLAlchemy's
+    ``DateTime`` stores on SQLite, and the writer has it already (``time.time()``).
+    """
+
+    impl = sa.Float
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> float | None:
+        return None if value is None else value.timestamp()
+
+    def process_result_value(self, value: float | None, dialect: Any) -> datetime | None:
+        return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+_TS = sa.DateTime(timezone=True).with_variant(UnixTime(), "sqlite")
+
 # The schema at Alembic's head. Revisions never import these: they are frozen history.
 METADATA = sa.MetaData()
 REQUESTS = sa.Table(
     "requests",
     METADATA,
     sa.Column("id", _ID, primary_key=True, autoincrement=True),
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("ts", _TS, nullable=False, index=True),
     sa.Column("request_id", sa.String(), nullable=False),
     sa.Column("key_name", sa.String(), nullable=True),
     sa.Column("route", sa.String(), nullable=True),
@@ -61,8 +84,9 @@ ATTEMPTS = sa.Table(
     "attempts",
     METADATA,
     sa.Column("id", _ID, primary_key=True, autoincrement=True),
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("request_id", sa.String(), nullable=False),  # join on (ts, request_id)
+    # No index on ts: pruned by id (store.py), and joined to requests on (ts, request_id).
+    sa.Column("ts", _TS, nullable=False),
+    sa.Column("request_id", sa.String(), nullable=False),
     sa.Column("route", sa.String(), nullable=False),
     sa.Column("endpoint", sa.String(), nullable=False),
     sa.Column("status", sa.Integer(), nullable=True),

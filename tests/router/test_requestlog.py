@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -34,6 +35,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from structlog.testing import capture_logs
 
+from router import requestlog
 from router.migrations import schema, store
 from router.migrations.schema import ATTEMPTS, METADATA, REQUESTS, make_engine, migrate
 from router.migrations.store import HEAD, parse_target
@@ -388,29 +390,42 @@ async def index_names(url: str) -> set[str]:
         await engine.dispose()
 
 
-@pytest.mark.parametrize("old", ["0001", "0002"])
+_OLD_ROW = (
+    "INSERT INTO requests (ts, request_id, key_name, route, endpoint, operation, stream,"
+    " status, attempts, hedges, latency_ms, ttft_ms, prompt_tokens, completion_tokens,"
+    " reasoning_tokens, cached_tokens, cost, error) VALUES (:ts, 'old-1', 'team-a', 'demo',"
+    " 'fast', 'chat', false, 200, 1, 0, 50.0, 10.0, 7, 3, 0, 0, 0.5, NULL)"
+)
+_OLD_ATTEMPT = (
+    "INSERT INTO attempts (ts, request_id, route, endpoint, status, reason, duration_ms,"
+    " ttft_ms, hedged) VALUES (:ts2, 'old-1', 'demo', 'fast', 200, NULL, 40.0, 10.0, false)"
+)
+
+
+@pytest.mark.parametrize("old", ["0001", "0002", "0003"])
 def test_upgrade_from_an_old_schema_keeps_old_rows(url: str, old: str) -> None:
-    """A database left by an older router is upgraded in place at start, by the child."""
+    """A database left by an older router is upgraded in place at start, by the child;
+    on SQLite its text times become Unix seconds and read back as the same times."""
+    then = datetime.now(UTC).replace(microsecond=123456) - timedelta(hours=1)
 
     async def scenario() -> None:
         engine = make_engine(url)
         try:
             await migrate(engine, old)
+            # SQLite's rows as the old writer stored them (SQLAlchemy's text), and as
+            # sqlite3 stores a datetime parameter (ISO with an offset).
+            sqlite = engine.dialect.name == "sqlite"
+            times = {
+                "ts": then.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else then,
+                "ts2": then.isoformat(" ") if sqlite else then,
+            }
             async with engine.begin() as conn:
-                await conn.execute(
-                    sa.text(
-                        "INSERT INTO requests (ts, request_id, key_name, route, endpoint,"
-                        " operation, stream, status, attempts, hedges, latency_ms, ttft_ms,"
-                        " prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens,"
-                        " cost, error) VALUES (:ts, 'old-1', 'team-a', 'demo', 'fast', 'chat',"
-                        " false, 200, 1, 0, 50.0, 10.0, 7, 3, 0, 0, 0.5, NULL)"
-                    ),
-                    {"ts": datetime.now(UTC) - timedelta(hours=1)},
-                )
+                await conn.execute(sa.text(_OLD_ROW), times)
+                await conn.execute(sa.text(_OLD_ATTEMPT), times)
         finally:
             await engine.dispose()
         assert await scalar(url, "SELECT version_num FROM alembic_version") == old
-        assert "ix_requests_route" in await index_names(url)
+        assert "ix_attempts_ts" in await index_names(url) or old == "0001"
 
         log = RequestLog(url, flush_interval_s=0.05)
         await log.start(ready_timeout_s=60)
@@ -418,7 +433,7 @@ def test_upgrade_from_an_old_schema_keeps_old_rows(url: str, old: str) -> None:
         await log.stop()
         assert log.migrated and log.upgraded and log.written == 1
         assert await scalar(url, "SELECT version_num FROM alembic_version") == HEAD
-        assert await index_names(url) == {"ix_requests_ts", "ix_attempts_ts"}
+        assert await index_names(url) == {"ix_requests_ts"}
         assert await scalar(url, "SELECT count(*) FROM requests") == 2
         assert (
             await scalar(url, "SELECT cache_write_tokens FROM requests WHERE request_id = 'old-1'")
@@ -428,8 +443,70 @@ def test_upgrade_from_an_old_schema_keeps_old_rows(url: str, old: str) -> None:
             await scalar(url, "SELECT cache_write_tokens FROM requests WHERE request_id = 'req-1'")
             == 1
         )
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as conn:
+                old_ts = (
+                    sa.select(REQUESTS.c.ts, ATTEMPTS.c.ts)
+                    .join_from(REQUESTS, ATTEMPTS, REQUESTS.c.request_id == ATTEMPTS.c.request_id)
+                    .where(REQUESTS.c.request_id == "old-1")
+                )
+                assert (await conn.execute(old_ts)).one() == (then, then)
+            since = then - timedelta(minutes=1)
+            got = await usage(engine, since=since, until=datetime.now(UTC), group_by="day")
+            assert got["total"]["requests"] == 2
+        finally:
+            await engine.dispose()
 
     run(scenario())
+
+
+def _alembic(url: str, command: str, revision: str) -> None:
+    """Run Alembic's ``command`` (upgrade, downgrade) on ``url`` in the migration lock."""
+    from alembic import command as commands
+
+    def go(connection: sa.Connection) -> None:
+        cfg = schema.alembic_config()
+        cfg.attributes["connection"] = connection
+        getattr(commands, command)(cfg, revision)
+
+    async def scenario() -> None:
+        engine = make_engine(url).execution_options(router_write_lock=True)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(go)
+        finally:
+            await engine.dispose()
+
+    run(scenario())
+
+
+def test_downgrade_to_0003_gives_the_old_times_back(url: str) -> None:
+    then = datetime(2025, 1, 31, 12, 0, 0, 654321, tzinfo=UTC)
+
+    async def write() -> None:
+        log = RequestLog(url)
+        await log.start(ready_timeout_s=60)
+        log.record(make_record(1, started=then.timestamp()))
+        await log.stop()
+
+    run(write())
+    _alembic(url, "downgrade", "0003")
+    assert run(index_names(url)) == {"ix_requests_ts", "ix_attempts_ts"}
+    old = sa.Table("requests", sa.MetaData(), sa.Column("ts", sa.DateTime(timezone=True)))
+
+    async def read() -> datetime:
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as conn:
+                value: datetime = (await conn.execute(sa.select(old.c.ts))).scalar_one()
+                return value
+        finally:
+            await engine.dispose()
+
+    assert run(read()).replace(tzinfo=UTC) == then  # SQLite's text has no offset: UTC
+    _alembic(url, "upgrade", "head")
+    assert run(index_names(url)) == {"ix_requests_ts"}
 
 
 def test_workers_starting_together_migrate_once(url: str) -> None:
@@ -463,6 +540,105 @@ def test_retention_prunes_old_rows_at_start(url: str) -> None:
         await log.stop()
         assert await scalar(url, "SELECT request_id FROM requests") == "req-2"
         assert await scalar(url, "SELECT count(*) FROM attempts") == 1
+
+    run(scenario())
+
+
+async def request_ids(url: str, table: str) -> list[str]:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(sa.text(f"SELECT request_id FROM {table} ORDER BY id"))
+            return list(rows.scalars())
+    finally:
+        await engine.dispose()
+
+
+def test_attempts_are_pruned_up_to_the_oldest_one_kept(url: str) -> None:
+    """Attempts go by id (their ts has no index): never one within retention; an old one
+    written after a newer one goes when a later prune gets past that one."""
+    ages = [3, 3, 0, 3, 0]  # days, in the order written
+
+    async def scenario() -> None:
+        log = RequestLog(url)
+        await log.start(ready_timeout_s=60)
+        for i, age in enumerate(ages):
+            log.record(make_record(i, started=NOW - age * DAY))
+        await log.stop()
+        log = RequestLog(url, retention_days=1)
+        await log.start(ready_timeout_s=60)
+        await log.stop()
+        assert await request_ids(url, "requests") == ["req-2", "req-4"]
+        assert await request_ids(url, "attempts") == ["req-2", "req-3", "req-4"]
+
+    run(scenario())
+
+
+def test_sqlite_prunes_text_times_an_older_router_wrote(tmp_path: Path) -> None:
+    """In a rolling upgrade, an older router still writes ``ts`` as text: retention
+    prunes those rows too, and an old one does not hold back the attempts' cut."""
+    path = tmp_path / "log.db"
+    url = f"sqlite+aiosqlite:///{path}"
+
+    def text(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    async def scenario() -> None:
+        log = RequestLog(url)
+        await log.start(ready_timeout_s=60)
+        log.record(make_record(0, started=NOW - 3 * DAY))
+        await log.stop()
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            for rid, t in (("text-old", NOW - 3 * DAY), ("text-new", NOW)):
+                conn.execute(
+                    "INSERT INTO requests (ts, request_id, operation, stream, status, attempts,"
+                    " hedges, latency_ms, prompt_tokens, completion_tokens, reasoning_tokens,"
+                    " cached_tokens, cost) VALUES (?, ?, 'chat', 0, 200, 1, 0, 1.0, 0, 0, 0, 0, 0)",
+                    (text(t), rid),
+                )
+                conn.execute(
+                    "INSERT INTO attempts (ts, request_id, route, endpoint, duration_ms, hedged)"
+                    " VALUES (?, ?, 'demo', 'fast', 1.0, 0)",
+                    (text(t), rid),
+                )
+        assert await scalar(url, "SELECT count(*) FROM requests WHERE typeof(ts) = 'text'") == 2
+        log = RequestLog(url, retention_days=1)
+        log.record(make_record(5))
+        await log.start(ready_timeout_s=60)
+        await log.stop()
+        assert await request_ids(url, "requests") == ["text-new", "req-5"]
+        assert await request_ids(url, "attempts") == ["text-new", "req-5"]
+
+    run(scenario())
+
+
+def test_names_are_made_storable_once_and_kept_within_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Names from the configuration are cleaned once and looked up after; the cache of
+    them starts over when full, and every row still gets its own name."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'log.db'}"
+    monkeypatch.setattr(requestlog, "MAX_NAMES", 8)
+    routes = [f"route-{i}" for i in range(20)] + ["nul\x00here"] * 2
+
+    async def scenario() -> None:
+        log = RequestLog(url)
+        for i, route in enumerate(routes):
+            log.record(make_record(i, route=route))
+            assert len(log._names) <= 8 + 7  # a record has seven names at most
+        await log.start(ready_timeout_s=60)
+        await log.stop()
+        assert log.written == len(routes)
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as conn:
+                query = sa.text("SELECT r.route, a.route FROM requests r JOIN attempts a"
+                                " ON a.request_id = r.request_id ORDER BY r.id")  # fmt: skip
+                got = (await conn.execute(query)).all()
+        finally:
+            await engine.dispose()
+        want = [r.replace("\x00", "\ufffd") for r in routes]
+        assert got == [(r, r) for r in want]
 
     run(scenario())
 
@@ -796,8 +972,13 @@ def test_head_constant_matches_the_shipped_revisions() -> None:
 
 def test_the_writers_columns_are_the_tables_columns() -> None:
     """``store`` names the columns it inserts; ``schema`` is the one definition."""
-    assert tuple(c.name for c in REQUESTS.columns if c.name != "id") == store.REQUEST_COLUMNS
-    assert tuple(c.name for c in ATTEMPTS.columns if c.name != "id") == store.ATTEMPT_COLUMNS
+    for table, columns in ((REQUESTS, store.REQUEST_COLUMNS), (ATTEMPTS, store.ATTEMPT_COLUMNS)):
+        assert sorted(c.name for c in table.columns if c.name != "id") == sorted(columns)
+        # A row may end before its defaulted columns: they come last.
+        tail = [c for c in columns if c in store.DEFAULTS]
+        assert tail == list(columns[len(columns) - len(tail) :])
+        for name in tail:
+            assert table.c[name].nullable == (store.DEFAULTS[name] == "NULL"), name
     kinds = {
         sa.String: "text",
         sa.Integer: "integer",
@@ -810,13 +991,97 @@ def test_the_writers_columns_are_the_tables_columns() -> None:
             assert store.PG_TYPES[column.name] == kinds[type(column.type)], column.name
 
 
-@given(st.floats(min_value=0, max_value=4102444800, allow_nan=False))
-def test_sqlite_stamps_are_sqlalchemys_datetime_format(t: float) -> None:
-    """Rows written as text read back through SQLAlchemy's DateTime, and sort by time."""
-    stamp = store.SQLiteStore(":unused:").stamp
-    want = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    assert stamp(t) == want
-    assert stamp(t) == want  # again, from the per-second cache
+@given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1)))
+def test_sqlite_times_round_trip_as_unix_seconds(when: datetime) -> None:
+    """SQLite's ``ts`` is a REAL of Unix seconds; queries bind and read datetimes."""
+    when = when.replace(tzinfo=UTC)
+    unix = schema.UnixTime()
+    seconds = unix.process_bind_param(when, None)
+    assert seconds == when.timestamp()
+    assert unix.process_result_value(seconds, None) == when
+
+
+@given(
+    rows=st.integers(min_value=0, max_value=300),
+    max_params=st.integers(min_value=len(store.ATTEMPT_COLUMNS), max_value=2000),
+)
+def test_multi_row_inserts_write_any_batch_within_the_parameter_bound(
+    rows: int, max_params: int
+) -> None:
+    """Any number of rows goes in whole and in order, in statements SQLite accepts."""
+    inserts = store._SQLiteInserts("attempts", store.ATTEMPT_COLUMNS, max_params)
+    for width in (7, 9):
+        statements = inserts.statements(width)
+        assert all(size * width <= max_params for size, _ in statements)
+        assert statements[-1][0] == 1  # so that every remainder has a statement
+    conn = sqlite3.connect(":memory:")
+    conn.execute(f"CREATE TABLE attempts ({', '.join(store.ATTEMPT_COLUMNS)})")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, max_params)
+    # Every third row with its tail (reason, hedged), the others without.
+    batch: list[tuple[Any, ...]] = [
+        (float(i), f"r{i}", "demo", "a", 200, 1.0, math.nan, *(("timeout", 1) if i % 3 else ()))
+        for i in range(rows)
+    ]
+    inserts.run(conn, batch)
+    got = conn.execute("SELECT ts, request_id, reason, hedged FROM attempts").fetchall()
+    want = [(float(i), f"r{i}", "timeout" if i % 3 else None, i % 3 and 1) for i in range(rows)]
+    assert sorted(got) == sorted(want)
+    # In each width, in the order given.
+    assert [r for r in got if r[2] is None] == [r for r in want if r[2] is None]
+
+
+def test_every_column_round_trips(url: str) -> None:
+    """What is written is what is read back, NULLs as NULLs, through SQLAlchemy."""
+    started = int(NOW) + 0.5  # whole microseconds in binary: no rounding on the way
+    when = datetime.fromtimestamp(started, UTC)
+    full = make_record(
+        1,
+        started=started,
+        key="team-a",
+        error="UpstreamTimeout",
+        attempts=[
+            AttemptRecord("other", "slow", None, "timeout", 7.0, hedged=True),
+            AttemptRecord("demo", "fast", 200, None, 9.0, ttft_ms=2.5),
+        ],
+    )
+    full.hedges = 1
+    bare = make_record(2, key=None, endpoint=None, status=502, started=started, attempts=[])
+    bare.usage, bare.ttft_ms, bare.cost = None, None, 0.0
+
+    async def scenario() -> None:
+        log = RequestLog(url)
+        await log.start(ready_timeout_s=60)
+        log.record(full)
+        log.record(bare)
+        await log.stop()
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as conn:
+                # Rows of a width go together (store.DEFAULTS): order by request.
+                by = (REQUESTS.c.request_id, REQUESTS.c.id)
+                requests = (await conn.execute(sa.select(REQUESTS).order_by(*by))).all()
+                by = (ATTEMPTS.c.request_id, ATTEMPTS.c.id)
+                attempts = (await conn.execute(sa.select(ATTEMPTS).order_by(*by))).all()
+        finally:
+            await engine.dispose()
+        u = full.usage
+        assert u is not None
+        assert [tuple(r)[1:] for r in requests] == [
+            (when, "req-1", "team-a", "demo", "fast", "chat",
+             False, 200, 2, 1, 101.0, 20.0, u.prompt_tokens, u.completion_tokens,
+             u.reasoning_tokens, u.cached_tokens, u.cache_write_tokens, full.cost,
+             "UpstreamTimeout"),
+            (when, "req-2", None, "demo", None, "chat",
+             True, 502, 0, 0, 102.0, None, 0, 0, 0, 0, 0, 0.0, None),
+        ]  # fmt: skip
+        assert [tuple(r)[1:] for r in attempts] == [
+            (when, "req-1", "other", "slow", None, "timeout", 7.0,
+             None, True),
+            (when, "req-1", "demo", "fast", 200, None, 9.0, 2.5,
+             False),
+        ]  # fmt: skip
+
+    run(scenario())
 
 
 # -- the serving process and the upgrade child ----------------------------------------
