@@ -26,8 +26,7 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-# aiohttp's defaults, so that an answer reads the same as it did through ClientSession.
-_READ_BUFSIZE = 2**16
+_READ_BUFSIZE = 2**16  # aiohttp's: an answer is read as it was through ClientSession
 _USER_AGENT = "llm-router"
 
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 import aiohttp
 from yarl import URL
 
-from providers.base import UpstreamRequest, parse_retry_after
+from providers.base import OPERATIONS, UpstreamRequest, parse_retry_after
 from providers.errors import (
     ConnectTimeout,
     IdleTimeout,
@@ -86,15 +86,11 @@ class OpenAIProvider:
         # Made now so that a bad URL or header fails the config load, not a request.
         self._origin = Origin(base, fields, max_connections=max_connections)
         self._heads = {
-            op: self._head(op) for op in ("chat/completions", "completions", "embeddings")
+            op: self._origin.head(URL(f"{self.base_url}/{op}").raw_path_qs) for op in OPERATIONS
         }
 
-    def _head(self, operation: str) -> bytes:
-        url = URL(f"{self.base_url}/{operation}")
-        return self._origin.head(url.raw_path_qs)
-
     async def send(self, request: UpstreamRequest) -> OpenAIResponse:
-        head = self._heads.get(request.operation) or self._head(request.operation)
+        head = self._heads[request.operation]
         try:
             answer = await self._origin.post(head, request.body, request.connect_s, request.read_s)
         except aiohttp.ServerTimeoutError as exc:  # a TimeoutError too: caught first

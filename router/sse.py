@@ -94,8 +94,7 @@ class StreamInspector:
             if tools != -1:
                 first = tools
         if first == -1:
-            if self.usage is None:
-                self.events += data.count(b"data:", start)  # only a fallback for usage
+            self._count_events(data, start, len(data))
             return data[head:] if head else data
         return self._inspect(data, start, first, head)
 
@@ -170,11 +169,16 @@ class StreamInspector:
                 dropped = True
                 continue
             keep.append(event)
-        if self.usage is None or not self.usage.completion_tokens:
-            self.events += data.count(b"data:", start, cut)  # only a fallback for usage
+        self._count_events(data, start, cut)
         if not dropped:
             return data[head:] if head else data
         return data[head:cut] + b"".join(e + b"\n\n" for e in keep)
+
+    def _count_events(self, data: bytes, start: int, stop: int) -> None:
+        """Events passed through unparsed: only a fallback for the token count, so the
+        scan is skipped once usage gives it."""
+        if self.usage is None or not self.usage.completion_tokens:
+            self.events += data.count(b"data:", start, stop)
 
     def _note(self, obj: dict[str, Any]) -> bool:
         """Records usage and tool-call fragments; False = drop this event."""
