@@ -14,11 +14,11 @@ import signal
 from collections.abc import Awaitable, Callable
 
 import structlog
-from aiohttp import web
 
 from router import logs
+from router.http import HttpServer
 from router.records import RequestRecord
-from router.server import Api, make_server
+from router.server import Api
 from router.service import Service
 
 DRAIN_S = 30.0
@@ -45,10 +45,8 @@ async def serve(
     api = Api(service, debug=logs.level_from_env() <= 10)
     stop_request_log = _attach_extras(api, service)
     watcher = asyncio.get_running_loop().create_task(service.watch())
-    runner = web.ServerRunner(make_server(api), shutdown_timeout=DRAIN_S)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=4096)
-    await site.start()
+    http = HttpServer(api.handle)
+    await http.start(host, port, reuse_port=reuse_port)
     log.info("listening", url=f"http://{host}:{port}/v1", config=config_path)
     # Everything imported and built so far lives as long as the process: move it out of
     # the collector's way, so a full collection scans only what requests allocate.
@@ -61,7 +59,7 @@ async def serve(
     loop.add_signal_handler(signal.SIGHUP, lambda: service.reload("SIGHUP"))
     await stop.wait()
     log.info("draining", in_flight=service.in_flight)
-    await runner.cleanup()  # stops listening, lets handlers finish (up to DRAIN_S)
+    await http.shutdown(DRAIN_S)  # stops listening, lets handlers finish (up to DRAIN_S)
     watcher.cancel()
     await stop_request_log()  # after the handlers: their records are in it
     await service.aclose()

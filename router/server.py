@@ -1,11 +1,11 @@
 """The HTTP API: OpenAI-compatible endpoints, health, metrics and admin.
 
-It runs on aiohttp's low-level server (``web.Server``), not ``web.Application``: a
-request goes straight from the protocol to ``Api.handle``, which picks the handler from
-a dict by path and method. The application's router, match info and per-request
-resolve coroutine cost about 5% of a pass-through's CPU, for routing a dozen fixed
-paths. ``Api`` owns what handlers need (the service, the pipeline, metrics, the
-request log); ``router.app`` owns their lifetimes. Handlers parse the body once, hand
+It runs on ``router.http``'s lean server, not ``web.Application``: a request goes
+straight from the protocol to ``Api.handle``, which picks the handler from a dict by
+path and method. The application's router, match info and per-request resolve coroutine
+cost about 5% of a pass-through's CPU, for routing a dozen fixed paths. ``Api`` owns
+what handlers need (the service, the pipeline, metrics, the request log); ``router.app``
+owns their lifetimes. Handlers parse the body once, hand
 it to the pipeline, and write the answer's bytes as they came from upstream. Every
 failure becomes an OpenAI-shaped error; nothing a client sends can take the process down.
 """
@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from aiohttp import web
 
 from providers.errors import UpstreamError
 from router.attempts import Attempts, Opened
@@ -38,6 +37,7 @@ from router.errors import (
     UpstreamClientError,
     error_body,
 )
+from router.http import Answer, Request, Response, Stream
 from router.logs import REDACTOR, info_line
 from router.pipeline import Call, Pipeline, RoutingPrefs
 from router.records import RequestRecord
@@ -79,27 +79,27 @@ _TYPE_NAMES = {
 }
 
 
-def _json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+def _json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, body, _JSON, headers)
 
 
-def _error_response(exc: RouterError, headers: dict[str, str]) -> web.Response:
+def _error_response(exc: RouterError, headers: dict[str, str]) -> Response:
     if isinstance(exc, UpstreamClientError):
         body = exc.upstream.body or exc.body()
         if REDACTOR.secrets:
             body = REDACTOR.scrub(body.decode("utf-8", "replace")).encode()
-        return web.Response(status=exc.status, body=body, content_type=_JSON, headers=headers)
+        return Response(exc.status, body, _JSON, headers)
     return _json_response(exc.status, exc.body(), headers)
 
 
-def _bearer(request: web.BaseRequest) -> str | None:
+def _bearer(request: Request) -> str | None:
     auth = request.headers.get("Authorization")
     if auth and auth[:7].lower() == "bearer ":
         return auth[7:].strip()
     return request.headers.get("x-api-key") or request.headers.get("api-key")
 
 
-def _client_key_name(runtime: Runtime, request: web.BaseRequest) -> str | None:
+def _client_key_name(runtime: Runtime, request: Request) -> str | None:
     """The name of the client's key, or None when client auth is off."""
     if not runtime.client_keys:
         return None
@@ -117,7 +117,7 @@ def _client_key_name(runtime: Runtime, request: web.BaseRequest) -> str | None:
     return found
 
 
-async def _read_body(request: web.BaseRequest, max_mb: float) -> bytes:
+async def _read_body(request: Request, max_mb: float) -> bytes:
     limit = int(max_mb * 1024 * 1024)
     length = request.content_length
     if length is not None and length > limit:
@@ -126,6 +126,7 @@ async def _read_body(request: web.BaseRequest, max_mb: float) -> bytes:
         )
     if length is not None:
         return await request.read()
+    request.expect_body()
     chunks = []
     size = 0
     async for chunk in request.content.iter_chunked(1 << 16):
@@ -138,7 +139,7 @@ async def _read_body(request: web.BaseRequest, max_mb: float) -> bytes:
     return b"".join(chunks)
 
 
-def parse_call(operation: str, body: bytes, request: web.BaseRequest, request_id: str) -> Call:
+def parse_call(operation: str, body: bytes, request: Request, request_id: str) -> Call:
     if not body:
         raise BadRequest("request body is empty; expected a JSON object")
     try:
@@ -198,17 +199,6 @@ def parse_call(operation: str, body: bytes, request: web.BaseRequest, request_id
     )
 
 
-class _EventStream(web.StreamResponse):
-    """A streamed answer whose headers leave with its first bytes, in one write.
-
-    ``web.StreamResponse`` sends its headers on ``prepare`` (``web.Response`` does not);
-    ours are prepared only once the first token is held, so waiting costs nothing and
-    saves a send per stream.
-    """
-
-    _send_headers_immediately = False
-
-
 def _stream_error_event(exc: BaseException) -> bytes:
     reason = exc.reason if isinstance(exc, UpstreamError) else "internal_error"
     message = f"upstream stream failed after it started: {reason}"
@@ -227,7 +217,7 @@ class Api:
         self.metrics: Metrics | None = None
         self.requestlog: Any = None  # router.requestlog.RequestLog, once started
         self.requestlog_starting: asyncio.Task[None] | None = None
-        Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+        Handler = Callable[[Request], Awaitable[Answer]]
         self._routes: dict[str, dict[str, Handler]] = {
             **{path: {"POST": self.proxy} for path in _OPERATION_AT},
             "/v1/models": {"GET": self.models},
@@ -242,8 +232,8 @@ class Api:
             if "GET" in methods:
                 methods["HEAD"] = methods["GET"]  # as aiohttp's add_get does
 
-    def handle(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
-        """aiohttp's low-level handler: every request comes here. It returns the
+    def handle(self, request: Request) -> Awaitable[Answer]:
+        """The server's handler: every request comes here. It returns the
         handler's coroutine rather than awaiting it: one coroutine less per request."""
         methods = self._routes.get(request.path)
         if methods is None:
@@ -253,13 +243,11 @@ class Api:
             return self._method_not_allowed(request, methods)
         return handler(request)
 
-    async def _not_found(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _not_found(self, request: Request) -> Answer:
         body = error_body(f"no such path: {request.path}", "invalid_request_error", "not_found")
         return _json_response(404, body)
 
-    async def _method_not_allowed(
-        self, request: web.BaseRequest, methods: dict[str, Any]
-    ) -> web.StreamResponse:
+    async def _method_not_allowed(self, request: Request, methods: dict[str, Any]) -> Answer:
         body = error_body(
             f"{request.method} is not allowed on {request.path}",
             "invalid_request_error",
@@ -267,7 +255,7 @@ class Api:
         )
         return _json_response(405, body, {"Allow": ", ".join(sorted(methods))})
 
-    async def proxy(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def proxy(self, request: Request) -> Answer:
         """``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``: one
         handler (the operation read from the path), so no wrapper coroutine per request."""
         operation = _OPERATION_AT[request.path]
@@ -312,15 +300,12 @@ class Api:
             if not call.stream:
                 record.status = 200
                 record.usage = opened.usage
-                return web.Response(
-                    status=opened.response.status,
-                    body=opened.body,
-                    headers={**headers, "Content-Type": opened.response.content_type or _JSON},
-                )
+                content_type = opened.response.content_type or _JSON
+                return Response(opened.response.status, opened.body, content_type, headers)
             headers["Content-Type"] = "text/event-stream"
             headers["Cache-Control"] = "no-cache"
-            resp = _EventStream(status=200, headers=headers)
-            await resp.prepare(request)
+            # Its head leaves with the first bytes, so a short answer is one write.
+            resp = Stream(request, 200, headers)
             record.status = 200
             try:
                 await pipeline.relay(
@@ -374,7 +359,7 @@ class Api:
             _log_request(record)
             service.emit(record)
 
-    async def models(self, request: web.BaseRequest) -> web.Response:
+    async def models(self, request: Request) -> Response:
         service = self.service
         runtime = service.runtime
         if runtime is None:
@@ -385,27 +370,27 @@ class Api:
             return _error_response(exc, {})
         return _json_response(200, runtime.models_body)
 
-    async def health_live(self, request: web.BaseRequest) -> web.Response:
+    async def health_live(self, request: Request) -> Response:
         return _json_response(200, b'{"status":"ok"}')
 
-    async def health_ready(self, request: web.BaseRequest) -> web.Response:
+    async def health_ready(self, request: Request) -> Response:
         ready, missing = self.service.readiness()
         if ready:
             return _json_response(200, b'{"status":"ready"}')
         return _json_response(503, orjson.dumps({"status": "not_ready", "problems": missing}))
 
-    async def health(self, request: web.BaseRequest) -> web.Response:
+    async def health(self, request: Request) -> Response:
         status, body = self.service.health()
         return _json_response(status, orjson.dumps(body))
 
-    async def metrics_text(self, request: web.BaseRequest) -> web.Response:
+    async def metrics_text(self, request: Request) -> Response:
         metrics_ = self.metrics
         if metrics_ is None:
-            return web.Response(status=200, text="", content_type="text/plain")
+            return Response(200, b"", "text/plain")
         body, content_type = metrics_.render()
-        return web.Response(body=body, headers={"Content-Type": content_type})
+        return Response(200, body, content_type)
 
-    def _check_admin(self, request: web.BaseRequest) -> None:
+    def _check_admin(self, request: Request) -> None:
         config = self.service.config
         admin = config.admin_key if config else None
         if admin is None:  # no admin key configured: the admin API does not exist
@@ -416,7 +401,7 @@ class Api:
         if not hmac.compare_digest(presented.encode(), admin.value.encode()):
             raise Forbidden("wrong admin key")
 
-    async def admin_reload(self, request: web.BaseRequest) -> web.Response:
+    async def admin_reload(self, request: Request) -> Response:
         try:
             self._check_admin(request)
         except RouterError as exc:
@@ -432,7 +417,7 @@ class Api:
         )
         return _json_response(400, body)
 
-    async def admin_usage(self, request: web.BaseRequest) -> web.Response:
+    async def admin_usage(self, request: Request) -> Response:
         try:
             self._check_admin(request)
         except RouterError as exc:
@@ -500,23 +485,4 @@ def _log_request(record: RequestRecord) -> None:
             "error": record.error,
             "failed": failed,
         },
-    )
-
-
-def make_server(api: Api) -> web.Server:
-    """aiohttp's low-level server for ``api``; call inside the running loop."""
-    loop = asyncio.get_running_loop()
-
-    def request(
-        message: Any, payload: Any, protocol: Any, writer: Any, task: Any
-    ) -> web.BaseRequest:
-        # Bodies are bounded per request by server.max_body_mb (which may change on
-        # reload); aiohttp's own cap is set far above so it never answers first with a
-        # non-JSON 413.
-        return web.BaseRequest(
-            message, payload, protocol, writer, task, loop, client_max_size=1024**3
-        )
-
-    return web.Server(
-        api.handle, request_factory=request, handler_cancellation=True, access_log=None
     )
