@@ -163,6 +163,8 @@ class Stream:
         self.close = True
 
     async def write(self, data: bytes) -> None:
+        if self.ended:  # bytes after the last chunk would be read as the next answer
+            return
         if data or self._head is not None:
             await self._send(data, b"")
 
@@ -177,7 +179,10 @@ class Stream:
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
         head, self._head = self._head, None
-        pieces = [head] if head is not None else []
+        pieces = []
+        if head is not None:
+            pieces.append(head)
+            conn._streaming = True
         if data:
             if self._chunked:
                 pieces += [b"%x\r\n" % len(data), data, b"\r\n"]
@@ -219,6 +224,7 @@ class Connection(BaseProtocol):
         "_broken",
         "_messages",
         "_server",
+        "_streaming",
         "_task",
         "_waiter",
         "closing",
@@ -245,6 +251,7 @@ class Connection(BaseProtocol):
         self.closing = False  # finish the request at hand, then close
         self.idle_since = loop.time()
         self._broken = False  # the parser failed: nothing more is read
+        self._streaming = False  # a Stream's head has gone out for the request at hand
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -331,6 +338,8 @@ class Connection(BaseProtocol):
             raise  # the client went away
         except Exception:  # a bug of ours: an OpenAI-shaped 500, and the process serves on
             log.exception("internal_error", path=request.path)
+            if self._streaming:  # an answer has begun: another cannot follow it
+                return False
             body = error_body("internal error; see the router's log", "server_error")
             answer = Response(500, body)
         transport = self.transport
@@ -349,6 +358,7 @@ class Connection(BaseProtocol):
             return keep_alive
         assert isinstance(answer, Stream)
         await answer.write_eof()
+        self._streaming = False
         return keep_alive and not answer.close and payload.is_eof()
 
     def _bad_request(self, exc: HttpProcessingError) -> None:
@@ -367,7 +377,7 @@ class HttpServer:
         self.handler = handler
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed: asyncio.Event | None = None
 
@@ -380,6 +390,13 @@ class HttpServer:
             backlog=4096,
         )
         self._sweeper = self.loop.call_later(_SWEEP_S, self._sweep)
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (the one the OS chose, for port 0)."""
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
 
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
