@@ -92,7 +92,9 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
     same few come with every record, and a hit is a dictionary lookup instead of a call
     of ``_text``. A name not in it raises KeyError: see ``learn_names``."""
     ts = rec.started
-    rid = _text(rec.request_id)
+    rid = rec.request_id
+    if len(rid) > MAX_TEXT or not rid.isascii() or "\x00" in rid:
+        rid = _text(rid)
     u = rec.usage or _NO_USAGE
     ttft = rec.ttft_ms
     attempts = rec.attempts
@@ -110,6 +112,14 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
             rec.hedges, u.reasoning_tokens, u.cached_tokens, u.cache_write_tokens,
             names[rec.error],
         )  # fmt: skip
+    if len(attempts) == 1:  # the usual request: one attempt, which served it
+        a = attempts[0]
+        if a.reason is None and not a.hedged:
+            status, ttft = a.status, a.ttft_ms
+            return request, ((
+                ts, rid, names[a.route], names[a.endpoint], NULL if status is None else status,
+                a.duration_ms, NULL if ttft is None else ttft,
+            ),)  # fmt: skip
     rows: list[Row] = []
     tails = False
     for a in attempts:  # a loop, not a comprehension: no function object per record

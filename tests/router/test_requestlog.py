@@ -321,7 +321,9 @@ def test_client_text_that_no_database_stores_is_made_storable(url: str) -> None:
         log = RequestLog(url, flush_interval_s=0.01)
         await log.start(ready_timeout_s=60)
         for i, route in enumerate(odd):
-            log.record(make_record(i, route=route))
+            rec = make_record(i, route=route)
+            rec.request_id = route  # a client's x-request-id is as free as a name
+            log.record(rec)
         assert await log.flush(timeout_s=30)
         await log.stop()
         assert (log.written, log.dropped) == (4, 0)
@@ -330,9 +332,12 @@ def test_client_text_that_no_database_stores_is_made_storable(url: str) -> None:
             async with engine.connect() as conn:
                 rows = await conn.execute(sa.text("SELECT route FROM requests ORDER BY id"))
                 routes = list(rows.scalars())
+                rows = await conn.execute(sa.text("SELECT request_id FROM attempts ORDER BY id"))
+                ids = list(rows.scalars())
         finally:
             await engine.dispose()
         assert routes == ["nul\ufffdhere", "lone?surrogate", "caf\u00e9", "x" * 256]
+        assert ids == routes
 
     run(scenario())
 
