@@ -25,7 +25,8 @@ from policies import Candidate, Strategy
 from providers.base import Provider
 from router.breaker import CircuitBreaker
 from router.config import Config, EndpointSpec, HedgeSection, PolicySpec, ProviderSpec, RouteSpec
-from router.stats import Clock, EndpointStats, Prior, RouteLoads, loads
+from router.route_loads import RouteLoads
+from router.stats import Clock, EndpointStats, Prior, loads
 
 _HEALTHY = frozenset({"healthy"})
 

@@ -31,14 +31,13 @@ from router.config import Breaker
 from router.config import loads as load_config
 from router.records import Usage
 from router.registry import Endpoint, build_runtime
+from router.route_loads import LiveLoads, RouteLoads
 from router.stats import (
     EXPLORE_BELOW,
     PROBE_BELOW,
     DecayedMean,
     EndpointStats,
-    LiveLoads,
     Prior,
-    RouteLoads,
     Window,
     loads,
 )
