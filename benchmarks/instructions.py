@@ -146,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the callgrind files")
     ap.add_argument("--threads", action="store_true", help="also count per thread")
     ap.add_argument("--storage", default="", help="as perf.py's: '' (SQLite), 'off' or a URL")
+    ap.add_argument(
+        "--per-token",
+        action="store_true",
+        help="the zero upstream writes one SSE event per write, as a host streaming tokens",
+    )
     args = ap.parse_args(argv)
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         print("valgrind (callgrind) not found", file=sys.stderr)
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(tmp)
     table: dict[str, dict[str, float]] = {}
     try:
-        _, upstream = bench.zero_upstream(None)
+        _, upstream = bench.zero_upstream(None, *(["--per-token"] if args.per_token else []))
         targets = {
             "bare": (
                 [
@@ -178,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.finish(args.keep)
     print(
         f"\n| target | mode | instructions / request | x bare |  (conns {args.conns}, "
-        f"{args.tokens} tokens, storage {args.storage or 'sqlite'})"
+        f"{args.tokens} tokens, storage {args.storage or 'sqlite'}"
+        f"{', upstream one event per write' if args.per_token else ''})"
     )
     print("|---|---|---|---|")
     for name, modes in table.items():

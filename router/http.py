@@ -54,6 +54,8 @@ _JSON = "application/json"
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+# Chunk size lines, formatted once: a token-by-token stream writes hundreds of small chunks.
+_SIZE_LINES = [b"%x\r\n" % n for n in range(1 << 12)]
 _JOIN_BELOW = 1 << 14  # smaller pieces are joined into one write; larger go as writelines
 
 _date: list[Any] = [0, ""]
@@ -185,7 +187,9 @@ class Stream:
             conn._streaming = True
         if data:
             if self._chunked:
-                pieces += [b"%x\r\n" % len(data), data, b"\r\n"]
+                size = len(data)
+                line = _SIZE_LINES[size] if size < len(_SIZE_LINES) else b"%x\r\n" % size
+                pieces += [line, data, b"\r\n"]
             else:
                 pieces.append(data)
         if tail:

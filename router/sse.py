@@ -32,7 +32,7 @@ def _events(block: bytes) -> list[bytes]:
 
 def _data(event: bytes) -> bytes | None:
     """The payload of an event's data lines (joined), or None for comments/other fields."""
-    if event.startswith(b"data:") and b"\n" not in event:  # the usual one-line event
+    if event.startswith(b"data:") and event.find(b"\n") == -1:  # the usual one-line event
         return event[5:].lstrip()
     parts = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
     if not parts:
@@ -58,7 +58,9 @@ class StreamInspector:
 
     def feed(self, data: bytes) -> bytes:
         """Returns the complete events in ``data`` (plus any carried part), to forward."""
-        if b"\r" in data:
+        # find, not ``in``: for bytes, ``in`` first tries its operand as an integer, and
+        # raises and formats a TypeError inside, at every read of every stream.
+        if data.find(b"\r") != -1:
             data = data.replace(b"\r\n", b"\n")
         if self._carry:
             data = self._carry + data
@@ -81,11 +83,16 @@ class StreamInspector:
         parsed (those before the first such marker pass untouched: a whole answer in one
         read ends with its usage chunk). The usage marker is looked for from the end: the
         usage chunk closes the stream, and when several carry usage the last one counts."""
-        if data.endswith(b"[DONE]\n\n"):
+        if data[-8:] == b"[DONE]\n\n":  # cheaper than endswith(), which parses its arguments
             self.done = True
-        first = data.rfind(b'"usage":{', start)
-        if first == -1:
-            first = data.rfind(b'"usage": {', start)
+        # One search per read in the usual case (no usage here); a "usage": null, which
+        # some hosts put in every chunk, sends it on to the one before.
+        first = data.rfind(b'"usage":', start)
+        while first != -1:
+            value = data[first + 8 : first + 10]
+            if value[:1] == b"{" or value == b" {":
+                break
+            first = data.rfind(b'"usage":', start, first)
         if first != -1:
             first = data.rfind(b"\n\n", start, first)
             first = start if first == -1 else first + 2

@@ -145,3 +145,23 @@ def test_non_streamed_body() -> None:
     assert valid is False
     with pytest.raises(ProtocolViolation):
         inspect_body(b"<html>")
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_compact_json_usage_found_past_null_usages(whole: bool) -> None:
+    """Hosts that write JSON without spaces ("usage":{ and "usage":null) are read alike."""
+
+    def compact(obj: object) -> bytes:
+        return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+    usage = compact({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 7}})
+    stop = compact({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": None})
+    tokens = [
+        compact({"choices": [{"index": 0, "delta": {"content": t}}], "usage": None})
+        for t in ("a", "b", "c")
+    ]
+    stream = [*tokens, usage, stop, b"data: [DONE]\n\n"]
+    out, insp = run([b"".join(stream)] if whole else stream, wants_usage=False)
+    assert insp.usage is not None and insp.usage.completion_tokens == 7
+    assert insp.done
+    assert out == b"".join(stream).replace(usage, b"")
