@@ -40,7 +40,7 @@ class Redactor:
 
     def scrub_bytes(self, data: bytes) -> bytes:
         for s in self._encoded:
-            if s in data:
+            if data.find(s) != -1:  # not ``in``, which tries a bytes operand as an int first
                 data = data.replace(s, b"***")
         return data
 
