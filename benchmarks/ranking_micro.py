@@ -75,7 +75,10 @@ routes:
         ttft = rng.uniform(0.05, 0.8)
         for _ in range(8):  # recent answers: confidence ~1, nothing to explore
             token = st.start()
-            clock.t += 0.01
+            # The whole fleet's answers within one second of fake time, whatever its size:
+            # at 0.01 s per answer, the first of 1,000 endpoints' answers were 80 s old at
+            # the end, past a half-life, and the ranking took its stale-evidence path.
+            clock.t += 0.125 / n
             st.first_token(token, clock.t + ttft)
             st.finish(
                 token,
