@@ -5,9 +5,9 @@ straight from the protocol to ``Api.handle``, which picks the handler from a dic
 path and method. The application's router, match info and per-request resolve coroutine
 cost about 5% of a pass-through's CPU, for routing a dozen fixed paths. ``Api`` owns
 what handlers need (the service, the pipeline, metrics, the request log); ``router.app``
-owns their lifetimes. Handlers parse the body once, hand
-it to the pipeline, and write the answer's bytes as they came from upstream. Every
-failure becomes an OpenAI-shaped error; nothing a client sends can take the process down.
+owns their lifetimes. Handlers parse the body once, hand it to the pipeline, and write
+the answer's bytes as they came from upstream. Every failure becomes an OpenAI-shaped
+error; nothing a client sends can take the process down.
 """
 
 from __future__ import annotations
