@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -34,6 +32,7 @@ from urllib.parse import unquote
 
 import structlog
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 from aiohttp.streams import StreamReader
@@ -58,30 +57,27 @@ _LAST_CHUNK = b"0\r\n\r\n"
 _SIZE_LINES = [b"%x\r\n" % n for n in range(1 << 12)]
 _JOIN_BELOW = 1 << 14  # smaller pieces are joined into one write; larger go as writelines
 
-_date: list[Any] = [0, ""]
+_CLOSE = "Connection: close\r\n"
+_KEEP = "Connection: keep-alive\r\n"  # HTTP/1.0 closes unless told otherwise
 
 
-def _http_date() -> str:
-    """RFC 9110's Date, formatted once a second."""
-    now = int(time.time())
-    if now != _date[0]:
-        _date[0] = now
-        _date[1] = email.utils.formatdate(now, usegmt=True)
-    return str(_date[1])
-
-
-def _header_block(headers: dict[str, str]) -> str:
-    block = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-    lines = len(headers)
+def _head(status: int, headers: dict[str, str] | None, fields: str) -> bytes:
+    """An answer's head: the status line, the handler's ``headers``, then ``fields``, the
+    header lines the server adds (framing, Date, Connection), each ending in CRLF."""
+    block = "".join([f"{name}: {value}\r\n" for name, value in headers.items()]) if headers else ""
+    lines = len(headers) if headers else 0
     if block.count("\n") != lines or block.count("\r") != lines:  # would split the head
-        raise ValueError(f"a response header holds a line break: {list(headers)}")
-    return block
+        raise ValueError(f"a response header holds a line break: {list(headers or ())}")
+    return (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n{block}{fields}"
+        f"Date: {rfc822_formatted_time()}\r\n\r\n"
+    ).encode("utf-8", "surrogateescape")
 
 
 class Request:
     """What a handler sees of one request: the parser's message and the body's stream."""
 
-    __slots__ = ("_conn", "_continue", "content", "headers", "message", "method", "path")
+    __slots__ = ("_conn", "_continued", "content", "headers", "message", "method", "path")
 
     def __init__(self, message: RawRequestMessage, content: StreamReader, conn: Connection):
         self.message = message
@@ -96,9 +92,7 @@ class Request:
         self.headers: CIMultiDictProxy[str] = message.headers
         self.content = content
         self._conn = conn
-        self._continue = message.version >= (1, 1) and (
-            message.headers.get("Expect", "").lower() == "100-continue"
-        )
+        self._continued = False  # expect_body() has run
 
     @property
     def content_length(self) -> int | None:
@@ -110,9 +104,15 @@ class Request:
         return self.message.url.query
 
     def expect_body(self) -> None:
-        """Tell a client waiting on ``Expect: 100-continue`` to send its body."""
-        if self._continue:
-            self._continue = False
+        """Tell a client waiting on ``Expect: 100-continue`` to send its body (looked up
+        here, not per request: only a handler that reads a body needs it)."""
+        if self._continued:
+            return
+        self._continued = True
+        message = self.message
+        if message.version >= (1, 1) and message.headers.get("Expect", "").lower() == (
+            "100-continue"
+        ):
             transport = self._conn.transport
             if transport is not None:
                 transport.write(_CONTINUE)
@@ -125,7 +125,7 @@ class Request:
 class Response:
     """A whole answer: status, headers and body, sent in one write."""
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("body", "content_type", "headers", "status")
 
     def __init__(
         self,
@@ -136,9 +136,8 @@ class Response:
     ) -> None:
         self.status = status
         self.body = body
-        self.headers = (
-            {"Content-Type": content_type, **headers} if headers else {"Content-Type": content_type}
-        )
+        self.content_type = content_type
+        self.headers = headers
 
 
 class Stream:
@@ -154,11 +153,7 @@ class Stream:
         self.ended = False
         self.close = not self._chunked or request.message.should_close or conn.closing
         framing = "Transfer-Encoding: chunked\r\n" if self._chunked else ""
-        self._head: bytes | None = (
-            f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
-            f"{_header_block(headers)}{framing}Date: {_http_date()}\r\n"
-            f"{_CLOSE if self.close else ''}\r\n"
-        ).encode("utf-8", "surrogateescape")
+        self._head: bytes | None = _head(status, headers, framing + (_CLOSE if self.close else ""))
 
     def force_close(self) -> None:
         """End the connection after this answer (its end may not be trusted)."""
@@ -206,18 +201,10 @@ Answer = Response | Stream
 Handler = Callable[[Request], Awaitable[Answer]]
 
 
-_CLOSE = "Connection: close\r\n"
-_KEEP = "Connection: keep-alive\r\n"  # HTTP/1.0 closes unless told otherwise
-
-
 def _render(answer: Response, connection: str, head_only: bool) -> bytes:
     """The answer's bytes; ``connection`` is its Connection header line, or empty."""
-    status = answer.status
-    head = (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
-        f"{_header_block(answer.headers)}Content-Length: {len(answer.body)}\r\n"
-        f"Date: {_http_date()}\r\n{connection}\r\n"
-    ).encode("utf-8", "surrogateescape")
+    fields = f"Content-Type: {answer.content_type}\r\nContent-Length: {len(answer.body)}\r\n"
+    head = _head(answer.status, answer.headers, fields + connection)
     return head if head_only else head + answer.body
 
 

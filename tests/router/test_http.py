@@ -6,8 +6,9 @@ through the whole service.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -27,6 +28,31 @@ async def start(handler: Handler) -> HttpServer:
     return server
 
 
+@contextlib.asynccontextmanager
+async def connected(
+    handler: Handler,
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A server for ``handler`` and one client connection to it (reading 64 KiB at most
+    ahead), both closed at the end."""
+    server = await start(handler)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port, limit=1 << 16)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        await server.shutdown(1)
+
+
+async def read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = b""
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+        chunk = await reader.readexactly(size + 2)
+        if size == 0:
+            return body
+        body += chunk[:-2]
+
+
 async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
     """One answer: status, headers (lower-cased names), and the body as framed."""
     head = (await reader.readuntil(b"\r\n\r\n")).decode()
@@ -37,13 +63,7 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]
             name, _, value = line.partition(":")
             headers[name.lower()] = value.strip()
     if headers.get("transfer-encoding") == "chunked":
-        body = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-            chunk = await reader.readexactly(size + 2)
-            if size == 0:
-                break
-            body += chunk[:-2]
+        body = await read_chunked(reader)
     else:
         body = await reader.readexactly(int(headers["content-length"]))
     return int(status_line.split()[1]), headers, body
@@ -60,17 +80,14 @@ def test_a_failing_handler_answers_500_and_the_connection_serves_on() -> None:
         return Response(200, b'{"ok":true}')
 
     async def main() -> None:
-        server = await start(handler)
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(GET)
-        status, headers, body = await read_answer(reader)
-        assert status == 500
-        assert headers["content-type"] == "application/json"
-        assert json.loads(body)["error"]["type"] == "server_error"
-        writer.write(GET)
-        assert (await read_answer(reader))[0] == 200
-        writer.close()
-        await server.shutdown(1)
+        async with connected(handler) as (reader, writer):
+            writer.write(GET)
+            status, headers, body = await read_answer(reader)
+            assert status == 500
+            assert headers["content-type"] == "application/json"
+            assert json.loads(body)["error"]["type"] == "server_error"
+            writer.write(GET)
+            assert (await read_answer(reader))[0] == 200
 
     run(main)
 
@@ -82,15 +99,12 @@ def test_a_handler_failing_mid_stream_ends_the_connection_without_a_second_answe
         raise ValueError("a bug after the answer began")
 
     async def main() -> None:
-        server = await start(handler)
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(GET)
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200")
-        rest = await asyncio.wait_for(reader.read(), 5)  # up to the close
-        assert rest == b"9\r\ndata: 1\n\n\r\n"  # the chunk, and no 500 after it
-        writer.close()
-        await server.shutdown(1)
+        async with connected(handler) as (reader, writer):
+            writer.write(GET)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            rest = await asyncio.wait_for(reader.read(), 5)  # up to the close
+            assert rest == b"9\r\ndata: 1\n\n\r\n"  # the chunk, and no 500 after it
 
     run(main)
 
@@ -103,15 +117,12 @@ def test_a_write_after_the_end_of_a_stream_sends_nothing() -> None:
         return stream
 
     async def main() -> None:
-        server = await start(handler)
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(GET + GET)  # pipelined: the second answer must parse cleanly
-        for _ in range(2):
-            status, headers, body = await read_answer(reader)
-            assert (status, body) == (200, b"data: [DONE]\n\n")
-            assert "connection" not in headers
-        writer.close()
-        await server.shutdown(1)
+        async with connected(handler) as (reader, writer):
+            writer.write(GET + GET)  # pipelined: the second answer must parse cleanly
+            for _ in range(2):
+                status, headers, body = await read_answer(reader)
+                assert (status, body) == (200, b"data: [DONE]\n\n")
+                assert "connection" not in headers
 
     run(main)
 
@@ -131,25 +142,15 @@ def test_a_slow_reader_gets_a_large_stream_whole() -> None:
         return stream
 
     async def main() -> None:
-        server = await start(handler)
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, limit=1 << 16)
-        writer.write(GET)
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert b"transfer-encoding: chunked" in head.lower()
-        # Nothing read yet: the handler waits for the socket instead of buffering 16 MiB.
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(written.wait(), 0.5)
-        body = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-            chunk = await reader.readexactly(size + 2)
-            if size == 0:
-                break
-            body += chunk[:-2]
-        assert body == piece * count
-        assert written.is_set()
-        writer.close()
-        await server.shutdown(1)
+        async with connected(handler) as (reader, writer):
+            writer.write(GET)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert b"transfer-encoding: chunked" in head.lower()
+            # Nothing read yet: the handler waits for the socket instead of buffering 16 MiB.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(written.wait(), 0.5)
+            assert await read_chunked(reader) == piece * count
+            assert written.is_set()
 
     run(main)
 
