@@ -39,7 +39,7 @@ from router.migrations.store import (
     parse_target,
     upgrade_in_child,
 )
-from router.records import RequestRecord, Usage
+from router.records import AttemptRecord, RequestRecord, Usage
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -83,6 +83,10 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
     """``rec`` as rows in ``store.REQUEST_COLUMNS`` / ``store.ATTEMPT_COLUMNS`` order,
     which end before their ``store.DEFAULTS`` when those are all the row has there.
 
+    The usual request, served by its one attempt, is one row: it carries that attempt's
+    duration and TTFT, and its other fields are the attempt's too (revision 0005). Any
+    other request's attempts get rows of their own, its ``attempt_*`` fields NULL.
+
     This runs on the event loop for every request, so it does little more than read each
     field once: ``ts`` is the start in Unix seconds as both stores take it (attempts,
     which carry monotonic durations only, get their request's); NULL is NaN; flags go
@@ -98,10 +102,23 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
     u = rec.usage or _NO_USAGE
     ttft = rec.ttft_ms
     attempts = rec.attempts
+    rows: tuple[Row, ...] = ()
+    a = attempts[0] if len(attempts) == 1 else None
+    # The attempt served the request, unhedged, at its route, endpoint and status: the
+    # request's row says all the rest of it.
+    if (
+        a is not None and a.reason is None and not a.hedged and a.status == rec.status
+        and a.route == rec.route and a.endpoint == rec.endpoint
+    ):  # fmt: skip
+        attempt_ms, attempt_ttft = a.duration_ms, NULL if a.ttft_ms is None else a.ttft_ms
+    else:
+        attempt_ms = attempt_ttft = NULL
+        rows = _attempt_rows(ts, rid, attempts, names)
     request: Row = (
         ts, rid, names[rec.key_name], names[rec.route], names[rec.endpoint], rec.operation,
         1 if rec.stream else 0, rec.status, len(attempts), rec.latency_ms,
         NULL if ttft is None else ttft, u.prompt_tokens, u.completion_tokens, rec.cost,
+        attempt_ms, attempt_ttft,
     )  # fmt: skip
     # The columns at their defaults in most rows go only when they are not (DEFAULTS).
     if (
@@ -112,14 +129,12 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
             rec.hedges, u.reasoning_tokens, u.cached_tokens, u.cache_write_tokens,
             names[rec.error],
         )  # fmt: skip
-    if len(attempts) == 1:  # the usual request: one attempt, which served it
-        a = attempts[0]
-        if a.reason is None and not a.hedged:
-            status, ttft = a.status, a.ttft_ms
-            return request, ((
-                ts, rid, names[a.route], names[a.endpoint], NULL if status is None else status,
-                a.duration_ms, NULL if ttft is None else ttft,
-            ),)  # fmt: skip
+    return request, rows
+
+
+def _attempt_rows(
+    ts: float, rid: str, attempts: list[AttemptRecord], names: dict[str | None, Any]
+) -> tuple[Row, ...]:
     rows: list[Row] = []
     tails = False
     for a in attempts:  # a loop, not a comprehension: no function object per record
@@ -136,7 +151,7 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
             (*row, names[a.reason], 1 if a.hedged else 0)
             for row, a in zip(rows, attempts, strict=True)
         ]
-    return request, tuple(rows)
+    return tuple(rows)
 
 
 def learn_names(rec: RequestRecord, names: dict[str | None, Any]) -> None:

@@ -79,12 +79,17 @@ REQUESTS = sa.Table(
     sa.Column("cache_write_tokens", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("cost", sa.Float(), nullable=False),
     sa.Column("error", sa.String(), nullable=True),
+    # Set when the request's one attempt served it: that attempt has no row of its own
+    # (revision 0005), and these are its figures.
+    sa.Column("attempt_duration_ms", sa.Float(), nullable=True),
+    sa.Column("attempt_ttft_ms", sa.Float(), nullable=True),
 )
-ATTEMPTS = sa.Table(
-    "attempts",
+# The attempts that are not a request's one attempt that served it. No index on ts:
+# pruned by id (store.py), and joined to requests on (ts, request_id).
+ATTEMPT_ROWS = sa.Table(
+    "attempt_rows",
     METADATA,
     sa.Column("id", _ID, primary_key=True, autoincrement=True),
-    # No index on ts: pruned by id (store.py), and joined to requests on (ts, request_id).
     sa.Column("ts", _TS, nullable=False),
     sa.Column("request_id", sa.String(), nullable=False),
     sa.Column("route", sa.String(), nullable=False),
@@ -94,6 +99,14 @@ ATTEMPTS = sa.Table(
     sa.Column("duration_ms", sa.Float(), nullable=False),
     sa.Column("ttft_ms", sa.Float(), nullable=True),
     sa.Column("hedged", sa.Boolean(), nullable=False),
+)
+# Every attempt, one row each, as readers query them: the view over ``attempt_rows`` and
+# the requests that carry their one attempt (0005); ``id`` is NULL for the latter. Not
+# in METADATA: the migrations create it, and it is never a table to create or compare.
+ATTEMPTS = sa.Table(
+    "attempts",
+    sa.MetaData(),
+    *(sa.Column(c.name, c.type, nullable=True) for c in ATTEMPT_ROWS.columns),
 )
 
 

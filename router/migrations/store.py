@@ -38,13 +38,16 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 import orjson
 
 # The newest revision this version ships (a test keeps it in step with versions/).
-HEAD = "0004"
+HEAD = "0005"
 
 REQUEST_COLUMNS = (
     "ts", "request_id", "key_name", "route", "endpoint", "operation", "stream", "status",
     "attempts", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "cost",
-    "hedges", "reasoning_tokens", "cached_tokens", "cache_write_tokens", "error",
+    "attempt_duration_ms", "attempt_ttft_ms", "hedges", "reasoning_tokens", "cached_tokens",
+    "cache_write_tokens", "error",
 )  # fmt: skip
+# Of ``attempt_rows``: the attempts that are not a request's one attempt that served it,
+# which its request's row carries (``attempt_*``, revision 0005).
 ATTEMPT_COLUMNS = (
     "ts", "request_id", "route", "endpoint", "status", "duration_ms", "ttft_ms", "reason",
     "hedged",
@@ -69,6 +72,7 @@ PG_TYPES = {
     "prompt_tokens": "integer", "completion_tokens": "integer", "reasoning_tokens": "integer",
     "cached_tokens": "integer", "cache_write_tokens": "integer", "cost": "float8",
     "error": "text", "reason": "text", "duration_ms": "float8", "hedged": "boolean",
+    "attempt_duration_ms": "float8", "attempt_ttft_ms": "float8",
 }  # fmt: skip
 
 SQLITE_BUSY_MS = 2000  # wait this long for another writer's lock before failing the batch
@@ -155,7 +159,8 @@ class Store(Protocol):
 
     async def prune(self, cutoff: float) -> tuple[int, int]:
         """Delete rows older than ``cutoff`` (Unix seconds); how many requests and
-        attempts went. Attempts go by id, up to the oldest one still kept (see 0004)."""
+        attempt rows went. Attempt rows go by id, up to the oldest one still kept (see
+        0004); the attempts that requests carry (0005) go with their requests."""
 
     async def close(self) -> None:
         """Drop the connection (quietly: it may already be broken); connect() reopens."""
@@ -232,9 +237,9 @@ sqlite3.register_adapter(type(None), lambda value: value)
 # revision 0004), a scan that stops there. A ``ts`` written as text, which only an older
 # router does (during a rolling upgrade), is compared as text: see ``_prune``.
 _SQLITE_PRUNE_ATTEMPTS = (
-    "DELETE FROM attempts WHERE id < coalesce((SELECT id FROM attempts"
+    "DELETE FROM attempt_rows WHERE id < coalesce((SELECT id FROM attempt_rows"
     " WHERE ts >= CASE typeof(ts) WHEN 'text' THEN ?2 ELSE ?1 END ORDER BY id LIMIT 1),"
-    " (SELECT max(id) + 1 FROM attempts))"
+    " (SELECT max(id) + 1 FROM attempt_rows))"
 )
 
 
@@ -299,7 +304,7 @@ class SQLiteStore:
         params = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._inserts = (
             _SQLiteInserts("requests", REQUEST_COLUMNS, params),
-            _SQLiteInserts("attempts", ATTEMPT_COLUMNS, params),
+            _SQLiteInserts("attempt_rows", ATTEMPT_COLUMNS, params),
         )
         self._conn = conn
 
@@ -374,15 +379,16 @@ def _pg_select(columns: tuple[str, ...], param: str) -> str:
 _PG_INSERT = (
     f"WITH r AS (INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
     f"{_pg_select(REQUEST_COLUMNS, '$1')}) "
-    f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) {_pg_select(ATTEMPT_COLUMNS, '$2')}"
+    f"INSERT INTO attempt_rows ({', '.join(ATTEMPT_COLUMNS)}) "
+    f"{_pg_select(ATTEMPT_COLUMNS, '$2')}"
 )
 
 
 # As on SQLite: up to the oldest attempt still kept, in id order (``ts`` has no index).
 _PG_PRUNE_ATTEMPTS = (
-    "DELETE FROM attempts WHERE id < coalesce("
-    "(SELECT id FROM attempts WHERE ts >= to_timestamp($1::float8) ORDER BY id LIMIT 1), "
-    "(SELECT max(id) + 1 FROM attempts))"
+    "DELETE FROM attempt_rows WHERE id < coalesce("
+    "(SELECT id FROM attempt_rows WHERE ts >= to_timestamp($1::float8) ORDER BY id LIMIT 1), "
+    "(SELECT max(id) + 1 FROM attempt_rows))"
 )
 
 

@@ -37,10 +37,17 @@ from structlog.testing import capture_logs
 
 from router import requestlog
 from router.migrations import schema, store
-from router.migrations.schema import ATTEMPTS, METADATA, REQUESTS, make_engine, migrate
+from router.migrations.schema import (
+    ATTEMPT_ROWS,
+    ATTEMPTS,
+    METADATA,
+    REQUESTS,
+    make_engine,
+    migrate,
+)
 from router.migrations.store import HEAD, parse_target
 from router.records import AttemptRecord, RequestRecord, Usage
-from router.requestlog import RequestLog, RequestLogDisabled
+from router.requestlog import NULL, RequestLog, RequestLogDisabled
 from router.usage import parse_time, usage
 
 T = TypeVar("T")
@@ -387,7 +394,8 @@ async def index_names(url: str) -> set[str]:
             return await conn.run_sync(
                 lambda c: {
                     str(ix["name"])
-                    for table in ("requests", "attempts")
+                    for table in sa.inspect(c).get_table_names()  # attempts: a view since 0005
+                    if table in ("requests", "attempts", "attempt_rows")
                     for ix in sa.inspect(c).get_indexes(table)
                 }
             )
@@ -498,6 +506,8 @@ def test_downgrade_to_0003_gives_the_old_times_back(url: str) -> None:
     run(write())
     _alembic(url, "downgrade", "0003")
     assert run(index_names(url)) == {"ix_requests_ts", "ix_attempts_ts"}
+    # The attempt the request's row carried (0005) is a row of its own again.
+    assert run(scalar(url, "SELECT duration_ms FROM attempts")) == 12.5
     old = sa.Table("requests", sa.MetaData(), sa.Column("ts", sa.DateTime(timezone=True)))
 
     async def read() -> datetime:
@@ -560,21 +570,102 @@ async def request_ids(url: str, table: str) -> list[str]:
 
 
 def test_attempts_are_pruned_up_to_the_oldest_one_kept(url: str) -> None:
-    """Attempts go by id (their ts has no index): never one within retention; an old one
-    written after a newer one goes when a later prune gets past that one."""
+    """Attempt rows go by id (their ts has no index): never one within retention; an old
+    one written after a newer one goes when a later prune gets past that one. The one
+    attempt a request's row carries goes with it."""
     ages = [3, 3, 0, 3, 0]  # days, in the order written
+
+    def failed_over(i: int, age: int) -> RequestRecord:
+        return make_record(
+            i,
+            started=NOW - age * DAY,
+            attempts=[
+                AttemptRecord("demo", "slow", 503, "http_5xx", 5.0),
+                AttemptRecord("demo", "fast", 200, None, 9.0),
+            ],
+        )
 
     async def scenario() -> None:
         log = RequestLog(url)
         await log.start(ready_timeout_s=60)
         for i, age in enumerate(ages):
-            log.record(make_record(i, started=NOW - age * DAY))
+            log.record(failed_over(i, age))
+        log.record(make_record(8))
+        log.record(make_record(9, started=NOW - 3 * DAY))
         await log.stop()
+        assert await scalar(url, "SELECT count(*) FROM attempts") == 2 * len(ages) + 2
         log = RequestLog(url, retention_days=1)
         await log.start(ready_timeout_s=60)
         await log.stop()
-        assert await request_ids(url, "requests") == ["req-2", "req-4"]
-        assert await request_ids(url, "attempts") == ["req-2", "req-3", "req-4"]
+        assert await request_ids(url, "requests") == ["req-2", "req-4", "req-8"]
+        kept = ["req-2", "req-2", "req-3", "req-3", "req-4", "req-4"]
+        assert await request_ids(url, "attempt_rows") == kept
+        got = await scalar(url, "SELECT count(*) FROM attempts WHERE request_id = 'req-8'")
+        assert got == 1
+        assert await scalar(url, "SELECT count(*) FROM attempts") == len(kept) + 1
+
+    run(scenario())
+
+
+# What a router at revision 0004 wrote with: the same statements, into ``attempts``.
+_OLD_REQUEST_COLUMNS = tuple(c for c in store.REQUEST_COLUMNS if not c.startswith("attempt_"))
+_OLD_PG_INSERT = (
+    f"WITH r AS (INSERT INTO requests ({', '.join(_OLD_REQUEST_COLUMNS)}) "
+    f"{store._pg_select(_OLD_REQUEST_COLUMNS, '$1')}) "
+    f"INSERT INTO attempts ({', '.join(store.ATTEMPT_COLUMNS)}) "
+    f"{store._pg_select(store.ATTEMPT_COLUMNS, '$2')}"
+)
+
+
+def test_an_older_router_writes_through_the_view_and_leaves_pruning(url: str) -> None:
+    """During a rolling upgrade, a router at 0004 still inserts into ``attempts``: its
+    rows land in ``attempt_rows``. Its prune fails on the view and deletes nothing."""
+    old_request = (NOW, "old-1", NULL, "demo", "fast", "chat", 0, 200, 2, 50.0, NULL, 7, 3, 0.5)
+    old_attempts = [
+        (NOW, "old-1", "demo", "slow", 503, 5.0, NULL, "http_5xx", 0),
+        (NOW, "old-1", "demo", "fast", 200, 40.0, 10.0),
+    ]
+    target = parse_target(url)
+
+    async def old_router() -> None:
+        if target.backend == "sqlite":
+            with contextlib.closing(sqlite3.connect(target.path, isolation_level=None)) as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                store._SQLiteInserts("requests", _OLD_REQUEST_COLUMNS, 999).run(
+                    conn, [old_request]
+                )
+                store._SQLiteInserts("attempts", store.ATTEMPT_COLUMNS, 999).run(
+                    conn, old_attempts
+                )
+                conn.execute("COMMIT")
+                prune = store._SQLITE_PRUNE_ATTEMPTS.replace("attempt_rows", "attempts")
+                with pytest.raises(sqlite3.OperationalError, match="view"):
+                    conn.execute(prune, (NOW + DAY, "9999"))
+            return
+        pg = await asyncpg.connect(target.dsn)
+        try:
+            await pg.execute(
+                _OLD_PG_INSERT,
+                json.dumps([old_request]).replace("NaN", "null"),
+                json.dumps(old_attempts).replace("NaN", "null"),
+            )
+            prune = store._PG_PRUNE_ATTEMPTS.replace("attempt_rows", "attempts")
+            with pytest.raises(asyncpg.PostgresError, match="view"):
+                await pg.execute(prune, NOW + DAY)
+        finally:
+            await pg.close()
+
+    async def scenario() -> None:
+        log = RequestLog(url)
+        await log.start(ready_timeout_s=60)
+        log.record(make_record(1))
+        await log.stop()
+        await old_router()
+        assert await request_ids(url, "attempt_rows") == ["old-1", "old-1"]
+        assert await scalar(url, "SELECT count(*) FROM attempts") == 3
+        got = await scalar(url, "SELECT sum(duration_ms) FROM attempts WHERE request_id = 'old-1'")
+        assert got == 45.0
+        assert await scalar(url, "SELECT count(*) FROM requests") == 2
 
     run(scenario())
 
@@ -612,7 +703,9 @@ def test_sqlite_prunes_text_times_an_older_router_wrote(tmp_path: Path) -> None:
         await log.start(ready_timeout_s=60)
         await log.stop()
         assert await request_ids(url, "requests") == ["text-new", "req-5"]
-        assert await request_ids(url, "attempts") == ["text-new", "req-5"]
+        # The older router's attempt went through the view into a row of its own.
+        assert await request_ids(url, "attempt_rows") == ["text-new"]
+        assert sorted(await request_ids(url, "attempts")) == ["req-5", "text-new"]
 
     run(scenario())
 
@@ -977,7 +1070,8 @@ def test_head_constant_matches_the_shipped_revisions() -> None:
 
 def test_the_writers_columns_are_the_tables_columns() -> None:
     """``store`` names the columns it inserts; ``schema`` is the one definition."""
-    for table, columns in ((REQUESTS, store.REQUEST_COLUMNS), (ATTEMPTS, store.ATTEMPT_COLUMNS)):
+    pairs = ((REQUESTS, store.REQUEST_COLUMNS), (ATTEMPT_ROWS, store.ATTEMPT_COLUMNS))
+    for table, columns in pairs:
         assert sorted(c.name for c in table.columns if c.name != "id") == sorted(columns)
         # A row may end before its defaulted columns: they come last.
         tail = [c for c in columns if c in store.DEFAULTS]
@@ -991,7 +1085,7 @@ def test_the_writers_columns_are_the_tables_columns() -> None:
         sa.Boolean: "boolean",
         sa.DateTime: "timestamptz",
     }
-    for column in [*REQUESTS.columns, *ATTEMPTS.columns]:
+    for column in [*REQUESTS.columns, *ATTEMPT_ROWS.columns]:
         if column.name != "id":
             assert store.PG_TYPES[column.name] == kinds[type(column.type)], column.name
 
@@ -1052,12 +1146,17 @@ def test_every_column_round_trips(url: str) -> None:
     full.hedges = 1
     bare = make_record(2, key=None, endpoint=None, status=502, started=started, attempts=[])
     bare.usage, bare.ttft_ms, bare.cost = None, None, 0.0
+    # Served by its one attempt: the request's row carries it (revision 0005).
+    plain = make_record(3, started=started)
+    # One attempt too, but it is not what the row says: the client left mid-stream.
+    gone = make_record(4, status=499, started=started)
+    gone.attempts[0].status = 200
 
     async def scenario() -> None:
         log = RequestLog(url)
         await log.start(ready_timeout_s=60)
-        log.record(full)
-        log.record(bare)
+        for rec in (full, bare, plain, gone):
+            log.record(rec)
         await log.stop()
         engine = make_engine(url)
         try:
@@ -1069,21 +1168,28 @@ def test_every_column_round_trips(url: str) -> None:
                 attempts = (await conn.execute(sa.select(ATTEMPTS).order_by(*by))).all()
         finally:
             await engine.dispose()
-        u = full.usage
-        assert u is not None
+        u, u3, u4 = full.usage, plain.usage, gone.usage
+        assert u is not None and u3 is not None and u4 is not None
         assert [tuple(r)[1:] for r in requests] == [
             (when, "req-1", "team-a", "demo", "fast", "chat",
              False, 200, 2, 1, 101.0, 20.0, u.prompt_tokens, u.completion_tokens,
              u.reasoning_tokens, u.cached_tokens, u.cache_write_tokens, full.cost,
-             "UpstreamTimeout"),
+             "UpstreamTimeout", None, None),
             (when, "req-2", None, "demo", None, "chat",
-             True, 502, 0, 0, 102.0, None, 0, 0, 0, 0, 0, 0.0, None),
+             True, 502, 0, 0, 102.0, None, 0, 0, 0, 0, 0, 0.0, None, None, None),
+            (when, "req-3", "team-a", "demo", "fast", "chat",
+             False, 200, 1, 0, 103.0, 20.0, 13, 8, 0, 3, 1, plain.cost, None, 12.5, 3.0),
+            (when, "req-4", "team-a", "demo", "fast", "chat",
+             True, 499, 1, 0, 104.0, 20.0, 14, 9, 1, 0, 1, gone.cost, None, None, None),
         ]  # fmt: skip
-        assert [tuple(r)[1:] for r in attempts] == [
-            (when, "req-1", "other", "slow", None, "timeout", 7.0,
+        # The view: every attempt, the one a request's row carries with a NULL id.
+        assert [(r.id is None, *tuple(r)[1:]) for r in attempts] == [
+            (False, when, "req-1", "other", "slow", None, "timeout", 7.0,
              None, True),
-            (when, "req-1", "demo", "fast", 200, None, 9.0, 2.5,
+            (False, when, "req-1", "demo", "fast", 200, None, 9.0, 2.5,
              False),
+            (True, when, "req-3", "demo", "fast", 200, None, 12.5, 3.0, False),
+            (False, when, "req-4", "demo", "fast", 200, None, 12.5, 3.0, False),
         ]  # fmt: skip
 
     run(scenario())
