@@ -32,6 +32,7 @@ import structlog
 
 from router.migrations.store import (
     HEAD,
+    Pair,
     Row,
     Store,
     Target,
@@ -57,7 +58,7 @@ NULL = math.nan  # a NULL as both stores bind it cheaply (see store.REQUEST_COLU
 # A queued record: its request row and its attempts' rows, plain tuples of str, int and
 # float, which the garbage collector stops tracking (a queue of thousands of dataclasses
 # would be rescanned by every young-generation collection).
-_Entry = tuple[Row, tuple[Row, ...]]
+_Entry = tuple[Pair, tuple[Pair, ...]]
 _REQUEST = itemgetter(0)
 _ATTEMPTS = itemgetter(1)
 _NO_USAGE = Usage()
@@ -80,8 +81,9 @@ def _text(value: str) -> str:
 
 
 def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
-    """``rec`` as rows in ``store.REQUEST_COLUMNS`` / ``store.ATTEMPT_COLUMNS`` order,
-    which end before their ``store.DEFAULTS`` when those are all the row has there.
+    """``rec`` as rows, each a pair of values in ``store.REQUEST_SHARED`` and
+    ``store.REQUEST_COLUMNS`` order (``ATTEMPT_*`` for attempts), the latter ending
+    before their ``store.DEFAULTS`` when those are all the row has there.
 
     The usual request, served by its one attempt, is one row: it carries that attempt's
     duration and TTFT, and its other fields are the attempt's too (revision 0005). Any
@@ -102,7 +104,7 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
     u = rec.usage or _NO_USAGE
     ttft = rec.ttft_ms
     attempts = rec.attempts
-    rows: tuple[Row, ...] = ()
+    rows: tuple[Pair, ...] = ()
     a = attempts[0] if len(attempts) == 1 else None
     # The attempt served the request, unhedged, at its route, endpoint and status: the
     # request's row says all the rest of it.
@@ -114,9 +116,15 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
     else:
         attempt_ms = attempt_ttft = NULL
         rows = _attempt_rows(ts, rid, attempts, names)
+    shared = (
+        names[rec.route],
+        names[rec.endpoint],
+        rec.operation,
+        1 if rec.stream else 0,
+        rec.status,
+    )
     request: Row = (
-        ts, rid, names[rec.key_name], names[rec.route], names[rec.endpoint], rec.operation,
-        1 if rec.stream else 0, rec.status, len(attempts), rec.latency_ms,
+        ts, rid, names[rec.key_name], len(attempts), rec.latency_ms,
         NULL if ttft is None else ttft, u.prompt_tokens, u.completion_tokens, rec.cost,
         attempt_ms, attempt_ttft,
     )  # fmt: skip
@@ -129,12 +137,12 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
             rec.hedges, u.reasoning_tokens, u.cached_tokens, u.cache_write_tokens,
             names[rec.error],
         )  # fmt: skip
-    return request, rows
+    return (shared, request), rows
 
 
 def _attempt_rows(
     ts: float, rid: str, attempts: list[AttemptRecord], names: dict[str | None, Any]
-) -> tuple[Row, ...]:
+) -> tuple[Pair, ...]:
     rows: list[Row] = []
     tails = False
     for a in attempts:  # a loop, not a comprehension: no function object per record
@@ -151,7 +159,7 @@ def _attempt_rows(
             (*row, names[a.reason], 1 if a.hedged else 0)
             for row, a in zip(rows, attempts, strict=True)
         ]
-    return tuple(rows)
+    return tuple([((), row) for row in rows])  # they share nothing (store.ATTEMPT_SHARED)
 
 
 def learn_names(rec: RequestRecord, names: dict[str | None, Any]) -> None:

@@ -30,7 +30,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import groupby
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -40,14 +39,20 @@ import orjson
 # The newest revision this version ships (a test keeps it in step with versions/).
 HEAD = "0005"
 
+# A row goes as a pair: the values that most rows of a batch have in common, then its
+# own. SQLite binds the shared ones once per statement (``_SQLiteInserts``), where a
+# bound value costs its writer 250 (a number) to 800 (text, which SQLite copies)
+# instructions: most requests of a batch share their route, endpoint, operation,
+# stream flag and status.
+REQUEST_SHARED = ("route", "endpoint", "operation", "stream", "status")
 REQUEST_COLUMNS = (
-    "ts", "request_id", "key_name", "route", "endpoint", "operation", "stream", "status",
-    "attempts", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "cost",
-    "attempt_duration_ms", "attempt_ttft_ms", "hedges", "reasoning_tokens", "cached_tokens",
-    "cache_write_tokens", "error",
+    "ts", "request_id", "key_name", "attempts", "latency_ms", "ttft_ms", "prompt_tokens",
+    "completion_tokens", "cost", "attempt_duration_ms", "attempt_ttft_ms", "hedges",
+    "reasoning_tokens", "cached_tokens", "cache_write_tokens", "error",
 )  # fmt: skip
 # Of ``attempt_rows``: the attempts that are not a request's one attempt that served it,
-# which its request's row carries (``attempt_*``, revision 0005).
+# which its request's row carries (``attempt_*``, revision 0005). Few: they share nothing.
+ATTEMPT_SHARED: tuple[str, ...] = ()
 ATTEMPT_COLUMNS = (
     "ts", "request_id", "route", "endpoint", "status", "duration_ms", "ttft_ms", "reason",
     "hedged",
@@ -81,6 +86,7 @@ PG_COMMAND_TIMEOUT_S = 30.0  # a hung server fails the batch, which is then retr
 MIGRATION_TIMEOUT_S = 300.0  # the child may wait on another process's migration lock
 
 Row = tuple[Any, ...]
+Pair = tuple[Row, Row]  # (shared, own): see REQUEST_SHARED
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # where ``router`` is importable
 
 
@@ -154,7 +160,7 @@ class Store(Protocol):
     async def revision(self) -> str | None:
         """The database's Alembic revision; None without one (a fresh database)."""
 
-    async def insert(self, requests: list[Row], attempts: list[Row]) -> None:
+    async def insert(self, requests: list[Pair], attempts: list[Pair]) -> None:
         """Both tables' rows in one transaction: all or nothing."""
 
     async def prune(self, cutoff: float) -> tuple[int, int]:
@@ -179,9 +185,11 @@ MAX_ROWS_PER_INSERT = 64  # past this, a bigger statement saves little per row
 
 
 class _SQLiteInserts:
-    """The multi-row ``INSERT``s of one table: a batch of n rows goes as one statement per
-    set bit of n (120 = 64 + 32 + 16 + 8), each prepared once and cached by the driver;
-    rows that leave out their ``DEFAULTS`` go in statements of their own width.
+    """The multi-row ``INSERT``s of one table: a batch's rows that share their shared
+    values and their width go as one statement per set bit of their number (120 = 64 +
+    32 + 16 + 8), each prepared once and cached by the driver. Every row of a statement
+    names the same parameters for the shared values (``?1``...), so they are bound once
+    per statement; a row that leaves out its ``DEFAULTS`` has them as literals.
 
     ``executemany()`` runs its statement once per row, and each run opens and closes the
     table's and the index's cursors, and releases and retakes the GIL; one statement of
@@ -192,36 +200,58 @@ class _SQLiteInserts:
     SQLite's bound on parameters.
     """
 
-    def __init__(self, table: str, columns: tuple[str, ...], max_params: int) -> None:
-        self._head = f"INSERT OR FAIL INTO {table} ({', '.join(columns)}) VALUES "
+    def __init__(
+        self, table: str, shared: tuple[str, ...], columns: tuple[str, ...], max_params: int
+    ) -> None:
+        self._head = f"INSERT OR FAIL INTO {table} ({', '.join(shared + columns)}) VALUES "
+        self._shared = len(shared)
         self._columns = columns
         self._max_params = max_params
         self._statements: dict[int, list[tuple[int, str]]] = {}
 
     def statements(self, width: int) -> list[tuple[int, str]]:
-        """(rows, SQL) for rows of ``width`` values, the most rows first."""
+        """(rows, SQL) for rows of ``width`` values of their own, the most rows first."""
         found = self._statements.get(width)
         if found is None:
-            row = ", ".join(["?"] * width + [DEFAULTS[c] for c in self._columns[width:]])
-            largest = min(MAX_ROWS_PER_INSERT, self._max_params // width).bit_length() - 1
-            sizes = [1 << k for k in range(largest, -1, -1)]
-            found = [(size, self._head + ", ".join([f"({row})"] * size)) for size in sizes]
+            k = self._shared
+            shared = [f"?{j}" for j in range(1, k + 1)]
+            defaults = [DEFAULTS[c] for c in self._columns[width:]]
+
+            def row(i: int) -> str:
+                own = [f"?{k + i * width + j}" for j in range(1, width + 1)]
+                return f"({', '.join(shared + own + defaults)})"
+
+            fits = (self._max_params - k) // width
+            largest = min(MAX_ROWS_PER_INSERT, fits).bit_length() - 1
+            sizes = [1 << n for n in range(largest, -1, -1)]
+            found = [(n, self._head + ", ".join(map(row, range(n)))) for n in sizes]
             self._statements[width] = found
         return found
 
-    def run(self, conn: sqlite3.Connection, rows: list[Row]) -> None:
-        # A stable sort: rows of one width keep their order (and the attempts of one
-        # request, which share a width, theirs).
-        for width, group in groupby(sorted(rows, key=len), len):
-            same = list(group)
-            done = 0
-            for size, sql in self.statements(width):
-                while len(same) - done >= size:
-                    values: list[Any] = []
-                    for row in same[done : done + size]:
-                        values += row  # copied in C: no bytecode per value
-                    conn.execute(sql, values)
-                    done += size
+    def run(self, conn: sqlite3.Connection, pairs: list[Pair]) -> None:
+        # Rows of one shared part and width keep their order (and so do the attempts of
+        # one request, which share a width). A dictionary, not a sort: shared values
+        # may be NaN (NULL) beside text, which do not compare.
+        groups: dict[Row, list[Row]] = {}
+        for shared, own in pairs:
+            group = groups.get(shared)
+            if group is None:
+                groups[shared] = [own]
+            else:
+                group.append(own)
+        for shared, rows in groups.items():
+            widths: dict[int, list[Row]] = {}
+            for row in rows:
+                widths.setdefault(len(row), []).append(row)
+            for width, same in widths.items():
+                done = 0
+                for size, sql in self.statements(width):
+                    while len(same) - done >= size:
+                        values = list(shared)
+                        for row in same[done : done + size]:
+                            values += row  # copied in C: no bytecode per value
+                        conn.execute(sql, values)
+                        done += size
 
 
 # sqlite3 binds exact ints, floats and strings directly, but sends every other value,
@@ -269,7 +299,7 @@ class SQLiteStore:
         result: str | None = await self._call(self._revision)
         return result
 
-    async def insert(self, requests: list[Row], attempts: list[Row]) -> None:
+    async def insert(self, requests: list[Pair], attempts: list[Pair]) -> None:
         await self._call(self._insert, requests, attempts)
 
     async def prune(self, cutoff: float) -> tuple[int, int]:
@@ -303,8 +333,8 @@ class SQLiteStore:
             raise
         params = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._inserts = (
-            _SQLiteInserts("requests", REQUEST_COLUMNS, params),
-            _SQLiteInserts("attempt_rows", ATTEMPT_COLUMNS, params),
+            _SQLiteInserts("requests", REQUEST_SHARED, REQUEST_COLUMNS, params),
+            _SQLiteInserts("attempt_rows", ATTEMPT_SHARED, ATTEMPT_COLUMNS, params),
         )
         self._conn = conn
 
@@ -319,7 +349,7 @@ class SQLiteStore:
         rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
         return str(rows[0][0]) if len(rows) == 1 else None
 
-    def _insert(self, requests: list[Row], attempts: list[Row]) -> None:
+    def _insert(self, requests: list[Pair], attempts: list[Pair]) -> None:
         assert self._conn is not None and self._inserts is not None
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")  # take the write lock now, not halfway through
@@ -363,24 +393,29 @@ class SQLiteStore:
                 conn.close()
 
 
-def _pg_select(columns: tuple[str, ...], param: str) -> str:
-    def value(i: int, name: str) -> str:
-        if PG_TYPES[name] == "timestamptz":
-            return f"to_timestamp((e->>{i})::float8)"
-        if DEFAULTS.get(name, "NULL") != "NULL":  # a row that ends before it has NULL here
-            return f"coalesce((e->>{i})::{PG_TYPES[name]}, {DEFAULTS[name]})"
-        return f"(e->>{i})::{PG_TYPES[name]}"
+def _pg_insert(table: str, shared: tuple[str, ...], columns: tuple[str, ...], param: str) -> str:
+    """``INSERT`` of the pairs in the JSON array ``param``: ``[[shared...], [own...]]``."""
 
-    values = ", ".join(value(i, name) for i, name in enumerate(columns))
-    return f"SELECT {values} FROM jsonb_array_elements({param}::jsonb) AS e"
+    def value(part: int, i: int, name: str) -> str:
+        field = f"(e->{part}->>{i})"
+        if PG_TYPES[name] == "timestamptz":
+            return f"to_timestamp({field}::float8)"
+        if DEFAULTS.get(name, "NULL") != "NULL":  # a row that ends before it has NULL here
+            return f"coalesce({field}::{PG_TYPES[name]}, {DEFAULTS[name]})"
+        return f"{field}::{PG_TYPES[name]}"
+
+    values = [value(0, i, name) for i, name in enumerate(shared)]
+    values += [value(1, i, name) for i, name in enumerate(columns)]
+    return (
+        f"INSERT INTO {table} ({', '.join(shared + columns)}) "
+        f"SELECT {', '.join(values)} FROM jsonb_array_elements({param}::jsonb) AS e"
+    )
 
 
 # Both tables in one statement (a data-modifying CTE): atomic, one round trip.
 _PG_INSERT = (
-    f"WITH r AS (INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
-    f"{_pg_select(REQUEST_COLUMNS, '$1')}) "
-    f"INSERT INTO attempt_rows ({', '.join(ATTEMPT_COLUMNS)}) "
-    f"{_pg_select(ATTEMPT_COLUMNS, '$2')}"
+    f"WITH r AS ({_pg_insert('requests', REQUEST_SHARED, REQUEST_COLUMNS, '$1')}) "
+    f"{_pg_insert('attempt_rows', ATTEMPT_SHARED, ATTEMPT_COLUMNS, '$2')}"
 )
 
 
@@ -419,7 +454,7 @@ class PostgresStore:
         rows = await conn.fetch("SELECT version_num FROM alembic_version")
         return str(rows[0][0]) if len(rows) == 1 else None
 
-    async def insert(self, requests: list[Row], attempts: list[Row]) -> None:
+    async def insert(self, requests: list[Pair], attempts: list[Pair]) -> None:
         await self._conn.execute(
             _PG_INSERT, orjson.dumps(requests).decode(), orjson.dumps(attempts).decode()
         )

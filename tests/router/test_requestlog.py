@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import os
 import socket
 import sqlite3
@@ -608,12 +607,14 @@ def test_attempts_are_pruned_up_to_the_oldest_one_kept(url: str) -> None:
 
 
 # What a router at revision 0004 wrote with: the same statements, into ``attempts``.
-_OLD_REQUEST_COLUMNS = tuple(c for c in store.REQUEST_COLUMNS if not c.startswith("attempt_"))
+_OLD_REQUEST_COLUMNS = (
+    "ts", "request_id", "key_name", "route", "endpoint", "operation", "stream", "status",
+    "attempts", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "cost",
+    "hedges", "reasoning_tokens", "cached_tokens", "cache_write_tokens", "error",
+)  # fmt: skip
 _OLD_PG_INSERT = (
-    f"WITH r AS (INSERT INTO requests ({', '.join(_OLD_REQUEST_COLUMNS)}) "
-    f"{store._pg_select(_OLD_REQUEST_COLUMNS, '$1')}) "
-    f"INSERT INTO attempts ({', '.join(store.ATTEMPT_COLUMNS)}) "
-    f"{store._pg_select(store.ATTEMPT_COLUMNS, '$2')}"
+    f"WITH r AS ({store._pg_insert('requests', (), _OLD_REQUEST_COLUMNS, '$1')}) "
+    f"{store._pg_insert('attempts', (), store.ATTEMPT_COLUMNS, '$2')}"
 )
 
 
@@ -631,11 +632,11 @@ def test_an_older_router_writes_through_the_view_and_leaves_pruning(url: str) ->
         if target.backend == "sqlite":
             with contextlib.closing(sqlite3.connect(target.path, isolation_level=None)) as conn:
                 conn.execute("BEGIN IMMEDIATE")
-                store._SQLiteInserts("requests", _OLD_REQUEST_COLUMNS, 999).run(
-                    conn, [old_request]
+                store._SQLiteInserts("requests", (), _OLD_REQUEST_COLUMNS, 999).run(
+                    conn, [((), old_request)]
                 )
-                store._SQLiteInserts("attempts", store.ATTEMPT_COLUMNS, 999).run(
-                    conn, old_attempts
+                store._SQLiteInserts("attempts", (), store.ATTEMPT_COLUMNS, 999).run(
+                    conn, [((), row) for row in old_attempts]
                 )
                 conn.execute("COMMIT")
                 prune = store._SQLITE_PRUNE_ATTEMPTS.replace("attempt_rows", "attempts")
@@ -646,8 +647,8 @@ def test_an_older_router_writes_through_the_view_and_leaves_pruning(url: str) ->
         try:
             await pg.execute(
                 _OLD_PG_INSERT,
-                json.dumps([old_request]).replace("NaN", "null"),
-                json.dumps(old_attempts).replace("NaN", "null"),
+                json.dumps([[[], old_request]]).replace("NaN", "null"),
+                json.dumps([[[], row] for row in old_attempts]).replace("NaN", "null"),
             )
             prune = store._PG_PRUNE_ATTEMPTS.replace("attempt_rows", "attempts")
             with pytest.raises(asyncpg.PostgresError, match="view"):
@@ -1070,9 +1071,13 @@ def test_head_constant_matches_the_shipped_revisions() -> None:
 
 def test_the_writers_columns_are_the_tables_columns() -> None:
     """``store`` names the columns it inserts; ``schema`` is the one definition."""
-    pairs = ((REQUESTS, store.REQUEST_COLUMNS), (ATTEMPT_ROWS, store.ATTEMPT_COLUMNS))
-    for table, columns in pairs:
-        assert sorted(c.name for c in table.columns if c.name != "id") == sorted(columns)
+    tables = (
+        (REQUESTS, store.REQUEST_SHARED, store.REQUEST_COLUMNS),
+        (ATTEMPT_ROWS, store.ATTEMPT_SHARED, store.ATTEMPT_COLUMNS),
+    )
+    for table, shared, columns in tables:
+        names = sorted(c.name for c in table.columns if c.name != "id")
+        assert names == sorted(shared + columns)
         # A row may end before its defaulted columns: they come last.
         tail = [c for c in columns if c in store.DEFAULTS]
         assert tail == list(columns[len(columns) - len(tail) :])
@@ -1100,33 +1105,53 @@ def test_sqlite_times_round_trip_as_unix_seconds(when: datetime) -> None:
     assert unix.process_result_value(seconds, None) == when
 
 
+_SHARED = ("kind", "code")  # a table of attempts with two shared columns in front
+_KINDS = [("demo", 200), ("demo", 200), ("other", 200), (NULL, 502)]  # NULL beside text
+
+
 @given(
     rows=st.integers(min_value=0, max_value=300),
-    max_params=st.integers(min_value=len(store.ATTEMPT_COLUMNS), max_value=2000),
+    max_params=st.integers(min_value=len(_SHARED) + len(store.ATTEMPT_COLUMNS), max_value=2000),
 )
 def test_multi_row_inserts_write_any_batch_within_the_parameter_bound(
     rows: int, max_params: int
 ) -> None:
-    """Any number of rows goes in whole and in order, in statements SQLite accepts."""
-    inserts = store._SQLiteInserts("attempts", store.ATTEMPT_COLUMNS, max_params)
+    """Any number of rows goes in whole, each with its shared values, in order among the
+    rows that share them and their width, in statements SQLite accepts."""
+    inserts = store._SQLiteInserts("attempts", _SHARED, store.ATTEMPT_COLUMNS, max_params)
     for width in (7, 9):
         statements = inserts.statements(width)
-        assert all(size * width <= max_params for size, _ in statements)
+        assert all(len(_SHARED) + size * width <= max_params for size, _ in statements)
         assert statements[-1][0] == 1  # so that every remainder has a statement
     conn = sqlite3.connect(":memory:")
-    conn.execute(f"CREATE TABLE attempts ({', '.join(store.ATTEMPT_COLUMNS)})")
+    conn.execute(f"CREATE TABLE attempts ({', '.join(_SHARED + store.ATTEMPT_COLUMNS)})")
     conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, max_params)
     # Every third row with its tail (reason, hedged), the others without.
-    batch: list[tuple[Any, ...]] = [
-        (float(i), f"r{i}", "demo", "a", 200, 1.0, math.nan, *(("timeout", 1) if i % 3 else ()))
+    batch: list[store.Pair] = [
+        (
+            _KINDS[i % len(_KINDS)],
+            (float(i), f"r{i}", "demo", "a", 200, 1.0, NULL, *(("timeout", 1) if i % 3 else ())),
+        )
         for i in range(rows)
     ]
     inserts.run(conn, batch)
-    got = conn.execute("SELECT ts, request_id, reason, hedged FROM attempts").fetchall()
-    want = [(float(i), f"r{i}", "timeout" if i % 3 else None, i % 3 and 1) for i in range(rows)]
-    assert sorted(got) == sorted(want)
-    # In each width, in the order given.
-    assert [r for r in got if r[2] is None] == [r for r in want if r[2] is None]
+    got = conn.execute("SELECT kind, code, ts, request_id, reason, hedged FROM attempts")
+    got = got.fetchall()
+
+    def kind(i: int) -> tuple[Any, ...]:
+        k = _KINDS[i % len(_KINDS)]
+        return (None if k[0] is NULL else k[0], k[1])
+
+    want = [
+        (*kind(i), float(i), f"r{i}", "timeout" if i % 3 else None, i % 3 and 1)
+        for i in range(rows)
+    ]
+    assert sorted(got, key=str) == sorted(want, key=str)
+    for k in {kind(i) for i in range(rows)}:
+        for tail in (None, "timeout"):
+            assert [r for r in got if r[:2] == k and r[4] == tail] == [
+                r for r in want if r[:2] == k and r[4] == tail
+            ]
 
 
 def test_every_column_round_trips(url: str) -> None:
