@@ -117,16 +117,12 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
         attempt_ms = attempt_ttft = NULL
         rows = _attempt_rows(ts, rid, attempts, names)
     shared = (
-        names[rec.route],
-        names[rec.endpoint],
-        rec.operation,
-        1 if rec.stream else 0,
-        rec.status,
-    )
+        names[rec.route], names[rec.endpoint], rec.operation, 1 if rec.stream else 0,
+        rec.status, names[rec.key_name], len(attempts),
+    )  # fmt: skip
     request: Row = (
-        ts, rid, names[rec.key_name], len(attempts), rec.latency_ms,
-        NULL if ttft is None else ttft, u.prompt_tokens, u.completion_tokens, rec.cost,
-        attempt_ms, attempt_ttft,
+        ts, rid, rec.latency_ms, NULL if ttft is None else ttft, u.prompt_tokens,
+        u.completion_tokens, rec.cost, attempt_ms, attempt_ttft,
     )  # fmt: skip
     # The columns at their defaults in most rows go only when they are not (DEFAULTS).
     if (

@@ -28,8 +28,10 @@ import re
 import sqlite3
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -43,12 +45,12 @@ HEAD = "0005"
 # own. SQLite binds the shared ones once per statement (``_SQLiteInserts``), where a
 # bound value costs its writer 250 (a number) to 800 (text, which SQLite copies)
 # instructions: most requests of a batch share their route, endpoint, operation,
-# stream flag and status.
-REQUEST_SHARED = ("route", "endpoint", "operation", "stream", "status")
+# stream flag, status, client key and number of attempts.
+REQUEST_SHARED = ("route", "endpoint", "operation", "stream", "status", "key_name", "attempts")
 REQUEST_COLUMNS = (
-    "ts", "request_id", "key_name", "attempts", "latency_ms", "ttft_ms", "prompt_tokens",
-    "completion_tokens", "cost", "attempt_duration_ms", "attempt_ttft_ms", "hedges",
-    "reasoning_tokens", "cached_tokens", "cache_write_tokens", "error",
+    "ts", "request_id", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "cost",
+    "attempt_duration_ms", "attempt_ttft_ms", "hedges", "reasoning_tokens", "cached_tokens",
+    "cache_write_tokens", "error",
 )  # fmt: skip
 # Of ``attempt_rows``: the attempts that are not a request's one attempt that served it,
 # which its request's row carries (``attempt_*``, revision 0005). Few: they share nothing.
@@ -230,20 +232,10 @@ class _SQLiteInserts:
 
     def run(self, conn: sqlite3.Connection, pairs: list[Pair]) -> None:
         # Rows of one shared part and width keep their order (and so do the attempts of
-        # one request, which share a width). A dictionary, not a sort: shared values
-        # may be NaN (NULL) beside text, which do not compare.
-        groups: dict[Row, list[Row]] = {}
-        for shared, own in pairs:
-            group = groups.get(shared)
-            if group is None:
-                groups[shared] = [own]
-            else:
-                group.append(own)
-        for shared, rows in groups.items():
-            widths: dict[int, list[Row]] = {}
-            for row in rows:
-                widths.setdefault(len(row), []).append(row)
-            for width, same in widths.items():
+        # one request, which share a width).
+        for shared, rows in _by_shared(pairs):
+            for same in _by_width(rows):
+                width = len(same[0])
                 done = 0
                 for size, sql in self.statements(width):
                     while len(same) - done >= size:
@@ -252,6 +244,39 @@ class _SQLiteInserts:
                             values += row  # copied in C: no bytecode per value
                         conn.execute(sql, values)
                         done += size
+
+
+_SHARED = itemgetter(0)
+_OWN = itemgetter(1)
+
+
+def _by_shared(pairs: list[Pair]) -> Iterable[tuple[Row, list[Row]]]:
+    """The own parts of ``pairs`` by their shared part, in order within each. A batch
+    has one shared part more often than not, which is found without bytecode per row.
+    A dictionary, not a sort: a shared NaN (NULL) beside text does not compare."""
+    if not pairs:
+        return ()
+    first = pairs[0][0]
+    if all(map(first.__eq__, map(_SHARED, pairs))):
+        return ((first, list(map(_OWN, pairs))),)
+    groups: dict[Row, list[Row]] = {}
+    for shared, own in pairs:
+        group = groups.get(shared)
+        if group is None:
+            groups[shared] = [own]
+        else:
+            group.append(own)
+    return groups.items()
+
+
+def _by_width(rows: list[Row]) -> Iterable[list[Row]]:
+    """``rows`` by their width, in order within each (one width, most often)."""
+    if len(set(map(len, rows))) == 1:
+        return (rows,)
+    widths: dict[int, list[Row]] = {}
+    for row in rows:
+        widths.setdefault(len(row), []).append(row)
+    return widths.values()
 
 
 # sqlite3 binds exact ints, floats and strings directly, but sends every other value,
