@@ -24,15 +24,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from itertools import chain
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from router.migrations.store import (
     HEAD,
-    Pair,
+    Record,
     Row,
     Store,
     Target,
@@ -55,12 +53,9 @@ MAX_TEXT = 256  # client-chosen strings (request ids) are cut here
 MAX_NAMES = 4096  # distinct names kept made storable (see entry())
 NULL = math.nan  # a NULL as both stores bind it cheaply (see store.REQUEST_COLUMNS)
 
-# A queued record: its request row and its attempts' rows, plain tuples of str, int and
-# float, which the garbage collector stops tracking (a queue of thousands of dataclasses
-# would be rescanned by every young-generation collection).
-_Entry = tuple[Pair, tuple[Pair, ...]]
-_REQUEST = itemgetter(0)
-_ATTEMPTS = itemgetter(1)
+# A queued record is one flat tuple (``store.Record``) of str, int and float and the
+# attempt rows, which the garbage collector stops tracking (a queue of thousands of
+# dataclasses would be rescanned by every young-generation collection).
 _NO_USAGE = Usage()
 
 
@@ -80,10 +75,9 @@ def _text(value: str) -> str:
     return value
 
 
-def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
-    """``rec`` as rows, each a pair of values in ``store.REQUEST_SHARED`` and
-    ``store.REQUEST_COLUMNS`` order (``ATTEMPT_*`` for attempts), the latter ending
-    before their ``store.DEFAULTS`` when those are all the row has there.
+def entry(rec: RequestRecord, names: dict[str | None, Any]) -> Record:
+    """``rec`` as a ``store.Record``: its attempt rows, then its row; rows end before
+    their ``store.DEFAULTS`` when those are all they have there.
 
     The usual request, served by its one attempt, is one row: it carries that attempt's
     duration and TTFT, and its other fields are the attempt's too (revision 0005). Any
@@ -104,7 +98,7 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
     u = rec.usage or _NO_USAGE
     ttft = rec.ttft_ms
     attempts = rec.attempts
-    rows: tuple[Pair, ...] = ()
+    rows: tuple[Row, ...] = ()
     a = attempts[0] if len(attempts) == 1 else None
     # The attempt served the request, unhedged, at its route, endpoint and status: the
     # request's row says all the rest of it.
@@ -116,11 +110,9 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
     else:
         attempt_ms = attempt_ttft = NULL
         rows = _attempt_rows(ts, rid, attempts, names)
-    shared = (
-        names[rec.route], names[rec.endpoint], rec.operation, 1 if rec.stream else 0,
+    record: Record = (
+        rows, names[rec.route], names[rec.endpoint], rec.operation, 1 if rec.stream else 0,
         rec.status, names[rec.key_name], len(attempts),
-    )  # fmt: skip
-    request: Row = (
         ts, rid, rec.latency_ms, NULL if ttft is None else ttft, u.prompt_tokens,
         u.completion_tokens, rec.cost, attempt_ms, attempt_ttft,
     )  # fmt: skip
@@ -129,16 +121,16 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> _Entry:
         rec.hedges or u.reasoning_tokens or u.cached_tokens or u.cache_write_tokens
         or rec.error is not None
     ):  # fmt: skip
-        request += (
+        record += (
             rec.hedges, u.reasoning_tokens, u.cached_tokens, u.cache_write_tokens,
             names[rec.error],
         )  # fmt: skip
-    return (shared, request), rows
+    return record
 
 
 def _attempt_rows(
     ts: float, rid: str, attempts: list[AttemptRecord], names: dict[str | None, Any]
-) -> tuple[Pair, ...]:
+) -> tuple[Row, ...]:
     rows: list[Row] = []
     tails = False
     for a in attempts:  # a loop, not a comprehension: no function object per record
@@ -155,7 +147,7 @@ def _attempt_rows(
             (*row, names[a.reason], 1 if a.hedged else 0)
             for row, a in zip(rows, attempts, strict=True)
         ]
-    return tuple([((), row) for row in rows])  # they share nothing (store.ATTEMPT_SHARED)
+    return tuple(rows)
 
 
 def learn_names(rec: RequestRecord, names: dict[str | None, Any]) -> None:
@@ -193,7 +185,7 @@ class RequestLog:
         self._retention_s = retention_days * 86400.0
         self._on_drop = on_drop
         self._names: dict[str | None, Any] = {None: NULL}  # see entry()
-        self._queue: deque[_Entry] = deque()
+        self._queue: deque[Record] = deque()
         self._inflight = 0  # records taken off the queue by a write not yet committed
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -483,10 +475,7 @@ class RequestLog:
             self._inflight = len(batch)
             try:
                 # All or nothing: a failed batch is retried whole.
-                await store.insert(
-                    list(map(_REQUEST, batch)),
-                    list(chain.from_iterable(map(_ATTEMPTS, batch))),
-                )
+                await store.insert(batch)
             except BaseException:
                 self._requeue(batch)
                 raise
@@ -494,7 +483,7 @@ class RequestLog:
                 self._inflight = 0
             self._written += len(batch)
 
-    def _requeue(self, batch: list[_Entry]) -> None:
+    def _requeue(self, batch: list[Record]) -> None:
         """Put a failed batch back at the head; keep the bound by dropping the oldest."""
         queue = self._queue
         queue.extendleft(reversed(batch))

@@ -613,8 +613,8 @@ _OLD_REQUEST_COLUMNS = (
     "hedges", "reasoning_tokens", "cached_tokens", "cache_write_tokens", "error",
 )  # fmt: skip
 _OLD_PG_INSERT = (
-    f"WITH r AS ({store._pg_insert('requests', (), _OLD_REQUEST_COLUMNS, '$1')}) "
-    f"{store._pg_insert('attempts', (), store.ATTEMPT_COLUMNS, '$2')}"
+    f"WITH r AS ({store._pg_insert('requests', _OLD_REQUEST_COLUMNS, '$1')}) "
+    f"{store._pg_insert('attempts', store.ATTEMPT_COLUMNS, '$2')}"
 )
 
 
@@ -633,10 +633,10 @@ def test_an_older_router_writes_through_the_view_and_leaves_pruning(url: str) ->
             with contextlib.closing(sqlite3.connect(target.path, isolation_level=None)) as conn:
                 conn.execute("BEGIN IMMEDIATE")
                 store._SQLiteInserts("requests", (), _OLD_REQUEST_COLUMNS, 999).run(
-                    conn, [((), old_request)]
+                    conn, [old_request]
                 )
                 store._SQLiteInserts("attempts", (), store.ATTEMPT_COLUMNS, 999).run(
-                    conn, [((), row) for row in old_attempts]
+                    conn, old_attempts
                 )
                 conn.execute("COMMIT")
                 prune = store._SQLITE_PRUNE_ATTEMPTS.replace("attempt_rows", "attempts")
@@ -647,8 +647,8 @@ def test_an_older_router_writes_through_the_view_and_leaves_pruning(url: str) ->
         try:
             await pg.execute(
                 _OLD_PG_INSERT,
-                json.dumps([[[], old_request]]).replace("NaN", "null"),
-                json.dumps([[[], row] for row in old_attempts]).replace("NaN", "null"),
+                json.dumps([old_request]).replace("NaN", "null"),
+                json.dumps(old_attempts).replace("NaN", "null"),
             )
             prune = store._PG_PRUNE_ATTEMPTS.replace("attempt_rows", "attempts")
             with pytest.raises(asyncpg.PostgresError, match="view"):
@@ -1127,10 +1127,10 @@ def test_multi_row_inserts_write_any_batch_within_the_parameter_bound(
     conn.execute(f"CREATE TABLE attempts ({', '.join(_SHARED + store.ATTEMPT_COLUMNS)})")
     conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, max_params)
     # Every third row with its tail (reason, hedged), the others without.
-    batch: list[store.Pair] = [
+    batch: list[store.Row] = [
         (
-            _KINDS[i % len(_KINDS)],
-            (float(i), f"r{i}", "demo", "a", 200, 1.0, NULL, *(("timeout", 1) if i % 3 else ())),
+            *_KINDS[i % len(_KINDS)],
+            *(float(i), f"r{i}", "demo", "a", 200, 1.0, NULL, *(("timeout", 1) if i % 3 else ())),
         )
         for i in range(rows)
     ]
