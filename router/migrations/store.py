@@ -55,7 +55,6 @@ REQUEST_COLUMNS = (
 )  # fmt: skip
 # Of ``attempt_rows``: the attempts that are not a request's one attempt that served it,
 # which its request's row carries (``attempt_*``, revision 0005). Few: they share nothing.
-ATTEMPT_SHARED: tuple[str, ...] = ()
 ATTEMPT_COLUMNS = (
     "ts", "request_id", "route", "endpoint", "status", "duration_ms", "ttft_ms", "reason",
     "hedged",
@@ -98,6 +97,13 @@ Row = tuple[Any, ...]
 # counted next to no difference.
 Record = tuple[Any, ...]
 _ATTEMPT_ROWS = itemgetter(0)
+
+
+def _attempts_of(records: list[Record]) -> list[Row]:
+    """The attempt rows of ``records``, in order."""
+    return list(chain.from_iterable(map(_ATTEMPT_ROWS, records)))
+
+
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # where ``router`` is importable
 
 
@@ -375,7 +381,7 @@ class SQLiteStore:
         params = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._inserts = (
             _SQLiteInserts("requests", REQUEST_SHARED, REQUEST_COLUMNS, params, offset=1),
-            _SQLiteInserts("attempt_rows", ATTEMPT_SHARED, ATTEMPT_COLUMNS, params),
+            _SQLiteInserts("attempt_rows", (), ATTEMPT_COLUMNS, params),
         )
         self._conn = conn
 
@@ -393,7 +399,7 @@ class SQLiteStore:
     def _insert(self, records: list[Record]) -> None:
         assert self._conn is not None and self._inserts is not None
         conn = self._conn
-        attempts = list(chain.from_iterable(map(_ATTEMPT_ROWS, records)))
+        attempts = _attempts_of(records)
         conn.execute("BEGIN IMMEDIATE")  # take the write lock now, not halfway through
         try:
             self._inserts[0].run(conn, records)
@@ -456,7 +462,7 @@ def _pg_insert(table: str, columns: tuple[str, ...], param: str, offset: int = 0
 # Both tables in one statement (a data-modifying CTE): atomic, one round trip.
 _PG_INSERT = (
     f"WITH r AS ({_pg_insert('requests', REQUEST_SHARED + REQUEST_COLUMNS, '$1', 1)}) "
-    f"{_pg_insert('attempt_rows', ATTEMPT_SHARED + ATTEMPT_COLUMNS, '$2')}"
+    f"{_pg_insert('attempt_rows', ATTEMPT_COLUMNS, '$2')}"
 )
 
 
@@ -496,7 +502,7 @@ class PostgresStore:
         return str(rows[0][0]) if len(rows) == 1 else None
 
     async def insert(self, records: list[Record]) -> None:
-        attempts = list(chain.from_iterable(map(_ATTEMPT_ROWS, records)))
+        attempts = _attempts_of(records)
         # The requests' JSON carries their attempt rows too (element 0, not read): most
         # are [], and copying the others out would cost the loop more than it saves.
         await self._conn.execute(

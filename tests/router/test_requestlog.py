@@ -1073,7 +1073,7 @@ def test_the_writers_columns_are_the_tables_columns() -> None:
     """``store`` names the columns it inserts; ``schema`` is the one definition."""
     tables = (
         (REQUESTS, store.REQUEST_SHARED, store.REQUEST_COLUMNS),
-        (ATTEMPT_ROWS, store.ATTEMPT_SHARED, store.ATTEMPT_COLUMNS),
+        (ATTEMPT_ROWS, (), store.ATTEMPT_COLUMNS),
     )
     for table, shared, columns in tables:
         names = sorted(c.name for c in table.columns if c.name != "id")
