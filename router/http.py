@@ -15,7 +15,8 @@ Connection handling is aiohttp's, in brief: one task per connection serves its r
 in order; HTTP/1.1 keeps the connection unless a side says ``close``; a body the handler
 did not read to its end, a broken request or a forced close ends the connection after the
 answer; a connection lost mid-request cancels its handler (the request log records a
-499); idle connections are closed after ``KEEPALIVE_S``. ``Expect: 100-continue`` is
+499); idle connections are closed after ``KEEPALIVE_S``, and a client that stalls in the
+middle of a request's head or body after ``STALL_S`` (``_sweep``). ``Expect: 100-continue`` is
 answered when the handler starts reading the body, so a request refused before that
 (401, 413) is refused without the client sending its body.
 """
@@ -46,7 +47,11 @@ log = structlog.get_logger("router.http")
 # An idle client connection is closed after this: aiohttp's default, longer than a reverse
 # proxy's idle timeout, so that the proxy closes first and never sends into a closing socket.
 KEEPALIVE_S = 3630.0
-_SWEEP_S = 60.0  # how often idle connections are looked for
+# A client that sends part of a request's head, or stops sending its body, has this long
+# (to twice this) before the connection is closed: as nginx's client_header_timeout and
+# client_body_timeout, so that such clients cannot hold connections (and descriptors) for
+# the hour of KEEPALIVE_S.
+STALL_S = 60.0
 _MAX_QUEUED = 32  # pipelined requests parsed ahead; past this, reading pauses (as aiohttp)
 _READ_BUFSIZE = 1 << 16
 _JSON = "application/json"
@@ -212,9 +217,15 @@ class Connection(BaseProtocol):
     """One client connection: parses what arrives, serves its requests one at a time."""
 
     __slots__ = (
+        "_body_reads",
         "_broken",
+        "_idle_epoch",
         "_messages",
+        "_partial_head",
+        "_payload",
+        "_reads",
         "_server",
+        "_stalled_head",
         "_streaming",
         "_task",
         "_waiter",
@@ -243,6 +254,13 @@ class Connection(BaseProtocol):
         self.idle_since = loop.time()
         self._broken = False  # the parser failed: nothing more is read
         self._streaming = False  # a Stream's head has gone out for the request at hand
+        # For the sweep's stall rule: counters, so the hot path never reads the clock.
+        self._reads = 0  # data_received calls
+        self._idle_epoch = 0  # times the connection went idle
+        self._partial_head = -1  # the idle epoch in which part of a head arrived
+        self._stalled_head = -1  # ... and in which a sweep already found it so
+        self._payload: StreamReader | None = None  # the body of the request at hand
+        self._body_reads = -1  # _reads when a sweep last found that body unfinished
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -267,6 +285,7 @@ class Connection(BaseProtocol):
     def data_received(self, data: bytes) -> None:
         if self._broken or self._parser is None:
             return
+        self._reads += 1
         messages: list[tuple[Any, Any]]
         try:
             messages, upgraded, _tail = self._parser.feed_data(data)
@@ -282,6 +301,8 @@ class Connection(BaseProtocol):
                     waiter.set_result(None)
             if not self._buffer_paused and len(self._messages) >= _MAX_QUEUED:
                 self._pause_reading_for_buffer()
+        elif self._waiter is not None and data:  # idle, and a head has begun to arrive
+            self._partial_head = self._idle_epoch
         if upgraded:  # no protocol upgrades here: the request is answered, then we close
             self._broken = True
 
@@ -300,6 +321,7 @@ class Connection(BaseProtocol):
                     if self.closing or self._broken or self.transport is None:
                         return
                     self.idle_since = loop.time()
+                    self._idle_epoch += 1
                     self._waiter = loop.create_future()
                     await self._waiter
                 message, payload = messages.popleft()
@@ -312,8 +334,12 @@ class Connection(BaseProtocol):
                 if payload is None:
                     self._bad_request(message)
                     return
-                if not await self._answer(message, payload):
-                    return
+                self._payload = payload
+                try:
+                    if not await self._answer(message, payload):
+                        return
+                finally:
+                    self._payload = None
         except (asyncio.CancelledError, ConnectionError):
             pass
         finally:
@@ -352,6 +378,22 @@ class Connection(BaseProtocol):
         self._streaming = False
         return keep_alive and not answer.close and payload.is_eof()
 
+    def stalled(self) -> bool:
+        """Whether the client has sat on a request half sent since the last sweep: part
+        of a head and no more (for one sweep: a head trickled out byte by byte counts
+        too), or a body with no bytes since (unless we stopped reading it)."""
+        if self._waiter is not None:
+            if self._partial_head != self._idle_epoch:
+                return False
+            seen, self._stalled_head = self._stalled_head, self._idle_epoch
+            return seen == self._idle_epoch
+        payload = self._payload
+        if payload is None or payload.is_eof() or self._reading_paused or self._buffer_paused:
+            self._body_reads = -1
+            return False
+        seen, self._body_reads = self._body_reads, self._reads
+        return seen == self._reads
+
     def _bad_request(self, exc: HttpProcessingError) -> None:
         status = exc.code if 400 <= exc.code < 500 else 400
         message = f"malformed HTTP request: {exc.message}"
@@ -364,8 +406,9 @@ class Connection(BaseProtocol):
 class HttpServer:
     """Listens, hands each connection a ``Connection``, and drains them on shutdown."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, *, stall_s: float = STALL_S) -> None:
         self.handler = handler
+        self._sweep_s = stall_s  # a sweep finds a stall; the next one closes it
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
@@ -380,7 +423,7 @@ class HttpServer:
             reuse_port=reuse_port or None,
             backlog=4096,
         )
-        self._sweeper = self.loop.call_later(_SWEEP_S, self._sweep)
+        self._sweeper = self.loop.call_later(self._sweep_s, self._sweep)
 
     @property
     def port(self) -> int:
@@ -395,13 +438,18 @@ class HttpServer:
             self._all_closed.set()
 
     def _sweep(self) -> None:
-        """Close connections idle past ``KEEPALIVE_S`` (a timer per request would cost
-        more than a scan every ``_SWEEP_S``)."""
+        """Close connections idle past ``KEEPALIVE_S`` or stalled mid-request (a timer
+        per request would cost more than a scan every ``STALL_S``)."""
         cutoff = self.loop.time() - KEEPALIVE_S
         for conn in list(self.connections):
-            if conn._waiter is not None and conn.idle_since < cutoff and conn.transport:
+            if conn.transport is None:
+                continue
+            if conn._waiter is not None and conn.idle_since < cutoff:
                 conn.transport.close()
-        self._sweeper = self.loop.call_later(_SWEEP_S, self._sweep)
+            elif conn.stalled():
+                log.info("client_stalled", mid="head" if conn._waiter is not None else "body")
+                conn.transport.abort()  # a handler reading the body is cancelled (a 499)
+        self._sweeper = self.loop.call_later(self._sweep_s, self._sweep)
 
     async def shutdown(self, timeout_s: float) -> None:
         """Stop accepting; let requests in progress finish (up to ``timeout_s``), then

@@ -22,19 +22,19 @@ def run(main: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
-async def start(handler: Handler) -> HttpServer:
-    server = HttpServer(handler)
+async def start(handler: Handler, **options: float) -> HttpServer:
+    server = HttpServer(handler, **options)
     await server.start("127.0.0.1", 0)
     return server
 
 
 @contextlib.asynccontextmanager
 async def connected(
-    handler: Handler,
+    handler: Handler, **options: float
 ) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     """A server for ``handler`` and one client connection to it (reading 64 KiB at most
     ahead), both closed at the end."""
-    server = await start(handler)
+    server = await start(handler, **options)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port, limit=1 << 16)
     try:
         yield reader, writer
@@ -208,5 +208,90 @@ def test_shutdown_past_its_bound_cancels_the_handler() -> None:
         assert cancelled.is_set()
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing sent
         writer.close()
+
+    run(main)
+
+
+STALL_S = 0.1  # the servers below sweep every 0.1 s: a stall is cut within 0.2 s
+
+
+async def closed_by_server(reader: asyncio.StreamReader, within_s: float) -> bool:
+    """Whether the server closes (or resets) the connection within ``within_s``, having
+    sent nothing."""
+    try:
+        data = await asyncio.wait_for(reader.read(), within_s)
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    assert data == b"", data
+    return True
+
+
+async def echo(request: Request) -> Response:
+    return Response(200, await request.read())
+
+
+def test_a_client_that_stalls_mid_head_or_trickles_it_is_cut_off() -> None:
+    async def main() -> None:
+        async with connected(echo, stall_s=STALL_S) as (reader, writer):
+            writer.write(b"POST /x HTTP/1.1\r\nHost: t\r\n")  # and no more
+            assert await closed_by_server(reader, 5)
+        async with connected(echo, stall_s=STALL_S) as (reader, writer):
+
+            async def trickle() -> None:
+                for byte in b"POST /x HTTP/1.1\r\nX-Slow: " + b"a" * 1000:
+                    writer.write(bytes([byte]))
+                    await asyncio.sleep(STALL_S / 4)
+
+            trickling = asyncio.create_task(trickle())
+            try:
+                assert await closed_by_server(reader, 5)
+            finally:
+                trickling.cancel()
+
+    run(main)
+
+
+def test_a_client_that_stops_sending_its_body_is_cut_off_and_its_handler_cancelled() -> None:
+    cancelled = asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        try:
+            return Response(200, await request.read())
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def main() -> None:
+        async with connected(handler, stall_s=STALL_S) as (reader, writer):
+            writer.write(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
+            assert await closed_by_server(reader, 5)
+            await asyncio.wait_for(cancelled.wait(), 5)
+
+    run(main)
+
+
+def test_idle_keep_alive_connections_and_slow_handlers_are_not_stalls() -> None:
+    async def slow(request: Request) -> Response:
+        body = await request.read()
+        await asyncio.sleep(STALL_S * 5)  # many sweeps while the upstream "thinks"
+        return Response(200, body)
+
+    async def main() -> None:
+        async with connected(slow, stall_s=STALL_S) as (reader, writer):
+            writer.write(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+            assert (await read_answer(reader))[::2] == (200, b"hi")
+            # Idle between requests, across many sweeps: a keep-alive connection, kept.
+            assert not await closed_by_server(reader, STALL_S * 5)
+            # A head in two parts, the pause shorter than STALL_S; then a body that keeps
+            # coming, slowly, across many sweeps: neither is a stall.
+            writer.write(b"POST /x HTTP/1.1\r\nHost: t\r\n")
+            await asyncio.sleep(STALL_S * 0.9)
+            writer.write(b"Content-Length: 6\r\n\r\n")
+            for piece in (b"sl", b"ow", b"ly"):
+                await asyncio.sleep(STALL_S * 0.6)
+                writer.write(piece)
+            assert (await read_answer(reader))[::2] == (200, b"slowly")
 
     run(main)
