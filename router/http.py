@@ -334,12 +334,11 @@ class Connection(BaseProtocol):
                 if payload is None:
                     self._bad_request(message)
                     return
-                self._payload = payload
-                try:
-                    if not await self._answer(message, payload):
-                        return
-                finally:
-                    self._payload = None
+                self._payload = payload  # left set if this ends the connection: closed, not swept
+                keep_alive = await self._answer(message, payload)
+                self._payload = None
+                if not keep_alive:
+                    return
         except (asyncio.CancelledError, ConnectionError):
             pass
         finally:
