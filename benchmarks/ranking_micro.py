@@ -4,7 +4,7 @@ Why it exists: the routing decision runs on every request (and again on every fa
 so it has to stay cheap when a route has hundreds of endpoints: the target is under 50 us
 at 100 endpoints, growing no faster than linearly. This times the code path the router
 runs per request (``Pipeline._ranking`` without its logging): the usable / not-full /
-breaker filters, ``RouteRuntime.candidates`` (``router.stats.loads``: live stats read,
+breaker filters, ``RouteRuntime.candidates`` (``router.state.stats.loads``: live stats read,
 decayed and blended into ``Candidate`` objects), the strategy's ``rank`` and the mapping
 back to endpoints, over 2 to 1,000 endpoints whose stats hold recent samples and a few
 requests in flight (a warm fleet: no endpoint left to explore). The fake clock moves on by
@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from router.config import loads as load_config
-from router.registry import Endpoint, RouteRuntime, Runtime, build_runtime
+from router.runtime import Endpoint, RouteRuntime, Runtime, build_runtime
 
 SIZES = (2, 10, 100, 1000)
 POLICIES = {"score/p2c": "fastest", "lowest_ttft": "lowest_ttft"}

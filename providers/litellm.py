@@ -10,7 +10,7 @@ become ``providers.errors`` with ``raise ... from exc``; and its answer objects 
 bytes an OpenAI-compatible upstream would have sent (JSON, or SSE chunks ending in
 ``data: [DONE]``), so the pipeline inspects them like any other answer.
 
-litellm costs about 2 s and 120 MB to import, so ``router.registry`` imports this module
+litellm costs about 2 s and 120 MB to import, so ``router.runtime`` imports this module
 only when a config has a usable ``litellm`` provider. Importing it pins litellm to
 the data bundled in its wheel (cost map, Anthropic beta headers), so nothing is fetched
 from the internet, and turns off its debug chatter.

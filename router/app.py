@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from router import logs
-from router.http import HttpServer
-from router.records import RequestRecord
-from router.server import Api
+from router.http.api import Api
+from router.http.server import HttpServer
+from router.obs import logs
+from router.requestlog.records import RequestRecord
 from router.service import Service
 
 DRAIN_S = 30.0
@@ -75,7 +75,7 @@ def _attach_extras(api: Api, service: Service) -> Callable[[], Awaitable[None]]:
     records of the first requests wait in a buffer until it is up, so start-up is not
     held back. Returns what stops it (flushing what it holds).
     """
-    from router.metrics import Metrics
+    from router.obs.metrics import Metrics
 
     storage = service.config.storage if service.config else None
     early: list[RequestRecord] = []
@@ -89,8 +89,8 @@ def _attach_extras(api: Api, service: Service) -> Callable[[], Awaitable[None]]:
             service.sinks.remove(early.append)
             return
         # Imported in a thread: the loop keeps serving meanwhile. (The writer talks to the
-        # driver; SQLAlchemy and Alembic stay out of this process, see migrations/store.py.)
-        module = await asyncio.to_thread(importlib.import_module, "router.requestlog")
+        # driver; SQLAlchemy and Alembic stay out of this process, see requestlog/store.py.)
+        module = await asyncio.to_thread(importlib.import_module, "router.requestlog.writer")
         requestlog = module.RequestLog.from_config(storage)
         metrics.requestlog = requestlog
         api.requestlog = requestlog

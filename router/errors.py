@@ -46,7 +46,7 @@ from providers.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from router.records import AttemptRecord
+from router.requestlog.records import AttemptRecord
 
 __all__ = [
     "AllAttemptsFailed",

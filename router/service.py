@@ -23,10 +23,10 @@ import structlog
 
 from providers.base import Provider
 from router.config import Config, ConfigError, load
-from router.logs import REDACTOR
-from router.records import RequestRecord
-from router.registry import Runtime, build_runtime
-from router.stats import Clock
+from router.obs.logs import REDACTOR
+from router.requestlog.records import RequestRecord
+from router.runtime import Runtime, build_runtime
+from router.state.clock import Clock
 
 log = structlog.get_logger("router.service")
 

@@ -25,7 +25,7 @@ from openai.types.chat import ChatCompletionMessageFunctionToolCall
 from providers.base import UpstreamRequest
 from providers.errors import IdleTimeout, StreamBroken, UpstreamConnectError, UpstreamHTTPError
 from providers.litellm import LiteLLMProvider
-from router.sse import StreamInspector, inspect_body
+from router.routing.sse import StreamInspector, inspect_body
 from tests.fakes.anthropic import FakeAnthropic, Reply
 from tests.support import ROOT, FakeUpstream, RouterProcess, routes_yaml
 
@@ -412,8 +412,8 @@ def test_closing_a_stream_early_closes_the_upstream_connection(anthropic: FakeAn
 NO_LITELLM = """
 import sys
 from router.config import load
-from router.registry import build_runtime
-from router.server import Api  # noqa: F401 - the import is what is tested
+from router.runtime import build_runtime
+from router.http.api import Api  # noqa: F401 - the import is what is tested
 runtime, _ = build_runtime(load(sys.argv[1]))
 assert runtime.routes, "config did not load"
 print("litellm" in sys.modules, "providers.litellm" in sys.modules)

@@ -1,4 +1,4 @@
-"""The server layer (router/http.py) with handlers of its own, over real sockets: what
+"""The server layer (router/http/server.py) with handlers of its own, over real sockets: what
 happens when a handler fails before or after its answer began, back-pressure from a slow
 reader, and draining on shutdown. (tests/e2e/test_http.py covers HTTP/1.1 on the wire
 through the whole service.)"""
@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from router.http import HttpServer, Request, Response, Stream
+from router.http.server import HttpServer, Request, Response, Stream
 
 Handler = Callable[[Request], Awaitable[Response | Stream]]
 GET = b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n"

@@ -11,10 +11,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.config import loads
-from router.metrics import Metrics
-from router.records import AttemptRecord, RequestRecord, Usage
-from router.registry import Runtime, build_runtime
-from router.requestlog import RequestLog
+from router.obs.metrics import Metrics
+from router.requestlog.records import AttemptRecord, RequestRecord, Usage
+from router.requestlog.writer import RequestLog
+from router.runtime import Runtime, build_runtime
 
 CONFIG = """
 providers:

@@ -34,9 +34,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from structlog.testing import capture_logs
 
-from router import requestlog
-from router.migrations import schema, store
-from router.migrations.schema import (
+from router.requestlog import schema, store
+from router.requestlog import writer as requestlog
+from router.requestlog.records import AttemptRecord, RequestRecord, Usage
+from router.requestlog.schema import (
     ATTEMPT_ROWS,
     ATTEMPTS,
     METADATA,
@@ -44,10 +45,9 @@ from router.migrations.schema import (
     make_engine,
     migrate,
 )
-from router.migrations.store import HEAD, parse_target
-from router.records import AttemptRecord, RequestRecord, Usage
-from router.requestlog import NULL, RequestLog, RequestLogDisabled
-from router.usage import parse_time, usage
+from router.requestlog.store import HEAD, parse_target
+from router.requestlog.usage import parse_time, usage
+from router.requestlog.writer import NULL, RequestLog, RequestLogDisabled
 
 T = TypeVar("T")
 DAY = 86400.0
@@ -1224,8 +1224,8 @@ def test_every_column_round_trips(url: str) -> None:
 
 _SERVE = """
 import asyncio, json, sys
-from router.records import AttemptRecord, RequestRecord
-from router.requestlog import RequestLog
+from router.requestlog.records import AttemptRecord, RequestRecord
+from router.requestlog.writer import RequestLog
 
 async def main():
     log = RequestLog(sys.argv[1])

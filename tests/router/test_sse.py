@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.sse import ProtocolViolation, StreamInspector, inspect_body
+from router.routing.sse import ProtocolViolation, StreamInspector, inspect_body
 
 
 def event(obj: object) -> bytes:

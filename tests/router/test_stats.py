@@ -25,14 +25,14 @@ from policies.metric import Cheapest
 from policies.score import Score
 from policies.simple import Priority
 from providers.errors import TTFTTimeout, UpstreamHTTPError
-from router.attempts import Lease
-from router.breaker import CircuitBreaker
 from router.config import Breaker
 from router.config import loads as load_config
-from router.records import Usage
-from router.registry import Endpoint, build_runtime
-from router.route_loads import LiveLoads, RouteLoads
-from router.stats import (
+from router.requestlog.records import Usage
+from router.routing.attempts import Lease
+from router.runtime import Endpoint, build_runtime
+from router.state.breaker import CircuitBreaker
+from router.state.loads import LiveLoads, RouteLoads
+from router.state.stats import (
     EXPLORE_BELOW,
     PROBE_BELOW,
     DecayedMean,

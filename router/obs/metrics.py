@@ -30,11 +30,11 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from router.records import RequestRecord
+from router.requestlog.records import RequestRecord
 
 if TYPE_CHECKING:
-    from router.registry import Runtime
-    from router.requestlog import RequestLog
+    from router.requestlog.writer import RequestLog
+    from router.runtime import Runtime
 
 # Seconds. LLM answers span from an embedding in 50 ms to a long generation in minutes.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120, 300, 600)

@@ -1,6 +1,6 @@
 """Alembic's entry point for the request log.
 
-The router runs migrations itself (``python -m router.migrations upgrade``, a child
+The router runs migrations itself (``python -m router.requestlog.migrations upgrade``, a child
 process started by the writer) and hands Alembic an open connection in
 ``config.attributes["connection"]`` (already inside a transaction that holds the
 migration lock), so this file only has to run the revisions on it. Offline mode
@@ -28,7 +28,7 @@ def run_online() -> None:
     connection = config.attributes.get("connection")
     if connection is None:
         raise RuntimeError(
-            "the request log migrates itself: run `python -m router.migrations upgrade` "
+            "the request log migrates itself: run `python -m router.requestlog.migrations upgrade` "
             "(the URL on stdin), or pass a connection in config.attributes['connection']"
         )
     context.configure(connection=connection, render_as_batch=True)

@@ -31,10 +31,10 @@ from providers.errors import (
 )
 from router.config import HedgeSection
 from router.errors import CLIENT_FAULT_STATUSES
-from router.records import AttemptRecord, Usage
-from router.registry import Endpoint
-from router.sse import ProtocolViolation, StreamInspector, inspect_body
-from router.stats import Clock
+from router.requestlog.records import AttemptRecord, Usage
+from router.routing.sse import ProtocolViolation, StreamInspector, inspect_body
+from router.runtime import Endpoint
+from router.state.clock import Clock
 
 HEDGE_LOST = "hedge_lost"
 _NO_TIMER = contextlib.nullcontext()

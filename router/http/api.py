@@ -1,6 +1,6 @@
 """The HTTP API: OpenAI-compatible endpoints, health, metrics and admin.
 
-It runs on ``router.http``'s lean server, not ``web.Application``: a request goes
+It runs on ``router.http.server``'s lean server, not ``web.Application``: a request goes
 straight from the protocol to ``Api.handle``, which picks the handler from a dict by
 path and method. The application's router, match info and per-request resolve coroutine
 cost about 5% of a pass-through's CPU, for routing a dozen fixed paths. ``Api`` owns
@@ -25,7 +25,6 @@ import orjson
 import structlog
 
 from providers.errors import UpstreamError
-from router.attempts import Attempts, Opened
 from router.errors import (
     BadRequest,
     Forbidden,
@@ -37,15 +36,16 @@ from router.errors import (
     UpstreamClientError,
     error_body,
 )
-from router.http import Answer, Request, Response, Stream
-from router.logs import REDACTOR, info_line
-from router.pipeline import Call, Pipeline, RoutingPrefs
-from router.records import RequestRecord
-from router.registry import Runtime
+from router.http.server import Answer, Request, Response, Stream
+from router.obs.logs import REDACTOR, info_line
+from router.requestlog.records import RequestRecord
+from router.routing.attempts import Attempts, Opened
+from router.routing.pipeline import Call, Pipeline, RoutingPrefs
+from router.runtime import Runtime
 from router.service import Service
 
 if TYPE_CHECKING:
-    from router.metrics import Metrics
+    from router.obs.metrics import Metrics
 
 log = structlog.get_logger("router.http")
 
@@ -215,7 +215,7 @@ class Api:
         self.service = service
         self.pipeline = Pipeline(debug=debug)
         self.metrics: Metrics | None = None
-        self.requestlog: Any = None  # router.requestlog.RequestLog, once started
+        self.requestlog: Any = None  # router.requestlog.writer.RequestLog, once started
         self.requestlog_starting: asyncio.Task[None] | None = None
         Handler = Callable[[Request], Awaitable[Answer]]
         self._routes: dict[str, dict[str, Handler]] = {
@@ -428,7 +428,7 @@ class Api:
         requestlog = self.requestlog
         if requestlog is None or not getattr(requestlog, "enabled", True):
             return _error_response(RouterError("the request log is off (storage.url is empty)"), {})
-        from router.usage import parse_time  # only admins pay for this import
+        from router.requestlog.usage import parse_time  # only admins pay for this import
 
         q = request.query
         now = time.time()

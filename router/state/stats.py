@@ -19,7 +19,7 @@ A request waiting for its first token longer than the TTFT estimate raises the e
 to its age, so a host that just went slow is noticed before its first slow answer lands.
 
 ``loads`` computes all that directly: it is the reference. A route ranks on every
-request with the cached form of the same numbers, ``router.route_loads.RouteLoads``,
+request with the cached form of the same numbers, ``router.state.loads.RouteLoads``,
 which falls back to ``loads`` where its cache cannot stand in.
 """
 
@@ -28,16 +28,16 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from policies import Candidate
+from router.state.clock import Clock
 
 if TYPE_CHECKING:
-    from router.route_loads import RouteLoads
+    from router.state.loads import RouteLoads
 
-Clock = Callable[[], float]
 EXPLORE_BELOW = 0.25
 PROBE_BELOW = 0.5  # evidence older than about a half-life: one request at a time
 _WINDOW = 512  # recent samples kept for p50/p95 display and hedge thresholds
@@ -415,7 +415,6 @@ def loads(
 
 
 __all__ = [
-    "Clock",
     "DecayedMean",
     "EndpointStats",
     "Prior",

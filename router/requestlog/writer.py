@@ -10,7 +10,7 @@ or unreachable database only delays the writer: the batch goes back to the head 
 queue, the writer reconnects with exponential backoff, and if the queue overflows
 meanwhile the oldest records are dropped and *counted* (``dropped``, ``on_drop``).
 
-The writer talks to the driver directly (``router.migrations.store``): the serving
+The writer talks to the driver directly (``router.requestlog.store``): the serving
 process never imports SQLAlchemy. Before its first write it reads the database's schema
 revision and, if that is not head, upgrades it in a child process, so a new router
 upgrades an old log in place. ``usage()`` loads SQLAlchemy on first use: only admins pay.
@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from router.migrations.store import (
+from router.requestlog.records import AttemptRecord, RequestRecord, Usage
+from router.requestlog.store import (
     HEAD,
     Record,
     Row,
@@ -38,7 +39,6 @@ from router.migrations.store import (
     parse_target,
     upgrade_in_child,
 )
-from router.records import AttemptRecord, RequestRecord, Usage
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -271,14 +271,14 @@ class RequestLog:
             self._wake.set()
 
     async def usage(self, *, since: datetime, until: datetime, group_by: str) -> dict[str, Any]:
-        """Totals from the log; see ``router.usage.usage``."""
+        """Totals from the log; see ``router.requestlog.usage.usage``."""
         if self.url is None or not self._started or self._closed:
             raise RequestLogDisabled("the request log is off (storage.url is not set)")
         async with self._reader_lock:
             if self._reader is None:
                 # SQLAlchemy's import takes the better part of a second: not on the loop.
                 self._reader = await asyncio.to_thread(_reader_engine, self.url)
-        from router.usage import usage
+        from router.requestlog.usage import usage
 
         return await usage(self._reader, since=since, until=until, group_by=group_by)
 
@@ -507,6 +507,6 @@ class RequestLog:
 
 
 def _reader_engine(url: str) -> AsyncEngine:
-    from router.migrations.schema import make_engine
+    from router.requestlog.schema import make_engine
 
     return make_engine(url)

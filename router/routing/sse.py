@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from router.records import Usage
+from router.requestlog.records import Usage
 
 _MAX_HELD = 1 << 20  # bytes an upstream may send before its first token, then it is garbage
 DONE = b"data: [DONE]"

@@ -1,4 +1,4 @@
-"""``python -m router.migrations upgrade [REVISION]``: a request log database to head.
+"""``python -m router.requestlog.migrations upgrade [REVISION]``: a request log database to head.
 
 The serving processes never import SQLAlchemy or Alembic (about 30 MB that would stay
 resident for a second's work at start-up): a router that finds its database behind runs
@@ -14,7 +14,7 @@ import asyncio
 import json
 import sys
 
-from router.migrations.schema import make_engine, migrate
+from router.requestlog.schema import make_engine, migrate
 
 
 async def _upgrade(url: str, revision: str) -> list[str]:
@@ -27,7 +27,7 @@ async def _upgrade(url: str, revision: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m router.migrations",
+        prog="python -m router.requestlog.migrations",
         description="Upgrade a request log database; its URL is read from stdin.",
     )
     parser.add_argument("command", choices=["upgrade"])

@@ -1,6 +1,6 @@
 """A route's live loads, cached so that ranking a request costs little per endpoint.
 
-``router.stats.loads`` computes a ranking's loads directly from each endpoint's stats
+``router.state.stats.loads`` computes a ranking's loads directly from each endpoint's stats
 (time-decayed means with tower's PeakEWMA peak rule, blended towards the route's best by
 confidence). A route ranks on every request, so ``RouteLoads`` gives the same numbers (up
 to rounding) at a fraction of the cost: with one half-life per route, an endpoint's
@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from policies import Candidate, Loads
 from policies.base import Term
-from router.stats import EXPLORE_BELOW, PROBE_BELOW, EndpointStats, Prior
+from router.state.stats import EXPLORE_BELOW, PROBE_BELOW, EndpointStats, Prior
 
 _DECAYED: Final = {"latency_s": 0, "ttft_s": 1, "tokens_per_s": 2, "error_rate": 3}
 _TTFT: Final = 1

@@ -7,7 +7,7 @@ not from an ``alembic.ini``, so an installed router upgrades an old database in 
 wherever it runs. Several processes may start together against one database, so the
 upgrade runs under a lock: a PostgreSQL advisory lock, or SQLite's ``BEGIN IMMEDIATE``.
 
-Only the upgrade child (``python -m router.migrations``) and ``/admin/usage`` import
+Only the upgrade child (``python -m router.requestlog.migrations``) and ``/admin/usage`` import
 this module; the serving path writes through ``store.py`` and never loads SQLAlchemy.
 Indexes are the ones a query of ours uses: every index is paid for on each insert.
 On SQLite, ``ts`` is Unix seconds (REAL, revision 0004), which ``UnixTime`` turns into
@@ -25,10 +25,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from router.migrations import store
-from router.migrations.store import HEAD
+from router.requestlog import store
+from router.requestlog.store import HEAD
 
-MIGRATIONS = Path(__file__).parent
+MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_KEY = 0x726F75746572  # b"router": PostgreSQL advisory lock around upgrades
 
 # 64-bit ids on servers; SQLite only autoincrements an INTEGER PRIMARY KEY.

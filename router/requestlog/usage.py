@@ -60,7 +60,7 @@ def parse_time(value: str | None, default: datetime | float) -> datetime:
 def _day(engine: AsyncEngine) -> sa.ColumnElement[Any]:
     import sqlalchemy as sa
 
-    from router.migrations.schema import REQUESTS
+    from router.requestlog.schema import REQUESTS
 
     ts = REQUESTS.c.ts
     if engine.dialect.name == "postgresql":
@@ -72,7 +72,7 @@ def _day(engine: AsyncEngine) -> sa.ColumnElement[Any]:
 
 
 def _key(engine: AsyncEngine, group_by: str) -> sa.ColumnElement[Any]:
-    from router.migrations.schema import REQUESTS
+    from router.requestlog.schema import REQUESTS
 
     if group_by == "route":
         return REQUESTS.c.route
@@ -103,7 +103,7 @@ async def usage(
     """
     import sqlalchemy as sa
 
-    from router.migrations.schema import REQUESTS
+    from router.requestlog.schema import REQUESTS
 
     if since.tzinfo is None or until.tzinfo is None:
         raise ValueError("since and until must be aware datetimes (UTC)")

@@ -23,10 +23,11 @@ import orjson
 import policies
 from policies import Candidate, Strategy
 from providers.base import Provider
-from router.breaker import CircuitBreaker
 from router.config import Config, EndpointSpec, HedgeSection, PolicySpec, ProviderSpec, RouteSpec
-from router.route_loads import RouteLoads
-from router.stats import Clock, EndpointStats, Prior, loads
+from router.state.breaker import CircuitBreaker
+from router.state.clock import Clock
+from router.state.loads import RouteLoads
+from router.state.stats import EndpointStats, Prior, loads
 
 _HEALTHY = frozenset({"healthy"})
 

@@ -28,7 +28,6 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_ran
 
 from policies import SORTS, STRATEGIES
 from providers.errors import StreamBroken, TotalTimeout, UpstreamError, UpstreamHTTPError
-from router.attempts import Attempts, Opened
 from router.config import HedgeSection
 from router.errors import (
     CLIENT_FAULT_STATUSES,
@@ -39,9 +38,10 @@ from router.errors import (
     UpstreamClientError,
     retryable,
 )
-from router.registry import Endpoint, RouteRuntime, Runtime
-from router.sse import ProtocolViolation
-from router.stats import Clock
+from router.routing.attempts import Attempts, Opened
+from router.routing.sse import ProtocolViolation
+from router.runtime import Endpoint, RouteRuntime, Runtime
+from router.state.clock import Clock
 
 log = structlog.get_logger("router.pipeline")
 

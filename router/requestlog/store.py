@@ -11,7 +11,7 @@ CPU of ``COPY``'s per-value encoding for the same server time, in one round trip
 without a transaction to open (one statement is atomic).
 
 It reads the schema version with plain SQL and, when the database is not at ``HEAD``,
-runs the Alembic upgrade in a child process (``python -m router.migrations upgrade``),
+runs the Alembic upgrade in a child process (``python -m router.requestlog.migrations upgrade``),
 so that memory is given back when the child exits. ``schema.py`` stays the one
 definition of the tables, the migrations and the queries; tests keep the columns and
 types here in step with it.
@@ -533,8 +533,8 @@ class PostgresStore:
 
 
 async def upgrade_in_child(target: Target, revision: str = "head") -> list[str]:
-    """Run the Alembic upgrade in ``python -m router.migrations``; the revisions it reports
-    as newer than this version (a newer router migrated the database first).
+    """Run the Alembic upgrade in ``python -m router.requestlog.migrations``; the revisions it
+    reports as newer than this version (a newer router migrated the database first).
 
     The URL goes on stdin, so a password never shows in ``ps``.
     """
@@ -543,7 +543,7 @@ async def upgrade_in_child(target: Target, revision: str = "head") -> list[str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "router.migrations",
+        "router.requestlog.migrations",
         "upgrade",
         revision,
         stdin=asyncio.subprocess.PIPE,

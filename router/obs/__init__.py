@@ -1,0 +1,1 @@
+"""Observability: structured logs (``logs``) and Prometheus metrics (``metrics``)."""
