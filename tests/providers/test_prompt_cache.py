@@ -1,0 +1,56 @@
+"""The simulator's prompt cache: longest remembered prefix, TTL, minimum size, bound."""
+
+from __future__ import annotations
+
+from providers.prompt_cache import CacheSettings, PromptCache, prefixes, segments
+from router.state.clock import FakeClock
+
+SYSTEM = "x" * 8000  # 2,000 tokens
+
+
+def conversation(turns: int) -> dict[str, object]:
+    msgs: list[dict[str, str]] = [{"role": "system", "content": SYSTEM}]
+    for i in range(turns):
+        msgs.append({"role": "user", "content": f"question {i}"})
+        msgs.append({"role": "assistant", "content": f"answer {i}"})
+    return {"messages": msgs[:-1]}
+
+
+def test_a_growing_conversation_hits_its_previous_prefix() -> None:
+    clock = FakeClock()
+    cache = PromptCache(CacheSettings(ttl_s=60, min_tokens=1024), clock)
+    first = prefixes(segments("chat/completions", conversation(1)))
+    assert cache.use(first) == 0
+    second = prefixes(segments("chat/completions", conversation(2)))
+    hit = cache.use(second)
+    assert hit == first[-1][1]  # all of turn 1's prompt, not the new question
+    assert 0 < hit < second[-1][1]
+
+
+def test_entries_expire_and_short_prompts_are_not_cached() -> None:
+    clock = FakeClock()
+    cache = PromptCache(CacheSettings(ttl_s=10, min_tokens=1024), clock)
+    p = prefixes(segments("chat/completions", conversation(1)))
+    cache.use(p)
+    clock.advance(11)
+    assert cache.use(p) == 0
+    short = prefixes([{"role": "user", "content": "hi"}])
+    cache.use(short)
+    assert cache.use(short) == 0
+
+
+def test_apis_put_tools_and_system_first() -> None:
+    msg = {"tools": [{"name": "t"}], "system": "s", "messages": [{"role": "user", "content": "u"}]}
+    assert segments("messages", msg) == [[{"name": "t"}], "s", {"role": "user", "content": "u"}]
+    resp = {"instructions": "i", "input": "hello"}
+    assert segments("responses", resp) == ["i", "hello"]
+
+
+def test_the_cache_is_bounded_and_scales_ttft() -> None:
+    cache = PromptCache(CacheSettings(min_tokens=1, ttft_factor=0.2), FakeClock(), max_entries=5)
+    for i in range(20):
+        cache.use(prefixes([f"prompt {i}"]))
+    assert len(cache) == 5
+    assert cache.ttft_scale(0, 100) == 1.0
+    assert abs(cache.ttft_scale(100, 100) - 0.2) < 1e-9
+    assert abs(cache.ttft_scale(50, 100) - 0.6) < 1e-9
