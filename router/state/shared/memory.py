@@ -1,0 +1,231 @@
+"""Shared state for one process: the default, and Redis's fallback under ``on_error: open``.
+
+The same arithmetic as the Lua scripts of ``redis_store``, on dicts: GCRA for rpm and tpm
+(one "theoretical arrival time" per key and limit), a count of slots in use per key,
+spend per key and UTC day/month, bindings with an expiry. Every table is bounded: rate
+state and spend by the number of configured keys, bindings by ``max_bindings`` (expired
+ones are swept first, then the oldest go).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Iterable
+
+from router.state.clock import Clock
+from router.state.shared import (
+    BUDGET_EXCEEDED,
+    PERIOD_S,
+    RATE_LIMITED,
+    Admission,
+    Quota,
+    SharedState,
+    Spend,
+    Window,
+    budget_windows,
+)
+
+MAX_BINDINGS = 100_000
+
+
+def gcra(tat: float, now: float, limit: int, cost: float) -> tuple[float, float]:
+    """(the new arrival time if admitted, seconds over the limit: > 0 means refuse).
+
+    The bucket holds ``limit`` units per PERIOD_S, refilled continuously; ``tat`` is when
+    it would be whole again. A request of ``cost`` fits while that stays within a period.
+    """
+    interval = PERIOD_S / limit
+    new = max(tat, now) + cost * interval
+    return new, new - now - PERIOD_S
+
+
+def window(tat: float, now: float, limit: int) -> Window:
+    """The bucket as headers show it: units left now, seconds until it is whole."""
+    ahead = max(0.0, tat - now)
+    remaining = math.floor((PERIOD_S - ahead) * limit / PERIOD_S + 1e-9)
+    return Window(limit, max(0, min(limit, remaining)), ahead)
+
+
+class MemoryState(SharedState):
+    """Everything in this process's dicts; exact for one process, nothing shared."""
+
+    mode = "memory"
+
+    def __init__(self, clock: Clock = time.time, *, max_bindings: int = MAX_BINDINGS) -> None:
+        super().__init__()
+        self.clock = clock  # Unix time: budgets follow the calendar
+        self.max_bindings = max_bindings
+        self._req: dict[str, float] = {}
+        self._tok: dict[str, float] = {}
+        self._busy: dict[str, int] = {}
+        self._spend: dict[tuple[str, str], float] = {}  # (name, day or month id) -> USD
+        self._bindings: dict[str, tuple[str, float]] = {}
+        self._cools: dict[str, tuple[float, str]] = {}
+        self._leases = itertools.count(1)
+        self._windows = ("", 0.0, "", 0.0)  # budget_windows(), valid until the day ends
+
+    # -- admission --------------------------------------------------------------------
+
+    def windows(self, now: float) -> tuple[str, float, str, float]:
+        """``budget_windows(now)``, computed once a day."""
+        windows = self._windows
+        if not windows[1] - 86400.0 <= now < windows[1]:
+            windows = self._windows = budget_windows(now)
+        return windows
+
+    async def admit(
+        self, quota: Quota | None, tokens: int = 0, binding_key: str | None = None
+    ) -> Admission:
+        return self.admit_now(quota, tokens, binding_key)
+
+    def admit_now(
+        self, quota: Quota | None, tokens: int = 0, binding_key: str | None = None
+    ) -> Admission:
+        """``admit`` without a coroutine (Redis's local fallback calls this)."""
+        now = self.clock()
+        out = Admission(quota=quota)
+        if binding_key is not None:
+            out.binding = self._get(binding_key, now)
+        if quota is None:
+            return out
+        name = quota.name
+        if quota.day_usd is not None or quota.month_usd is not None:
+            day, day_end, month, month_end = self.windows(now)
+            if quota.day_usd is not None and self._spend.get((name, day), 0.0) >= quota.day_usd:
+                return self._refuse(out, BUDGET_EXCEEDED, "day", day_end - now, now)
+            if (
+                quota.month_usd is not None
+                and self._spend.get((name, month), 0.0) >= quota.month_usd
+            ):
+                return self._refuse(out, BUDGET_EXCEEDED, "month", month_end - now, now)
+        req_new = tok_new = 0.0
+        cost = 0
+        if quota.rpm is not None:
+            req_new, over = gcra(self._req.get(name, 0.0), now, quota.rpm, 1)
+            if over > 0:
+                return self._refuse(out, RATE_LIMITED, "rpm", over, now)
+        if quota.tpm is not None:
+            cost = min(tokens, quota.tpm)  # a request larger than tpm needs a whole bucket
+            tok_new, over = gcra(self._tok.get(name, 0.0), now, quota.tpm, cost)
+            if over > 0:
+                return self._refuse(out, RATE_LIMITED, "tpm", over, now)
+        if quota.concurrent is not None:
+            busy = self._busy.get(name, 0)
+            if busy >= quota.concurrent:
+                # No telling when a slot frees: a second is what OpenAI's clients wait.
+                return self._refuse(out, RATE_LIMITED, "concurrent", 1.0, now)
+            self._busy[name] = busy + 1
+            out.lease = str(next(self._leases))
+        if quota.rpm is not None:
+            self._req[name] = req_new
+            out.requests = window(req_new, now, quota.rpm)
+        if quota.tpm is not None:
+            self._tok[name] = tok_new
+            out.tokens = window(tok_new, now, quota.tpm)
+            out.reserved = cost
+        return out
+
+    def _refuse(
+        self, out: Admission, code: str, limit: str, retry_after: float, now: float
+    ) -> Admission:
+        quota = out.quota
+        assert quota is not None
+        out.admitted = False
+        out.code = code
+        out.limit = limit
+        out.retry_after_s = retry_after
+        if quota.rpm is not None:
+            out.requests = window(self._req.get(quota.name, 0.0), now, quota.rpm)
+        if quota.tpm is not None:
+            out.tokens = window(self._tok.get(quota.name, 0.0), now, quota.tpm)
+        return out
+
+    # -- after the request ------------------------------------------------------------
+
+    def settle(self, admission: Admission, tokens_used: int | None, cost_usd: float) -> None:
+        quota = admission.quota
+        if quota is None or not admission.admitted:
+            return
+        name = quota.name
+        if admission.lease is not None:
+            self._busy[name] = max(0, self._busy.get(name, 0) - 1)
+            admission.lease = None  # settled once
+        if quota.tpm is not None and tokens_used is not None:
+            self.correct_tokens(name, quota.tpm, tokens_used - admission.reserved)
+        if cost_usd > 0 and quota.budgeted:
+            self.charge(name, cost_usd)
+
+    def correct_tokens(self, name: str, tpm: int, delta: int) -> None:
+        """Move the tpm bucket by ``delta`` tokens (negative: give some back)."""
+        if not delta:
+            return
+        now = self.clock()
+        tat = self._tok.get(name, now)
+        if delta > 0 and tat < now:
+            tat = now  # a whole bucket takes the debt from now on
+        self._tok[name] = tat + delta * PERIOD_S / tpm
+
+    def charge(self, name: str, cost_usd: float) -> None:
+        day, _, month, _ = self.windows(self.clock())
+        spend = self._spend
+        for window_id in (day, month):
+            spend[(name, window_id)] = spend.get((name, window_id), 0.0) + cost_usd
+        if len(spend) > 4 * len(self._req) + 1024:  # old windows: keep only the current ones
+            for key in [k for k in spend if k[1] not in (day, month)]:
+                del spend[key]
+
+    async def spent(self, names: Iterable[str]) -> dict[str, Spend]:
+        day, _, month, _ = self.windows(self.clock())
+        return {
+            n: Spend(self._spend.get((n, day), 0.0), self._spend.get((n, month), 0.0))
+            for n in names
+        }
+
+    # -- bindings ---------------------------------------------------------------------
+
+    def _get(self, key: str, now: float) -> str | None:
+        found = self._bindings.get(key)
+        if found is None:
+            return None
+        if found[1] <= now:
+            del self._bindings[key]
+            return None
+        return found[0]
+
+    async def get(self, key: str) -> str | None:
+        return self._get(key, self.clock())
+
+    async def set(self, key: str, value: str, ttl_s: float) -> None:
+        self.bind(key, value, ttl_s)
+
+    async def delete(self, key: str) -> None:
+        self.unbind(key)
+
+    def bind(self, key: str, value: str, ttl_s: float) -> None:
+        bindings = self._bindings
+        now = self.clock()
+        bindings.pop(key, None)  # re-inserted last: the dict's order is the age order
+        if len(bindings) >= self.max_bindings:
+            for k in [k for k, (_, until) in bindings.items() if until <= now]:
+                del bindings[k]
+            while len(bindings) >= self.max_bindings:
+                del bindings[next(iter(bindings))]
+        bindings[key] = (value, now + ttl_s)
+
+    def unbind(self, key: str) -> None:
+        self._bindings.pop(key, None)
+
+    # -- cooldowns --------------------------------------------------------------------
+
+    def cool(self, scope: str, until: float, reason: str) -> None:
+        known = self._cools.get(scope)
+        if known is None or known[0] < until:
+            self._cools[scope] = (until, reason)
+
+    def cooldowns(self) -> dict[str, tuple[float, str]]:
+        now = self.clock()
+        for scope in [s for s, (until, _) in self._cools.items() if until <= now]:
+            del self._cools[scope]
+        return dict(self._cools)

@@ -1,0 +1,449 @@
+"""Shared state in Redis, for several replicas (``state.url_env``).
+
+One admission is one round trip: ``scripts.ADMIT`` checks and reserves every limit of
+the key and reads the request's binding atomically. What follows an answer is queued and
+written by one background task in one pipeline per batch: settlements (``scripts.SETTLE``,
+all of a batch in one call), bindings, and hard cooldowns (``HSET`` into one hash, which
+a replica reads whole when it (re)subscribes, and ``PUBLISH``, which reaches the other
+replicas within milliseconds).
+
+Redis itself sits behind a breaker and a short timeout on every call: a call that fails
+or times out opens the breaker for 0.5 s (doubling up to 5 s while it keeps failing),
+during which nothing waits on Redis; then one call probes it. Meanwhile ``on_error: open``
+admits from an in-process ``MemoryState`` (each replica enforcing the limits on its own)
+and ``closed`` refuses with ``StateUnavailable`` (a 503). Costs charged while Redis was
+away are kept per key and written when it is back, so a budget does not forget them.
+
+Standalone Redis (or a primary behind Sentinel): the binding keys are not in the
+key's hash slot, so a Redis Cluster would refuse the admission script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import structlog
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+from redis.retry import Retry
+
+from router.state.clock import Clock
+from router.state.shared import (
+    DEFAULT_LEASE_S,
+    Admission,
+    Quota,
+    SharedState,
+    Spend,
+    StateUnavailable,
+    Window,
+    _Pending,
+    feed,
+)
+from router.state.shared.breaker import StoreBreaker
+from router.state.shared.memory import MemoryState
+from router.state.shared.scripts import ADMIT, SETTLE
+
+log = structlog.get_logger("router.state")
+
+_FAILURES = (RedisError, OSError, TimeoutError)
+_DAY_TTL_S = 2 * 86400  # a day's spend outlives its day a little, for /admin/usage
+_MONTH_TTL_S = 32 * 86400
+
+
+class RedisState(SharedState):
+    mode = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_error: str = "open",
+        prefix: str = "router:",
+        timeout_s: float = 0.25,
+        lease_s: float = DEFAULT_LEASE_S,
+        clock: Clock = time.time,
+    ) -> None:
+        super().__init__()
+        self.on_error = on_error
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+        self.lease_s = lease_s
+        self.clock = clock
+        self.local = MemoryState(clock)
+        self.breaker = StoreBreaker()
+        self.replica = secrets.token_hex(6)  # tells this replica's own messages apart
+        self.fallbacks = 0
+        self._leases = itertools.count(1)
+        self._client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),  # our breaker decides; redis-py must not retry
+            health_check_interval=0,
+        )
+        self._admit_sha = ""
+        self._settle_sha = ""
+        self._pending = _Pending()
+        self._owed: dict[str, float] = {}  # USD charged locally while Redis was away
+        self._cools: dict[str, tuple[float, str]] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._channel = f"{prefix}cooldowns"
+
+    # -- calls --------------------------------------------------------------------------
+
+    async def _load_scripts(self) -> None:
+        self._admit_sha = await self._client.script_load(ADMIT)
+        self._settle_sha = await self._client.script_load(SETTLE)
+
+    async def _eval(self, which: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, loading the scripts first when Redis does not know them (a restart)."""
+        for _ in range(2):
+            sha = self._admit_sha if which == "admit" else self._settle_sha
+            if not sha:
+                await self._load_scripts()
+                continue
+            try:
+                return await self._client.evalsha(sha, len(keys), *keys, *args)
+            except NoScriptError:
+                self._admit_sha = self._settle_sha = ""
+        raise RedisError("scripts could not be loaded")
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        first = not self.breaker.open
+        self.breaker.failure()
+        if first:  # once per outage, not once per request
+            log.warning("state_unreachable", op=what, error=type(exc).__name__, detail=str(exc))
+
+    def _recovered(self) -> None:
+        if self.breaker.open:
+            log.info("state_reachable", fallbacks=self.fallbacks)
+        self.breaker.success()
+
+    # -- admission ----------------------------------------------------------------------
+
+    async def admit(
+        self, quota: Quota | None, tokens: int = 0, binding_key: str | None = None
+    ) -> Admission:
+        if quota is None:
+            out = Admission()
+            if binding_key is not None:
+                out.binding = await self.get(binding_key)
+            return out
+        if not self.breaker.allows():
+            return self._fallback(quota, tokens, binding_key)
+        lease = f"{self.replica}:{next(self._leases)}" if quota.concurrent is not None else ""
+        keys, args = self._admit_args(quota, tokens, binding_key, lease)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                reply = await self._eval("admit", keys, args)
+        except asyncio.CancelledError:
+            self.breaker.release()
+            raise
+        except _FAILURES as exc:
+            self._failed("admit", exc)
+            return self._fallback(quota, tokens, binding_key)
+        self._recovered()
+        return self._admission(reply, quota, lease)
+
+    def _admit_args(
+        self, quota: Quota, tokens: int, binding_key: str | None, lease: str
+    ) -> tuple[list[str], list[Any]]:
+        now = self.clock()
+        day, day_end, month, month_end = self.local.windows(now)
+        p = f"{self.prefix}{{{quota.name}}}:"
+        keys = [
+            p + "r",
+            p + "t",
+            p + "c",
+            f"{p}d:{day}",
+            f"{p}m:{month}",
+            self.prefix + "b:" + binding_key if binding_key is not None else p + "b",
+        ]
+        args = [
+            -1 if quota.rpm is None else quota.rpm,
+            -1 if quota.tpm is None else quota.tpm,
+            -1 if quota.concurrent is None else quota.concurrent,
+            -1 if quota.day_usd is None else quota.day_usd,
+            -1 if quota.month_usd is None else quota.month_usd,
+            tokens,
+            lease,
+            self.lease_s,
+            round(day_end - now, 3),
+            round(month_end - now, 3),
+            0 if binding_key is None else 1,
+        ]
+        return keys, args
+
+    @staticmethod
+    def _admission(reply: list[Any], quota: Quota, lease: str) -> Admission:
+        ok, code, limit, retry_ms, req_left, req_reset, tok_left, tok_reset, reserved, bound = reply
+        out = Admission(admitted=ok == 1, quota=quota, reserved=int(reserved))
+        if ok == 1:
+            out.lease = lease or None
+        else:
+            out.code = code.decode()
+            out.limit = limit.decode()
+            out.retry_after_s = retry_ms / 1000.0
+        if quota.rpm is not None and req_left >= 0:
+            out.requests = Window(quota.rpm, int(req_left), req_reset / 1000.0)
+        if quota.tpm is not None and tok_left >= 0:
+            out.tokens = Window(quota.tpm, int(tok_left), tok_reset / 1000.0)
+        if bound is not None:
+            out.binding = bound.decode()
+        return out
+
+    def _fallback(self, quota: Quota, tokens: int, binding_key: str | None) -> Admission:
+        if self.on_error == "closed":
+            raise StateUnavailable("the shared state store (Redis) is unreachable")
+        self.fallbacks += 1
+        out = self.local.admit_now(quota, tokens, binding_key)
+        out.local = True
+        return out
+
+    # -- after the request --------------------------------------------------------------
+
+    def settle(self, admission: Admission, tokens_used: int | None, cost_usd: float) -> None:
+        quota = admission.quota
+        if quota is None or not admission.admitted:
+            return
+        if admission.local:
+            self.local.settle(admission, tokens_used, cost_usd)
+            if cost_usd > 0 and quota.budgeted:
+                self._owed[quota.name] = self._owed.get(quota.name, 0.0) + cost_usd
+                self._wake.set()
+            return
+        self._pending.settles.append((admission, tokens_used, cost_usd))
+        self._wake.set()
+
+    def bind(self, key: str, value: str, ttl_s: float) -> None:
+        if self.breaker.open:
+            self.local.bind(key, value, ttl_s)
+        self._pending.binds[key] = (value, ttl_s)
+        self._wake.set()
+
+    def unbind(self, key: str) -> None:
+        self.local.unbind(key)
+        self._pending.binds[key] = (None, 0.0)
+        self._wake.set()
+
+    def cool(self, scope: str, until: float, reason: str) -> None:
+        self._cools[scope] = (until, reason)
+        self._pending.cools.append((scope, until, reason))
+        self._wake.set()
+
+    def cooldowns(self) -> dict[str, tuple[float, str]]:
+        now = self.clock()
+        for scope in [s for s, (until, _) in self._cools.items() if until <= now]:
+            del self._cools[scope]
+        return dict(self._cools)
+
+    async def _flush_loop(self) -> None:
+        """Writes what is queued, one pipeline per batch; retries after an outage."""
+        while True:
+            if not (self._pending or self._owed):
+                await self._wake.wait()
+            self._wake.clear()
+            if self.breaker.allows():
+                await self.flush()
+            else:
+                self._shelve(self._pending)
+                self._pending = _Pending()
+            if self._owed or self._pending.cools:
+                await asyncio.sleep(max(0.05, self.breaker.until - self.breaker.clock()))
+
+    def _shelve(self, pending: _Pending) -> None:
+        """A batch that could not be written: keep what matters (costs, cooldowns still
+        running); concurrency slots expire by themselves, corrections and bindings go."""
+        for admission, _, cost in pending.settles:
+            if cost > 0 and admission.quota is not None and admission.quota.budgeted:
+                name = admission.quota.name
+                self._owed[name] = self._owed.get(name, 0.0) + cost
+        now = self.clock()
+        self._pending.cools.extend(c for c in pending.cools if c[1] > now)
+
+    async def flush(self) -> None:
+        """Write everything queued now, in one round trip (bounded by the timeout)."""
+        pending, self._pending = self._pending, _Pending()
+        owed, self._owed = self._owed, {}
+        if not (pending or owed):
+            return
+        day, _, month, _ = self.local.windows(self.clock())
+        keys: list[str] = []
+        args: list[Any] = []
+        for admission, used, cost in pending.settles:
+            quota = admission.quota
+            assert quota is not None
+            tpm = quota.tpm or 0
+            delta = used - admission.reserved if tpm and used is not None else 0
+            cost = cost if quota.budgeted else 0.0
+            self._settle_item(keys, args, quota.name, day, month, tpm, delta, admission.lease, cost)
+        for name, cost in owed.items():
+            self._settle_item(keys, args, name, day, month, 0, 0, None, cost)
+        pipe = self._client.pipeline(transaction=False)
+        if keys:
+            pipe.evalsha(self._settle_sha or "0" * 40, len(keys), *keys, *args)
+        for key, (value, ttl_s) in pending.binds.items():
+            if value is None:
+                pipe.delete(self.prefix + "b:" + key)
+            else:
+                pipe.set(self.prefix + "b:" + key, value, px=max(1, int(ttl_s * 1000)))
+        for scope, until, reason in pending.cools:
+            pipe.hset(self._channel, scope, orjson.dumps([until, reason]))
+            pipe.publish(self._channel, orjson.dumps([self.replica, scope, until, reason]))
+        try:
+            async with asyncio.timeout(self.timeout_s * 2):
+                results = await pipe.execute(raise_on_error=False)
+                if keys and isinstance(results[0], NoScriptError):
+                    await self._eval("settle", keys, args)
+        except asyncio.CancelledError:
+            self._shelve(pending)
+            self._owed.update({n: self._owed.get(n, 0.0) + c for n, c in owed.items()})
+            raise
+        except _FAILURES as exc:
+            self._failed("flush", exc)
+            self._shelve(pending)
+            for name, cost in owed.items():
+                self._owed[name] = self._owed.get(name, 0.0) + cost
+            return
+        self._recovered()
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(result, NoScriptError):
+                log.warning("state_write_failed", error=type(result).__name__, detail=str(result))
+
+    def _settle_item(
+        self,
+        keys: list[str],
+        args: list[Any],
+        name: str,
+        day: str,
+        month: str,
+        tpm: int,
+        delta: int,
+        lease: str | None,
+        cost: float,
+    ) -> None:
+        p = f"{self.prefix}{{{name}}}:"
+        keys += [p + "t", p + "c", f"{p}d:{day}", f"{p}m:{month}"]
+        args += [tpm, delta, lease or "", repr(cost), _DAY_TTL_S, _MONTH_TTL_S]
+
+    # -- bindings -----------------------------------------------------------------------
+
+    async def _call(self, what: str, op: Any) -> tuple[bool, Any]:
+        """(done, result) of one plain call under the breaker and the timeout."""
+        if not self.breaker.allows():
+            return False, None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                result = await op()
+        except asyncio.CancelledError:
+            self.breaker.release()
+            raise
+        except _FAILURES as exc:
+            self._failed(what, exc)
+            return False, None
+        self._recovered()
+        return True, result
+
+    async def get(self, key: str) -> str | None:
+        done, value = await self._call("get", lambda: self._client.get(self.prefix + "b:" + key))
+        if not done:
+            return await self.local.get(key)
+        return value.decode() if value is not None else None
+
+    async def set(self, key: str, value: str, ttl_s: float) -> None:
+        px = max(1, int(ttl_s * 1000))
+        done, _ = await self._call(
+            "set", lambda: self._client.set(self.prefix + "b:" + key, value, px=px)
+        )
+        if not done:
+            self.local.bind(key, value, ttl_s)
+
+    async def delete(self, key: str) -> None:
+        self.local.unbind(key)
+        await self._call("delete", lambda: self._client.delete(self.prefix + "b:" + key))
+
+    # -- budgets ------------------------------------------------------------------------
+
+    async def spent(self, names: Iterable[str]) -> dict[str, Spend]:
+        names = list(names)
+        day, _, month, _ = self.local.windows(self.clock())
+        keys = [f"{self.prefix}{{{n}}}:{w}" for n in names for w in (f"d:{day}", f"m:{month}")]
+        if not keys:
+            return {}
+        done, values = await self._call("spent", lambda: self._client.mget(keys))
+        if not done:
+            raise StateUnavailable("the shared state store (Redis) is unreachable")
+        owed = self._owed
+        return {
+            n: Spend(
+                float(values[2 * i] or 0) + owed.get(n, 0.0),
+                float(values[2 * i + 1] or 0) + owed.get(n, 0.0),
+            )
+            for i, n in enumerate(names)
+        }
+
+    # -- cooldowns from other replicas --------------------------------------------------
+
+    def _heard(self, scope: str, until: float, reason: str) -> None:
+        if until <= self.clock():
+            return
+        known = self._cools.get(scope)
+        if known is not None and known[0] >= until:
+            return
+        self._cools[scope] = (until, reason)
+        self._announce(scope, until, reason)
+
+    # -- life ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            async with asyncio.timeout(self.timeout_s * 4):
+                await self._load_scripts()
+        except _FAILURES as exc:
+            self._failed("start", exc)  # not fatal: the breaker probes again later
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._flush_loop()),
+            loop.create_task(
+                feed.follow(
+                    self._client,
+                    self._channel,
+                    self.replica,
+                    self._heard,
+                    clock=self.clock,
+                    timeout_s=self.timeout_s,
+                )
+            ),
+        ]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._pending or self._owed:
+            self.breaker.success()  # one last try, bounded by the timeout
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.flush()
+        with contextlib.suppress(*_FAILURES):
+            await asyncio.wait_for(self._client.aclose(), self.timeout_s)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "on_error": self.on_error,
+            "reachable": not self.breaker.open,
+            "errors": self.breaker.failures,
+            "local_admissions": self.fallbacks,
+            "owed_usd": round(sum(self._owed.values()), 6),
+        }

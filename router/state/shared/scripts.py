@@ -1,0 +1,119 @@
+"""The Lua scripts behind ``RedisState``: each runs atomically inside Redis.
+
+``ADMIT`` checks a key's budgets, rpm, tpm and concurrency and reserves them all, or
+nothing, and reads the request's binding: one round trip, no read-then-write race
+between replicas. Time is Redis's own (``TIME``), so replicas' clocks need not agree on
+the limits; the budget windows' ids come from the replica (Lua in Redis has no calendar).
+The arithmetic is ``memory.gcra`` and ``memory.window``; -1 stands for "no limit".
+
+``SETTLE`` applies a batch of settlements: tpm corrections, concurrency releases and cost
+charges, one call for everything the replica finished since its last batch.
+"""
+
+from __future__ import annotations
+
+ADMIT = """
+-- KEYS: 1 rpm arrival time, 2 tpm arrival time, 3 concurrency slots (zset), 4 day spend,
+--       5 month spend, 6 binding
+-- ARGV: 1 rpm, 2 tpm, 3 concurrent, 4 day usd, 5 month usd, 6 tokens, 7 slot id,
+--       8 slot lifetime s, 9 s left in the day, 10 s left in the month, 11 read binding
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local binding = false
+if ARGV[11] == '1' then binding = redis.call('GET', KEYS[6]) end
+
+local function arrival(key)
+  local v = tonumber(redis.call('GET', key) or '0')
+  if v < now then return now end
+  return v
+end
+local function window(tat, limit)
+  local ahead = tat - now
+  if ahead < 0 then ahead = 0 end
+  local left = math.floor((60 - ahead) * limit / 60 + 1e-9)
+  if left < 0 then left = 0 elseif left > limit then left = limit end
+  return left, math.ceil(ahead * 1000)
+end
+local req_tat, tok_tat = 0, 0
+if rpm >= 0 then req_tat = arrival(KEYS[1]) end
+if tpm >= 0 then tok_tat = arrival(KEYS[2]) end
+local function answer(ok, code, limit, retry_s, reserved)
+  local rl, rr, tl, tr = -1, 0, -1, 0
+  if rpm >= 0 then rl, rr = window(req_tat, rpm) end
+  if tpm >= 0 then tl, tr = window(tok_tat, tpm) end
+  return {ok, code, limit, math.ceil(retry_s * 1000), rl, rr, tl, tr, reserved, binding}
+end
+
+local day, month = tonumber(ARGV[4]), tonumber(ARGV[5])
+if day >= 0 and tonumber(redis.call('GET', KEYS[4]) or '0') >= day then
+  return answer(0, 'budget_exceeded', 'day', tonumber(ARGV[9]), 0)
+end
+if month >= 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= month then
+  return answer(0, 'budget_exceeded', 'month', tonumber(ARGV[10]), 0)
+end
+local req_new, tok_new, cost = 0, 0, 0
+if rpm >= 0 then
+  req_new = req_tat + 60 / rpm
+  if req_new - now > 60 then
+    return answer(0, 'rate_limit_exceeded', 'rpm', req_new - now - 60, 0)
+  end
+end
+if tpm >= 0 then
+  cost = math.min(tonumber(ARGV[6]), tpm)
+  tok_new = tok_tat + cost * 60 / tpm
+  if tok_new - now > 60 then
+    return answer(0, 'rate_limit_exceeded', 'tpm', tok_new - now - 60, 0)
+  end
+end
+if conc >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)  -- slots of replicas that died
+  if redis.call('ZCARD', KEYS[3]) >= conc then
+    return answer(0, 'rate_limit_exceeded', 'concurrent', 1, 0)
+  end
+  local life = tonumber(ARGV[8])
+  redis.call('ZADD', KEYS[3], now + life, ARGV[7])
+  redis.call('PEXPIRE', KEYS[3], math.ceil(life * 1000))
+end
+if rpm >= 0 then
+  req_tat = req_new
+  redis.call('SET', KEYS[1], string.format('%.6f', req_new), 'PX',
+             math.ceil((req_new - now) * 1000) + 1000)
+end
+if tpm >= 0 then
+  tok_tat = tok_new
+  redis.call('SET', KEYS[2], string.format('%.6f', tok_new), 'PX',
+             math.ceil((tok_new - now) * 1000) + 1000)
+end
+return answer(1, '', '', 0, cost)
+"""
+
+SETTLE = """
+-- Per settlement, KEYS: tpm arrival time, concurrency slots, day spend, month spend;
+-- ARGV: tpm, token correction, slot id, cost usd, day key ttl s, month key ttl s
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 0, #KEYS / 4 - 1 do
+  local k, a = i * 4, i * 6
+  local tpm, delta = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  if tpm > 0 and delta ~= 0 then
+    local tat = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+    if delta > 0 and tat < now then tat = now end
+    local new = tat + delta * 60 / tpm
+    if new > now then
+      redis.call('SET', KEYS[k + 1], string.format('%.6f', new), 'PX',
+                 math.ceil((new - now) * 1000) + 1000)
+    else
+      redis.call('DEL', KEYS[k + 1])
+    end
+  end
+  if ARGV[a + 3] ~= '' then redis.call('ZREM', KEYS[k + 2], ARGV[a + 3]) end
+  if tonumber(ARGV[a + 4]) > 0 then
+    redis.call('INCRBYFLOAT', KEYS[k + 3], ARGV[a + 4])
+    redis.call('EXPIRE', KEYS[k + 3], ARGV[a + 5])
+    redis.call('INCRBYFLOAT', KEYS[k + 4], ARGV[a + 4])
+    redis.call('EXPIRE', KEYS[k + 4], ARGV[a + 6])
+  end
+end
+return 0
+"""
