@@ -33,6 +33,8 @@ class Candidate:
     an endpoint with too little recent evidence and nothing in flight: strategies that use
     live stats try it first, once. ``probing`` marks one whose probe is still in flight:
     they try it last, so exploration never floods an unknown endpoint.
+    ``output_error_rate`` (answers that came back 200 but broken) is blended towards 0 as
+    its evidence ages: a host is not held to old broken answers forever.
     """
 
     id: str
@@ -47,6 +49,7 @@ class Candidate:
     in_flight: int = 0
     explore: bool = False
     probing: bool = False
+    output_error_rate: float = 0.0
 
     @property
     def price(self) -> float:
@@ -64,7 +67,7 @@ class Loads(Sequence[Candidate]):
     A metric is a sequence indexed by *key*: ``keys`` lists the candidates' keys in their
     listed order (other positions of a metric, if any, belong to no candidate). A field is
     a numeric ``Candidate`` attribute: ``latency_s``, ``ttft_s``, ``tokens_per_s``,
-    ``error_rate``, ``in_flight``, ``weight``, ``price`` or ``index``.
+    ``error_rate``, ``output_error_rate``, ``in_flight``, ``weight``, ``price`` or ``index``.
     """
 
     __slots__ = ()

@@ -2,7 +2,8 @@
 
 Each metric is normalised to 0..1 across the route so that weights compare like with
 like: lower-is-better metrics (latency, ttft, price, in_flight) as value / route maximum,
-throughput as 1 - value / route maximum, error rate as it is (already 0..1). The cost is
+throughput as 1 - value / route maximum, error rates (``error_rate``,
+``output_error_rate``) as they are (already 0..1). The cost is
 ``sum(weight * normalised)``; lower is better.
 
 Picks:
@@ -47,6 +48,7 @@ _METRICS = {
     "ttft": ("ttft_s", True),
     "throughput": ("tokens_per_s", True),
     "error_rate": ("error_rate", False),
+    "output_error_rate": ("output_error_rate", False),
     "price": ("price", True),
     "in_flight": ("in_flight", True),
 }

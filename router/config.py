@@ -175,7 +175,9 @@ PROVIDER_SECTIONS: dict[str, type[_Partial]] = {
 }
 ProviderSection = OpenAIProviderSection | LiteLLMProviderSection | SimulatedProviderSection
 
-ScoreMetric = Literal["latency", "ttft", "throughput", "error_rate", "price", "in_flight"]
+ScoreMetric = Literal[
+    "latency", "ttft", "throughput", "error_rate", "output_error_rate", "price", "in_flight"
+]
 
 
 class HedgeSection(_Strict):

@@ -22,6 +22,7 @@ from typing import Any
 from providers.base import UpstreamRequest, UpstreamResponse
 from providers.errors import (
     IdleTimeout,
+    StreamBroken,
     TotalTimeout,
     TTFTTimeout,
     UpstreamConnectError,
@@ -32,7 +33,7 @@ from providers.errors import (
 from router.config import HedgeSection
 from router.errors import CLIENT_FAULT_STATUSES
 from router.requestlog.records import AttemptRecord, Usage
-from router.routing.sse import ProtocolViolation, StreamInspector, inspect_body
+from router.routing.sse import ProtocolViolation, StreamInspector, inspect_body, wants_json
 from router.runtime import Endpoint
 from router.state.clock import Clock
 
@@ -43,13 +44,24 @@ _NO_TIMER = contextlib.nullcontext()
 class Lease:
     """An attempt's claim on an endpoint; ``end`` runs once, whatever the outcome."""
 
-    __slots__ = ("_done", "_token", "clock", "endpoint", "first_token_at", "started")
+    __slots__ = (
+        "_done",
+        "_token",
+        "clock",
+        "endpoint",
+        "first_token_at",
+        "output_error",
+        "started",
+        "tool_calls_valid",
+    )
 
     def __init__(self, endpoint: Endpoint, clock: Clock) -> None:
         self.endpoint = endpoint
         self.clock = clock
         self.started = clock()
         self.first_token_at: float | None = None
+        self.output_error: str | None = None  # why a 200 answer was broken, once it ended
+        self.tool_calls_valid: bool | None = None
         self._token = endpoint.stats.start()
         endpoint.breaker.acquire(self.started)
         self._done = False
@@ -61,10 +73,18 @@ class Lease:
             self.first_token_at = now = self.clock()
             self.endpoint.stats.first_token(self._token, now)
 
-    def succeed(self, usage: Usage | None, events: int, tool_calls_valid: bool | None) -> None:
+    def succeed(
+        self,
+        usage: Usage | None,
+        events: int,
+        tool_calls_valid: bool | None,
+        output_error: str | None = None,
+    ) -> None:
         if self._done:
             return
         self._done = True
+        self.output_error = output_error
+        self.tool_calls_valid = tool_calls_valid
         now = self.clock()
         ep = self.endpoint
         first = self.first_token_at
@@ -78,6 +98,7 @@ class Lease:
             completion_tokens=tokens,
             generation_s=(now - first) if first is not None and now > first else now - self.started,
             tool_calls_valid=tool_calls_valid,
+            output_ok=output_error is None,
         )
         ep.breaker.success(now)
         ep.wake_one()
@@ -94,7 +115,13 @@ class Lease:
             ep.stats.finish(self._token, ok=None)
             ep.breaker.release_probe()
         else:
-            ep.stats.finish(self._token, ok=False, error=exc.reason)
+            # A 200 that broke (cut short, not the protocol) is an output error too.
+            broken = isinstance(exc, StreamBroken | UpstreamProtocolError)
+            if broken:
+                self.output_error = exc.reason
+            ep.stats.finish(
+                self._token, ok=False, error=exc.reason, output_ok=False if broken else None
+            )
             if status in (401, 403):
                 ep.breaker.trip(now, "auth", ep.spec.breaker.cooldown_s)
             elif isinstance(exc, UpstreamConnectError) and exc.refused:
@@ -170,6 +197,7 @@ class Attempts:
         self.request_id = request_id
         self.deadline = deadline
         self.clock = clock
+        self.json = wants_json(payload)  # response_format asked for JSON: judge the output
         self.records: list[AttemptRecord] = []
         self.count = 0
         self.hedges = 0
@@ -211,8 +239,8 @@ class Attempts:
                         )
                     else:
                         body = await response.read()
-                        usage, tools_ok = inspect_body(body)
-                        lease.succeed(usage, 0, tools_ok)
+                        usage, tools_ok, broken = inspect_body(body, self.json)
+                        lease.succeed(usage, 0, tools_ok, broken)
                         opened = Opened(ep, route, lease, response, body, None, None, usage, hedged)
             except TimeoutError as exc:
                 if bound_by_total:
@@ -252,6 +280,7 @@ class Attempts:
             chat=self.operation == "chat/completions",
             client_wants_usage=self.client_wants_usage,
             tools=bool(self.payload.get("tools")),
+            json=self.json,
         )
         chunks = response.chunks().__aiter__()
         held: list[bytes] = []

@@ -503,6 +503,11 @@ class Pipeline:
         finally:
             if not lease.done:
                 if inspector.done:
-                    lease.succeed(inspector.usage, inspector.events, inspector.tool_calls_valid())
+                    lease.succeed(
+                        inspector.usage,
+                        inspector.events,
+                        inspector.tool_calls_valid(),
+                        inspector.output_error(),
+                    )
                 else:
                     opened.abandon()  # the client went away: stop the upstream at once

@@ -8,6 +8,11 @@ is parsed only when a substring test says it carries ``usage`` (looked for from 
 or ``tool_calls`` (looked for only when the request offered tools).
 The usage-only chunk the router asked for (``stream_options.include_usage``) is cut out
 when the client did not ask for it.
+
+It also judges the answer's output (``output_error``): an answer with no content and no
+tool call is broken, and so is one that is not valid JSON where the request's
+``response_format`` asked for JSON (only then is every event's text collected: such
+requests are rare, and the fast path stays untouched for the others).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from router.requestlog.records import Usage
 
 _MAX_HELD = 1 << 20  # bytes an upstream may send before its first token, then it is garbage
 DONE = b"data: [DONE]"
+EMPTY = "empty"  # output errors: an answer with nothing in it,
+NOT_JSON = "not_json"  # or not the JSON that response_format asked for
 
 
 class ProtocolViolation(Exception):
@@ -43,18 +50,22 @@ def _data(event: bytes) -> bytes | None:
 class StreamInspector:
     """Feed it raw upstream bytes; it returns the bytes to forward and notes what it saw."""
 
-    def __init__(self, *, chat: bool, client_wants_usage: bool, tools: bool = True) -> None:
+    def __init__(
+        self, *, chat: bool, client_wants_usage: bool, tools: bool = True, json: bool = False
+    ) -> None:
         self.chat = chat
         # Tool calls come only when the request offered tools: without them, no block is
         # scanned for the marker (a scan of every byte, the costliest step of a long stream).
         self.tools = chat and tools
         self.client_wants_usage = client_wants_usage
         self.first_token = False
+        self.content = False  # the first token carried content, a tool call or reasoning
         self.done = False
         self.usage: Usage | None = None
         self.events = 0
         self._carry = b""
         self._tool_args: dict[int, list[str]] | None = None
+        self._text: list[str] | None = [] if json else None  # the answer's text, to parse
 
     def feed(self, data: bytes) -> bytes:
         """Returns the complete events in ``data`` (plus any carried part), to forward."""
@@ -100,6 +111,8 @@ class StreamInspector:
             tools = data.find(b'"tool_calls"', start, len(data) if first == -1 else first)
             if tools != -1:
                 first = tools
+        if self._text is not None:
+            first = start  # JSON asked for: every event's text is collected
         if first == -1:
             self._count_events(data, start, len(data))
             return data[head:] if head else data
@@ -201,6 +214,17 @@ class StreamInspector:
                 calls = delta.get("tool_calls") if isinstance(delta, dict) else None
                 if isinstance(calls, list):
                     self._collect_tool_args(calls)
+        text = self._text
+        if text is not None and isinstance(choices, list):
+            for choice in choices:
+                if not isinstance(choice, dict):
+                    continue
+                part = choice.get("delta") if self.chat else choice
+                if not isinstance(part, dict):
+                    continue
+                got = part.get("content" if self.chat else "text")
+                if isinstance(got, str):
+                    text.append(got)
         return True
 
     def _collect_tool_args(self, calls: list[Any]) -> None:
@@ -223,8 +247,6 @@ class StreamInspector:
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
-            if choice.get("finish_reason"):
-                return True
             if self.chat:
                 delta = choice.get("delta")
                 if isinstance(delta, dict) and (
@@ -234,8 +256,12 @@ class StreamInspector:
                     or delta.get("tool_calls")
                     or delta.get("refusal")
                 ):
+                    self.content = True
                     return True
             elif choice.get("text"):
+                self.content = True
+                return True
+            if choice.get("finish_reason"):
                 return True
         return False
 
@@ -252,6 +278,15 @@ class StreamInspector:
             except orjson.JSONDecodeError:
                 return False
         return True
+
+    def output_error(self) -> str | None:
+        """Why the answer is broken, or None: ``empty`` (no content, tool call or
+        reasoning), ``not_json`` (not valid JSON where JSON was asked for)."""
+        if not self.content:
+            return EMPTY
+        if self._text is not None and not _is_json("".join(self._text)):
+            return NOT_JSON
+        return None
 
     def leftover(self) -> bytes:
         """A final event the upstream did not terminate with a blank line."""
@@ -270,8 +305,48 @@ def _brief(err: Any) -> str:
     return str(err)[:200]
 
 
-def inspect_body(body: bytes) -> tuple[Usage | None, bool | None]:
-    """Usage and tool-call validity of a non-streamed answer; raises on non-JSON."""
+def wants_json(payload: dict[str, Any]) -> bool:
+    """Did the request's ``response_format`` ask for JSON (``json_object``, ``json_schema``)?"""
+    fmt = payload.get("response_format")
+    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+
+
+def _is_json(text: str) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def output_error(obj: dict[str, Any], json: bool) -> str | None:
+    """A non-streamed answer's output error, as ``StreamInspector.output_error``: None for
+    choices with content, a tool call or reasoning (JSON where asked for), or embeddings'
+    data."""
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        # Embeddings: their vectors; another shape: not ours to judge.
+        return EMPTY if "data" in obj and not obj["data"] else None
+    found = False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        msg = choice.get("message")
+        text = msg.get("content") if isinstance(msg, dict) else choice.get("text")
+        if text:
+            if json and not (isinstance(text, str) and _is_json(text)):
+                return NOT_JSON
+            found = True
+        elif isinstance(msg, dict) and (
+            msg.get("tool_calls") or msg.get("refusal") or msg.get("reasoning_content")
+        ):
+            found = True
+    return None if found else EMPTY
+
+
+def inspect_body(body: bytes, json: bool = False) -> tuple[Usage | None, bool | None, str | None]:
+    """Usage, tool-call validity and the output error (``output_error``) of a non-streamed
+    answer; raises on non-JSON."""
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -297,4 +372,4 @@ def inspect_body(body: bytes) -> tuple[Usage | None, bool | None]:
                             orjson.loads(args)
                         except orjson.JSONDecodeError:
                             valid = False
-    return usage, valid
+    return usage, valid, output_error(obj, json)

@@ -133,6 +133,8 @@ class RouteLoads:
         self._g_prior: list[float | None] = [None] * len(_DECAYED)  # prior each g is for
         self._g_top: list[float | None] = [None] * len(_DECAYED)  # max(g), when known
         self.busy = [0] * n
+        # a * output error rate: its estimate blends towards 0 (no prior) as evidence ages.
+        self.out_errors = [0.0] * n
         # key -> (oldest start still without a token, TTFT estimate, a), for endpoints
         # with an estimate: their TTFT is raised to that wait once it is longer.
         self._waiting: dict[int, tuple[float, float, float]] = {}
@@ -208,7 +210,7 @@ class RouteLoads:
         g_lat, g_ttft, g_tps, g_err = [0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n
         best_lat = best_ttft = best_err = least = _INF
         best_tps = 0.0
-        confidences, busy, stats = self.a, self.busy, self._stats
+        confidences, busy, stats, out_errors = self.a, self.busy, self._stats, self.out_errors
         for k in self.keys if keys is None else keys:
             st = stats[k]
             last = st.last_sample
@@ -222,6 +224,8 @@ class RouteLoads:
             if conf < least:
                 least = conf
             busy[k] = st.in_flight
+            x = st.output_errors.mean
+            out_errors[k] = conf * x if x else 0.0
             ttft = st.ttft.mean
             waiting = st._waiting
             if waiting and ttft is not None:
@@ -315,6 +319,8 @@ class RouteLoads:
                 self._g[m][k] = 0.0 if x is None else a * (x - p)
                 self._g_top[m] = None
         self.busy[k] = st.in_flight
+        x = st.output_errors.mean
+        self.out_errors[k] = a * x if x else 0.0
         waiting = st._waiting
         waits = bool(waiting) and ttft is not None
         if waits:
@@ -438,6 +444,9 @@ class LiveLoads(Loads):
                 got = [p + d * g for g in self._g(m)]
             elif field == "in_flight":
                 got = self._route.busy
+            elif field == "output_error_rate":
+                d = self._decay
+                got = [d * g for g in self._route.out_errors]
             else:
                 got = self._route.static[field]
             self._metrics[field] = got
@@ -590,6 +599,7 @@ class LiveCandidate(Candidate):
     tokens_per_s = _live("tokens_per_s")
     error_rate = _live("error_rate")
     in_flight = _live("in_flight")
+    output_error_rate = _live("output_error_rate")
     explore = _live("explore")
     probing = _live("probing")
 

@@ -129,6 +129,9 @@ class EndpointStats:
         "last_sample",
         "latency",
         "latency_window",
+        "output_answers",
+        "output_errors",
+        "output_failures",
         "requests",
         "sample_conf",
         "samples",
@@ -153,6 +156,7 @@ class EndpointStats:
         self.tokens_per_s = DecayedMean()
         self.errors = DecayedMean()
         self.tool_errors = DecayedMean()
+        self.output_errors = DecayedMean()  # answers that came back 200 but broken
         self.latency_window = Window()
         self.ttft_window = Window()
         self.tps_window = Window()
@@ -160,6 +164,8 @@ class EndpointStats:
         self.failures = 0
         self.tool_call_answers = 0
         self.tool_call_failures = 0
+        self.output_answers = 0
+        self.output_failures = 0
         self.in_flight = 0
         self.samples = 0.0  # decayed count of answers, for confidence
         self.sample_conf = 0.0  # 1 - 0.5 ** samples, kept up to date
@@ -216,9 +222,14 @@ class EndpointStats:
         completion_tokens: int | None = None,
         generation_s: float | None = None,
         tool_calls_valid: bool | None = None,
+        output_ok: bool | None = None,
         error: str | None = None,
     ) -> None:
-        """An attempt ended. ``ok=None`` means it ended without a verdict (cancelled)."""
+        """An attempt ended. ``ok=None`` means it ended without a verdict (cancelled).
+
+        ``output_ok`` judges an answer that came back 200: False when it was broken (a
+        stream without its end marker, no content and no tool call, not the JSON that
+        ``response_format`` asked for); None for an attempt that got no such answer."""
         self.in_flight -= 1
         self.version += 1
         if self._dirty is not None:
@@ -238,6 +249,14 @@ class EndpointStats:
         self.last_sample = now
         errors = self.errors
         errors.add(0.0 if ok else 1.0, now, h, decay if errors._t == last else None)
+        if output_ok is not None:
+            self.output_answers += 1
+            mean = self.output_errors
+            if output_ok:
+                mean.add(0.0, now, h, decay if mean._t == last else None)
+            else:
+                self.output_failures += 1
+                mean.add(1.0, now, h, decay if mean._t == last else None)
         if not ok:
             self.failures += 1
             self.last_error = error
@@ -290,6 +309,7 @@ class EndpointStats:
 
         tps = self.tokens_per_s.value
         tool = self.tool_errors.value
+        out = self.output_errors.value
         v = self.version
         return {
             "in_flight": self.in_flight,
@@ -312,6 +332,8 @@ class EndpointStats:
                 "p95": _round(self.tps_window.percentile(0.95, v)),
             },
             "tool_call_error_rate": round(tool, 4) if tool is not None else 0.0,
+            "output_error_rate": round(out, 4) if out is not None else 0.0,
+            "output_errors": self.output_failures,
             "last_error": self.last_error,
         }
 
@@ -375,6 +397,7 @@ def loads(
         ttft = st.ttft.mean
         tps = st.tokens_per_s.mean
         err = st.errors.mean
+        broken = st.output_errors.mean
         waiting = st._waiting
         if waiting and ttft is not None:
             wait = now - next(iter(waiting.values()))
@@ -405,6 +428,7 @@ def loads(
                 busy,
                 conf < EXPLORE_BELOW and busy == 0,
                 conf < PROBE_BELOW and busy > 0,
+                conf * broken if broken else 0.0,
             )
         )
     prior.latency_s = 0.0 if best_lat == inf else best_lat

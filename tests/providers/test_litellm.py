@@ -129,7 +129,7 @@ def test_text_answer_is_openai_shaped_and_the_request_anthropic_shaped(
         "content": "Bonjour from Claude.",
     }
     assert body["choices"][0]["finish_reason"] == "stop"
-    usage, tools_ok = inspect_body(json.dumps(body).encode())  # what the router will read
+    usage, tools_ok, _ = inspect_body(json.dumps(body).encode())  # what the router will read
     assert usage is not None and tools_ok is None
     assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) == (26, 9, 5)
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.routing.sse import ProtocolViolation, StreamInspector, inspect_body
+from router.routing.sse import ProtocolViolation, StreamInspector, inspect_body, wants_json
 
 
 def event(obj: object) -> bytes:
@@ -140,7 +140,7 @@ def test_non_streamed_body() -> None:
             },
         }
     ).encode()
-    usage, valid = inspect_body(body)
+    usage, valid, _ = inspect_body(body)
     assert usage is not None and usage.cached_tokens == 4 and usage.prompt_tokens == 9
     assert valid is False
     with pytest.raises(ProtocolViolation):
@@ -165,3 +165,55 @@ def test_compact_json_usage_found_past_null_usages(whole: bool) -> None:
     assert insp.usage is not None and insp.usage.completion_tokens == 7
     assert insp.done
     assert out == b"".join(stream).replace(usage, b"")
+
+
+def _chunk(delta: dict[str, object], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize(
+    ("events", "json_wanted", "ok"),
+    [
+        ([_chunk({"content": "hi"}), _chunk({}, "stop")], False, True),
+        ([_chunk({"role": "assistant", "content": ""}), _chunk({}, "stop")], False, False),
+        ([_chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]})], False, True),
+        (
+            [_chunk({"content": '{"a": '}), _chunk({"content": "1}"}), _chunk({}, "stop")],
+            True,
+            True,
+        ),
+        (
+            [_chunk({"content": '{"a": '}), _chunk({"content": "1"}), _chunk({}, "stop")],
+            True,
+            False,
+        ),
+    ],
+    ids=["content", "empty", "tool-call", "json", "broken-json"],
+)
+def test_output_verdict_of_a_stream(events: list[bytes], json_wanted: bool, ok: bool) -> None:
+    inspector = StreamInspector(chat=True, client_wants_usage=False, json=json_wanted)
+    out = b"".join(inspector.feed(e) for e in [*events, b"data: [DONE]\n\n"])
+    assert inspector.done
+    assert out.endswith(b"data: [DONE]\n\n")
+    assert (inspector.output_error() is None) is ok
+
+
+@pytest.mark.parametrize(
+    ("message", "json_wanted", "ok"),
+    [
+        ({"content": "hello"}, False, True),
+        ({"content": ""}, False, False),
+        ({"content": None, "tool_calls": [{"function": {"arguments": "{}"}}]}, False, True),
+        ({"content": '{"x": [1, 2]}'}, True, True),
+        ({"content": "Sure! {x: 1}"}, True, False),
+    ],
+    ids=["content", "empty", "tool-call", "json", "not-json"],
+)
+def test_output_verdict_of_an_answer(
+    message: dict[str, object], json_wanted: bool, ok: bool
+) -> None:
+    body = json.dumps({"choices": [{"index": 0, "message": message}]}).encode()
+    assert (inspect_body(body, json_wanted)[2] is None) is ok
+    assert wants_json({"response_format": {"type": "json_schema"}})
+    assert not wants_json({"response_format": {"type": "text"}})

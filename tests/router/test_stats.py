@@ -317,6 +317,24 @@ def test_a_failure_does_not_count_as_a_latency_sample() -> None:
     assert stats.latency.value == pytest.approx(0.1)
 
 
+def test_output_error_rate_counts_broken_answers_and_fades_with_its_evidence() -> None:
+    clock = FakeClock()
+    stats = EndpointStats(halflife_s=10.0, clock=clock)
+    for broken in (False, True, False, True):
+        stats.finish(stats.start(), ok=True, latency_s=0.1, output_ok=not broken)
+    stats.finish(stats.start(), ok=False, output_ok=False)  # a stream cut short
+    stats.finish(stats.start(), ok=False)  # a 500: no answer to judge
+    view = stats.view()
+    assert view["output_errors"] == 3
+    assert view["output_error_rate"] == pytest.approx(0.6)
+    spec = Spec("a", 0)
+    [fresh] = loads([(spec, stats)], clock(), [(0.0, 0.0)])
+    clock.advance(100.0)  # ten half-lives without evidence: the estimate drifts to 0
+    [stale] = loads([(spec, stats)], clock(), [(0.0, 0.0)])
+    assert stale.output_error_rate < fresh.output_error_rate / 100
+    assert fresh.output_error_rate == pytest.approx(0.6 * stats.confidence(clock() - 100.0))
+
+
 def test_tool_call_error_rate() -> None:
     clock = FakeClock()
     stats = EndpointStats(halflife_s=10.0, clock=clock)
@@ -362,7 +380,14 @@ def test_percentiles_over_the_recent_window() -> None:
 
 # -- the live cache (RouteLoads) against the direct computation (loads) ------------------
 
-LIVE_FIELDS = ("latency_s", "ttft_s", "tokens_per_s", "error_rate", "in_flight")
+LIVE_FIELDS = (
+    "latency_s",
+    "ttft_s",
+    "tokens_per_s",
+    "error_rate",
+    "output_error_rate",
+    "in_flight",
+)
 
 
 class Fleet:
@@ -391,8 +416,15 @@ class Fleet:
     def finish(self, i: int, ok: bool | None, latency: float) -> None:
         if self.open[i]:
             token = self.open[i].pop(0)
+            # Some answers broken (an output error), decided by the latency drawn.
+            broken = ok is not None and int(latency * 100) % 3 == 0
             self.stats[i].finish(
-                token, ok=ok, latency_s=latency, completion_tokens=50, generation_s=latency
+                token,
+                ok=ok,
+                latency_s=latency,
+                completion_tokens=50,
+                generation_s=latency,
+                output_ok=None if ok is None else not broken,
             )
 
     def rank_both(
@@ -482,6 +514,7 @@ RANKERS: list[tuple[str, dict[str, Any]]] = [
             },
         },
     ),
+    ("score", {"pick": "best", "weights": {"ttft": 1.0, "output_error_rate": 2.0}}),
 ]
 
 OPS = st.one_of(
