@@ -18,6 +18,7 @@ import structlog
 from router.http.api import Api
 from router.http.server import HttpServer
 from router.obs import logs
+from router.obs.workers import Workers
 from router.requestlog.records import RequestRecord
 from router.service import Service
 
@@ -45,6 +46,11 @@ async def serve(
     api = Api(service, debug=logs.level_from_env() <= 10)
     stop_request_log = _attach_extras(api, service)
     watcher = asyncio.get_running_loop().create_task(service.watch())
+    workers = Workers.from_env()
+    publisher = None
+    if workers is not None:
+        api.workers = workers
+        publisher = asyncio.get_running_loop().create_task(_publish_worker(api))
     http = HttpServer(api.handle)
     await http.start(host, port, reuse_port=reuse_port)
     log.info("listening", url=f"http://{host}:{port}/v1", config=config_path)
@@ -62,10 +68,33 @@ async def serve(
     await http.shutdown(DRAIN_S)  # stops listening, lets handlers finish (up to DRAIN_S)
     watcher.cancel()
     await stop_request_log()  # after the handlers: their records are in it
+    if publisher is not None:
+        publisher.cancel()
+        api.publish_worker()  # the last counts stay in the sum after this worker exits
     await service.aclose()
     log.info("stopped")
     logs.flush()
     return 0
+
+
+async def _publish_worker(api: Api) -> None:
+    """Under ``--workers``: this worker's snapshot, every INTERVAL_S when its counts or
+    in-flight changed, else every HEARTBEAT_S (so that the others see it alive)."""
+    from router.obs.workers import HEARTBEAT_S, INTERVAL_S
+
+    seen: tuple[int, int] | None = None
+    quiet = 0.0
+    while True:
+        await asyncio.sleep(INTERVAL_S)
+        metrics = api.metrics
+        now = (metrics.recorded if metrics else 0, api.service.in_flight)
+        quiet += INTERVAL_S
+        if now != seen or quiet >= HEARTBEAT_S:
+            try:
+                api.publish_worker()
+            except OSError as exc:  # a full disk must not stop the worker
+                log.warning("worker_snapshot_failed", error=str(exc))
+            seen, quiet = now, 0.0
 
 
 def _attach_extras(api: Api, service: Service) -> Callable[[], Awaitable[None]]:

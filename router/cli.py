@@ -87,13 +87,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_workers(args: argparse.Namespace, config_path: str) -> int:
-    """N processes on one port (SO_REUSEPORT); the kernel spreads connections among them."""
+    """N processes on one port (SO_REUSEPORT); the kernel spreads connections among them.
+
+    They share a temporary directory where each keeps a snapshot of its metrics and
+    health, so that /metrics and /health describe the whole service (``obs/workers.py``).
+    """
+    import shutil
+    import tempfile
+
+    from router.obs.workers import DIR_ENV, INDEX_ENV
+
     cmd = [sys.executable, "-m", "router", "serve", "--config", config_path, "--reuse-port"]
     if args.host:
         cmd += ["--host", args.host]
     if args.port is not None:
         cmd += ["--port", str(args.port)]
-    children = [subprocess.Popen(cmd) for _ in range(args.workers)]
+    shared = tempfile.mkdtemp(prefix="router-workers-")
+    try:
+        return _run_children(cmd, args.workers, shared, DIR_ENV, INDEX_ENV)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _run_children(cmd: list[str], n: int, shared: str, dir_env: str, index_env: str) -> int:
+    children = [
+        subprocess.Popen(cmd, env={**os.environ, dir_env: shared, index_env: str(i)})
+        for i in range(n)
+    ]
 
     def forward(sig: int, _frame: Any) -> None:
         for child in children:

@@ -46,6 +46,7 @@ from router.service import Service
 
 if TYPE_CHECKING:
     from router.obs.metrics import Metrics
+    from router.obs.workers import Workers
 
 log = structlog.get_logger("router.http")
 
@@ -217,6 +218,7 @@ class Api:
         self.metrics: Metrics | None = None
         self.requestlog: Any = None  # router.requestlog.writer.RequestLog, once started
         self.requestlog_starting: asyncio.Task[None] | None = None
+        self.workers: Workers | None = None  # set under --workers N
         Handler = Callable[[Request], Awaitable[Answer]]
         self._routes: dict[str, dict[str, Handler]] = {
             **{path: {"POST": self.proxy} for path in _OPERATION_AT},
@@ -381,14 +383,48 @@ class Api:
 
     async def health(self, request: Request) -> Response:
         status, body = self.service.health()
+        workers = self.workers
+        if workers is not None:
+            self.publish_worker(body)
+            body = workers.health(body, workers.read())
+            status = 200 if body["status"] == "ok" else 503
         return _json_response(status, orjson.dumps(body))
 
     async def metrics_text(self, request: Request) -> Response:
         metrics_ = self.metrics
         if metrics_ is None:
             return Response(200, b"", "text/plain")
+        workers = self.workers
+        if workers is not None:
+            from router.obs.workers import CONTENT_TYPE_LATEST, merge_metrics
+
+            self.publish_worker()
+            snapshots = [snap["metrics"] for snap in workers.read()]
+            return Response(200, merge_metrics(snapshots), CONTENT_TYPE_LATEST)
         body, content_type = metrics_.render()
         return Response(200, body, content_type)
+
+    def publish_worker(self, health: dict[str, Any] | None = None) -> None:
+        """Write this worker's snapshot for the others (``--workers``): its metric
+        samples and the gist of its health."""
+        workers = self.workers
+        if workers is None:
+            return
+        from router.obs.workers import snapshot_metrics
+
+        if health is None:
+            health = self.service.health()[1]
+        config = health["config"]
+        metrics = snapshot_metrics(self.metrics.registry) if self.metrics is not None else []
+        workers.write(
+            metrics,
+            {
+                "status": health["status"],
+                "in_flight": self.service.in_flight,
+                "config_version": config["version"],
+                "last_error": config["last_error"],
+            },
+        )
 
     def _check_admin(self, request: Request) -> None:
         config = self.service.config

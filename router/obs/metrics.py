@@ -98,6 +98,7 @@ class Metrics:
         self.endpoints: dict[tuple[str, str], _EndpointSeries] = {}
         self.routes: dict[str, _RouteSeries] = {}
         self.reloads = {"ok": 0, "error": 0}  # both series exist from the start, at 0
+        self.recorded = 0  # requests counted, so a reader can tell that something changed
         self.requestlog = requestlog  # may be set later: the log starts after listening
         self.registry.register(_EventCollector(self))
         self.registry.register(_StateCollector(runtime_getter, lambda: self.requestlog))
@@ -106,6 +107,7 @@ class Metrics:
 
     def record(self, rec: RequestRecord) -> None:
         """Count one finished request (sync, a few microseconds, event loop thread only)."""
+        self.recorded += 1
         route = rec.route or NONE
         if rec.endpoint is None and not rec.attempts:
             # The route may be a client's unknown model name: keep the label set bounded.

@@ -7,10 +7,20 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import FakeUpstream, RouterProcess
 
 ADMIN = "admin-key-for-workers"
+
+
+def served(text: str) -> float:
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "router_requests_total"
+    )
 
 
 def test_two_workers_share_the_port_and_the_log(tmp_path: Path) -> None:
@@ -41,6 +51,18 @@ def test_two_workers_share_the_port_and_the_log(tmp_path: Path) -> None:
                 health = httpx.get(f"{router.url}/health", timeout=5).json()
                 pids.add(health.get("pid"))
             assert len(pids) == 2, pids
+            # /metrics sums both workers (the other's part lags by up to half a second)
+            # and never goes backwards, whichever worker answers each scrape.
+            seen: list[float] = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (len(seen) < 8 or seen[-1] != n):
+                with httpx.Client(timeout=5) as client:  # a fresh connection each time
+                    seen.append(served(client.get(f"{router.url}/metrics").text))
+            assert seen[-1] == n and seen == sorted(seen), seen
+            health = httpx.get(f"{router.url}/health", timeout=5).json()
+            assert health["status"] == "ok"
+            assert {w["pid"] for w in health["workers"]} == pids
+            assert {w["status"] for w in health["workers"]} == {"ok"}
         finally:
             assert router.proc is not None
             router.proc.send_signal(signal.SIGTERM)
