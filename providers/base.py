@@ -8,13 +8,13 @@ as raw SSE bytes (``chunks``), never re-serialised. Tests swap the provider, not
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
 
-OPERATIONS = ("chat/completions", "completions", "embeddings")
+OPERATIONS = ("chat/completions", "completions", "embeddings", "responses", "messages")
 
 
 @dataclass(slots=True)
@@ -23,6 +23,7 @@ class UpstreamRequest:
     payload: dict[str, Any]  # the client's body, ``model`` replaced, routing fields removed
     stream: bool
     request_id: str
+    headers: Mapping[str, str] | None = None  # client headers its API passes on as they came
     connect_s: float = 5.0
     read_s: float = 60.0  # longest silence before the first token (max of ttft and idle)
     _body: bytes | None = field(default=None, repr=False)

@@ -25,6 +25,8 @@ import orjson
 import structlog
 
 from providers.errors import UpstreamError
+from router.apis import BY_PATH, ClientApi
+from router.apis.base import decode
 from router.errors import (
     BadRequest,
     Forbidden,
@@ -54,43 +56,21 @@ _JSON = "application/json"
 # Request ids: unique per process (random prefix) and cheap (a counter), unlike uuid4.
 _ID_PREFIX = secrets.token_hex(8)
 _ID_COUNTER = itertools.count()
-_REQUIRED: dict[str, tuple[str, type | tuple[type, ...]]] = {
-    "chat/completions": ("messages", list),
-    "completions": ("prompt", (str, list)),
-    "embeddings": ("input", (str, list)),
-}
-_TYPED: dict[str, type | tuple[type, ...]] = {
-    "stream": bool,
-    "temperature": (int, float),
-    "top_p": (int, float),
-    "max_tokens": int,
-    "max_completion_tokens": int,
-    "n": int,
-    "tools": list,
-    "stop": (str, list),
-    "stream_options": dict,
-    "response_format": dict,
-}
-_TYPE_NAMES = {
-    bool: "a boolean",
-    int: "an integer",
-    list: "an array",
-    dict: "an object",
-    str: "a string",
-}
-
-
 def _json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
     return Response(status, body, _JSON, headers)
 
 
-def _error_response(exc: RouterError, headers: dict[str, str]) -> Response:
+def _error_response(
+    exc: RouterError, headers: dict[str, str], api: ClientApi | None = None
+) -> Response:
+    """``exc`` in the shape of the client's API (OpenAI's when none is known)."""
     if isinstance(exc, UpstreamClientError):
         body = exc.upstream.body or exc.body()
         if REDACTOR.secrets:
             body = REDACTOR.scrub(body.decode("utf-8", "replace")).encode()
         return Response(exc.status, body, _JSON, headers)
-    return _json_response(exc.status, exc.body(), headers)
+    body = exc.body() if api is None else api.error_body(exc)
+    return _json_response(exc.status, body, headers)
 
 
 def _bearer(request: Request) -> str | None:
@@ -140,73 +120,29 @@ async def _read_body(request: Request, max_mb: float) -> bytes:
     return b"".join(chunks)
 
 
-def parse_call(operation: str, body: bytes, request: Request, request_id: str) -> Call:
-    if not body:
-        raise BadRequest("request body is empty; expected a JSON object")
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"invalid JSON body: {exc}", code="invalid_json") from exc
-    if not isinstance(payload, dict):
-        raise BadRequest("request body must be a JSON object", code="invalid_json")
-    model = payload.get("model")
-    if model is None:
-        raise BadRequest("missing required field 'model'", param="model", code="missing_field")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' must be a non-empty string", param="model", code="invalid_type")
-    field, kind = _REQUIRED[operation]
-    if field not in payload:
-        raise BadRequest(f"missing required field {field!r}", param=field, code="missing_field")
-    if not isinstance(payload[field], kind) or (kind is list and not payload[field]):
-        raise BadRequest(
-            f"{field!r} must be {'a non-empty array' if kind is list else 'a string or an array'}",
-            param=field,
-            code="invalid_type",
-        )
-    for name, value in payload.items():
-        types = _TYPED.get(name)
-        if types is None or value is None:
-            continue
-        ok = isinstance(value, types) and not (
-            isinstance(value, bool) and types in (int, (int, float))
-        )
-        if not ok:
-            want = (
-                _TYPE_NAMES.get(types, "a number")
-                if isinstance(types, type)
-                else ("a number" if types == (int, float) else "a string or an array")
-            )
-            raise BadRequest(f"{name!r} must be {want}", param=name, code="invalid_type")
+def parse_call(api: ClientApi, body: bytes, request: Request, request_id: str) -> Call:
+    """The request as a ``Call``: its body checked by its API, routing fields taken out."""
+    payload = decode(body)
+    api.validate(payload)
     prefs = None
     if "provider" in payload:
         prefs = RoutingPrefs.parse(payload.pop("provider"))
-    stream = bool(payload.get("stream")) and operation != "embeddings"
-    client_wants_usage = False
-    if stream:
-        opts = payload.get("stream_options")
-        client_wants_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
-        if not client_wants_usage:
-            # Ask for usage anyway (it feeds stats and cost); the extra chunk is cut out.
-            payload["stream_options"] = {**(opts or {}), "include_usage": True}
+    stream = api.stream_flag(payload)
+    headers = None
+    if api.forwarded_headers:
+        got = request.headers
+        headers = {h: got[h] for h in api.forwarded_headers if h in got}
     return Call(
-        operation=operation,
+        api=api,
         payload=payload,
-        model=model,
+        model=payload["model"],
         stream=stream,
-        client_wants_usage=client_wants_usage,
+        client_wants_usage=api.prepare(payload, stream),
         request_id=request_id,
         prefs=prefs,
         policy=request.headers.get("x-router-policy"),
+        headers=headers,
     )
-
-
-def _stream_error_event(exc: BaseException) -> bytes:
-    reason = exc.reason if isinstance(exc, UpstreamError) else "internal_error"
-    message = f"upstream stream failed after it started: {reason}"
-    return b"data: " + error_body(message, "upstream_error", "stream_broken") + b"\n\n"
-
-
-_OPERATION_AT = {f"/v1/{op}": op for op in ("chat/completions", "completions", "embeddings")}
 
 
 class Api:
@@ -221,7 +157,7 @@ class Api:
         self.workers: Workers | None = None  # set under --workers N
         Handler = Callable[[Request], Awaitable[Answer]]
         self._routes: dict[str, dict[str, Handler]] = {
-            **{path: {"POST": self.proxy} for path in _OPERATION_AT},
+            **{path: {"POST": self.proxy} for path in BY_PATH},
             "/v1/models": {"GET": self.models},
             "/health/live": {"GET": self.health_live},
             "/health/ready": {"GET": self.health_ready},
@@ -258,9 +194,10 @@ class Api:
         return _json_response(405, body, {"Allow": ", ".join(sorted(methods))})
 
     async def proxy(self, request: Request) -> Answer:
-        """``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``: one
-        handler (the operation read from the path), so no wrapper coroutine per request."""
-        operation = _OPERATION_AT[request.path]
+        """Every client API (``router.apis``): one handler, the API read from the path, so
+        no wrapper coroutine per request."""
+        api = BY_PATH[request.path]
+        operation = api.operation
         service = self.service
         runtime = service.runtime
         started = time.perf_counter()
@@ -276,19 +213,20 @@ class Api:
             config = runtime.config
             record.key_name = _client_key_name(runtime, request)
             body = await _read_body(request, config.server.max_body_mb)
-            call = parse_call(operation, body, request, request_id)
+            call = parse_call(api, body, request, request_id)
             record.stream = call.stream
             pipeline = self.pipeline
             route = pipeline.resolve(runtime, call)
             record.route = route.name
             attempts = Attempts(
-                operation=operation,
+                api=api,
                 payload=call.payload,
                 stream=call.stream,
                 client_wants_usage=call.client_wants_usage,
                 request_id=request_id,
                 deadline=runtime.clock() + route.spec.timeouts.total_s,
                 clock=runtime.clock,
+                headers=call.headers,
             )
             opened = await pipeline.run(runtime, route, call, attempts)
             record.route = opened.route
@@ -316,7 +254,7 @@ class Api:
             except (UpstreamError, RouterError) as exc:
                 record.error = exc.reason if isinstance(exc, UpstreamError) else exc.code
                 record.status = 502
-                await resp.write(_stream_error_event(exc))
+                await resp.write(api.stream_error(exc))
                 resp.force_close()
             except (asyncio.CancelledError, ConnectionResetError):
                 # The client went away mid-stream: the log and request log must not call a
@@ -328,7 +266,7 @@ class Api:
                 log.exception("internal_error", request_id=request_id)
                 record.status = 500
                 record.error = "internal_error"
-                await resp.write(_stream_error_event(exc))
+                await resp.write(api.stream_error(exc))
                 resp.force_close()
             finally:
                 inspector = opened.inspector
@@ -341,12 +279,14 @@ class Api:
                 headers["x-router-attempts"] = str(attempts.count)
             if record.route:
                 headers.setdefault("x-router-route", record.route)
-            return _error_response(exc, headers)
-        except Exception:  # a bug of ours: an OpenAI-shaped 500, and the process keeps serving
+            return _error_response(exc, headers, api)
+        except Exception:  # a bug of ours: a 500 in the API's shape, and the process serves on
             log.exception("internal_error", request_id=request_id)
             record.status = 500
             record.error = "internal_error"
-            return _error_response(RouterError("internal error; see the router's log"), headers)
+            return _error_response(
+                RouterError("internal error; see the router's log"), headers, api
+            )
         finally:
             service.in_flight -= 1
             record.latency_ms = (time.perf_counter() - started) * 1000.0

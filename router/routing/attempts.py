@@ -30,10 +30,11 @@ from providers.errors import (
     UpstreamHTTPError,
     UpstreamProtocolError,
 )
+from router.apis.base import ClientApi, Inspector
 from router.config import HedgeSection
 from router.errors import CLIENT_FAULT_STATUSES
 from router.requestlog.records import AttemptRecord, Usage
-from router.routing.sse import ProtocolViolation, StreamInspector, inspect_body, wants_json
+from router.routing.sse import ProtocolViolation
 from router.runtime import Endpoint
 from router.state.clock import Clock
 
@@ -166,7 +167,7 @@ class Opened:
     lease: Lease
     response: UpstreamResponse
     body: bytes  # the whole answer (non-stream) or the bytes up to the first token (stream)
-    inspector: StreamInspector | None
+    inspector: Inspector | None
     chunks: AsyncIterator[bytes] | None
     usage: Usage | None
     hedged: bool
@@ -182,22 +183,25 @@ class Attempts:
     def __init__(
         self,
         *,
-        operation: str,
+        api: ClientApi,
         payload: dict[str, Any],
         stream: bool,
         client_wants_usage: bool,
         request_id: str,
         deadline: float,
         clock: Clock,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        self.operation = operation
+        self.api = api
+        self.operation = api.operation
+        self.headers = headers
         self.payload = payload
         self.stream = stream
         self.client_wants_usage = client_wants_usage
         self.request_id = request_id
         self.deadline = deadline
         self.clock = clock
-        self.json = wants_json(payload)  # response_format asked for JSON: judge the output
+        self.json = api.wants_json(payload)  # the answer must be JSON: judge the output
         self.records: list[AttemptRecord] = []
         self.count = 0
         self.hedges = 0
@@ -211,7 +215,7 @@ class Attempts:
         budget = self.deadline - now
         ttft = timeouts.ttft_s
         bound_by_total = budget < ttft
-        streamed = self.stream and self.operation != "embeddings"
+        streamed = self.stream
         payload = dict(self.payload)
         payload["model"] = ep.spec.model
         # An HTTP provider's own read timer (a silence of ttft_s) bounds a non-streamed
@@ -224,6 +228,7 @@ class Attempts:
             payload=payload,
             stream=self.stream,
             request_id=self.request_id,
+            headers=self.headers,
             connect_s=timeouts.connect_s,
             read_s=max(ttft, timeouts.idle_s) if streamed and not native else ttft,
         )
@@ -239,7 +244,7 @@ class Attempts:
                         )
                     else:
                         body = await response.read()
-                        usage, tools_ok, broken = inspect_body(body, self.json)
+                        usage, tools_ok, broken = self.api.inspect_body(body, self.json)
                         lease.succeed(usage, 0, tools_ok, broken)
                         opened = Opened(ep, route, lease, response, body, None, None, usage, hedged)
             except TimeoutError as exc:
@@ -276,12 +281,7 @@ class Attempts:
         limit: float,
     ) -> Opened:
         """Reads up to the first token, by ``limit`` on the clock."""
-        inspector = StreamInspector(
-            chat=self.operation == "chat/completions",
-            client_wants_usage=self.client_wants_usage,
-            tools=bool(self.payload.get("tools")),
-            json=self.json,
-        )
+        inspector = self.api.inspector(self.payload, self.client_wants_usage, self.json)
         chunks = response.chunks().__aiter__()
         held: list[bytes] = []
         try:

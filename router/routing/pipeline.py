@@ -28,6 +28,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_ran
 
 from policies import SORTS, STRATEGIES
 from providers.errors import StreamBroken, TotalTimeout, UpstreamError, UpstreamHTTPError
+from router.apis.base import ClientApi
 from router.config import HedgeSection
 from router.errors import (
     CLIENT_FAULT_STATUSES,
@@ -134,7 +135,7 @@ class RoutingPrefs:
 class Call:
     """One client request, parsed once."""
 
-    operation: str
+    api: ClientApi
     payload: dict[str, Any]
     model: str
     stream: bool
@@ -142,6 +143,7 @@ class Call:
     request_id: str
     prefs: RoutingPrefs | None = None
     policy: str | None = None
+    headers: dict[str, str] | None = None  # the client's headers its API passes on
 
 
 class _Budget:

@@ -17,6 +17,7 @@ requests are rare, and the fast path stays untouched for the others).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -305,7 +306,7 @@ def _brief(err: Any) -> str:
     return str(err)[:200]
 
 
-def wants_json(payload: dict[str, Any]) -> bool:
+def wants_json(payload: Mapping[str, Any]) -> bool:
     """Did the request's ``response_format`` ask for JSON (``json_object``, ``json_schema``)?"""
     fmt = payload.get("response_format")
     return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")

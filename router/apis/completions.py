@@ -1,0 +1,56 @@
+"""OpenAI's legacy Completions API: ``POST /v1/completions``.
+
+- Body: ``model`` and ``prompt`` (a string or an array); sampling fields type-checked.
+- Stream, usage and the broken-stream event: as chat (``router.apis.chat``).
+- First token: the first chunk whose choice has ``text`` or a finish reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from router.apis.base import Body, ClientApi, Inspector
+from router.apis.chat import ask_for_usage
+from router.requestlog.records import Usage
+from router.routing.sse import StreamInspector, inspect_body, wants_json
+
+_NUMBER = "a number"
+
+
+class CompletionsBody(Body):
+    model: StrictStr = Field(min_length=1, description="a non-empty string")
+    prompt: StrictStr | list[Any] = Field(description="a string or an array")
+    stream: StrictBool | None = Field(None, description="a boolean")
+    temperature: StrictInt | StrictFloat | None = Field(None, description=_NUMBER)
+    top_p: StrictInt | StrictFloat | None = Field(None, description=_NUMBER)
+    max_tokens: StrictInt | None = Field(None, description="an integer")
+    n: StrictInt | None = Field(None, description="an integer")
+    stop: StrictStr | list[Any] | None = Field(None, description="a string or an array")
+    stream_options: dict[str, Any] | None = Field(None, description="an object")
+
+
+class Completions(ClientApi):
+    name: ClassVar[str] = "completions"
+    path: ClassVar[str] = "/v1/completions"
+    operation: ClassVar[str] = "completions"
+    body = CompletionsBody
+
+    def prepare(self, payload: dict[str, Any], stream: bool) -> bool:
+        return ask_for_usage(payload, stream)
+
+    def wants_json(self, payload: Mapping[str, Any]) -> bool:
+        return wants_json(payload)
+
+    def inspector(
+        self, payload: Mapping[str, Any], client_wants_usage: bool, json: bool
+    ) -> Inspector:
+        return StreamInspector(chat=False, client_wants_usage=client_wants_usage, json=json)
+
+    def inspect_body(self, body: bytes, json: bool) -> tuple[Usage | None, bool | None, str | None]:
+        return inspect_body(body, json)
+
+
+API = Completions()
