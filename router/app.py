@@ -123,6 +123,7 @@ def _attach_extras(api: Api, service: Service) -> Callable[[], Awaitable[None]]:
         requestlog = module.RequestLog.from_config(storage)
         metrics.requestlog = requestlog
         api.requestlog = requestlog
+        service.requestlog = requestlog
         service.sinks[service.sinks.index(early.append)] = requestlog.record
         for record in early:
             requestlog.record(record)

@@ -50,6 +50,8 @@ class Service:
         self.sinks: list[Sink] = []
         self.on_reload: list[Callable[[bool], None]] = []
         self.in_flight = 0
+        # The request log's writer once it is started (router.app): /health shows it.
+        self.requestlog: Any = None
         self._stamp: tuple[int, int, int] | None = None
         self._retired: set[asyncio.Task[None]] = set()
 
@@ -211,6 +213,12 @@ class Service:
         else:
             status = "ok"
         body = {"status": status, "pid": os.getpid(), "config": cfg_view, "routes": routes}
+        requestlog = self.requestlog
+        if requestlog is not None and requestlog.enabled:
+            view = body["requestlog"] = requestlog.health()
+            # Requests are still served, but what they leave behind is not being kept.
+            if view["state"] == "failing" and status == "ok":
+                body["status"] = status = "degraded"
         return (200 if status == "ok" else 503), body
 
     def readiness(self) -> tuple[bool, list[str]]:

@@ -324,6 +324,20 @@ class _StateCollector:
                 "router_request_log_written", "Request records written to the database."
             )
             written.add_metric([], log.written)
+            bad = CounterMetricFamily(
+                "router_request_log_bad_rows",
+                "Rows the database refused as they were: written clamped to what the "
+                "columns hold, or dropped (also counted in router_request_log_dropped).",
+                labels=["outcome"],
+            )
+            for outcome, n in log.bad_rows.items():
+                bad.add_metric([outcome], n)
+            failing = GaugeMetricFamily(
+                "router_request_log_failing", "1 while writes to the request log fail."
+            )
+            failing.add_metric([], 1.0 if log.state == "failing" else 0.0)
             yield depth
             yield dropped
             yield written
+            yield bad
+            yield failing

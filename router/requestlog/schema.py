@@ -33,6 +33,8 @@ MIGRATION_LOCK_KEY = 0x726F75746572  # b"router": PostgreSQL advisory lock aroun
 
 # 64-bit ids on servers; SQLite only autoincrements an INTEGER PRIMARY KEY.
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# Token counts, which upstreams report: 64-bit (0006). SQLite's INTEGER always was.
+_COUNT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 class UnixTime(sa.TypeDecorator[datetime]):
@@ -72,11 +74,11 @@ REQUESTS = sa.Table(
     sa.Column("hedges", sa.Integer(), nullable=False),
     sa.Column("latency_ms", sa.Float(), nullable=False),
     sa.Column("ttft_ms", sa.Float(), nullable=True),
-    sa.Column("prompt_tokens", sa.Integer(), nullable=False),
-    sa.Column("completion_tokens", sa.Integer(), nullable=False),
-    sa.Column("reasoning_tokens", sa.Integer(), nullable=False),
-    sa.Column("cached_tokens", sa.Integer(), nullable=False),
-    sa.Column("cache_write_tokens", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("prompt_tokens", _COUNT, nullable=False),
+    sa.Column("completion_tokens", _COUNT, nullable=False),
+    sa.Column("reasoning_tokens", _COUNT, nullable=False),
+    sa.Column("cached_tokens", _COUNT, nullable=False),
+    sa.Column("cache_write_tokens", _COUNT, nullable=False, server_default="0"),
     sa.Column("cost", sa.Float(), nullable=False),
     sa.Column("error", sa.String(), nullable=True),
     # Set when the request's one attempt served it: that attempt has no row of its own

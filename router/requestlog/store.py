@@ -40,7 +40,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 import orjson
 
 # The newest revision this version ships (a test keeps it in step with versions/).
-HEAD = "0005"
+HEAD = "0006"
 
 # A row starts with the values that most rows of a batch have in common, then has its
 # own. SQLite binds the shared ones once per statement (``_SQLiteInserts``), where a
@@ -76,8 +76,8 @@ PG_TYPES = {
     "ts": "timestamptz", "request_id": "text", "key_name": "text", "route": "text",
     "endpoint": "text", "operation": "text", "stream": "boolean", "status": "integer",
     "attempts": "integer", "hedges": "integer", "latency_ms": "float8", "ttft_ms": "float8",
-    "prompt_tokens": "integer", "completion_tokens": "integer", "reasoning_tokens": "integer",
-    "cached_tokens": "integer", "cache_write_tokens": "integer", "cost": "float8",
+    "prompt_tokens": "bigint", "completion_tokens": "bigint", "reasoning_tokens": "bigint",
+    "cached_tokens": "bigint", "cache_write_tokens": "bigint", "cost": "float8",
     "error": "text", "reason": "text", "duration_ms": "float8", "hedged": "boolean",
     "attempt_duration_ms": "float8", "attempt_ttft_ms": "float8",
 }  # fmt: skip
@@ -109,6 +109,11 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # where ``router`` is 
 
 class MigrationFailed(RuntimeError):
     """The upgrade child exited with an error; its last line says why."""
+
+
+class DatabaseReplaced(RuntimeError):
+    """The SQLite file open is no longer the one at its path (deleted, or replaced by a
+    new one): what would be written to it would be lost with it."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,14 @@ class Store(Protocol):
 
     async def shutdown(self) -> None:
         """Close for good."""
+
+    def refused(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the database refused the rows themselves (a value a
+        column cannot hold), not the write: those rows would fail again, others need not."""
+
+    def schema_missing(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the tables are not there (the database was recreated
+        empty, or the file replaced): migrate again, then write."""
 
 
 def open_store(target: Target) -> Store:
@@ -333,6 +346,7 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None  # touched only on self._thread
         self._inserts: tuple[_SQLiteInserts, _SQLiteInserts] | None = None
         self._open = False  # the loop's view of _conn, so a connected pass costs no hop
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file open
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -361,6 +375,24 @@ class SQLiteStore:
         await self.close()
         self._thread.shutdown(wait=False)
 
+    def refused(self, exc: BaseException) -> bool:
+        # sqlite3 raises OverflowError binding an int past 64 bits, IntegrityError for a
+        # NULL in a NOT NULL column, UnicodeEncodeError for a lone surrogate, and
+        # ProgrammingError "Error binding parameter" for a type it does not bind.
+        if isinstance(exc, OverflowError | sqlite3.IntegrityError | sqlite3.DataError):
+            return True
+        if isinstance(exc, UnicodeEncodeError):
+            return True
+        return isinstance(exc, sqlite3.ProgrammingError) and "binding" in str(exc)
+
+    def schema_missing(self, exc: BaseException) -> bool:
+        if isinstance(exc, DatabaseReplaced):
+            return True
+        text = str(exc)
+        return isinstance(exc, sqlite3.OperationalError) and (
+            "no such table" in text or "has no column" in text
+        )
+
     # -- on the thread ----------------------------------------------------------------
 
     def _connect(self) -> None:
@@ -383,7 +415,19 @@ class SQLiteStore:
             _SQLiteInserts("requests", REQUEST_SHARED, REQUEST_COLUMNS, params, offset=1),
             _SQLiteInserts("attempt_rows", (), ATTEMPT_COLUMNS, params),
         )
+        st = os.stat(self._path)
+        self._file = (st.st_dev, st.st_ino)
         self._conn = conn
+
+    def _check_file(self) -> None:
+        """Raise DatabaseReplaced if the file at the path is not the one open: SQLite
+        would go on writing to a deleted file. One ``stat`` per batch."""
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            raise DatabaseReplaced(f"{self._path} was deleted") from None
+        if (st.st_dev, st.st_ino) != self._file:
+            raise DatabaseReplaced(f"{self._path} was replaced by another file")
 
     def _revision(self) -> str | None:
         assert self._conn is not None
@@ -399,6 +443,7 @@ class SQLiteStore:
     def _insert(self, records: list[Record]) -> None:
         assert self._conn is not None and self._inserts is not None
         conn = self._conn
+        self._check_file()
         attempts = _attempts_of(records)
         conn.execute("BEGIN IMMEDIATE")  # take the write lock now, not halfway through
         try:
@@ -481,12 +526,22 @@ class PostgresStore:
         self._dsn = dsn
         self._connect_args = connect_args
         self._conn: Any = None  # asyncpg.Connection: asyncpg is imported on first use
+        self._refused: tuple[type[BaseException], ...] = (orjson.JSONEncodeError,)
+        self._missing: tuple[type[BaseException], ...] = ()
 
     async def connect(self) -> None:
         if self._conn is not None and not self._conn.is_closed():
             return
         # Imported off the loop (tens of ms); only PostgreSQL users pay for it.
         asyncpg = await asyncio.to_thread(importlib.import_module, "asyncpg")
+        # SQLSTATE classes 22 (data exception: "integer out of range", a NUL in text)
+        # and 23 (integrity: NULL in a NOT NULL column); orjson refuses ints past 64 bits.
+        self._refused = (
+            orjson.JSONEncodeError,
+            asyncpg.DataError,
+            asyncpg.IntegrityConstraintViolationError,
+        )
+        self._missing = (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError)
         self._conn = await asyncpg.connect(
             self._dsn,
             timeout=PG_CONNECT_TIMEOUT_S,
@@ -530,6 +585,12 @@ class PostgresStore:
 
     async def shutdown(self) -> None:
         await self.close()
+
+    def refused(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._refused)
+
+    def schema_missing(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._missing)
 
 
 async def upgrade_in_child(target: Target, revision: str = "head") -> list[str]:

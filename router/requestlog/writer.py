@@ -9,6 +9,11 @@ one background task drains it in batches (one transaction per batch) every
 or unreachable database only delays the writer: the batch goes back to the head of the
 queue, the writer reconnects with exponential backoff, and if the queue overflows
 meanwhile the oldest records are dropped and *counted* (``dropped``, ``on_drop``).
+A batch the database refuses for its values is not retried as it is: the writer halves
+it until it finds the rows at fault, writes the others, and writes those clamped to
+what the columns hold or, failing that, drops them (``bad_rows``), so one bad row never
+stops the log. A database found without its tables (recreated empty, the file replaced)
+is migrated again and written to, without a restart and without losing the queue.
 
 The writer talks to the driver directly (``router.requestlog.store``): the serving
 process never imports SQLAlchemy. Before its first write it reads the database's schema
@@ -39,6 +44,8 @@ from router.requestlog.store import (
     parse_target,
     upgrade_in_child,
 )
+
+State = str  # "starting", "ok", "failing", "stopped"
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -198,11 +205,16 @@ class RequestLog:
         self._closed = False
         self._dropped = 0
         self._written = 0
+        self.bad_rows = {"clamped": 0, "dropped": 0}  # rows the database refused as they were
+        self.state: State = "starting"
+        self.last_error: str | None = None  # why the last failed write failed (redacted)
+        self.last_error_at: datetime | None = None
         self._next_prune = 0.0
         self._reader: AsyncEngine | None = None  # SQLAlchemy, for usage() only
         self._reader_lock = asyncio.Lock()
         self.migrated = False  # the database is at head (or newer): writes may start
         self.upgraded = False  # this log ran the upgrade child to get it there
+        self._newer: set[str] = set()  # revisions of a newer router found in the database
 
     @classmethod
     def from_config(
@@ -239,6 +251,19 @@ class RequestLog:
     @property
     def written(self) -> int:
         return self._written
+
+    def health(self) -> dict[str, Any]:
+        """For ``/health``: whether the log is writing, and why not."""
+        return {
+            "state": self.state,
+            "url": self.safe_url,
+            "queued": self.queue_depth,
+            "written": self._written,
+            "dropped": self._dropped,
+            "bad_rows": dict(self.bad_rows),
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
+        }
 
     def record(self, rec: RequestRecord) -> None:
         """Queue ``rec`` (and its attempts) for writing: O(1), never blocks, never raises.
@@ -323,6 +348,7 @@ class RequestLog:
         What could not be written in time is counted as dropped and logged.
         """
         self._closed = True
+        self.state = "stopped"
         task, self._task = self._task, None
         if task is not None:
             self._stop.set()
@@ -372,19 +398,26 @@ class RequestLog:
                 self._tried.set()
                 failing = True
                 everything = True
+                detail = self._redact(exc)
+                self._failed(f"{type(exc).__name__}: {detail}")
                 self._log.warning(
                     "request_log.write_failed",
                     url=self.safe_url,
                     error=type(exc).__name__,
-                    detail=self._redact(exc),
+                    detail=detail,
                     queued=self.queue_depth,
                     dropped=self._dropped,
                     retry_in_s=round(backoff, 3),
                 )
                 await store.close()  # the next try reconnects: the old one may be broken
+                # What is at the other end may be another database now (recreated, the
+                # file replaced): read its revision again before writing to it.
+                self.migrated = False
                 await self._backoff(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
+            if self.state != "stopped":
+                self.state = "ok"
             if failing:
                 failing = False
                 self._log.info("request_log.recovered", url=self.safe_url, queued=self.queue_depth)
@@ -421,19 +454,28 @@ class RequestLog:
             pass
 
     async def _migrate(self, store: Store) -> None:
-        """Bring the database to head; Alembic runs in a child, and only when needed."""
+        """Bring the database to head; Alembic runs in a child, and only when needed.
+
+        Runs at the start and again after a failed write (the database at the other end
+        may have been recreated meanwhile): then it costs one query, unless the
+        database is behind."""
         assert self._target is not None
         try:
             revision = await store.revision()
-            newer = [] if revision == HEAD else await upgrade_in_child(self._target)
+            newer: list[str] = []
+            if revision != HEAD and revision not in self._newer:
+                newer = await upgrade_in_child(self._target)
+                self.upgraded = True
+                if newer:
+                    self._newer.update(newer)
+                    self._log.warning(
+                        "request_log.newer_schema", url=self.safe_url, revisions=newer
+                    )
+                else:
+                    self._log.info("request_log.migrated", url=self.safe_url, revision=HEAD)
         finally:
             self._tried.set()
         self.migrated = True
-        self.upgraded = revision != HEAD
-        if newer:
-            self._log.warning("request_log.newer_schema", url=self.safe_url, revisions=newer)
-        elif revision != HEAD:
-            self._log.info("request_log.migrated", url=self.safe_url, revision=HEAD)
         self._log.info("request_log.ready", url=self.safe_url)
 
     async def _prune_if_due(self, store: Store) -> None:
@@ -474,14 +516,72 @@ class RequestLog:
             batch = [queue.popleft() for _ in range(n)]
             self._inflight = len(batch)
             try:
-                # All or nothing: a failed batch is retried whole.
+                # All or nothing: a batch that failed is retried whole, unless the
+                # database refused its rows, which are then looked at one by one.
                 await store.insert(batch)
+            except Exception as exc:
+                if not store.refused(exc):
+                    self._requeue(batch)
+                    raise
+                await self._isolate(store, batch)
+                continue
             except BaseException:
                 self._requeue(batch)
                 raise
             finally:
                 self._inflight = 0
             self._written += len(batch)
+
+    async def _isolate(self, store: Store, batch: list[Record]) -> None:
+        """Write what the database takes of a ``batch`` it refused: halves, then halves
+        of the half that failed, in order, down to the rows at fault (about 2 log2(n)
+        statements for one bad row in n). Such a row goes again clamped (``repair``) or
+        is dropped; both are counted. A failure that is not about the rows puts what is
+        left back at the head of the queue and ends the pass, as for any batch."""
+        from router.requestlog.repair import clamp  # rare: not loaded until needed
+
+        # (records, clamped): a row refused alone is tried once more, clamped.
+        parts: deque[tuple[list[Record], bool]] = deque()
+        if len(batch) == 1:
+            parts.append(([clamp(batch[0])], True))
+        else:
+            half = len(batch) // 2
+            parts += [(batch[:half], False), (batch[half:], False)]
+        while parts:
+            part, clamped = parts.popleft()
+            try:
+                await store.insert(part)
+            except BaseException as exc:
+                if not (isinstance(exc, Exception) and store.refused(exc)):
+                    self._requeue([r for p, _ in ((part, clamped), *parts) for r in p])
+                    raise
+                if len(part) > 1:
+                    half = len(part) // 2
+                    parts.extendleft([(part[half:], False), (part[:half], False)])
+                elif not clamped:
+                    parts.appendleft(([clamp(part[0])], True))
+                else:
+                    self._bad_row("dropped", exc)
+                    self._drop(1)
+                continue
+            if clamped:
+                self._bad_row("clamped", None)
+            self._written += len(part)
+
+    def _bad_row(self, outcome: str, exc: BaseException | None) -> None:
+        self.bad_rows[outcome] += 1
+        self._log.warning(
+            "request_log.bad_row",
+            outcome=outcome,
+            url=self.safe_url,
+            error=type(exc).__name__ if exc else None,
+            detail=self._redact(exc) if exc else None,
+        )
+
+    def _failed(self, why: str) -> None:
+        self.state = "failing"
+        self.last_error = why
+        self.last_error_at = datetime.now(UTC)
 
     def _requeue(self, batch: list[Record]) -> None:
         """Put a failed batch back at the head; keep the bound by dropping the oldest."""

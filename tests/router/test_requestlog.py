@@ -17,8 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +30,6 @@ from alembic.runtime.migration import MigrationContext
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 from structlog.testing import capture_logs
 
 from router.requestlog import schema, store
@@ -61,46 +59,7 @@ def run(coro: Awaitable[T], timeout: float = 60.0) -> T:
     return asyncio.run(bounded())
 
 
-# -- databases ------------------------------------------------------------------------
-
-
-def _pg_base() -> str:
-    url = os.environ.get("ROUTER_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("set ROUTER_TEST_POSTGRES_URL=postgresql+asyncpg://... to run")
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+asyncpg")
-    return parsed.render_as_string(hide_password=False)
-
-
-async def _admin(base: str, statement: str) -> None:
-    engine = create_async_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.exec_driver_sql(statement)
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
-    base = _pg_base()
-    name = f"router_test_{uuid.uuid4().hex[:12]}"
-    run(_admin(base, f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        run(_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'log.db'}"
-    value: str = request.getfixturevalue("pg_url")
-    return value
+# -- databases: the ``url`` and ``pg_url`` fixtures are in conftest.py ------------------
 
 
 async def scalar(url: str, sql: str) -> Any:
@@ -1086,6 +1045,7 @@ def test_the_writers_columns_are_the_tables_columns() -> None:
     kinds = {
         sa.String: "text",
         sa.Integer: "integer",
+        sa.BigInteger: "bigint",
         sa.Float: "float8",
         sa.Boolean: "boolean",
         sa.DateTime: "timestamptz",
