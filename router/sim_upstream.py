@@ -18,6 +18,7 @@ from aiohttp import web
 
 from providers.errors import StreamBroken
 from providers.simulated import SimParams, Simulator, body, delay, error_json, play, script
+from providers.simulated.core import Plan
 
 SIMULATOR = web.AppKey("simulator", Simulator)
 
@@ -33,15 +34,30 @@ async def _serve(request: web.Request, operation: str) -> web.StreamResponse:
             status=400, body=error_json(400, operation), content_type="application/json"
         )
     plan = sim.plan(operation, payload)
+    if plan.status != 200:
+        return await _refuse(plan)
+    try:
+        return await _answer(request, operation, payload, plan)
+    finally:
+        sim.done()
+
+
+async def _refuse(plan: Plan) -> web.StreamResponse:
     if plan.hang:
         await asyncio.Event().wait()
-    if plan.status != 200:
-        headers = {}
-        if plan.retry_after_s is not None:
-            headers["Retry-After"] = f"{plan.retry_after_s:g}"
-        return web.Response(
-            status=plan.status, body=plan.error, content_type="application/json", headers=headers
-        )
+    headers = {}
+    if plan.retry_after_s is not None:
+        headers["Retry-After"] = f"{plan.retry_after_s:g}"
+    return web.Response(
+        status=plan.status, body=plan.error, content_type="application/json", headers=headers
+    )
+
+
+async def _answer(
+    request: web.Request, operation: str, payload: dict[str, Any], plan: Plan
+) -> web.StreamResponse:
+    if plan.hang:
+        await asyncio.Event().wait()
     if not payload.get("stream") or operation == "embeddings":
         wait = delay(plan)
         if wait > 0:

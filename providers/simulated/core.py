@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from providers.simulated import messages
+from providers.simulated.prompt_cache import CacheSettings, PromptCache, prefixes, segments
 from providers.simulated.reply import Reply, build
 
 
@@ -37,12 +38,19 @@ class SimParams:
     disconnect_mid_stream: bool = False
     status: int | None = None
     retry_after_s: float | None = None
+    # A host's prompt cache ({ttl_s, min_tokens, ttft_factor}); None: every prompt is new.
+    prompt_cache: dict[str, Any] | None = None
+    # Requests the host serves at once; past that it answers 429 with ``retry_after_s``
+    # (or 1 s), as a provider's capacity or rate limit does.
+    capacity: int | None = None
 
     def update(self, changes: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
         for key, value in changes.items():
             if key not in names:
                 raise ValueError(f"unknown simulator parameter {key!r}")
+            if key == "prompt_cache" and value is not None:
+                CacheSettings(**value)  # reject unknown or ill-typed settings now
             setattr(self, key, value)
 
 
@@ -71,6 +79,9 @@ class Simulator:
         self.name = name
         self.rng = random.Random(params.seed)
         self.received = 0
+        self.busy = 0  # answers under way, against ``capacity``
+        self._cache: PromptCache | None = None
+        self._cache_settings: dict[str, Any] | None = None
 
     def plan(self, operation: str, payload: dict[str, Any]) -> Plan:
         p = self.params
@@ -78,8 +89,12 @@ class Simulator:
         self.received += 1
         status = 200
         error = b""
+        retry_after_s = p.retry_after_s
         if p.status is not None:
             status = p.status
+        elif p.capacity is not None and self.busy >= p.capacity:
+            status = 429
+            retry_after_s = 1.0 if retry_after_s is None else retry_after_s
         elif p.error_rate and rng.random() < p.error_rate:
             status = 500
         elif operation == "messages":
@@ -92,7 +107,9 @@ class Simulator:
         if p.tail_prob and rng.random() < p.tail_prob:
             ttft = p.tail_ms / 1000.0
         prompt = prompt_tokens(payload)
-        cached, ttft_factor = self.prompt_cache(payload, prompt)
+        cached, ttft_factor = (
+            self.prompt_cache(operation, payload, prompt) if status == 200 else (0, 1.0)
+        )
         if operation == "embeddings":
             reply = Reply([], [], [], True, prompt, cached, "stop")
         else:
@@ -100,9 +117,11 @@ class Simulator:
         n = reply.completion_tokens
         if status != 200 and not error:
             error = error_json(status, operation)
+        if status == 200:
+            self.busy += 1  # until ``done``: the player calls it when the answer ends
         return Plan(
             status=status,
-            retry_after_s=p.retry_after_s,
+            retry_after_s=retry_after_s,
             ttft_s=max(ttft * ttft_factor, 0.0),
             token_gap_s=1.0 / p.tokens_per_s,
             reply=reply,
@@ -111,19 +130,32 @@ class Simulator:
             error=error,
         )
 
-    def prompt_cache(self, payload: dict[str, Any], prompt: int) -> tuple[int, float]:
-        """Prompt-cache modelling's place: (prompt tokens read from the cache, factor on
-        the TTFT). Not modelled yet: every prompt is new. Each shape reports the cached
-        count in its API's usage (``prompt_tokens_details.cached_tokens``,
+    def done(self) -> None:
+        """An answer planned with status 200 ended, however it ended."""
+        self.busy = max(0, self.busy - 1)
+
+    def prompt_cache(
+        self, operation: str, payload: dict[str, Any], prompt: int
+    ) -> tuple[int, float]:
+        """(prompt tokens read from the host's cache, factor on the TTFT). Each shape
+        reports the cached count in its API's usage (``prompt_tokens_details.cached_tokens``,
         ``input_tokens_details.cached_tokens``, ``cache_read_input_tokens``)."""
-        return 0, 1.0
+        settings = self.params.prompt_cache
+        if not settings or operation == "embeddings":
+            return 0, 1.0
+        if self._cache is None or settings != self._cache_settings:
+            self._cache = PromptCache(CacheSettings(**settings))
+            self._cache_settings = dict(settings)
+        cache = self._cache
+        cached = min(cache.use(prefixes(segments(operation, payload))), prompt)
+        return cached, cache.ttft_scale(cached, prompt)
 
 
 def prompt_tokens(payload: dict[str, Any]) -> int:
     """A rough count (4 bytes a token), stable for the same prompt."""
     source = payload.get("messages") or payload.get("prompt") or payload.get("input") or ""
     size = len(orjson.dumps(source))
-    for extra in ("system", "instructions"):
+    for extra in ("system", "instructions", "tools"):
         if payload.get(extra):
             size += len(orjson.dumps(payload[extra]))
     return max(1, size // 4)

@@ -3,11 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from providers.base import BufferedResponse, UpstreamRequest
 from providers.errors import UpstreamHTTPError
 from providers.simulated.core import SimParams, Simulator
 from providers.simulated.render import body, delay, play, script
+
+
+class _Slot:
+    """The host's capacity taken by one answer, given back once, however it ends."""
+
+    __slots__ = ("_sim",)
+
+    def __init__(self, sim: Simulator) -> None:
+        self._sim: Simulator | None = sim
+
+    def free(self) -> None:
+        if self._sim is not None:
+            self._sim.done()
+            self._sim = None
+
+    async def around(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for data in stream:
+                yield data
+        finally:
+            self.free()
+
+
+class _StreamResponse(BufferedResponse):
+    """A stream whose slot is freed also when it is closed before it was read."""
+
+    def __init__(self, slot: _Slot, stream: AsyncIterator[bytes]) -> None:
+        super().__init__(stream=stream, content_type="text/event-stream")
+        self._slot = slot
+
+    def close(self) -> None:
+        super().close()
+        self._slot.free()
 
 
 class SimulatedProvider:
@@ -21,17 +55,25 @@ class SimulatedProvider:
 
     async def send(self, request: UpstreamRequest) -> BufferedResponse:
         operation, payload = request.operation, request.payload
-        plan = self.simulator.plan(operation, payload)
-        if plan.hang:
-            await asyncio.Event().wait()  # until the caller's timeout cancels us
-        if plan.status != 200:
-            await asyncio.sleep(min(plan.ttft_s, 0.005))
-            raise UpstreamHTTPError(plan.status, plan.error, retry_after_s=plan.retry_after_s)
-        if not request.stream or operation == "embeddings":
-            await asyncio.sleep(delay(plan))
-            return BufferedResponse(body(operation, payload, plan))
-        events = script(operation, payload, plan)
-        return BufferedResponse(stream=play(events, plan), content_type="text/event-stream")
+        sim = self.simulator
+        plan = sim.plan(operation, payload)
+        slot = _Slot(sim) if plan.status == 200 else None
+        try:
+            if plan.hang:
+                await asyncio.Event().wait()  # until the caller's timeout cancels us
+            if slot is None:
+                await asyncio.sleep(min(plan.ttft_s, 0.005))
+                raise UpstreamHTTPError(plan.status, plan.error, retry_after_s=plan.retry_after_s)
+            if not request.stream or operation == "embeddings":
+                await asyncio.sleep(delay(plan))
+                slot.free()
+                return BufferedResponse(body(operation, payload, plan))
+        except BaseException:
+            if slot is not None:
+                slot.free()
+            raise
+        stream = slot.around(play(script(operation, payload, plan), plan))
+        return _StreamResponse(slot, stream)
 
     async def aclose(self) -> None:
         """Nothing to release: no sockets, no pool."""

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from providers.prompt_cache import CacheSettings, PromptCache, prefixes, segments
+import asyncio
+
+import orjson
+import pytest
+
+from providers.base import UpstreamRequest
+from providers.errors import UpstreamHTTPError
+from providers.simulated import SimParams, SimulatedProvider, Simulator, body
+from providers.simulated.prompt_cache import CacheSettings, PromptCache, prefixes, segments
 from router.state.clock import FakeClock
 
 SYSTEM = "x" * 8000  # 2,000 tokens
@@ -54,3 +62,38 @@ def test_the_cache_is_bounded_and_scales_ttft() -> None:
     assert cache.ttft_scale(0, 100) == 1.0
     assert abs(cache.ttft_scale(100, 100) - 0.2) < 1e-9
     assert abs(cache.ttft_scale(50, 100) - 0.6) < 1e-9
+
+
+def _request(payload: dict[str, object], stream: bool = False) -> UpstreamRequest:
+    return UpstreamRequest("chat/completions", {"model": "m", **payload}, stream, "r1")
+
+
+def test_the_simulator_reports_cached_tokens_and_answers_sooner() -> None:
+    params = SimParams(
+        ttft_ms=100, tokens=4, prompt_cache={"ttl_s": 60, "min_tokens": 1024, "ttft_factor": 0.2}
+    )
+    sim = Simulator(params)
+    first = sim.plan("chat/completions", conversation(1))
+    second = sim.plan("chat/completions", conversation(2))
+    assert first.reply.cached_tokens == 0 and first.ttft_s == 0.1
+    assert second.reply.cached_tokens > 1000
+    assert second.ttft_s < 0.1
+    usage = orjson.loads(body("chat/completions", conversation(2), second))["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == second.reply.cached_tokens
+    with pytest.raises(TypeError):
+        params.update({"prompt_cache": {"ttl": 1}})
+
+
+def test_a_host_at_capacity_answers_429_until_a_slot_frees() -> None:
+    async def scenario() -> None:
+        provider = SimulatedProvider(SimParams(ttft_ms=1, tokens=2, capacity=1, retry_after_s=0.5))
+        held = await provider.send(_request({"messages": [{"role": "user", "content": "a"}]}, True))
+        with pytest.raises(UpstreamHTTPError) as refused:
+            await provider.send(_request({"messages": [{"role": "user", "content": "b"}]}))
+        assert refused.value.status == 429 and refused.value.retry_after_s == 0.5
+        held.close()  # a stream given up unread frees its slot too
+        answer = await provider.send(_request({"messages": [{"role": "user", "content": "c"}]}))
+        assert await answer.read()
+        assert provider.simulator.busy == 0
+
+    asyncio.run(scenario())
