@@ -10,27 +10,21 @@ cooldown that is running. Expired entries are swept from the hash then.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 import structlog
-from redis.exceptions import RedisError
 
 from router.state.clock import Clock
+from router.state.shared.resp import RespClient, RespError, encode
 
 log = structlog.get_logger("router.state")
-_FAILURES = (RedisError, OSError, TimeoutError, ValueError)
+_FAILURES = (RespError, OSError, TimeoutError, ValueError)
 MAX_BACKOFF_S = 5.0
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 async def follow(
-    client: Any,  # redis.asyncio.Redis
+    client: RespClient,
     channel: str,
     replica: str,
     heard: Callable[[str, float, str], None],
@@ -42,34 +36,32 @@ async def follow(
     replica sets (this replica's own messages, tagged ``replica``, are skipped)."""
     backoff = 0.2
     while True:
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             async with asyncio.timeout(timeout_s * 4):
-                await pubsub.subscribe(channel)
-                known = await client.hgetall(channel)
+                messages = await client.subscribe(channel)
+                known = await client.call(encode("HGETALL", channel))
             now = clock()
             expired = []
-            for field, raw in known.items():
+            for field, raw in zip(known[::2], known[1::2], strict=True):
                 until, reason = orjson.loads(raw)
                 if until > now:
-                    heard(_text(field), until, reason)
+                    heard(field.decode(), until, reason)
                 else:
                     expired.append(field)
             if expired:
                 async with asyncio.timeout(timeout_s):
-                    await client.hdel(channel, *expired)
+                    await client.call(encode("HDEL", channel, *expired))
             backoff = 0.2
             while True:
-                message = await pubsub.get_message(timeout=30.0)
-                if message is None or message.get("type") != "message":
+                message = await messages.get()
+                if isinstance(message, Exception):
+                    raise message
+                if message[0] != b"message":
                     continue
-                origin, scope, until, reason = orjson.loads(message["data"])
+                origin, scope, until, reason = orjson.loads(message[2])
                 if origin != replica:
                     heard(scope, until, reason)
         except _FAILURES as exc:
-            log.debug("state_feed_lost", error=type(exc).__name__)
-        finally:
-            with contextlib.suppress(*_FAILURES):
-                await asyncio.wait_for(pubsub.aclose(), timeout_s)
+            log.debug("state_feed_lost", error=type(exc).__name__, detail=str(exc))
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, MAX_BACKOFF_S)

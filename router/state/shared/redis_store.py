@@ -29,11 +29,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 import structlog
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
-from redis.retry import Retry
 
 from router.state.clock import Clock
 from router.state.shared import (
@@ -49,11 +45,12 @@ from router.state.shared import (
 )
 from router.state.shared.breaker import StoreBreaker
 from router.state.shared.memory import MemoryState
+from router.state.shared.resp import RespClient, RespError, bulk, encode
 from router.state.shared.scripts import ADMIT, SETTLE
 
 log = structlog.get_logger("router.state")
 
-_FAILURES = (RedisError, OSError, TimeoutError)
+_FAILURES = (RespError, OSError, TimeoutError)
 _DAY_TTL_S = 2 * 86400  # a day's spend outlives its day a little, for /admin/usage
 _MONTH_TTL_S = 32 * 86400
 
@@ -82,15 +79,12 @@ class RedisState(SharedState):
         self.replica = secrets.token_hex(6)  # tells this replica's own messages apart
         self.fallbacks = 0
         self._leases = itertools.count(1)
-        self._client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),  # our breaker decides; redis-py must not retry
-            health_check_interval=0,
-        )
-        self._admit_sha = ""
-        self._settle_sha = ""
+        self._url = url
+        self._resp = RespClient(url, timeout_s=timeout_s)
+        self._admit_sha = b""
+        self._settle_sha = b""
+        self._admit_head = b""
+        self._static: dict[Quota, tuple[str, bytes]] = {}  # a key's unchanging arguments
         self._pending = _Pending()
         self._owed: dict[str, float] = {}  # USD charged locally while Redis was away
         self._cools: dict[str, tuple[float, str]] = {}
@@ -101,21 +95,24 @@ class RedisState(SharedState):
     # -- calls --------------------------------------------------------------------------
 
     async def _load_scripts(self) -> None:
-        self._admit_sha = await self._client.script_load(ADMIT)
-        self._settle_sha = await self._client.script_load(SETTLE)
+        admit, settle = await self._resp.pipeline(
+            [encode("SCRIPT", "LOAD", ADMIT), encode("SCRIPT", "LOAD", SETTLE)]
+        )
+        for reply in (admit, settle):
+            if isinstance(reply, BaseException):
+                raise reply
+        self._admit_sha, self._settle_sha = admit, settle
+        # EVALSHA, the script, 6 keys, then 11 arguments: 20 elements in all.
+        self._admit_head = b"*20\r\n$7\r\nEVALSHA\r\n" + bulk(admit) + b"$1\r\n6\r\n"
 
-    async def _eval(self, which: str, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA, loading the scripts first when Redis does not know them (a restart)."""
-        for _ in range(2):
-            sha = self._admit_sha if which == "admit" else self._settle_sha
-            if not sha:
-                await self._load_scripts()
-                continue
-            try:
-                return await self._client.evalsha(sha, len(keys), *keys, *args)
-            except NoScriptError:
-                self._admit_sha = self._settle_sha = ""
-        raise RedisError("scripts could not be loaded")
+    async def _call(self, command: bytes) -> Any:
+        """One command under the timeout; a timeout drops the connection."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._resp.call(command)
+        except TimeoutError:
+            self._resp.reset()
+            raise
 
     def _failed(self, what: str, exc: BaseException) -> None:
         first = not self.breaker.open
@@ -127,6 +124,21 @@ class RedisState(SharedState):
         if self.breaker.open:
             log.info("state_reachable", fallbacks=self.fallbacks)
         self.breaker.success()
+
+    async def _guarded(self, what: str, command: bytes) -> tuple[bool, Any]:
+        """(done, reply) of one plain command under the breaker and the timeout."""
+        if not self.breaker.allows():
+            return False, None
+        try:
+            reply = await self._call(command)
+        except asyncio.CancelledError:
+            self.breaker.release()
+            raise
+        except _FAILURES as exc:
+            self._failed(what, exc)
+            return False, None
+        self._recovered()
+        return True, reply
 
     # -- admission ----------------------------------------------------------------------
 
@@ -141,10 +153,16 @@ class RedisState(SharedState):
         if not self.breaker.allows():
             return self._fallback(quota, tokens, binding_key)
         lease = f"{self.replica}:{next(self._leases)}" if quota.concurrent is not None else ""
-        keys, args = self._admit_args(quota, tokens, binding_key, lease)
         try:
-            async with asyncio.timeout(self.timeout_s):
-                reply = await self._eval("admit", keys, args)
+            if not self._admit_sha:
+                await self._load_scripts()
+            try:
+                reply = await self._call(self._admit_command(quota, tokens, binding_key, lease))
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                await self._load_scripts()  # Redis restarted and forgot them
+                reply = await self._call(self._admit_command(quota, tokens, binding_key, lease))
         except asyncio.CancelledError:
             self.breaker.release()
             raise
@@ -154,34 +172,38 @@ class RedisState(SharedState):
         self._recovered()
         return self._admission(reply, quota, lease)
 
-    def _admit_args(
+    def _admit_command(
         self, quota: Quota, tokens: int, binding_key: str | None, lease: str
-    ) -> tuple[list[str], list[Any]]:
-        now = self.clock()
-        day, day_end, month, month_end = self.local.windows(now)
-        p = f"{self.prefix}{{{quota.name}}}:"
-        keys = [
-            p + "r",
-            p + "t",
-            p + "c",
-            f"{p}d:{day}",
-            f"{p}m:{month}",
-            self.prefix + "b:" + binding_key if binding_key is not None else p + "b",
-        ]
-        args = [
-            -1 if quota.rpm is None else quota.rpm,
-            -1 if quota.tpm is None else quota.tpm,
-            -1 if quota.concurrent is None else quota.concurrent,
-            -1 if quota.day_usd is None else quota.day_usd,
-            -1 if quota.month_usd is None else quota.month_usd,
-            tokens,
-            lease,
-            self.lease_s,
-            round(day_end - now, 3),
-            round(month_end - now, 3),
-            0 if binding_key is None else 1,
-        ]
-        return keys, args
+    ) -> bytes:
+        """The EVALSHA of ``scripts.ADMIT``: the key's unchanging part is encoded once a
+        day, so a request encodes only its binding key, tokens and slot id."""
+        day, day_end, month, month_end = self.local.windows(self.clock())
+        static = self._static.get(quota)
+        if static is None or static[0] != day:
+            if len(self._static) > 4096:  # quotas of configs reloaded away
+                self._static.clear()
+            p = f"{self.prefix}{{{quota.name}}}:"
+            parts = (
+                p + "r",
+                p + "t",
+                p + "c",
+                f"{p}d:{day}",
+                f"{p}m:{month}",
+                -1 if quota.rpm is None else quota.rpm,
+                -1 if quota.tpm is None else quota.tpm,
+                -1 if quota.concurrent is None else quota.concurrent,
+                -1 if quota.day_usd is None else quota.day_usd,
+                -1 if quota.month_usd is None else quota.month_usd,
+                self.lease_s,
+                day_end,
+                month_end,
+            )
+            static = self._static[quota] = (day, b"".join(bulk(x) for x in parts))
+        if binding_key is None:
+            binding, flag = b"$0\r\n\r\n", b"$1\r\n0\r\n"
+        else:
+            binding, flag = bulk(self.prefix + "b:" + binding_key), b"$1\r\n1\r\n"
+        return b"".join((self._admit_head, binding, static[1], bulk(tokens), bulk(lease), flag))
 
     @staticmethod
     def _admission(reply: list[Any], quota: Quota, lease: str) -> Admission:
@@ -288,36 +310,50 @@ class RedisState(SharedState):
             self._settle_item(keys, args, quota.name, day, month, tpm, delta, admission.lease, cost)
         for name, cost in owed.items():
             self._settle_item(keys, args, name, day, month, 0, 0, None, cost)
-        pipe = self._client.pipeline(transaction=False)
+        commands = []
         if keys:
-            pipe.evalsha(self._settle_sha or "0" * 40, len(keys), *keys, *args)
+            head = (b"EVALSHA", self._settle_sha or b"0" * 40, len(keys))
+            commands.append(encode(*head, *keys, *args))
         for key, (value, ttl_s) in pending.binds.items():
             if value is None:
-                pipe.delete(self.prefix + "b:" + key)
+                commands.append(encode("DEL", self.prefix + "b:" + key))
             else:
-                pipe.set(self.prefix + "b:" + key, value, px=max(1, int(ttl_s * 1000)))
+                px = max(1, int(ttl_s * 1000))
+                commands.append(encode("SET", self.prefix + "b:" + key, value, "PX", px))
         for scope, until, reason in pending.cools:
-            pipe.hset(self._channel, scope, orjson.dumps([until, reason]))
-            pipe.publish(self._channel, orjson.dumps([self.replica, scope, until, reason]))
+            commands.append(encode("HSET", self._channel, scope, orjson.dumps([until, reason])))
+            message = orjson.dumps([self.replica, scope, until, reason])
+            commands.append(encode("PUBLISH", self._channel, message))
         try:
             async with asyncio.timeout(self.timeout_s * 2):
-                results = await pipe.execute(raise_on_error=False)
-                if keys and isinstance(results[0], NoScriptError):
-                    await self._eval("settle", keys, args)
+                results = await self._resp.pipeline(commands)
+                lost = next((r for r in results if isinstance(r, OSError)), None)
+                if lost is not None:
+                    raise lost
+                if keys and isinstance(results[0], RespError) and "NOSCRIPT" in str(results[0]):
+                    await self._load_scripts()
+                    results[0] = await self._resp.call(
+                        encode(b"EVALSHA", self._settle_sha, len(keys), *keys, *args)
+                    )
         except asyncio.CancelledError:
             self._shelve(pending)
-            self._owed.update({n: self._owed.get(n, 0.0) + c for n, c in owed.items()})
+            self._owe(owed)
             raise
         except _FAILURES as exc:
+            if isinstance(exc, TimeoutError):
+                self._resp.reset()
             self._failed("flush", exc)
             self._shelve(pending)
-            for name, cost in owed.items():
-                self._owed[name] = self._owed.get(name, 0.0) + cost
+            self._owe(owed)
             return
         self._recovered()
         for result in results:
-            if isinstance(result, Exception) and not isinstance(result, NoScriptError):
+            if isinstance(result, Exception):
                 log.warning("state_write_failed", error=type(result).__name__, detail=str(result))
+
+    def _owe(self, owed: dict[str, float]) -> None:
+        for name, cost in owed.items():
+            self._owed[name] = self._owed.get(name, 0.0) + cost
 
     def _settle_item(
         self,
@@ -337,39 +373,22 @@ class RedisState(SharedState):
 
     # -- bindings -----------------------------------------------------------------------
 
-    async def _call(self, what: str, op: Any) -> tuple[bool, Any]:
-        """(done, result) of one plain call under the breaker and the timeout."""
-        if not self.breaker.allows():
-            return False, None
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                result = await op()
-        except asyncio.CancelledError:
-            self.breaker.release()
-            raise
-        except _FAILURES as exc:
-            self._failed(what, exc)
-            return False, None
-        self._recovered()
-        return True, result
-
     async def get(self, key: str) -> str | None:
-        done, value = await self._call("get", lambda: self._client.get(self.prefix + "b:" + key))
+        done, value = await self._guarded("get", encode("GET", self.prefix + "b:" + key))
         if not done:
             return await self.local.get(key)
-        return value.decode() if value is not None else None
+        return value.decode() if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: str, ttl_s: float) -> None:
         px = max(1, int(ttl_s * 1000))
-        done, _ = await self._call(
-            "set", lambda: self._client.set(self.prefix + "b:" + key, value, px=px)
-        )
+        command = encode("SET", self.prefix + "b:" + key, value, "PX", px)
+        done, _ = await self._guarded("set", command)
         if not done:
             self.local.bind(key, value, ttl_s)
 
     async def delete(self, key: str) -> None:
         self.local.unbind(key)
-        await self._call("delete", lambda: self._client.delete(self.prefix + "b:" + key))
+        await self._guarded("delete", encode("DEL", self.prefix + "b:" + key))
 
     # -- budgets ------------------------------------------------------------------------
 
@@ -379,7 +398,7 @@ class RedisState(SharedState):
         keys = [f"{self.prefix}{{{n}}}:{w}" for n in names for w in (f"d:{day}", f"m:{month}")]
         if not keys:
             return {}
-        done, values = await self._call("spent", lambda: self._client.mget(keys))
+        done, values = await self._guarded("spent", encode("MGET", *keys))
         if not done:
             raise StateUnavailable("the shared state store (Redis) is unreachable")
         owed = self._owed
@@ -415,7 +434,7 @@ class RedisState(SharedState):
             loop.create_task(self._flush_loop()),
             loop.create_task(
                 feed.follow(
-                    self._client,
+                    self._resp,
                     self._channel,
                     self.replica,
                     self._heard,
@@ -435,8 +454,7 @@ class RedisState(SharedState):
             self.breaker.success()  # one last try, bounded by the timeout
             with contextlib.suppress(asyncio.CancelledError):
                 await self.flush()
-        with contextlib.suppress(*_FAILURES):
-            await asyncio.wait_for(self._client.aclose(), self.timeout_s)
+        self._resp.close()
 
     def status(self) -> dict[str, Any]:
         return {

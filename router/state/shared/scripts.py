@@ -13,15 +13,16 @@ charges, one call for everything the replica finished since its last batch.
 from __future__ import annotations
 
 ADMIT = """
--- KEYS: 1 rpm arrival time, 2 tpm arrival time, 3 concurrency slots (zset), 4 day spend,
---       5 month spend, 6 binding
--- ARGV: 1 rpm, 2 tpm, 3 concurrent, 4 day usd, 5 month usd, 6 tokens, 7 slot id,
---       8 slot lifetime s, 9 s left in the day, 10 s left in the month, 11 read binding
+-- KEYS: 1 binding, 2 rpm arrival time, 3 tpm arrival time, 4 concurrency slots (zset),
+--       5 day spend, 6 month spend
+-- ARGV: 1 rpm, 2 tpm, 3 concurrent, 4 day usd, 5 month usd, 6 slot lifetime s,
+--       7 day end, 8 month end (Unix times), 9 tokens, 10 slot id, 11 read binding
+-- (what is the same for every request of a key comes first: the caller encodes it once)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local binding = false
-if ARGV[11] == '1' then binding = redis.call('GET', KEYS[6]) end
+if ARGV[11] == '1' then binding = redis.call('GET', KEYS[1]) end
 
 local function arrival(key)
   local v = tonumber(redis.call('GET', key) or '0')
@@ -36,8 +37,8 @@ local function window(tat, limit)
   return left, math.ceil(ahead * 1000)
 end
 local req_tat, tok_tat = 0, 0
-if rpm >= 0 then req_tat = arrival(KEYS[1]) end
-if tpm >= 0 then tok_tat = arrival(KEYS[2]) end
+if rpm >= 0 then req_tat = arrival(KEYS[2]) end
+if tpm >= 0 then tok_tat = arrival(KEYS[3]) end
 local function answer(ok, code, limit, retry_s, reserved)
   local rl, rr, tl, tr = -1, 0, -1, 0
   if rpm >= 0 then rl, rr = window(req_tat, rpm) end
@@ -46,11 +47,11 @@ local function answer(ok, code, limit, retry_s, reserved)
 end
 
 local day, month = tonumber(ARGV[4]), tonumber(ARGV[5])
-if day >= 0 and tonumber(redis.call('GET', KEYS[4]) or '0') >= day then
-  return answer(0, 'budget_exceeded', 'day', tonumber(ARGV[9]), 0)
+if day >= 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= day then
+  return answer(0, 'budget_exceeded', 'day', math.max(1, tonumber(ARGV[7]) - now), 0)
 end
-if month >= 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= month then
-  return answer(0, 'budget_exceeded', 'month', tonumber(ARGV[10]), 0)
+if month >= 0 and tonumber(redis.call('GET', KEYS[6]) or '0') >= month then
+  return answer(0, 'budget_exceeded', 'month', math.max(1, tonumber(ARGV[8]) - now), 0)
 end
 local req_new, tok_new, cost = 0, 0, 0
 if rpm >= 0 then
@@ -60,29 +61,29 @@ if rpm >= 0 then
   end
 end
 if tpm >= 0 then
-  cost = math.min(tonumber(ARGV[6]), tpm)
+  cost = math.min(tonumber(ARGV[9]), tpm)
   tok_new = tok_tat + cost * 60 / tpm
   if tok_new - now > 60 then
     return answer(0, 'rate_limit_exceeded', 'tpm', tok_new - now - 60, 0)
   end
 end
 if conc >= 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)  -- slots of replicas that died
-  if redis.call('ZCARD', KEYS[3]) >= conc then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)  -- slots of replicas that died
+  if redis.call('ZCARD', KEYS[4]) >= conc then
     return answer(0, 'rate_limit_exceeded', 'concurrent', 1, 0)
   end
-  local life = tonumber(ARGV[8])
-  redis.call('ZADD', KEYS[3], now + life, ARGV[7])
-  redis.call('PEXPIRE', KEYS[3], math.ceil(life * 1000))
+  local life = tonumber(ARGV[6])
+  redis.call('ZADD', KEYS[4], now + life, ARGV[10])
+  redis.call('PEXPIRE', KEYS[4], math.ceil(life * 1000))
 end
 if rpm >= 0 then
   req_tat = req_new
-  redis.call('SET', KEYS[1], string.format('%.6f', req_new), 'PX',
+  redis.call('SET', KEYS[2], string.format('%.6f', req_new), 'PX',
              math.ceil((req_new - now) * 1000) + 1000)
 end
 if tpm >= 0 then
   tok_tat = tok_new
-  redis.call('SET', KEYS[2], string.format('%.6f', tok_new), 'PX',
+  redis.call('SET', KEYS[3], string.format('%.6f', tok_new), 'PX',
              math.ceil((tok_new - now) * 1000) + 1000)
 end
 return answer(1, '', '', 0, cost)
