@@ -224,7 +224,8 @@ def make_state(
 class _Pending:
     """Writes queued for the next batch (both implementations' settle/bind queues)."""
 
-    settles: list[tuple[Admission, int | None, float]] = field(default_factory=list)
+    # (quota, tokens to add to its tpm bucket, concurrency slot to free, USD to charge)
+    settles: list[tuple[Quota, int, str | None, float]] = field(default_factory=list)
     binds: dict[str, tuple[str | None, float]] = field(default_factory=dict)
     cools: list[tuple[str, float, str]] = field(default_factory=list)
 

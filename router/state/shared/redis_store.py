@@ -53,6 +53,8 @@ log = structlog.get_logger("router.state")
 _FAILURES = (RespError, OSError, TimeoutError)
 _DAY_TTL_S = 2 * 86400  # a day's spend outlives its day a little, for /admin/usage
 _MONTH_TTL_S = 32 * 86400
+_TTLS = bulk(_DAY_TTL_S) + bulk(_MONTH_TTL_S)
+BATCH_S = 0.002  # settlements wait this long for company: one write per batch, not per request
 
 
 class RedisState(SharedState):
@@ -85,6 +87,7 @@ class RedisState(SharedState):
         self._settle_sha = b""
         self._admit_head = b""
         self._static: dict[Quota, tuple[str, bytes]] = {}  # a key's unchanging arguments
+        self._settle_keys: dict[str, tuple[str, bytes]] = {}
         self._pending = _Pending()
         self._owed: dict[str, float] = {}  # USD charged locally while Redis was away
         self._cools: dict[str, tuple[float, str]] = {}
@@ -106,13 +109,8 @@ class RedisState(SharedState):
         self._admit_head = b"*20\r\n$7\r\nEVALSHA\r\n" + bulk(admit) + b"$1\r\n6\r\n"
 
     async def _call(self, command: bytes) -> Any:
-        """One command under the timeout; a timeout drops the connection."""
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                return await self._resp.call(command)
-        except TimeoutError:
-            self._resp.reset()
-            raise
+        """One command; the client's watchdog bounds the wait by the timeout."""
+        return await self._resp.call(command)
 
     def _failed(self, what: str, exc: BaseException) -> None:
         first = not self.breaker.open
@@ -243,8 +241,15 @@ class RedisState(SharedState):
                 self._owed[quota.name] = self._owed.get(quota.name, 0.0) + cost_usd
                 self._wake.set()
             return
-        self._pending.settles.append((admission, tokens_used, cost_usd))
-        self._wake.set()
+        delta = 0
+        if quota.tpm is not None and tokens_used is not None:
+            delta = tokens_used - admission.reserved
+        if not quota.budgeted:
+            cost_usd = 0.0
+        lease, admission.lease = admission.lease, None  # settled once
+        if delta or lease or cost_usd > 0:
+            self._pending.settles.append((quota, delta, lease, cost_usd))
+            self._wake.set()
 
     def bind(self, key: str, value: str, ttl_s: float) -> None:
         if self.breaker.open:
@@ -273,6 +278,7 @@ class RedisState(SharedState):
         while True:
             if not (self._pending or self._owed):
                 await self._wake.wait()
+                await asyncio.sleep(BATCH_S)  # let a batch gather: one write for many
             self._wake.clear()
             if self.breaker.allows():
                 await self.flush()
@@ -285,10 +291,9 @@ class RedisState(SharedState):
     def _shelve(self, pending: _Pending) -> None:
         """A batch that could not be written: keep what matters (costs, cooldowns still
         running); concurrency slots expire by themselves, corrections and bindings go."""
-        for admission, _, cost in pending.settles:
-            if cost > 0 and admission.quota is not None and admission.quota.budgeted:
-                name = admission.quota.name
-                self._owed[name] = self._owed.get(name, 0.0) + cost
+        for quota, _, _, cost in pending.settles:
+            if cost > 0:
+                self._owed[quota.name] = self._owed.get(quota.name, 0.0) + cost
         now = self.clock()
         self._pending.cools.extend(c for c in pending.cools if c[1] > now)
 
@@ -298,22 +303,11 @@ class RedisState(SharedState):
         owed, self._owed = self._owed, {}
         if not (pending or owed):
             return
-        day, _, month, _ = self.local.windows(self.clock())
-        keys: list[str] = []
-        args: list[Any] = []
-        for admission, used, cost in pending.settles:
-            quota = admission.quota
-            assert quota is not None
-            tpm = quota.tpm or 0
-            delta = used - admission.reserved if tpm and used is not None else 0
-            cost = cost if quota.budgeted else 0.0
-            self._settle_item(keys, args, quota.name, day, month, tpm, delta, admission.lease, cost)
-        for name, cost in owed.items():
-            self._settle_item(keys, args, name, day, month, 0, 0, None, cost)
         commands = []
-        if keys:
-            head = (b"EVALSHA", self._settle_sha or b"0" * 40, len(keys))
-            commands.append(encode(*head, *keys, *args))
+        items = [(q.name, q.tpm or 0, d, lease, cost) for q, d, lease, cost in pending.settles]
+        items += [(name, 0, 0, None, cost) for name, cost in owed.items()]
+        if items:
+            commands.append(self._settle_command(items))
         for key, (value, ttl_s) in pending.binds.items():
             if value is None:
                 commands.append(encode("DEL", self.prefix + "b:" + key))
@@ -330,11 +324,9 @@ class RedisState(SharedState):
                 lost = next((r for r in results if isinstance(r, OSError)), None)
                 if lost is not None:
                     raise lost
-                if keys and isinstance(results[0], RespError) and "NOSCRIPT" in str(results[0]):
+                if items and isinstance(results[0], RespError) and "NOSCRIPT" in str(results[0]):
                     await self._load_scripts()
-                    results[0] = await self._resp.call(
-                        encode(b"EVALSHA", self._settle_sha, len(keys), *keys, *args)
-                    )
+                    results[0] = await self._resp.call(self._settle_command(items))
         except asyncio.CancelledError:
             self._shelve(pending)
             self._owe(owed)
@@ -355,21 +347,27 @@ class RedisState(SharedState):
         for name, cost in owed.items():
             self._owed[name] = self._owed.get(name, 0.0) + cost
 
-    def _settle_item(
-        self,
-        keys: list[str],
-        args: list[Any],
-        name: str,
-        day: str,
-        month: str,
-        tpm: int,
-        delta: int,
-        lease: str | None,
-        cost: float,
-    ) -> None:
-        p = f"{self.prefix}{{{name}}}:"
-        keys += [p + "t", p + "c", f"{p}d:{day}", f"{p}m:{month}"]
-        args += [tpm, delta, lease or "", repr(cost), _DAY_TTL_S, _MONTH_TTL_S]
+    def _settle_command(self, items: list[tuple[str, int, int, str | None, float]]) -> bytes:
+        """The EVALSHA of ``scripts.SETTLE`` for a batch of (key name, tpm, token
+        correction, slot, cost); each key's names are encoded once a day."""
+        day, _, month, _ = self.local.windows(self.clock())
+        keys = []
+        args = []
+        static = self._settle_keys
+        for name, tpm, delta, lease, cost in items:
+            found = static.get(name)
+            if found is None or found[0] != day:
+                if len(static) > 4096:
+                    static.clear()
+                p = f"{self.prefix}{{{name}}}:"
+                names = (p + "t", p + "c", f"{p}d:{day}", f"{p}m:{month}")
+                found = static[name] = (day, b"".join(bulk(k) for k in names))
+            keys.append(found[1])
+            args.append(b"".join((bulk(tpm), bulk(delta), bulk(lease or ""), bulk(repr(cost)))))
+            args.append(_TTLS)
+        n = len(items)
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + 10 * n) + bulk(self._settle_sha or b"0" * 40)
+        return b"".join((head, bulk(4 * n), *keys, *args))
 
     # -- bindings -----------------------------------------------------------------------
 

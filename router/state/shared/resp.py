@@ -8,8 +8,9 @@ This client writes every command issued in one event-loop turn with one ``write`
 matches replies to callers in order: about 10 us per admission. It speaks what the shared
 state needs (commands, pipelines, one subscription), nothing more.
 
-A call that times out aborts the connection (its replies could no longer be matched in
-order); the next call reconnects. Every wait is bounded by the caller's timeout.
+A command unanswered after the timeout aborts the connection (its replies could no longer
+be matched in order), failing every call waiting on it; the next call reconnects. One
+watchdog timer per busy connection bounds every wait, not a timer per call.
 """
 
 from __future__ import annotations
@@ -77,10 +78,12 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int] | None:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
         self.loop = loop
+        self.timeout_s = timeout_s
         self.transport: asyncio.Transport | None = None
-        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.waiters: deque[tuple[asyncio.Future[Any], float]] = deque()  # (caller, sent at)
+        self._watchdog: asyncio.TimerHandle | None = None
         self.buf = bytearray()
         self.out: list[bytes] = []
         self.closed = False
@@ -97,8 +100,21 @@ class _Protocol(asyncio.Protocol):
             self.loop.call_soon(self._flush)  # this turn's commands leave in one write
         self.out.append(command)
         fut = self.loop.create_future()
-        self.waiters.append(fut)
+        if not self.waiters and self._watchdog is None:
+            self._watchdog = self.loop.call_later(self.timeout_s / 2, self._check)
+        self.waiters.append((fut, self.loop.time()))
         return fut
+
+    def _check(self) -> None:
+        """The oldest unanswered command waits at most ``timeout_s`` (plus half of it):
+        one timer per busy connection instead of one per call."""
+        self._watchdog = None
+        if self.closed or not self.waiters:
+            return
+        if self.loop.time() - self.waiters[0][1] > self.timeout_s:
+            self.abort(TimeoutError(f"Redis did not answer within {self.timeout_s} s"))
+            return
+        self._watchdog = self.loop.call_later(self.timeout_s / 2, self._check)
 
     def _flush(self) -> None:
         out, self.out = self.out, []
@@ -120,8 +136,8 @@ class _Protocol(asyncio.Protocol):
                         raise ConnectionError("a reply nobody asked for")
                     self.pushes.put_nowait(reply)  # QueueFull: a reader that fell behind
                     continue
-                fut = self.waiters.popleft()
-                if not fut.done():  # a caller that timed out has gone
+                fut = self.waiters.popleft()[0]
+                if not fut.done():  # a caller that was cancelled has gone
                     if isinstance(reply, RespError):
                         fut.set_exception(reply)
                     else:
@@ -143,8 +159,11 @@ class _Protocol(asyncio.Protocol):
 
     def _fail(self, exc: Exception) -> None:
         self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self.waiters:
-            fut = self.waiters.popleft()
+            fut = self.waiters.popleft()[0]
             if not fut.done():
                 fut.set_exception(exc)
         if self.pushes is not None:
@@ -174,14 +193,16 @@ class RespClient:
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
+
+        def make() -> _Protocol:
+            return _Protocol(loop, self.timeout_s)
+
         async with asyncio.timeout(self.timeout_s):  # a host that drops SYNs must not pile up
             if self.scheme == "unix":
-                _, proto = await loop.create_unix_connection(lambda: _Protocol(loop), self.path)
+                _, proto = await loop.create_unix_connection(make, self.path)
             else:
                 context = ssl.create_default_context() if self.scheme == "rediss" else None
-                _, proto = await loop.create_connection(
-                    lambda: _Protocol(loop), self.host, self.port, ssl=context
-                )
+                _, proto = await loop.create_connection(make, self.host, self.port, ssl=context)
         hello = []
         if self.password is not None:
             auth = [self.username, self.password] if self.username else [self.password]
