@@ -107,13 +107,27 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
+# The longest wait an upstream's Retry-After is taken for: an hour, as long as any real
+# host asks. 1e400 parses as infinity, and a date years away is as good as one: either
+# would set an endpoint aside for ever (docs/limits.md).
+MAX_RETRY_AFTER_S = 3600.0
+
+
+def clamp_retry_after(seconds: float | None) -> float | None:
+    """``seconds`` within [0, MAX_RETRY_AFTER_S]; NaN, like an unreadable value, is None."""
+    if seconds is None or seconds != seconds:
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date (RFC 9110 10.2.3),
+    clamped (``clamp_retry_after``); None when absent or unreadable."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        return clamp_retry_after(float(value))
     except ValueError:
         pass
     import time
@@ -121,8 +135,20 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return clamp_retry_after(when.timestamp() - (time.time() if now is None else now))
+
+
+def retry_after_from(headers: Mapping[str, str]) -> float | None:
+    """An answer's wait in seconds: ``Retry-After``, else OpenAI's ``retry-after-ms``
+    (names in lower case: both aiohttp's headers and a lower-cased dict take them)."""
+    found = parse_retry_after(headers.get("retry-after"))
+    if found is None and headers.get("retry-after-ms"):
+        try:
+            found = clamp_retry_after(float(headers["retry-after-ms"]) / 1000.0)
+        except ValueError:
+            return None
+    return found

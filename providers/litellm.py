@@ -36,7 +36,7 @@ from litellm.llms.custom_httpx.async_client_cleanup import (
 )
 from litellm.types.utils import is_litellm_owned_kwarg
 
-from providers.base import BufferedResponse, UpstreamRequest, parse_retry_after
+from providers.base import BufferedResponse, UpstreamRequest, retry_after_from
 from providers.errors import (
     ConnectTimeout,
     IdleTimeout,
@@ -283,16 +283,9 @@ def _retry_after(exc: Exception) -> float | None:
     ):
         if not headers:
             continue
-        headers = {str(k).lower(): v for k, v in headers.items()}
-        value = parse_retry_after(headers.get("retry-after"))
+        value = retry_after_from({str(k).lower(): str(v) for k, v in headers.items()})
         if value is not None:
             return value
-        millis = headers.get("retry-after-ms")
-        if millis:
-            try:
-                return float(millis) / 1000.0
-            except ValueError:
-                pass
     return None
 
 

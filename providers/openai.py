@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 import aiohttp
 from yarl import URL
 
-from providers.base import OPERATIONS, UpstreamRequest, parse_retry_after
+from providers.base import OPERATIONS, UpstreamRequest, retry_after_from
 from providers.errors import (
     ConnectTimeout,
     IdleTimeout,
@@ -119,16 +119,10 @@ async def _raise_for_status(answer: Answer) -> None:
     finally:
         answer.close()
     headers = answer.headers
-    retry_after = parse_retry_after(headers.get("Retry-After"))
-    if retry_after is None and headers.get("retry-after-ms"):
-        try:
-            retry_after = float(headers["retry-after-ms"]) / 1000.0
-        except ValueError:
-            retry_after = None
     raise UpstreamHTTPError(
         answer.status,
         body,
-        retry_after_s=retry_after,
+        retry_after_s=retry_after_from(headers),
         content_type=headers.get("Content-Type", "application/json"),
     )
 

@@ -20,6 +20,7 @@
         ├── NotFound                  404       unknown model; provider filter left nothing
         ├── PayloadTooLarge           413       body over server.max_body_mb
         ├── NoEndpointAvailable       503       nothing to try (disabled, or at max_concurrency)
+        ├── UpstreamRateLimited       429       every endpoint asked to wait longer than we can
         ├── AllAttemptsFailed         502/504   every attempt failed; 504 when every one timed out
         └── UpstreamClientError       4xx       the upstream said the request itself is wrong
 
@@ -29,6 +30,7 @@ its type and status against the ``retry.on`` list of the endpoint that raised it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,6 +70,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamHTTPError",
     "UpstreamProtocolError",
+    "UpstreamRateLimited",
     "UpstreamTimeout",
     "error_body",
     "retryable",
@@ -98,6 +101,10 @@ class RouterError(Exception):
         self.param = param
 
     def extra(self) -> dict[str, Any]:
+        return {}
+
+    def headers(self) -> dict[str, str]:
+        """Response headers this error adds (``Retry-After``)."""
         return {}
 
     def body(self) -> bytes:
@@ -159,6 +166,32 @@ class AllAttemptsFailed(RouterError):
 
     def extra(self) -> dict[str, Any]:
         return {"attempts": [a.public() for a in self.attempts]}
+
+
+class UpstreamRateLimited(RouterError):
+    """Every endpoint that could serve is rate limited upstream until later than the
+    request can wait, or every attempt got a 429: "not now", said on the upstreams'
+    behalf, with the soonest time one of them is free as ``Retry-After`` (whole
+    seconds, at least 1) and ``retry-after-ms``, which OpenAI's SDKs read first."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "upstream_rate_limited"
+
+    def __init__(self, retry_after_s: float, attempts: Sequence[AttemptRecord]) -> None:
+        self.retry_after_s = max(0.0, retry_after_s)
+        super().__init__(
+            f"the upstreams of this model are rate limited; retry after {self.retry_after_s:.1f}s"
+        )
+        self.attempts = tuple(attempts)
+
+    def extra(self) -> dict[str, Any]:
+        return {"attempts": [a.public() for a in self.attempts]}
+
+    def headers(self) -> dict[str, str]:
+        # Rounded up, past float noise: 45.000000001 s is 45 s, not 46.
+        ms = max(1, math.ceil(self.retry_after_s * 1000 - 1e-6))
+        return {"Retry-After": str(math.ceil(ms / 1000)), "retry-after-ms": str(ms)}
 
 
 class UpstreamClientError(RouterError):

@@ -56,6 +56,8 @@ _JSON = "application/json"
 # Request ids: unique per process (random prefix) and cheap (a counter), unlike uuid4.
 _ID_PREFIX = secrets.token_hex(8)
 _ID_COUNTER = itertools.count()
+
+
 def _json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
     return Response(status, body, _JSON, headers)
 
@@ -64,6 +66,9 @@ def _error_response(
     exc: RouterError, headers: dict[str, str], api: ClientApi | None = None
 ) -> Response:
     """``exc`` in the shape of the client's API (OpenAI's when none is known)."""
+    extra = exc.headers()
+    if extra:
+        headers = {**headers, **extra}
     if isinstance(exc, UpstreamClientError):
         body = exc.upstream.body or exc.body()
         if REDACTOR.secrets:

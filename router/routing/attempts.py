@@ -39,6 +39,9 @@ from router.runtime import Endpoint
 from router.state.clock import Clock
 
 HEDGE_LOST = "hedge_lost"
+# How long a 429 without a Retry-After sets its endpoint aside (docs/limits.md): about
+# what OpenAI's SDKs wait before their first retry, doubled.
+RATE_LIMIT_DEFAULT_S = 1.0
 _NO_TIMER = contextlib.nullcontext()
 
 
@@ -130,9 +133,14 @@ class Lease:
                 # send more requests to a host that is certainly down.
                 ep.breaker.failure(now, exc.reason)
                 ep.breaker.trip(now, "connect: connection refused", ep.spec.breaker.cooldown_s)
+            elif status == 429:
+                # "Not now", not "broken": set aside for its Retry-After, no breaker verdict
+                # (a 429 counted as a failure escalated the cooldown to minutes).
+                wait = exc.retry_after_s if isinstance(exc, UpstreamHTTPError) else None
+                ep.breaker.rate_limited(now, RATE_LIMIT_DEFAULT_S if wait is None else wait)
             elif isinstance(exc, UpstreamHTTPError) and exc.retry_after_s:
-                ep.breaker.failure(now, exc.reason)
-                ep.breaker.trip(now, "rate_limited", exc.retry_after_s)
+                ep.breaker.failure(now, exc.reason)  # a 503 asking for time: both
+                ep.breaker.rate_limited(now, exc.retry_after_s)
             else:
                 ep.breaker.failure(now, exc.reason)
         ep.wake_one()

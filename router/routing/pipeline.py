@@ -37,6 +37,7 @@ from router.errors import (
     NoEndpointAvailable,
     NotFound,
     UpstreamClientError,
+    UpstreamRateLimited,
     retryable,
 )
 from router.routing.attempts import Attempts, Opened
@@ -178,8 +179,8 @@ class _Walk:
             if ep.breaker.available(now) and not ep.full():
                 self._pos += k + 1
                 return ep
-        # All cooling down: the one that is due first.
-        ep = min(self.ranking, key=lambda e: e.breaker.until)
+        # All cooling down or rate limited: the one that is due first.
+        ep = min(self.ranking, key=lambda e: e.breaker.free_at())
         self._pos = self.ranking.index(ep) + 1
         return ep
 
@@ -188,7 +189,7 @@ class _Walk:
         now = self._clock()
         if any(ep.breaker.available(now) for ep in self.ranking):
             return 0.0
-        return max(0.0, min(ep.breaker.until for ep in self.ranking) - now)
+        return max(0.0, min(ep.breaker.free_at() for ep in self.ranking) - now)
 
 
 class _NoEndpoint(Exception):
@@ -197,9 +198,26 @@ class _NoEndpoint(Exception):
         self.filtered = filtered
 
 
+class _RateLimited(Exception):
+    """Every endpoint of a route with a free slot is rate limited past the deadline."""
+
+
+def _rested(chain: list[RouteRuntime], now: float) -> float:
+    """Seconds until the first endpoint of ``chain`` set aside by a rate limit is free
+    (0 when none is set aside any longer)."""
+    until = [e.breaker.free_at() for r in chain for e in r.usable if e.breaker.is_rate_limited(now)]
+    return max(0.0, min(until, default=now) - now)
+
+
 class Pipeline:
-    def __init__(self, *, debug: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        debug: bool = False,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.debug = debug
+        self._sleep = sleep  # FakeClock.sleep in tests: backoff and waits in virtual time
 
     def resolve(self, runtime: Runtime, call: Call) -> RouteRuntime:
         """The route and per-request overrides, checked before anything is sent."""
@@ -241,6 +259,7 @@ class Pipeline:
         if route.spec.fallbacks and (prefs is None or prefs.allow_fallbacks):
             chain += [runtime.routes[name] for name in route.spec.fallbacks]
         nothing: _NoEndpoint | None = None
+        limited = False
         for i, r in enumerate(chain):
             try:
                 return await self._serve(runtime, r, call, attempts)
@@ -252,8 +271,13 @@ class Pipeline:
             except _NoEndpoint as exc:
                 if i == 0:
                     nothing = exc
+            except _RateLimited:
+                limited = True
             if attempts.clock() >= attempts.deadline:
                 break
+        failed = [a.reason for a in attempts.records if a.reason is not None]
+        if (limited or failed) and all(reason == "http_429" for reason in failed):
+            raise UpstreamRateLimited(_rested(chain, attempts.clock()), attempts.records)
         if attempts.records:
             raise AllAttemptsFailed(attempts.records)
         if nothing is not None and nothing.filtered:
@@ -273,7 +297,17 @@ class Pipeline:
             ranked = self._rank(runtime, route, call)
             if ranked is not None:
                 return ranked
-            await self._wait_for_slot(self._admitted(route, call), attempts, route)
+            eps = self._admitted(route, call)
+            open_now = [e for e in eps if not e.full()]
+            if not open_now:
+                await self._wait_for_slot(eps, attempts, route)
+                continue
+            # Each of them asked for rest (a 429): wait for the first to be free, unless
+            # that is past what this request can wait.
+            free = min(e.breaker.free_at() for e in open_now)
+            if free >= attempts.deadline:
+                raise _RateLimited
+            await self._sleep(free - runtime.clock())
 
     def _admitted(self, route: RouteRuntime, call: Call) -> list[Endpoint]:
         prefs = call.prefs
@@ -292,8 +326,8 @@ class Pipeline:
     def _rank(
         self, runtime: Runtime, route: RouteRuntime, call: Call
     ) -> tuple[list[Endpoint], HedgeSection | None] | None:
-        """The ranking now, or None when every admitted endpoint is at max_concurrency
-        (sync: no coroutine per request for the usual case, which never waits)."""
+        """The ranking now, or None when every admitted endpoint is at max_concurrency or
+        rate limited (sync: no coroutine per request for the usual case, which never waits)."""
         prefs = call.prefs
         eps = self._admitted(route, call)
         now = runtime.clock()
@@ -308,8 +342,12 @@ class Pipeline:
         else:
             strategy, hedge = route.strategy, route.hedge
         if not avail:
-            # Every endpoint cooling down: try the one due first rather than fail now.
-            ranking = sorted(open_now, key=lambda e: e.breaker.until)
+            # Every endpoint cooling down: try the one due first rather than fail now, but
+            # not one set aside by a rate limit: it said when to come back (_ranking).
+            ready = [e for e in open_now if not e.breaker.is_rate_limited(now)]
+            if not ready:
+                return None
+            ranking = sorted(ready, key=lambda e: e.breaker.until)
             if self.debug:
                 log.debug("route_panic", route=route.name, order=[e.id for e in ranking])
         else:
@@ -431,6 +469,7 @@ class Pipeline:
             return budget.left <= 0 or clock() + walk.hold() >= attempts.deadline
 
         retrying = AsyncRetrying(
+            sleep=self._sleep,
             stop=stop,
             wait=wait,
             retry=retry_if_exception(

@@ -8,9 +8,16 @@ capped at ``MAX_BACKOFF`` times ``cooldown_s``. An endpoint due for its probe is
 first by the live-stats policies (``RouteRuntime.candidates``), so the probe happens on the
 next request rather than whenever scoring happens to pick it; when the probe succeeds the
 endpoint's outage-era errors are forgiven (``on_close``), so it gets its traffic back.
-An auth failure, a ``Retry-After`` or a refused connection opens it directly for a given
-time and reason. The window is ten buckets of ``window_s / 10``:
-counting costs O(1) per answer whatever the traffic.
+An auth failure or a refused connection opens it directly for a given time and reason.
+The window is ten buckets of ``window_s / 10``: counting costs O(1) per answer whatever
+the traffic.
+
+A rate limit is not a failure: a 429 is the host saying "not now", not "broken". It sets
+the endpoint aside until its ``Retry-After`` (``rate_limited``), beside the state machine:
+no failure counted, no cooldown opened, no backoff level raised, so a host that keeps
+answering 429 is tried again as soon as it said, never after an escalating cooldown.
+Every time a peer gives is clamped to ``MAX_SET_ASIDE_S``: a ``Retry-After`` of 1e400
+must not set an endpoint aside for ever, nor overflow a date in ``/health``.
 """
 
 from __future__ import annotations
@@ -23,6 +30,17 @@ from router.config import Breaker as BreakerConfig
 State = Literal["healthy", "cooldown", "half_open"]
 MAX_BACKOFF = 8
 _BUCKETS = 10
+# The longest an upstream's word sets an endpoint aside (also providers.base's clamp of
+# Retry-After): an hour, as long as any real host asks; docs/limits.md.
+MAX_SET_ASIDE_S = 3600.0
+RATE_LIMITED = "rate_limited"
+
+
+def _bounded(seconds: float) -> float:
+    """``seconds`` within [0, MAX_SET_ASIDE_S]; NaN is 0."""
+    return (
+        seconds if 0.0 <= seconds <= MAX_SET_ASIDE_S else (MAX_SET_ASIDE_S if seconds > 0 else 0.0)
+    )
 
 
 class CircuitBreaker:
@@ -35,6 +53,7 @@ class CircuitBreaker:
         self.consecutive = 0
         self.level = 0  # how many times in a row a probe has failed
         self.probe_in_flight = False
+        self.limited_until = 0.0  # set aside by a rate limit until then (not a state)
         self._span = config.window_s / _BUCKETS
         self._ok = [0] * _BUCKETS
         self._bad = [0] * _BUCKETS
@@ -49,6 +68,8 @@ class CircuitBreaker:
 
     def available(self, now: float) -> bool:
         """May a new request be sent here now (without taking the probe slot)?"""
+        if now < self.limited_until:
+            return False
         if self.state == "healthy":
             return True
         if self.state == "cooldown":
@@ -117,9 +138,25 @@ class CircuitBreaker:
             self._open(now, f"{reason}: error rate {bad / total:.0%} over {total}", cfg.cooldown_s)
 
     def trip(self, now: float, reason: str, seconds: float) -> None:
-        """Open now, for a known time (a bad key, a ``Retry-After``)."""
+        """Open now, for a known time (a bad key, a refused connection)."""
         self.probe_in_flight = False
-        self._open(now, reason, seconds)
+        self._open(now, reason, _bounded(seconds))
+
+    def rate_limited(self, now: float, seconds: float) -> None:
+        """The host asked for ``seconds`` of rest (a 429, a ``Retry-After``): set aside
+        until then, the host's latest word replacing an earlier one. No verdict on its
+        health: a probe in flight is released, the state machine is left as it was."""
+        self.limited_until = now + _bounded(seconds)
+        self.probe_in_flight = False
+
+    def is_rate_limited(self, now: float) -> bool:
+        return now < self.limited_until
+
+    def free_at(self) -> float:
+        """When it may be tried again, as far as this breaker knows (the past: now)."""
+        if self.state == "cooldown" and self.until > self.limited_until:
+            return self.until
+        return self.limited_until
 
     def release_probe(self) -> None:
         """The probe ended without a verdict (cancelled): let another one through."""
@@ -152,9 +189,14 @@ class CircuitBreaker:
         self._bad = [0] * _BUCKETS
 
     def view(self, now: float) -> tuple[str, str | None, float | None]:
-        """(state, reason, seconds until the cooldown ends) for /health."""
+        """(state, reason, seconds until the cooldown ends) for /health; an endpoint set
+        aside by a rate limit shows as a cooldown with reason ``rate_limited``."""
+        limited = now < self.limited_until
+        if self.state == "cooldown" and now < self.until:
+            left = max(self.until, self.limited_until) - now
+            return "cooldown", self.reason, left
+        if limited:
+            return "cooldown", RATE_LIMITED, self.limited_until - now
         if self.state == "cooldown":
-            if now >= self.until:
-                return "half_open", self.reason, None
-            return "cooldown", self.reason, self.until - now
+            return "half_open", self.reason, None
         return self.state, self.reason, None

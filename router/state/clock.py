@@ -6,6 +6,7 @@ themselves, so decay, cooldowns, backoff and deadlines run without sleeping.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 Clock = Callable[[], float]
@@ -24,3 +25,8 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        """``asyncio.sleep`` in this clock's time: it moves on at once, then yields."""
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
