@@ -16,11 +16,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
+import orjson
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from router.apis.base import Body, ClientApi, Inspector
 from router.requestlog.records import Usage
-from router.routing.sse import StreamInspector, inspect_body, wants_json
+from router.routing.sse import (
+    EMPTY,
+    NOT_JSON,
+    ProtocolViolation,
+    SseInspector,
+    brief,
+    is_json,
+    read_json,
+)
 
 _NUMBER = "a number"
 
@@ -51,6 +60,129 @@ def ask_for_usage(payload: dict[str, Any], stream: bool) -> bool:
     return wants
 
 
+class ChatInspector(SseInspector):
+    """A stream of OpenAI chunks: chat's (``chat``) or legacy completions' (``text``)."""
+
+    def __init__(
+        self, *, chat: bool, client_wants_usage: bool, tools: bool = True, json: bool = False
+    ) -> None:
+        super().__init__(client_wants_usage=client_wants_usage, tools=chat and tools, json=json)
+        self.chat = chat
+
+    def _note(self, obj: dict[str, Any]) -> bool:
+        """Records usage and tool-call fragments; False = drop this event."""
+        usage = obj.get("usage")
+        choices = obj.get("choices")
+        if isinstance(usage, dict):
+            self.usage = Usage.parse(usage)
+            if not self.client_wants_usage and not choices:
+                return False
+        if self.chat and isinstance(choices, list):
+            for choice in choices:
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+                if isinstance(calls, list):
+                    for call in calls:
+                        if isinstance(call, dict):
+                            fn = call.get("function")
+                            args = fn.get("arguments") if isinstance(fn, dict) else None
+                            self._tool_part(call.get("index", 0), args)
+        text = self._text
+        if text is not None and isinstance(choices, list):
+            for choice in choices:
+                if not isinstance(choice, dict):
+                    continue
+                part = choice.get("delta") if self.chat else choice
+                if not isinstance(part, dict):
+                    continue
+                got = part.get("content" if self.chat else "text")
+                if isinstance(got, str):
+                    text.append(got)
+        return True
+
+    def _is_token(self, obj: dict[str, Any]) -> bool:
+        choices = obj.get("choices")
+        if not isinstance(choices, list):
+            return False
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            if self.chat:
+                delta = choice.get("delta")
+                if isinstance(delta, dict) and (
+                    delta.get("content")
+                    or delta.get("reasoning_content")
+                    or delta.get("reasoning")
+                    or delta.get("tool_calls")
+                    or delta.get("refusal")
+                ):
+                    self.content = True
+                    return True
+            elif choice.get("text"):
+                self.content = True
+                return True
+            if choice.get("finish_reason"):
+                return True
+        return False
+
+
+def wants_json(payload: Mapping[str, Any]) -> bool:
+    """Did the request's ``response_format`` ask for JSON (``json_object``, ``json_schema``)?"""
+    fmt = payload.get("response_format")
+    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+
+
+def _output_error(obj: dict[str, Any], json: bool) -> str | None:
+    """A non-streamed answer's output error, as ``ChatInspector.output_error``: None for
+    choices with content, a tool call or reasoning (JSON where asked for), or embeddings'
+    data."""
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        # Embeddings: their vectors; another shape: not ours to judge.
+        return EMPTY if "data" in obj and not obj["data"] else None
+    found = False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        msg = choice.get("message")
+        text = msg.get("content") if isinstance(msg, dict) else choice.get("text")
+        if text:
+            if json and not (isinstance(text, str) and is_json(text)):
+                return NOT_JSON
+            found = True
+        elif isinstance(msg, dict) and (
+            msg.get("tool_calls") or msg.get("refusal") or msg.get("reasoning_content")
+        ):
+            found = True
+    return None if found else EMPTY
+
+
+def inspect_body(body: bytes, json: bool = False) -> tuple[Usage | None, bool | None, str | None]:
+    """Usage, tool-call validity and the output error (``output_error``) of a non-streamed
+    answer; raises on non-JSON."""
+    obj = read_json(body)
+    if "error" in obj and obj["error"] and "choices" not in obj and "data" not in obj:
+        raise ProtocolViolation(f"upstream answered 200 with an error: {brief(obj['error'])}")
+    usage = Usage.parse(obj.get("usage"))
+    valid: bool | None = None
+    choices = obj.get("choices")
+    if isinstance(choices, list):
+        for choice in choices:
+            msg = choice.get("message") if isinstance(choice, dict) else None
+            calls = msg.get("tool_calls") if isinstance(msg, dict) else None
+            if isinstance(calls, list) and calls:
+                valid = True if valid is None else valid
+                for call in calls:
+                    fn = call.get("function") if isinstance(call, dict) else None
+                    args = fn.get("arguments") if isinstance(fn, dict) else None
+                    if isinstance(args, str) and args:
+                        try:
+                            orjson.loads(args)
+                        except orjson.JSONDecodeError:
+                            valid = False
+    return usage, valid, _output_error(obj, json)
+
+
 class Chat(ClientApi):
     name: ClassVar[str] = "chat"
     path: ClassVar[str] = "/v1/chat/completions"
@@ -66,7 +198,7 @@ class Chat(ClientApi):
     def inspector(
         self, payload: Mapping[str, Any], client_wants_usage: bool, json: bool
     ) -> Inspector:
-        return StreamInspector(
+        return ChatInspector(
             chat=True,
             client_wants_usage=client_wants_usage,
             tools=bool(payload.get("tools")),

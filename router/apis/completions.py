@@ -13,9 +13,8 @@ from typing import Any, ClassVar
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from router.apis.base import Body, ClientApi, Inspector
-from router.apis.chat import ask_for_usage
+from router.apis.chat import ChatInspector, ask_for_usage, inspect_body, wants_json
 from router.requestlog.records import Usage
-from router.routing.sse import StreamInspector, inspect_body, wants_json
 
 _NUMBER = "a number"
 
@@ -47,7 +46,7 @@ class Completions(ClientApi):
     def inspector(
         self, payload: Mapping[str, Any], client_wants_usage: bool, json: bool
     ) -> Inspector:
-        return StreamInspector(chat=False, client_wants_usage=client_wants_usage, json=json)
+        return ChatInspector(chat=False, client_wants_usage=client_wants_usage, json=json)
 
     def inspect_body(self, body: bytes, json: bool) -> tuple[Usage | None, bool | None, str | None]:
         return inspect_body(body, json)

@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 from pydantic import Field, StrictStr
 
 from router.apis.base import Body, ClientApi
+from router.apis.chat import inspect_body
 from router.requestlog.records import Usage
-from router.routing.sse import inspect_body
 
 
 class EmbeddingsBody(Body):

@@ -1,23 +1,23 @@
-"""Peeking at an OpenAI-style SSE stream on its way through, without re-serialising it.
+"""Peeking at an SSE stream on its way through, without re-serialising it.
 
 Until the first token, every event is parsed (a handful of small JSON objects): the
 router must know when a real token has arrived (TTFT, hedging, the point after which a
 stream can no longer fail over), and must catch an upstream that sends an error or
 garbage instead of tokens. After the first token, bytes pass through untouched; an event
 is parsed only when a substring test says it carries ``usage`` (looked for from the end)
-or ``tool_calls`` (looked for only when the request offered tools).
-The usage-only chunk the router asked for (``stream_options.include_usage``) is cut out
-when the client did not ask for it.
+or a tool call (looked for only when the request offered tools).
+
+``SseInspector`` is that machinery; what an event means (which one is a token, where the
+usage is, what to cut out) is said by each client API's subclass in ``router.apis``.
 
 It also judges the answer's output (``output_error``): an answer with no content and no
-tool call is broken, and so is one that is not valid JSON where the request's
-``response_format`` asked for JSON (only then is every event's text collected: such
-requests are rare, and the fast path stays untouched for the others).
+tool call is broken, and so is one that is not valid JSON where the request asked for
+JSON (only then is every event's text collected: such requests are rare, and the fast
+path stays untouched for the others).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -48,16 +48,19 @@ def _data(event: bytes) -> bytes | None:
     return b"\n".join(parts)
 
 
-class StreamInspector:
-    """Feed it raw upstream bytes; it returns the bytes to forward and notes what it saw."""
+class SseInspector:
+    """Feed it raw upstream bytes; it returns the bytes to forward and notes what it saw.
 
-    def __init__(
-        self, *, chat: bool, client_wants_usage: bool, tools: bool = True, json: bool = False
-    ) -> None:
-        self.chat = chat
+    Subclasses say what events mean (``_note``, ``_is_token``) and which bytes mark an
+    event carrying a piece of a tool call (``TOOL_MARKER``).
+    """
+
+    TOOL_MARKER = b'"tool_calls"'
+
+    def __init__(self, *, client_wants_usage: bool, tools: bool = True, json: bool = False) -> None:
         # Tool calls come only when the request offered tools: without them, no block is
         # scanned for the marker (a scan of every byte, the costliest step of a long stream).
-        self.tools = chat and tools
+        self.tools = tools
         self.client_wants_usage = client_wants_usage
         self.first_token = False
         self.content = False  # the first token carried content, a tool call or reasoning
@@ -109,7 +112,7 @@ class StreamInspector:
             first = data.rfind(b"\n\n", start, first)
             first = start if first == -1 else first + 2
         if self.tools:
-            tools = data.find(b'"tool_calls"', start, len(data) if first == -1 else first)
+            tools = data.find(self.TOOL_MARKER, start, len(data) if first == -1 else first)
             if tools != -1:
                 first = tools
         if self._text is not None:
@@ -158,7 +161,7 @@ class StreamInspector:
             if not isinstance(obj, dict):
                 raise ProtocolViolation("stream event is not a JSON object")
             if obj.get("error"):
-                raise ProtocolViolation(f"upstream sent an error event: {_brief(obj['error'])}")
+                raise ProtocolViolation(f"upstream sent an error event: {brief(obj['error'])}")
             if not self._note(obj):
                 if keep is None:
                     keep = _events(block[:start])
@@ -202,69 +205,20 @@ class StreamInspector:
             self.events += data.count(b"data:", start, stop)
 
     def _note(self, obj: dict[str, Any]) -> bool:
-        """Records usage and tool-call fragments; False = drop this event."""
-        usage = obj.get("usage")
-        choices = obj.get("choices")
-        if isinstance(usage, dict):
-            self.usage = Usage.parse(usage)
-            if not self.client_wants_usage and not choices:
-                return False
-        if self.chat and isinstance(choices, list):
-            for choice in choices:
-                delta = choice.get("delta") if isinstance(choice, dict) else None
-                calls = delta.get("tool_calls") if isinstance(delta, dict) else None
-                if isinstance(calls, list):
-                    self._collect_tool_args(calls)
-        text = self._text
-        if text is not None and isinstance(choices, list):
-            for choice in choices:
-                if not isinstance(choice, dict):
-                    continue
-                part = choice.get("delta") if self.chat else choice
-                if not isinstance(part, dict):
-                    continue
-                got = part.get("content" if self.chat else "text")
-                if isinstance(got, str):
-                    text.append(got)
-        return True
-
-    def _collect_tool_args(self, calls: list[Any]) -> None:
-        if self._tool_args is None:
-            self._tool_args = {}
-        for call in calls:
-            if not isinstance(call, dict):
-                continue
-            idx = call.get("index", 0)
-            fn = call.get("function")
-            args = fn.get("arguments") if isinstance(fn, dict) else None
-            parts = self._tool_args.setdefault(idx if isinstance(idx, int) else 0, [])
-            if isinstance(args, str):
-                parts.append(args)
+        """Records what an event says (usage, tool-call fragments, text); False = drop it."""
+        raise NotImplementedError
 
     def _is_token(self, obj: dict[str, Any]) -> bool:
-        choices = obj.get("choices")
-        if not isinstance(choices, list):
-            return False
-        for choice in choices:
-            if not isinstance(choice, dict):
-                continue
-            if self.chat:
-                delta = choice.get("delta")
-                if isinstance(delta, dict) and (
-                    delta.get("content")
-                    or delta.get("reasoning_content")
-                    or delta.get("reasoning")
-                    or delta.get("tool_calls")
-                    or delta.get("refusal")
-                ):
-                    self.content = True
-                    return True
-            elif choice.get("text"):
-                self.content = True
-                return True
-            if choice.get("finish_reason"):
-                return True
-        return False
+        """Is this event the first token (it sets ``content`` when it carries some)?"""
+        raise NotImplementedError
+
+    def _tool_part(self, index: Any, args: Any) -> None:
+        """A fragment of a tool call's argument string, for ``tool_calls_valid``."""
+        if self._tool_args is None:
+            self._tool_args = {}
+        parts = self._tool_args.setdefault(index if isinstance(index, int) else 0, [])
+        if isinstance(args, str):
+            parts.append(args)
 
     def tool_calls_valid(self) -> bool | None:
         """None when the answer had no tool calls; else whether every argument string parses."""
@@ -285,7 +239,7 @@ class StreamInspector:
         reasoning), ``not_json`` (not valid JSON where JSON was asked for)."""
         if not self.content:
             return EMPTY
-        if self._text is not None and not _is_json("".join(self._text)):
+        if self._text is not None and not is_json("".join(self._text)):
             return NOT_JSON
         return None
 
@@ -299,20 +253,17 @@ class StreamInspector:
         return b""
 
 
-def _brief(err: Any) -> str:
+
+
+def brief(err: Any) -> str:
+    """An upstream's error, short enough for a log line or a message."""
     if isinstance(err, dict):
         msg = err.get("message")
         return str(msg)[:200] if msg else str(err)[:200]
     return str(err)[:200]
 
 
-def wants_json(payload: Mapping[str, Any]) -> bool:
-    """Did the request's ``response_format`` ask for JSON (``json_object``, ``json_schema``)?"""
-    fmt = payload.get("response_format")
-    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
-
-
-def _is_json(text: str) -> bool:
+def is_json(text: str) -> bool:
     try:
         orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -320,57 +271,12 @@ def _is_json(text: str) -> bool:
     return True
 
 
-def output_error(obj: dict[str, Any], json: bool) -> str | None:
-    """A non-streamed answer's output error, as ``StreamInspector.output_error``: None for
-    choices with content, a tool call or reasoning (JSON where asked for), or embeddings'
-    data."""
-    choices = obj.get("choices")
-    if not isinstance(choices, list):
-        # Embeddings: their vectors; another shape: not ours to judge.
-        return EMPTY if "data" in obj and not obj["data"] else None
-    found = False
-    for choice in choices:
-        if not isinstance(choice, dict):
-            continue
-        msg = choice.get("message")
-        text = msg.get("content") if isinstance(msg, dict) else choice.get("text")
-        if text:
-            if json and not (isinstance(text, str) and _is_json(text)):
-                return NOT_JSON
-            found = True
-        elif isinstance(msg, dict) and (
-            msg.get("tool_calls") or msg.get("refusal") or msg.get("reasoning_content")
-        ):
-            found = True
-    return None if found else EMPTY
-
-
-def inspect_body(body: bytes, json: bool = False) -> tuple[Usage | None, bool | None, str | None]:
-    """Usage, tool-call validity and the output error (``output_error``) of a non-streamed
-    answer; raises on non-JSON."""
+def read_json(body: bytes) -> dict[str, Any]:
+    """A whole answer as a JSON object; ``ProtocolViolation`` when it is not one."""
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ProtocolViolation("answer is not JSON") from exc
     if not isinstance(obj, dict):
         raise ProtocolViolation("answer is not a JSON object")
-    if "error" in obj and obj["error"] and "choices" not in obj and "data" not in obj:
-        raise ProtocolViolation(f"upstream answered 200 with an error: {_brief(obj['error'])}")
-    usage = Usage.parse(obj.get("usage"))
-    valid: bool | None = None
-    choices = obj.get("choices")
-    if isinstance(choices, list):
-        for choice in choices:
-            msg = choice.get("message") if isinstance(choice, dict) else None
-            calls = msg.get("tool_calls") if isinstance(msg, dict) else None
-            if isinstance(calls, list) and calls:
-                valid = True if valid is None else valid
-                for call in calls:
-                    fn = call.get("function") if isinstance(call, dict) else None
-                    args = fn.get("arguments") if isinstance(fn, dict) else None
-                    if isinstance(args, str) and args:
-                        try:
-                            orjson.loads(args)
-                        except orjson.JSONDecodeError:
-                            valid = False
-    return usage, valid, output_error(obj, json)
+    return obj
