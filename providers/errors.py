@@ -81,6 +81,14 @@ class UpstreamHTTPError(UpstreamError):
         return f"http_{self.status}"
 
 
+class UnsupportedField(UpstreamError):
+    """The upstream refused a field it does not take (a reasoning form it lacks), with a
+    400: another endpoint may take the same request, so this one failed, not the client.
+    Its status stays unset, so nothing reads it as the client's fault."""
+
+    reason = "unsupported_field"
+
+
 class UpstreamProtocolError(UpstreamError):
     """The upstream answered, but not in the protocol we speak (garbage instead of SSE/JSON)."""
 

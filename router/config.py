@@ -129,11 +129,17 @@ class DefaultsSection(_Partial):
     pass
 
 
+# How a host takes reasoning requests (``router.apis.reasoning``): ``passthrough`` leaves
+# the body as the client sent it.
+ReasoningForm = Literal["passthrough", "openai", "anthropic", "openrouter", "tokenlx"]
+
+
 class OpenAIProviderSection(_Partial):
     kind: Literal["openai"]
     base_url: str
     api_key_env: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    reasoning: ReasoningForm = "passthrough"
     max_connections: int = Field(4096, ge=1, le=100_000)
 
     @field_validator("base_url")
@@ -166,6 +172,7 @@ class SimulatedProviderSection(_Partial):
     disconnect_mid_stream: bool = False
     status: int | None = Field(None, ge=400, le=599)
     retry_after_s: float | None = Field(None, ge=0)
+    reasoning: ReasoningForm = "passthrough"
 
 
 PROVIDER_SECTIONS: dict[str, type[_Partial]] = {

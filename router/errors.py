@@ -11,6 +11,7 @@
     │   │   ├── IdleTimeout                     a gap between chunks over idle_s (idle_timeout)
     │   │   └── TotalTimeout                    total_s ran out (total_timeout)
     │   ├── UpstreamHTTPError                   non-2xx: auth, http_429, http_5xx, http_4xx
+    │   ├── UnsupportedField                    a 400 on a field the host lacks (unsupported_field)
     │   ├── UpstreamProtocolError               garbage instead of JSON/SSE (bad_response)
     │   └── StreamBroken                        stream cut before its end (stream_broken)
     └── RouterError                             answered to the client as {"error": {...}}

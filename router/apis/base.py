@@ -45,6 +45,16 @@ class Inspector(Protocol):
     def output_error(self) -> str | None: ...
 
 
+class Transform(Protocol):
+    """Rewrites an answer on its way to the client: translated into the client's API, or
+    its reasoning text left out. A whole answer goes through ``body``; a stream through
+    ``feed``, a read's whole events at a time (what an inspector forwards)."""
+
+    def body(self, body: bytes) -> bytes: ...
+
+    def feed(self, data: bytes) -> bytes: ...
+
+
 class Body(BaseModel):
     """The fields of a body we check; the rest pass unchecked (``extra="ignore"``).
 

@@ -27,6 +27,7 @@ import structlog
 from providers.errors import UpstreamError
 from router.apis import BY_PATH, ClientApi
 from router.apis.base import decode
+from router.apis.reasoning import parse as parse_reasoning
 from router.errors import (
     BadRequest,
     Forbidden,
@@ -147,6 +148,7 @@ def parse_call(api: ClientApi, body: bytes, request: Request, request_id: str) -
         prefs=prefs,
         policy=request.headers.get("x-router-policy"),
         headers=headers,
+        reasoning=parse_reasoning(payload) if api.streams else None,
     )
 
 
@@ -232,6 +234,7 @@ class Api:
                 deadline=runtime.clock() + route.spec.timeouts.total_s,
                 clock=runtime.clock,
                 headers=call.headers,
+                reasoning=call.reasoning,
             )
             opened = await pipeline.run(runtime, route, call, attempts)
             record.route = opened.route
@@ -246,7 +249,10 @@ class Api:
                 record.status = 200
                 record.usage = opened.usage
                 content_type = opened.response.content_type or _JSON
-                return Response(opened.response.status, opened.body, content_type, headers)
+                answer = opened.body
+                if opened.transform is not None:
+                    answer = opened.transform.body(answer)
+                return Response(opened.response.status, answer, content_type, headers)
             headers["Content-Type"] = "text/event-stream"
             headers["Cache-Control"] = "no-cache"
             # Its head leaves with the first bytes, so a short answer is one write.

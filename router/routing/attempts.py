@@ -25,12 +25,17 @@ from providers.errors import (
     StreamBroken,
     TotalTimeout,
     TTFTTimeout,
+    UnsupportedField,
     UpstreamConnectError,
     UpstreamError,
     UpstreamHTTPError,
     UpstreamProtocolError,
 )
-from router.apis.base import ClientApi, Inspector
+from router.apis.base import ClientApi, Inspector, Transform
+from router.apis.reasoning import Reasoning, form_for
+from router.apis.reasoning import apply as apply_reasoning
+from router.apis.reasoning import rejected as reasoning_refused
+from router.apis.thoughts import Thoughts
 from router.config import HedgeSection
 from router.errors import CLIENT_FAULT_STATUSES
 from router.requestlog.records import AttemptRecord, Usage
@@ -179,6 +184,7 @@ class Opened:
     chunks: AsyncIterator[bytes] | None
     usage: Usage | None
     hedged: bool
+    transform: Transform | None = None  # rewrites the answer for the client (None: as it came)
 
     def abandon(self) -> None:
         self.response.close()
@@ -199,8 +205,10 @@ class Attempts:
         deadline: float,
         clock: Clock,
         headers: dict[str, str] | None = None,
+        reasoning: Reasoning | None = None,
     ) -> None:
         self.api = api
+        self.reasoning = reasoning  # the request's reasoning ask, sent in each host's form
         self.operation = api.operation
         self.headers = headers
         self.payload = payload
@@ -226,6 +234,10 @@ class Attempts:
         streamed = self.stream
         payload = dict(self.payload)
         payload["model"] = ep.spec.model
+        if self.reasoning is not None:
+            spec = ep.spec.provider
+            form = form_for(spec.kind, getattr(spec.section, "reasoning", None), ep.spec.model)
+            apply_reasoning(payload, self.reasoning, form, self.api.name)
         # An HTTP provider's own read timer (a silence of ttft_s) bounds a non-streamed
         # answer's first byte, and a stream's too; a stream that keeps sending without a
         # token is caught by the clock in _first_token. Only other providers, or a total_s
@@ -262,12 +274,18 @@ class Attempts:
             except ProtocolViolation as exc:
                 raise UpstreamProtocolError(str(exc)) from exc
         except UpstreamError as exc:
+            if self.reasoning is not None and _refused_reasoning(exc):
+                # The host lacks the reasoning field it was sent: its failure, not the
+                # client's, so the request fails over rather than ending in a 400.
+                refused = UnsupportedField(f"{ep.id} refused the reasoning field (HTTP 400)")
+                refused.__cause__ = exc
+                exc = refused
             exc.endpoint = ep.id
             if response is not None:
                 response.close()
             lease.fail(exc)
             self._record(route, ep, lease, exc.status, exc.reason, hedged)
-            raise
+            raise exc
         except BaseException as exc:
             # Cancelled (a hedge won, the client left) or a bug: never leak the slot.
             if response is not None:
@@ -277,6 +295,8 @@ class Attempts:
             self._record(route, ep, lease, None, "hedge_lost" if lost else "cancelled", hedged)
             raise
         self._record(route, ep, lease, response.status, None, hedged)
+        if self.reasoning is not None and not self.reasoning.show:
+            opened.transform = Thoughts(self.api.name)
         return opened
 
     async def _first_token(
@@ -391,6 +411,14 @@ class Attempts:
                 except BaseException:
                     continue
                 result.abandon()  # opened just as it was cancelled: close it
+
+
+def _refused_reasoning(exc: UpstreamError) -> bool:
+    return (
+        isinstance(exc, UpstreamHTTPError)
+        and exc.status in (400, 422)
+        and reasoning_refused(exc.body)
+    )
 
 
 def _no_first_token(ep: Endpoint) -> TTFTTimeout:

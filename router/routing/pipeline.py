@@ -28,7 +28,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_ran
 
 from policies import SORTS, STRATEGIES
 from providers.errors import StreamBroken, TotalTimeout, UpstreamError, UpstreamHTTPError
-from router.apis.base import ClientApi
+from router.apis.base import ClientApi, Transform
+from router.apis.reasoning import Reasoning
 from router.config import HedgeSection
 from router.errors import (
     CLIENT_FAULT_STATUSES,
@@ -145,6 +146,7 @@ class Call:
     prefs: RoutingPrefs | None = None
     policy: str | None = None
     headers: dict[str, str] | None = None  # the client's headers its API passes on
+    reasoning: Reasoning | None = None  # what it asks of reasoning, in any of its forms
 
 
 class _Budget:
@@ -505,6 +507,10 @@ class Pipeline:
         lease = opened.lease
         inspector = opened.inspector
         assert inspector is not None and opened.chunks is not None
+        if opened.transform is not None:
+            # Rewritten on the way (translated, or reasoning left out): the inspector
+            # read the upstream's events, the client gets the transform's.
+            write, finish = _through(opened.transform, write, finish)
         try:
             if inspector.done:
                 await finish(opened.body)
@@ -552,3 +558,19 @@ class Pipeline:
                     )
                 else:
                     opened.abandon()  # the client went away: stop the upstream at once
+
+
+def _through(
+    transform: Transform,
+    write: Callable[[bytes], Awaitable[None]],
+    finish: Callable[[bytes], Awaitable[None]],
+) -> tuple[Callable[[bytes], Awaitable[None]], Callable[[bytes], Awaitable[None]]]:
+    async def write_through(data: bytes) -> None:
+        out = transform.feed(data)
+        if out:
+            await write(out)
+
+    async def finish_through(data: bytes) -> None:
+        await finish(transform.feed(data))
+
+    return write_through, finish_through
