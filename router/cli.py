@@ -126,8 +126,19 @@ def _run_children(cmd: list[str], n: int, shared: str, dir_env: str, index_env: 
     return max(codes, default=0)
 
 
+def _version() -> str:
+    """The installed package's version (the source tree's, when run from a checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llm-router")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="router", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"router {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve the routes file")
@@ -144,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=cmd_check)
 
-    sim = sub.add_parser("sim-upstream", help="run a simulated OpenAI-compatible provider")
+    sim = sub.add_parser(
+        "sim-upstream",
+        help="run a simulated provider (chat, completions, embeddings, Responses, Messages)",
+    )
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, required=True)
     sim.add_argument("--ttft-ms", type=float, default=50.0)

@@ -208,15 +208,13 @@ class Runtime:
             for key, name in config.client_keys.items()
         )
         created = int(config.loaded_at.timestamp())
-        self.models_body = orjson.dumps(
-            {
-                "object": "list",
-                "data": [
-                    {"id": name, "object": "model", "created": created, "owned_by": "router"}
-                    for name in self.route_names
-                ],
-            }
-        )
+        models = [
+            {"id": name, "object": "model", "created": created, "owned_by": "router"}
+            for name in self.route_names
+        ]
+        self.models_body = orjson.dumps({"object": "list", "data": models})
+        # GET /v1/models/{id}: each route's model object, rendered once per config.
+        self.model_bodies = {m["id"]: orjson.dumps(m) for m in models}
 
 
 def build_runtime(

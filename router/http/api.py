@@ -152,6 +152,9 @@ def parse_call(api: ClientApi, body: bytes, request: Request, request_id: str) -
     )
 
 
+_MODEL_PREFIX = "/v1/models/"  # GET /v1/models/{id}: one route's model object
+
+
 class Api:
     """The routes and their handlers, with what they need."""
 
@@ -182,6 +185,8 @@ class Api:
         handler's coroutine rather than awaiting it: one coroutine less per request."""
         methods = self._routes.get(request.path)
         if methods is None:
+            if request.path.startswith(_MODEL_PREFIX) and request.method in ("GET", "HEAD"):
+                return self.models(request)
             return self._not_found(request)
         handler = methods.get(request.method)
         if handler is None:
@@ -313,6 +318,7 @@ class Api:
             service.emit(record)
 
     async def models(self, request: Request) -> Response:
+        """``GET /v1/models`` (the routes, in OpenAI's list) and ``/v1/models/{id}``."""
         service = self.service
         runtime = service.runtime
         if runtime is None:
@@ -321,7 +327,18 @@ class Api:
             _client_key_name(runtime, request)
         except RouterError as exc:
             return _error_response(exc, {})
-        return _json_response(200, runtime.models_body)
+        if not request.path.startswith(_MODEL_PREFIX):
+            return _json_response(200, runtime.models_body)
+        name = request.path[len(_MODEL_PREFIX) :]
+        body = runtime.model_bodies.get(name)
+        if body is None:
+            missing = NotFound(
+                f"The model {name!r} does not exist; known: {', '.join(runtime.route_names)}",
+                param="model",
+                code="model_not_found",
+            )
+            return _error_response(missing, {})
+        return _json_response(200, body)
 
     async def health_live(self, request: Request) -> Response:
         return _json_response(200, b'{"status":"ok"}')

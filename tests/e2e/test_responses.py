@@ -322,3 +322,17 @@ def test_a_client_that_leaves_cancels_the_upstream(
         )
         assert b"response.output_text.delta" in sock.recv(65536)
     assert poll(fake.disconnected.is_set, timeout=5)
+
+
+# -- the model object ------------------------------------------------------------------------
+
+
+def test_get_model_by_id_and_unknown_model(client: openai.OpenAI, router: RouterProcess) -> None:
+    model = client.models.retrieve("native")
+    assert model.id == "native" and model.object == "model" and model.owned_by == "router"
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("no-such-route")
+    error = info.value.body
+    assert isinstance(error, dict) and error["code"] == "model_not_found"
+    assert error["param"] == "model" and "native" in error["message"]
+    assert httpx.head(f"{router.base_url}/models/native", timeout=5).status_code == 200

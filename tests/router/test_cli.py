@@ -131,3 +131,16 @@ def test_the_shipped_routes_file_passes() -> None:
     assert "route demo" in result.stdout
     assert "route claude-sonnet-4-6" in result.stdout
     assert "TOKENLX_API_KEY" in result.stdout
+
+
+def test_version_prints_the_package_version() -> None:
+    from importlib.metadata import version
+
+    out = subprocess.run(
+        [sys.executable, "-m", "router", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == f"router {version('llm-router')}"
