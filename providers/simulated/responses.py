@@ -29,7 +29,7 @@ def usage(reply: Reply) -> dict[str, Any]:
     n = reply.completion_tokens
     return {
         "input_tokens": reply.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": reply.cached_tokens},
+        "input_tokens_details": {"cached_tokens": reply.cached_tokens, "cache_write_tokens": 0},
         "output_tokens": n,
         "output_tokens_details": {"reasoning_tokens": reply.reasoning_tokens},
         "total_tokens": reply.prompt_tokens + n,
@@ -232,10 +232,9 @@ class ResponsesStream:
                 "response.content_part.done", {**where, "content_index": 0, "part": part}
             )
         elif kind == "tool":
-            args = reply.tool_calls[index].arguments
-            out += self._event(
-                "response.function_call_arguments.done", {**where, "arguments": args}
-            )
+            call = reply.tool_calls[index]
+            fields = {**where, "name": call.name, "arguments": call.arguments}
+            out += self._event("response.function_call_arguments.done", fields)
         item = self.items.item(kind, index, done=True)
         out += self._event("response.output_item.done", {"output_index": self._index, "item": item})
         self._open = None

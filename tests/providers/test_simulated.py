@@ -273,3 +273,29 @@ def test_messages_stream_tool_input_and_error_shape(
         assert info.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
     finally:
         sim.control(status=None)
+
+
+@pytest.mark.parametrize("path", ["responses", "messages"])
+def test_every_stream_event_validates_strictly(sim: SimProcess, path: str) -> None:
+    """The SDKs build their models without validating; here each event must validate."""
+    from anthropic.types import RawMessageStreamEvent
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[Any] = TypeAdapter(
+        ResponseStreamEvent if path == "responses" else RawMessageStreamEvent
+    )
+    body: dict[str, Any] = {"model": "m", "stream": True, "max_tokens": 4096}
+    if path == "responses":
+        body |= {"input": "weather?", "tools": [_resp_tool()], "reasoning": {"effort": "low"}}
+        body["tool_choice"] = "required"
+    else:
+        body |= {"messages": [{"role": "user", "content": "w"}], "tools": [_claude_tool()]}
+        body["thinking"] = {"type": "enabled", "budget_tokens": 1024}
+    raw = httpx.post(f"{sim.base_url}/{path}", json=body, timeout=10).content
+    kinds = []
+    for block in raw.split(b"\n\n"):
+        if block.strip() and not block.startswith(b"event: ping"):  # Anthropic's keep-alive
+            event = adapter.validate_python(json.loads(block.split(b"data: ", 1)[1]))
+            kinds.append(event.type)
+    assert ("response.function_call_arguments.done" in kinds) or ("message_stop" in kinds)
