@@ -1,11 +1,17 @@
-"""Routing strategies: pure rankings over live loads. Imports nothing of the router's."""
+"""Routing strategies: pure rankings over live loads. Imports nothing of the router's.
+
+A strategy is one class (in a module here) plus one line in ``STRATEGIES``. Its
+constructor's keyword parameters are its options in routes.yaml (``policies.<name>``):
+the config validates them against the parameters' type hints and reports an
+``OptionError`` the constructor raises at the option's path.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from policies.base import Candidate, Loads, Strategy
+from policies.base import Candidate, Loads, OptionError, Strategy
 from policies.metric import Cheapest, HighestThroughput, LowestLatency, LowestTTFT
 from policies.score import Score
 from policies.simple import LeastBusy, Priority, RoundRobin, Weighted
@@ -32,10 +38,9 @@ SORTS: Mapping[str, str] = {
 
 
 def make(strategy: str, **options: Any) -> Strategy:
-    factory = STRATEGIES[strategy]
-    if strategy == "score":
-        return factory(weights=options.get("weights"), pick=options.get("pick"))
-    return factory()
+    """The named strategy, made with its options (None stands for an option not given)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    return STRATEGIES[strategy](**given)
 
 
-__all__ = ["SORTS", "STRATEGIES", "Candidate", "Loads", "Strategy", "make"]
+__all__ = ["SORTS", "STRATEGIES", "Candidate", "Loads", "OptionError", "Strategy", "make"]

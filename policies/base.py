@@ -159,6 +159,14 @@ def as_loads(candidates: Sequence[Candidate]) -> Loads:
     return CandidateLoads(candidates)
 
 
+class OptionError(ValueError):
+    """A strategy refuses an option it was made with (the config reports it at its path)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
 class Strategy(Protocol):
     name: str
 

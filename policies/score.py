@@ -25,10 +25,12 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 from policies.base import (
     Candidate,
     Loads,
+    OptionError,
     Term,
     as_loads,
     costs_by_id,
@@ -36,6 +38,11 @@ from policies.base import (
     goodness,
     ordered,
 )
+
+Metric = Literal[
+    "latency", "ttft", "throughput", "error_rate", "output_error_rate", "price", "in_flight"
+]
+Pick = Literal["best", "p2c", "weighted"]
 
 DEFAULT_WEIGHTS: Mapping[str, float] = {"ttft": 1.0, "error_rate": 4.0, "throughput": 0.3}
 COMPETITIVE_RATIO = 1.25
@@ -57,8 +64,14 @@ _METRICS = {
 class Score:
     name = "score"
 
-    def __init__(self, weights: Mapping[str, float] | None = None, pick: str | None = None) -> None:
-        self.weights = dict(weights or DEFAULT_WEIGHTS)
+    def __init__(
+        self, weights: Mapping[Metric, float] | None = None, pick: Pick | None = None
+    ) -> None:
+        if weights is not None:
+            _check(weights)
+        if pick not in (None, "best", "p2c", "weighted"):
+            raise OptionError("pick", f"unknown pick {pick!r}; known: best, p2c, weighted")
+        self.weights = {str(k): w for k, w in (weights or DEFAULT_WEIGHTS).items()}
         self.pick = pick or "best"
         # The cost as one weighted sum; only metrics with a weight are read (each costs a
         # pass over the route). Throughput, higher is better, counts as w * (1 - normalised).
@@ -121,3 +134,13 @@ class Score:
     def scores(self, candidates: Sequence[Candidate]) -> Mapping[str, float]:
         cost = self.costs(candidates)
         return goodness({k: min(v, 1e6) for k, v in cost.items()})
+
+
+def _check(weights: Mapping[Metric, float]) -> None:
+    for name, w in weights.items():
+        if name not in _METRICS:
+            raise OptionError("weights", f"unknown metric {name!r}; known: {', '.join(_METRICS)}")
+        if w < 0:
+            raise OptionError("weights", f"weight of {name} must be >= 0")
+    if not any(weights.values()):
+        raise OptionError("weights", "at least one weight must be > 0")

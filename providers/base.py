@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import orjson
+from pydantic import BaseModel, ConfigDict
 
 OPERATIONS = ("chat/completions", "completions", "embeddings", "responses", "messages")
 
@@ -66,6 +68,53 @@ class Provider(Protocol):
     async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+# How a host takes reasoning requests (``router.apis.reasoning``): ``passthrough`` leaves
+# the body as the client sent it.
+ReasoningForm = Literal["passthrough", "openai", "anthropic", "openrouter", "tokenlx"]
+
+
+class ProviderSettings(BaseModel):
+    """What routes.yaml says about one provider of a kind, validated once at load.
+
+    A kind subclasses this in its own module with ``kind: Literal["<kind>"]`` and its
+    fields (bounds beside them), and ``build`` makes the provider; ``providers.KINDS``
+    lists the kinds. Unknown keys are errors, and the object is frozen.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: str
+
+    def key_env(self) -> str | None:
+        """The environment variable that holds this provider's key, if it takes one."""
+        value = getattr(self, "api_key_env", None)
+        return value if isinstance(value, str) else None
+
+    def build(self, name: str, api_key: str | None) -> Provider:
+        """The provider these settings describe (called only for endpoints in use)."""
+        raise NotImplementedError
+
+
+def http_base_url(value: str) -> str:
+    """A provider's ``base_url``: http(s), without a trailing slash and without credentials.
+
+    ``https://user:pass@host`` would be dropped by the client without a word; a key
+    belongs in ``api_key_env`` (read from the environment) or ``headers``.
+    """
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        raise ValueError("is not a valid URL") from exc
+    if parts.username is not None or parts.password is not None:
+        # Never echo the value: it holds a secret.
+        raise ValueError(
+            "must not hold credentials (user:password@); name the key's variable in "
+            "api_key_env or send it in headers"
+        )
+    return value.rstrip("/")
 
 
 class BufferedResponse:

@@ -10,10 +10,11 @@ become ``providers.errors`` with ``raise ... from exc``; and its answer objects 
 bytes an OpenAI-compatible upstream would have sent (JSON, or SSE chunks ending in
 ``data: [DONE]``), so the pipeline inspects them like any other answer.
 
-litellm costs about 2 s and 120 MB to import, so ``router.runtime`` imports this module
-only when a config has a usable ``litellm`` provider. Importing it pins litellm to
-the data bundled in its wheel (cost map, Anthropic beta headers), so nothing is fetched
-from the internet, and turns off its debug chatter.
+litellm costs about 2 s and 120 MB to import, so this module imports it only when the first
+``LiteLLMProvider`` is made: a config without a usable ``litellm`` endpoint never pays for
+it, while ``LiteLLMSettings`` (what the config loader validates) stays cheap. Importing it
+pins litellm to the data bundled in its wheel (cost map, Anthropic beta headers), so
+nothing is fetched from the internet, and turns off its debug chatter.
 """
 
 from __future__ import annotations
@@ -25,18 +26,18 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
 
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-import httpx
-import litellm  # must follow the environment flags above
 import orjson
-from litellm.exceptions import APIConnectionError, Timeout
-from litellm.llms.custom_httpx.async_client_cleanup import (
-    close_litellm_async_clients,
-)
-from litellm.types.utils import is_litellm_owned_kwarg
+from pydantic import Field, field_validator
 
-from providers.base import BufferedResponse, UpstreamRequest, retry_after_from
+from providers.base import (
+    BufferedResponse,
+    ProviderSettings,
+    UpstreamRequest,
+    http_base_url,
+    retry_after_from,
+)
 from providers.errors import (
     ConnectTimeout,
     IdleTimeout,
@@ -47,7 +48,13 @@ from providers.errors import (
     UpstreamHTTPError,
 )
 
-litellm.suppress_debug_info = True  # else every mapped error prints a banner to stdout
+
+def _import_litellm() -> None:
+    """litellm, imported once the first provider needs it (the flags above come first)."""
+    import litellm
+
+    litellm.suppress_debug_info = True  # else every mapped error prints a banner to stdout
+
 
 # Body fields that steer litellm itself rather than the model: a client must not be able
 # to send our key to its own ``api_base``, turn retries back on, or mock the answer.
@@ -77,6 +84,26 @@ _MAX_MESSAGE = 2000
 _DONE = b"data: [DONE]\n\n"
 
 
+class LiteLLMSettings(ProviderSettings):
+    """``kind: litellm``: a host that litellm translates to (Anthropic, Bedrock, Gemini...)."""
+
+    kind: Literal["litellm"]
+    base_url: str | None = None
+    api_key_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else http_base_url(value)
+
+    def build(self, name: str, api_key: str | None) -> LiteLLMProvider:
+        return LiteLLMProvider(
+            base_url=self.base_url, api_key=api_key, headers=self.headers, params=self.params
+        )
+
+
 class LiteLLMProvider:
     kind = "litellm"
     native_timeouts = False
@@ -94,9 +121,13 @@ class LiteLLMProvider:
         self._headers = dict(headers or {})
         self._params = dict(params or {})
         self._closed = False
+        _import_litellm()
         LiteLLMProvider._open += 1
 
     def _kwargs(self, request: UpstreamRequest) -> dict[str, Any]:
+        import httpx
+        from litellm.types.utils import is_litellm_owned_kwarg
+
         body = {
             k: v
             for k, v in request.payload.items()
@@ -129,6 +160,8 @@ class LiteLLMProvider:
         return kwargs
 
     async def send(self, request: UpstreamRequest) -> BufferedResponse:
+        import litellm
+
         kwargs = self._kwargs(request)
         streaming = request.stream and request.operation != "embeddings"
         try:
@@ -178,6 +211,9 @@ class LiteLLMProvider:
     async def aclose(self) -> None:
         if self._closed:
             return
+        import litellm
+        from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
+
         self._closed = True
         LiteLLMProvider._open -= 1
         if LiteLLMProvider._open == 0:
@@ -246,6 +282,9 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def _translate(exc: Exception, secret: str | None, *, mid_stream: bool) -> UpstreamError:
     """The router's error for a litellm (or transport) exception."""
+    import httpx
+    from litellm.exceptions import APIConnectionError, Timeout
+
     name = type(exc).__name__
     chain = list(_chain(exc))
     if any(isinstance(e, httpx.ConnectTimeout) for e in chain):
@@ -298,4 +337,4 @@ def _error_body(exc: Exception, status: int, secret: str | None) -> bytes:
     return orjson.dumps({"error": error})
 
 
-__all__ = ["LiteLLMProvider"]
+__all__ = ["LiteLLMProvider", "LiteLLMSettings"]

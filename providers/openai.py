@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import errno
 from collections.abc import AsyncIterator, Mapping
+from typing import Literal
 
 import aiohttp
+from pydantic import Field, field_validator
 from yarl import URL
 
-from providers.base import OPERATIONS, UpstreamRequest, retry_after_from
+from providers.base import (
+    OPERATIONS,
+    ProviderSettings,
+    ReasoningForm,
+    UpstreamRequest,
+    http_base_url,
+    retry_after_from,
+)
 from providers.errors import (
     ConnectTimeout,
     IdleTimeout,
@@ -125,6 +134,24 @@ async def _raise_for_status(answer: Answer) -> None:
         retry_after_s=retry_after_from(headers),
         content_type=headers.get("Content-Type", "application/json"),
     )
+
+
+class OpenAISettings(ProviderSettings):
+    """``kind: openai``: any host that speaks OpenAI's HTTP API."""
+
+    kind: Literal["openai"]
+    base_url: str
+    api_key_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    reasoning: ReasoningForm = "passthrough"
+    max_connections: int = Field(4096, ge=1, le=100_000)
+
+    _url = field_validator("base_url")(http_base_url)
+
+    def build(self, name: str, api_key: str | None) -> OpenAIProvider:
+        return OpenAIProvider(
+            self.base_url, api_key, headers=self.headers, max_connections=self.max_connections
+        )
 
 
 __all__ = ["OpenAIProvider", "OpenAIResponse", "UpstreamError"]

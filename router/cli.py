@@ -36,6 +36,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     print(summary(config))
+    for warning in config.warnings:  # valid, so exit 0: but probably not what was meant
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -16,7 +16,6 @@ import random
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
@@ -33,32 +32,9 @@ _HEALTHY = frozenset({"healthy"})
 
 
 def make_provider(spec: ProviderSpec) -> Provider:
-    section: Any = spec.section
-    key = spec.api_key.value if spec.api_key else None
-    if spec.kind == "openai":
-        from providers.openai import OpenAIProvider
-
-        return OpenAIProvider(
-            section.base_url, key, headers=section.headers, max_connections=section.max_connections
-        )
-    if spec.kind == "simulated":
-        from providers.simulated import SimParams, SimulatedProvider
-
-        params = SimParams(
-            **{
-                k: getattr(section, k)
-                for k in SimParams.__dataclass_fields__
-                if hasattr(section, k)
-            }
-        )
-        return SimulatedProvider(params, spec.name)
-    if spec.kind == "litellm":
-        from providers.litellm import LiteLLMProvider  # imported only when a route needs it
-
-        return LiteLLMProvider(
-            base_url=section.base_url, api_key=key, headers=section.headers, params=section.params
-        )
-    raise ValueError(f"unknown provider kind {spec.kind!r}")
+    """The provider of a spec: its kind's settings build it (see ``providers.KINDS``)."""
+    key = spec.api_key.get_secret_value() if spec.api_key else None
+    return spec.section.build(spec.name, key)
 
 
 @dataclass
@@ -136,7 +112,7 @@ class RouteRuntime:
             pspec = self._policy_specs.get(policy_name)
             if pspec is None:
                 pspec = PolicySpec(policy_name, policy_name)  # a bare strategy name
-            strategy = policies.make(pspec.strategy, weights=pspec.weights, pick=pspec.pick)
+            strategy = policies.make(pspec.strategy, **pspec.options)
             found = (strategy, pspec.hedge)
             self._strategies[policy_name] = found
         return found

@@ -94,6 +94,8 @@ class Service:
             reason=reason,
             routes=len(config.routes),
         )
+        for warning in config.warnings:
+            log.warning("config_warning", path=self.config_path, warning=warning)
         for hook in self.on_reload:
             hook(True)
         return ReloadResult(True, config.version, [])

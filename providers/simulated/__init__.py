@@ -9,7 +9,7 @@ provider kind. Tests, demos and benchmarks see the same behaviour either way.
 """
 
 from providers.simulated.core import Pacer, Plan, SimParams, Simulator, error_json, prompt_tokens
-from providers.simulated.provider import SimulatedProvider
+from providers.simulated.provider import SimulatedProvider, SimulatedSettings
 from providers.simulated.render import body, delay, play, script
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Plan",
     "SimParams",
     "SimulatedProvider",
+    "SimulatedSettings",
     "Simulator",
     "body",
     "delay",

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import fields
+from typing import Literal
 
-from providers.base import BufferedResponse, UpstreamRequest
+from pydantic import Field
+
+from providers.base import BufferedResponse, ProviderSettings, ReasoningForm, UpstreamRequest
 from providers.errors import UpstreamHTTPError
 from providers.simulated.core import SimParams, Simulator
 from providers.simulated.render import body, delay, play, script
@@ -42,6 +46,32 @@ class _StreamResponse(BufferedResponse):
     def close(self) -> None:
         super().close()
         self._slot.free()
+
+
+class SimulatedSettings(ProviderSettings):
+    """``kind: simulated``: the simulator in-process, for demos and tests; no keys."""
+
+    kind: Literal["simulated"]
+    ttft_ms: float = Field(50.0, ge=0)
+    tokens_per_s: float = Field(100.0, gt=0)
+    tokens: int = Field(16, ge=1, le=100_000)
+    error_rate: float = Field(0.0, ge=0, le=1)
+    jitter: float = Field(0.0, ge=0, le=10)
+    tail_prob: float = Field(0.0, ge=0, le=1)
+    tail_ms: float = Field(0.0, ge=0)
+    seed: int | None = None
+    hang: bool = False
+    disconnect_mid_stream: bool = False
+    status: int | None = Field(None, ge=400, le=599)
+    retry_after_s: float | None = Field(None, ge=0)
+    reasoning: ReasoningForm = "passthrough"
+
+    def build(self, name: str, api_key: str | None) -> SimulatedProvider:
+        mine = type(self).model_fields
+        params = SimParams(
+            **{f.name: getattr(self, f.name) for f in fields(SimParams) if f.name in mine}
+        )
+        return SimulatedProvider(params, name)
 
 
 class SimulatedProvider:

@@ -402,7 +402,7 @@ class Api:
         presented = _bearer(request)
         if not presented:
             raise Unauthorized("admin endpoints need 'Authorization: Bearer <admin key>'")
-        if not hmac.compare_digest(presented.encode(), admin.value.encode()):
+        if not hmac.compare_digest(presented.encode(), admin.get_secret_value().encode()):
             raise Forbidden("wrong admin key")
 
     async def admin_reload(self, request: Request) -> Response:
