@@ -33,7 +33,6 @@ from router.errors import (
     Forbidden,
     NoEndpointAvailable,
     NotFound,
-    PayloadTooLarge,
     RouterError,
     Unauthorized,
     UpstreamClientError,
@@ -105,25 +104,8 @@ def _client_key_name(runtime: Runtime, request: Request) -> str | None:
 
 
 async def _read_body(request: Request, max_mb: float) -> bytes:
-    limit = int(max_mb * 1024 * 1024)
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(
-            f"request body is {length} bytes; the limit is {limit} ({max_mb:g} MB)"
-        )
-    if length is not None:
-        return await request.read()
-    request.expect_body()
-    chunks = []
-    size = 0
-    async for chunk in request.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"request body is over the limit of {limit} bytes ({max_mb:g} MB)"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The body, decoded, bounded by ``max_mb`` (413), its encoding gzip or deflate (415)."""
+    return await request.read(int(max_mb * 1024 * 1024))
 
 
 def parse_call(api: ClientApi, body: bytes, request: Request, request_id: str) -> Call:
@@ -270,8 +252,10 @@ class Api:
             except (UpstreamError, RouterError) as exc:
                 record.error = exc.reason if isinstance(exc, UpstreamError) else exc.code
                 record.status = 502
+                # The event ends the answer, which then ends as a whole one: its framing
+                # is intact, so the connection stays reusable (a client that pools
+                # connections sends its next request on it, and it is served).
                 await resp.write(api.stream_error(exc))
-                resp.force_close()
             except (asyncio.CancelledError, ConnectionResetError):
                 # The client went away mid-stream: the log and request log must not call a
                 # truncated stream a 200.
