@@ -75,7 +75,14 @@ def _error_response(
             body = REDACTOR.scrub(body.decode("utf-8", "replace")).encode()
         return Response(exc.status, body, _JSON, headers)
     body = exc.body() if api is None else api.error_body(exc)
-    return _json_response(exc.status, body, headers)
+    return _json_response(exc.status, _scrubbed(body), headers)
+
+
+def _scrubbed(body: bytes) -> bytes:
+    """A router-made error without any configured secret: its message may quote what the
+    client sent (a model name, a policy header, a routing field), and a client may have
+    put a key there."""
+    return REDACTOR.scrub_bytes(body) if REDACTOR.secrets else body
 
 
 def _bearer(request: Request) -> str | None:
@@ -177,7 +184,7 @@ class Api:
 
     async def _not_found(self, request: Request) -> Answer:
         body = error_body(f"no such path: {request.path}", "invalid_request_error", "not_found")
-        return _json_response(404, body)
+        return _json_response(404, _scrubbed(body))
 
     async def _method_not_allowed(self, request: Request, methods: dict[str, Any]) -> Answer:
         body = error_body(
@@ -185,7 +192,7 @@ class Api:
             "invalid_request_error",
             "method_not_allowed",
         )
-        return _json_response(405, body, {"Allow": ", ".join(sorted(methods))})
+        return _json_response(405, _scrubbed(body), {"Allow": ", ".join(sorted(methods))})
 
     async def proxy(self, request: Request) -> Answer:
         """Every client API (``router.apis``): one handler, the API read from the path, so
@@ -237,6 +244,9 @@ class Api:
                 record.usage = opened.usage
                 content_type = opened.response.content_type or _JSON
                 answer = opened.body
+                secret = opened.endpoint.secret
+                if secret is not None and answer.find(secret) != -1:  # one search per answer
+                    answer = answer.replace(secret, b"***")
                 if opened.transform is not None:
                     answer = opened.transform.body(answer)
                 return Response(opened.response.status, answer, content_type, headers)
@@ -258,9 +268,11 @@ class Api:
                 await resp.write(api.stream_error(exc))
             except (asyncio.CancelledError, ConnectionResetError):
                 # The client went away mid-stream: the log and request log must not call a
-                # truncated stream a 200.
-                record.status = 499
-                record.error = "client_closed"
+                # truncated stream a 200. One that had it all (and hung up while the
+                # upstream's end was read) stays a 200.
+                if not opened.delivered:
+                    record.status = 499
+                    record.error = "client_closed"
                 raise
             except Exception as exc:  # a bug of ours: end the stream visibly, keep serving
                 log.exception("internal_error", request_id=request_id)

@@ -185,6 +185,7 @@ class Opened:
     usage: Usage | None
     hedged: bool
     transform: Transform | None = None  # rewrites the answer for the client (None: as it came)
+    delivered: bool = False  # a stream's end has gone to the client (relay)
 
     def abandon(self) -> None:
         self.response.close()
