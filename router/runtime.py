@@ -62,8 +62,8 @@ class Endpoint:
         self.price = (price.input, price.output) if price else (0.0, 0.0)
         # Its upstream's key, which an answer of that upstream may quote (and nothing
         # else it could know): answers are searched for it before they go out.
-        key = spec.provider.api_key
-        self.secret = key.value.encode() if key and len(key.value) >= 4 else None
+        key = spec.provider.api_key.get_secret_value() if spec.provider.api_key else ""
+        self.secret = key.encode() if len(key) >= 4 else None
 
     @property
     def usable(self) -> bool:

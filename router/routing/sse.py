@@ -129,22 +129,28 @@ class SseInspector:
                 first = tools
         if self._text is not None:
             first = start  # JSON asked for: every event's text is collected
-        bad = data.find(b'"error":', start)
+        # A host's error event (an "error" key, "object": "error", a choice that finished
+        # with "error"): one search per read finds the marker, the event is then parsed.
+        bad = data.find(b'"error"', start) if start else data.find(b'"error"')
         if bad != -1 and (first == -1 or bad < first):
             first = bad
         if first == -1:
-            stop = len(data)
-        else:  # the events before the one holding ``first`` pass unparsed
-            stop = data.rfind(b"\n\n", start, first)
-            stop = start if stop == -1 else stop + 2
-        # Every data event ends in "}" (but [DONE]): else one of them is no JSON object.
-        events = data.count(b"data:", start, stop)
-        done = 1 if self.done and first == -1 else 0
-        if events != data.count(b"}\n\n", start, stop) + done:
-            return self._inspect(data, start, start, head)
-        if first == -1:
+            events = data.count(b"data:", start) if start else data.count(b"data:")
+            # Every data event ends in "}" (but [DONE]), or one is no JSON object: for the
+            # usual read of one event its last bytes say it, else one more count.
+            if events == 1 and not start:
+                framed = data[-3:] == b"}\n\n" or self.done
+            else:
+                framed = events == data.count(b"}\n\n", start) + (1 if self.done else 0)
+            if not framed:
+                return self._inspect(data, start, start, head)
             self._count_events(events)
             return data[head:] if head else data
+        # The events before the one holding ``first`` pass unparsed: framed as above.
+        stop = data.rfind(b"\n\n", start, first)
+        stop = start if stop == -1 else stop + 2
+        if data.count(b"data:", start, stop) != data.count(b"}\n\n", start, stop):
+            return self._inspect(data, start, start, head)
         return self._inspect(data, start, first, head)
 
     def _before_first_token(self, block: bytes) -> bytes:
@@ -295,13 +301,23 @@ _NOT_JSON = object()
 
 
 def _invalid(obj: Any) -> str | None:
-    """Why a parsed data event after the first token cannot be passed on, or None."""
+    """Why a parsed data event after the first token cannot be passed on, or None: not
+    a JSON object, or a host's error in any of the shapes hosts send one mid-stream
+    (LiteLLM's and TGI's ``error`` key, vLLM's ``"object": "error"``, OpenRouter's
+    ``error`` beside a choice that finished with ``"error"``)."""
     if obj is _NOT_JSON:
         return "stream event is not JSON"
     if not isinstance(obj, dict):
         return "stream event is not a JSON object"
     if obj.get("error"):
         return f"upstream sent an error event: {brief(obj['error'])}"
+    if obj.get("object") == "error":
+        return f"upstream sent an error event: {brief(obj)}"
+    choices = obj.get("choices")
+    if isinstance(choices, list) and any(
+        isinstance(c, dict) and c.get("finish_reason") == "error" for c in choices
+    ):
+        return "upstream ended the answer with finish_reason 'error'"
     return None
 
 

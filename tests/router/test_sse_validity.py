@@ -37,6 +37,10 @@ BAD = [
     b'data: {"error": {"message": "overloaded"}}\n\n',
     b'data:{"error":"rate limited"}\n\n',
     b'data: {"choices": [], "error": {"code": 500}}\n\n',
+    b'data: {"object": "error", "message": "out of memory", "type": "InternalError"}\n\n',
+    b'data: {"choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],'
+    b' "error": {"code": 502, "message": "Provider disconnected"}}\n\n',
+    b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "error"}]}\n\n',
 ]
 # Not caught, by design: an event that ends in "}" and carries no "error" key passes
 # unparsed (``data: {not json}``); parsing every event would cost each token a parse.
@@ -46,8 +50,8 @@ FINE = [
     b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]} \n\n',  # trailing space
     b'data: {"choices":\ndata: [{"index": 0, "delta": {"content": "b"}}]}\n\n',  # two lines
     b'data: {"choices": [{"index": 0, "delta": {"content": "says \\"error\\": x"}}]}\n\n',
-    b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "error"}]}\n\n',
     b'data: {"choices": [{"index": 0, "delta": {"content": "}\\n\\n"}}]}\n\n',
+    b'data: {"choices": [{"index": 0, "delta": {"content": "an \\"error\\" here"}}]}\n\n',
     b'data: {"error": null, "choices": [{"index": 0, "delta": {"content": "c"}}]}\n\n',
 ]
 
