@@ -13,8 +13,11 @@ The rule, with ``usd_per_s`` what a second of waiting is worth to the operator::
 
 ``horizon`` is the number of turns expected to follow: as many as the conversation has
 had so far (a conversation that has lasted n turns is, as a rule of thumb, about halfway
-through), at least 1. An unavailable bound endpoint (cooldown, full, filtered out) is never
-kept: that is the breaker's call, made before this one. Pure: no clock, no I/O.
+through), at least 1. Without prices (a provider that says ``prompt_cache: true`` and an
+endpoint with no ``price``) the saving cannot be valued: the conversation then stays while
+its endpoint's expected wait is at most twice the best's. An unavailable bound endpoint
+(cooldown, full, filtered out) is never kept: that is the breaker's call, made before this
+one. Pure: no clock, no I/O.
 """
 
 from __future__ import annotations
@@ -52,5 +55,7 @@ def keep_bound(bound: Candidate, best: Candidate, stay: Stay, usd_per_s: float) 
     lead_s = wait_bound - wait_best
     if lead_s <= 0.0:
         return True
+    if stay.price_in <= 0.0:
+        return wait_bound <= 2.0 * wait_best
     horizon = max(1, stay.turns)
     return lead_s * usd_per_s * horizon <= cache_saving_usd(stay)

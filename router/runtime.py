@@ -22,7 +22,15 @@ import orjson
 import policies
 from policies import Candidate, Strategy
 from providers.base import Provider
-from router.config import Config, EndpointSpec, HedgeSection, PolicySpec, ProviderSpec, RouteSpec
+from router.config import (
+    AffinitySection,
+    Config,
+    EndpointSpec,
+    HedgeSection,
+    PolicySpec,
+    ProviderSpec,
+    RouteSpec,
+)
 from router.state.breaker import CircuitBreaker
 from router.state.clock import Clock
 from router.state.loads import RouteLoads
@@ -49,7 +57,7 @@ class EndpointState:
 class Endpoint:
     """One endpoint of one route, at run time."""
 
-    __slots__ = ("breaker", "id", "price", "provider", "secret", "spec", "state", "stats")
+    __slots__ = ("breaker", "id", "price", "provider", "spec", "state", "stats")
 
     def __init__(self, spec: EndpointSpec, provider: Provider | None, state: EndpointState) -> None:
         self.spec = spec
@@ -60,10 +68,6 @@ class Endpoint:
         self.breaker = state.breaker
         price = spec.price
         self.price = (price.input, price.output) if price else (0.0, 0.0)
-        # Its upstream's key, which an answer of that upstream may quote (and nothing
-        # else it could know): answers are searched for it before they go out.
-        key = spec.provider.api_key.get_secret_value() if spec.provider.api_key else ""
-        self.secret = key.encode() if len(key) >= 4 else None
 
     @property
     def usable(self) -> bool:
@@ -81,6 +85,17 @@ class Endpoint:
             if not fut.done():
                 fut.set_result(None)
                 return
+
+
+def _cache_read(spec: EndpointSpec) -> float:
+    price = spec.price
+    if price is None:
+        return 0.0
+    return price.input if price.cache_read is None else price.cache_read
+
+
+def _says_caches(spec: EndpointSpec) -> bool:
+    return bool(getattr(spec.provider.section, "prompt_cache", None))
 
 
 class RouteRuntime:
@@ -108,6 +123,14 @@ class RouteRuntime:
         )
         self.policy = spec.policy
         self.strategy, self.hedge = self.strategy_for(spec.policy.name)
+        # Prompt-cache affinity: the endpoints where a cached prefix pays (by index), and
+        # what a cached token costs there.
+        self.cache_read = [_cache_read(e.spec) for e in endpoints]
+        self.caching = frozenset(
+            e.spec.index
+            for e in endpoints
+            if e.usable and (self.cache_read[e.spec.index] < e.price[0] or _says_caches(e.spec))
+        )
 
     def strategy_for(self, policy_name: str) -> tuple[Strategy, HedgeSection | None]:
         """The strategy object of a named policy for this route (made once: it may hold state)."""
@@ -120,6 +143,13 @@ class RouteRuntime:
             found = (strategy, pspec.hedge)
             self._strategies[policy_name] = found
         return found
+
+    def affinity_for(self, policy_name: str | None) -> AffinitySection | None:
+        """The affinity settings of the policy in effect (the route's, or a request's own)."""
+        if policy_name is None:
+            return self.policy.affinity
+        spec = self._policy_specs.get(policy_name)
+        return spec.affinity if spec is not None else None
 
     def availability(self, now: float) -> tuple[int, int]:
         """(endpoints usable by config, those of them not cooling down): what /health,

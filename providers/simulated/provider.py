@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import fields
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from providers.base import BufferedResponse, ProviderSettings, ReasoningForm, UpstreamRequest
 from providers.errors import UpstreamHTTPError
@@ -48,30 +48,13 @@ class _StreamResponse(BufferedResponse):
         self._slot.free()
 
 
-class SimulatedSettings(ProviderSettings):
-    """``kind: simulated``: the simulator in-process, for demos and tests; no keys."""
+class PromptCacheSettings(BaseModel):
+    """The simulated host's prompt cache (``providers.simulated.prompt_cache``)."""
 
-    kind: Literal["simulated"]
-    ttft_ms: float = Field(50.0, ge=0)
-    tokens_per_s: float = Field(100.0, gt=0)
-    tokens: int = Field(16, ge=1, le=100_000)
-    error_rate: float = Field(0.0, ge=0, le=1)
-    jitter: float = Field(0.0, ge=0, le=10)
-    tail_prob: float = Field(0.0, ge=0, le=1)
-    tail_ms: float = Field(0.0, ge=0)
-    seed: int | None = None
-    hang: bool = False
-    disconnect_mid_stream: bool = False
-    status: int | None = Field(None, ge=400, le=599)
-    retry_after_s: float | None = Field(None, ge=0)
-    reasoning: ReasoningForm = "passthrough"
-
-    def build(self, name: str, api_key: str | None) -> SimulatedProvider:
-        mine = type(self).model_fields
-        params = SimParams(
-            **{f.name: getattr(self, f.name) for f in fields(SimParams) if f.name in mine}
-        )
-        return SimulatedProvider(params, name)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ttl_s: float = Field(300.0, gt=0, le=86400)
+    min_tokens: int = Field(1024, ge=0)
+    ttft_factor: float = Field(0.3, ge=0, le=1)
 
 
 class SimulatedProvider:
@@ -107,3 +90,33 @@ class SimulatedProvider:
 
     async def aclose(self) -> None:
         """Nothing to release: no sockets, no pool."""
+
+
+class SimulatedSettings(ProviderSettings):
+    """``kind: simulated``: the simulator in-process, for demos and tests; no keys."""
+
+    kind: Literal["simulated"]
+    ttft_ms: float = Field(50.0, ge=0)
+    tokens_per_s: float = Field(100.0, gt=0)
+    tokens: int = Field(16, ge=1, le=100_000)
+    error_rate: float = Field(0.0, ge=0, le=1)
+    jitter: float = Field(0.0, ge=0, le=10)
+    tail_prob: float = Field(0.0, ge=0, le=1)
+    tail_ms: float = Field(0.0, ge=0)
+    seed: int | None = None
+    hang: bool = False
+    disconnect_mid_stream: bool = False
+    status: int | None = Field(None, ge=400, le=599)
+    retry_after_s: float | None = Field(None, ge=0)
+    reasoning: ReasoningForm = "passthrough"
+    capacity: int | None = Field(None, ge=1)  # past this many at once: 429 with Retry-After
+    prompt_cache: PromptCacheSettings | None = None  # type: ignore[assignment]  # a model here
+
+    def build(self, name: str, api_key: str | None) -> SimulatedProvider:
+        mine = type(self).model_fields
+        params = SimParams(
+            **{f.name: getattr(self, f.name) for f in fields(SimParams) if f.name in mine}
+        )
+        if self.prompt_cache is not None:
+            params.prompt_cache = self.prompt_cache.model_dump()
+        return SimulatedProvider(params, name)

@@ -9,6 +9,7 @@
 from router.config.loader import load, loads, parse_client_keys
 from router.config.schema import (
     BLOCKS,
+    AffinitySection,
     Breaker,
     HedgeSection,
     Price,
@@ -31,6 +32,7 @@ from router.config.specs import (
 
 __all__ = [
     "BLOCKS",
+    "AffinitySection",
     "Breaker",
     "Config",
     "ConfigError",

@@ -242,7 +242,9 @@ class _Builder:
         except policies.OptionError as exc:
             self.problems.append(f"{yaml_path([*where, exc.option])}: {exc}")
             return
-        self.policies[name] = PolicySpec(name, strategy, MappingProxyType(options), section.hedge)
+        self.policies[name] = PolicySpec(
+            name, strategy, MappingProxyType(options), section.hedge, section.affinity
+        )
 
     def _route_policy(self, route: RouteHead, where: Where) -> PolicySpec:
         policy = self.policies.get(route.policy)

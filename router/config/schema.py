@@ -142,15 +142,24 @@ class HedgeSection(_Strict):
     max_extra: int = Field(1, ge=1, le=4)
 
 
+class AffinitySection(_Strict):
+    """Prompt-cache affinity (``policies.affinity`` has the stay-or-move rule)."""
+
+    ttl_s: float = Field(600.0, gt=0, le=86400)  # a binding lives this long after its last use
+    usd_per_s: float = Field(0.05, ge=0, le=1000)  # what a second of waiting is worth
+
+
+_NOT_OPTIONS = ("strategy", "hedge", "affinity")  # what every policy may say, beside options
+
+
 class _PolicyBase(_Strict):
     strategy: str
     hedge: HedgeSection | None = None
+    affinity: AffinitySection | None = None
 
     def options(self) -> dict[str, Any]:
         """The strategy's own options, as its constructor takes them."""
-        return {
-            k: getattr(self, k) for k in type(self).model_fields if k not in ("strategy", "hedge")
-        }
+        return {k: getattr(self, k) for k in type(self).model_fields if k not in _NOT_OPTIONS}
 
 
 def _options(factory: Callable[..., Any]) -> dict[str, Any]:

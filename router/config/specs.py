@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from providers.base import ProviderSettings
 from router.config.schema import (
+    AffinitySection,
     Breaker,
     HedgeSection,
     Price,
@@ -49,6 +50,7 @@ class PolicySpec:
     strategy: str
     options: Mapping[str, Any] = field(default_factory=dict)  # the strategy's own
     hedge: HedgeSection | None = None
+    affinity: AffinitySection | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ from router.errors import (
     UpstreamRateLimited,
     retryable,
 )
+from router.routing.affinity import Affinity
 from router.routing.attempts import Attempts, Opened
 from router.routing.sse import ProtocolViolation
 from router.runtime import Endpoint, RouteRuntime, Runtime
@@ -147,6 +148,7 @@ class Call:
     policy: str | None = None
     headers: dict[str, str] | None = None  # the client's headers its API passes on
     reasoning: Reasoning | None = None  # what it asks of reasoning, in any of its forms
+    affinity: Affinity | None = None  # prompt-cache affinity, when its policy has it
 
 
 class _Budget:
@@ -377,6 +379,10 @@ class Pipeline:
                     },
                     skipped=[e.id for e in eps if e not in avail],
                 )
+            affinity = call.affinity
+            ordered = prefs is not None and bool(prefs.order)  # provider.order wins over it
+            if affinity is not None and affinity.route == route.name and not ordered:
+                ranking = affinity.order(route, ranking, candidates)
         if prefs is not None and prefs.order:
             first = [
                 route.by_id[i]
@@ -518,11 +524,7 @@ class Pipeline:
                 if opened.body:
                     await write(opened.body)
                 async for data in opened.chunks:
-                    try:
-                        out = inspector.feed(data)
-                    except ProtocolViolation as exc:
-                        await write(exc.forward)  # the valid events before the bad one
-                        raise
+                    out = inspector.feed(data)
                     if inspector.done:
                         await finish(out)
                         break
@@ -536,24 +538,11 @@ class Pipeline:
                         await write(tail)
                     if not inspector.done:
                         raise StreamBroken("upstream closed the stream before [DONE]")
-            # The client has the whole answer: whatever happens next (it hangs up while
-            # the upstream's end is read) does not make it less than delivered.
-            opened.delivered = True
-            lease.succeed(
-                inspector.usage,
-                inspector.events,
-                inspector.tool_calls_valid(),
-                inspector.output_error(),
-            )
-            try:
-                with contextlib.suppress(UpstreamError):
-                    # Nothing follows [DONE]: read on to the body's end, so that the
-                    # connection goes back to the pool (the idle timer bounds this).
-                    async for _ in opened.chunks:
-                        pass
-            except BaseException:  # cancelled meanwhile: the client hung up
-                opened.response.close()
-                raise
+            with contextlib.suppress(UpstreamError):
+                # Nothing follows [DONE]: read on to the body's end, so that the
+                # connection goes back to the pool (the idle timer bounds this).
+                async for _ in opened.chunks:
+                    pass
         except ProtocolViolation as exc:
             err = StreamBroken(str(exc))
             opened.response.close()

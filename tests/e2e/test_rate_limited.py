@@ -77,8 +77,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             far_providers=far_providers.rstrip(),
             pairs=pairs.rstrip(),
         )
-        (tmp / "routes.yaml").write_text(config)
-        router = stack.enter_context(RouterProcess(tmp / "routes.yaml", tmp))
+        router = stack.enter_context(RouterProcess(config, tmp))
         rig = Rig(router, fakes)
         stack.callback(rig.sdk.close)
         yield rig

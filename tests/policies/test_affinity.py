@@ -53,3 +53,9 @@ def test_errors_count_as_waiting_and_non_streams_compare_latency() -> None:
     assert not keep_bound(
         quick_ttft_slow_total, cand("a", 0.5, latency=1.0), stay(stream=False), 0.05
     )
+
+
+def test_without_prices_a_conversation_stays_unless_twice_as_slow() -> None:
+    unpriced = Stay(prefix_tokens=8000, price_in=0.0, price_cache_read=0.0, turns=5, stream=True)
+    assert keep_bound(cand("b", 0.19), cand("a", 0.1), unpriced, usd_per_s=0.05)
+    assert not keep_bound(cand("b", 0.21), cand("a", 0.1), unpriced, usd_per_s=0.05)

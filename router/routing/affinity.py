@@ -1,0 +1,104 @@
+"""Prompt-cache affinity for one request: find its binding, order the ranking, keep it up.
+
+A policy with ``affinity: {ttl_s}`` binds each conversation (``router.routing.sessions``)
+to the endpoint that last served it, in the shared state (Redis across replicas, else this
+process), read in the request's one admission round trip. The bound endpoint, when it is
+available and ``policies.affinity.keep_bound`` says the cache is worth more than the
+ranking's lead, goes first and the ranking follows as the failover path. A success binds
+the conversation to the endpoint that served it (refreshing the TTL); a request that failed
+everywhere drops the binding. Writes are queued by the state store: none is awaited.
+
+Affinity applies only to endpoints where a cache pays: ``price.cache_read`` below
+``price.input``, or a provider that says ``prompt_cache: true``. ``provider.order`` in a
+request wins over it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from policies.affinity import Stay, keep_bound
+from policies.base import Candidate
+from router.routing.sessions import prefix_tokens, session_of, user_turns
+
+if TYPE_CHECKING:
+    from router.runtime import Endpoint, RouteRuntime
+    from router.state.shared import SharedState
+
+HIT, NEW, OFF = "hit", "new", "off"
+
+
+@dataclass(slots=True)
+class Affinity:
+    """One request's affinity: where its conversation is bound, and what became of it."""
+
+    key: str  # the binding's key in the shared state
+    route: str
+    ttl_s: float
+    usd_per_s: float
+    stay: Stay  # prices filled in from the bound endpoint when one is
+    bound: str | None = None  # the endpoint id the conversation is bound to
+    first: str | None = None  # the endpoint this request's ranking put first
+
+    def order(
+        self, route: RouteRuntime, ranking: list[Endpoint], candidates: Sequence[Candidate]
+    ) -> list[Endpoint]:
+        """The ranking with the bound endpoint first when staying is worth it."""
+        bound = route.by_id.get(self.bound) if self.bound is not None else None
+        if bound is None or bound not in ranking or bound.spec.index not in route.caching:
+            return ranking
+        if ranking[0] is not bound:
+            by_index = {c.index: c for c in candidates}
+            mine, best = by_index.get(bound.spec.index), by_index.get(ranking[0].spec.index)
+            price_in, _ = bound.price
+            cache_read = route.cache_read[bound.spec.index]
+            stay = replace(self.stay, price_in=price_in, price_cache_read=cache_read)
+            if mine is None or best is None or not keep_bound(mine, best, stay, self.usd_per_s):
+                return ranking
+            ranking = [bound, *(e for e in ranking if e is not bound)]
+        self.first = bound.id
+        return ranking
+
+    def verdict(self, served: str | None) -> str:
+        """``hit`` when the bound endpoint served; ``new`` otherwise."""
+        return HIT if served is not None and served == self.bound else NEW
+
+    def settle(self, state: SharedState, served: Endpoint | None, route: RouteRuntime) -> None:
+        """Bind the conversation where it was served (if a cache pays there), or drop
+        its binding when nothing served it."""
+        if served is not None and served.spec.index in route.caching:
+            state.bind(self.key, served.id, self.ttl_s)
+        elif self.bound is not None:
+            state.unbind(self.key)
+
+
+def plan(
+    route: RouteRuntime,
+    settings: Any,
+    api: str,
+    payload: Mapping[str, Any],
+    headers: Mapping[str, str],
+    body_size: int,
+    stream: bool,
+) -> Affinity | None:
+    """The request's affinity under ``settings`` (a policy's ``affinity``), or None when
+    the policy has none or no endpoint of the route caches."""
+    if settings is None or not route.caching:
+        return None
+    session = session_of(route.name, api, payload, headers)
+    stay = Stay(
+        prefix_tokens=prefix_tokens(body_size),
+        price_in=0.0,
+        price_cache_read=0.0,
+        turns=user_turns(api, payload),
+        stream=stream,
+    )
+    return Affinity(
+        key=f"aff:{route.name}:{session}",
+        route=route.name,
+        ttl_s=settings.ttl_s,
+        usd_per_s=settings.usd_per_s,
+        stay=stay,
+    )

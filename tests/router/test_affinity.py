@@ -1,0 +1,225 @@
+"""Prompt-cache affinity in the pipeline: the bound endpoint first when staying pays,
+the ranking as its failover path, provider.order over it, bindings kept and dropped.
+
+In process: the real pipeline, runtime and in-process shared state over providers that
+answer from a function, a FakeClock, and no sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from providers.base import BufferedResponse, UpstreamRequest
+from providers.errors import UpstreamHTTPError
+from router.apis import BY_PATH
+from router.config import loads
+from router.routing import affinity as affinity_mod
+from router.routing.affinity import HIT, NEW, Affinity
+from router.routing.attempts import Attempts, Opened
+from router.routing.pipeline import Call, Pipeline, RoutingPrefs
+from router.runtime import Runtime, build_runtime
+from router.state.clock import FakeClock
+from router.state.shared.memory import MemoryState
+
+CHAT = BY_PATH["/v1/chat/completions"]
+ANSWER = orjson.dumps(
+    {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+    }
+)
+PRICE = "{input: 3.0, output: 15.0, cache_read: 0.3}"
+CONFIG = f"""
+storage: {{url: null}}
+defaults:
+  retry: {{attempts: 3, backoff_s: 0.01, backoff_max_s: 0.05}}
+  breaker: {{consecutive_failures: 1, cooldown_s: 30}}
+providers:
+  a: {{kind: openai, base_url: "http://127.0.0.1:9/v1"}}
+  b: {{kind: openai, base_url: "http://127.0.0.1:9/v1"}}
+  c: {{kind: openai, base_url: "http://127.0.0.1:9/v1", prompt_cache: true}}
+policies:
+  sticky: {{strategy: priority, affinity: {{ttl_s: 600, usd_per_s: 0.05}}}}
+routes:
+  r:
+    policy: sticky
+    endpoints:
+      - {{provider: a, model: m, price: {PRICE}}}
+      - {{provider: b, model: m, price: {PRICE}}}
+  nocache:
+    policy: sticky
+    endpoints: [{{provider: a, model: m}}, {{provider: b, model: m}}]
+  flagged:
+    policy: sticky
+    endpoints: [{{provider: a, model: m}}, {{provider: c, model: m}}]
+"""
+
+
+class Host:
+    """A provider that answers, or fails with 500 while ``down``; counts what it got."""
+
+    kind = "openai"
+    native_timeouts = False
+
+    def __init__(self) -> None:
+        self.down = False
+        self.sent = 0
+
+    async def send(self, request: UpstreamRequest) -> BufferedResponse:
+        self.sent += 1
+        if self.down:
+            raise UpstreamHTTPError(500, b'{"error": {"message": "down"}}')
+        return BufferedResponse(ANSWER)
+
+    async def aclose(self) -> None:
+        pass
+
+
+class World:
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+        self.hosts = {name: Host() for name in "abc"}
+        self.runtime: Runtime
+        self.runtime, _ = build_runtime(
+            loads(CONFIG, env={}),
+            clock=self.clock,
+            provider_factory=lambda spec: self.hosts[spec.name],  # type: ignore[arg-type,return-value]
+        )
+        self.state = MemoryState(clock=self.clock)
+        self.pipeline = Pipeline(sleep=self.clock.sleep)
+
+    def turn(
+        self, route: str, turns: int = 3, prefs: RoutingPrefs | None = None
+    ) -> tuple[Opened | BaseException, Affinity | None]:
+        r = self.runtime.routes[route]
+        messages: list[dict[str, str]] = [{"role": "system", "content": "agent " * 2000}]
+        for i in range(turns):
+            messages += [
+                {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": "a"},
+            ]
+        payload: dict[str, Any] = {"model": route, "messages": messages[:-1]}
+        plan = affinity_mod.plan(r, r.affinity_for(None), "chat", payload, {}, 40_000, False)
+        call = Call(
+            api=CHAT,
+            payload=payload,
+            model=route,
+            stream=False,
+            client_wants_usage=False,
+            request_id="q",
+            prefs=prefs,
+            affinity=plan,
+        )
+        attempts = Attempts(
+            api=CHAT,
+            payload=payload,
+            stream=False,
+            client_wants_usage=False,
+            request_id="q",
+            deadline=self.clock() + r.spec.timeouts.total_s,
+            clock=self.clock,
+        )
+
+        async def go() -> Opened:
+            if plan is not None:
+                plan.bound = (await self.state.admit(None, 0, plan.key)).binding
+            try:
+                opened = await self.pipeline.run(self.runtime, r, call, attempts)
+            except Exception:
+                if plan is not None:
+                    plan.settle(self.state, None, r)
+                raise
+            if plan is not None:
+                plan.settle(self.state, opened.endpoint, r)
+            return opened
+
+        try:
+            return asyncio.run(go()), plan
+        except Exception as exc:
+            return exc, plan
+
+
+def served(outcome: Opened | BaseException) -> str:
+    assert isinstance(outcome, Opened), outcome
+    return outcome.endpoint.id
+
+
+def test_a_conversation_stays_on_the_endpoint_that_holds_its_cache() -> None:
+    world = World()
+    bound_to_b = world.runtime.routes["r"]
+    outcome, plan = world.turn("r", prefs=RoutingPrefs(order=("b",)))
+    assert served(outcome) == "b" and plan is not None and plan.verdict("b") == NEW
+    # priority ranks a first, but the conversation's cache is on b, as fast as a
+    outcome, plan = world.turn("r")
+    assert served(outcome) == "b"
+    assert plan is not None and plan.bound == "b" and plan.verdict("b") == HIT
+    assert bound_to_b.caching == frozenset({0, 1})
+
+
+def test_the_bound_endpoint_failing_fails_over_and_rebinds() -> None:
+    world = World()
+    world.turn("r", prefs=RoutingPrefs(order=("b",)))
+    world.hosts["b"].down = True
+    outcome, plan = world.turn("r")
+    assert served(outcome) == "a"  # b tried first (bound), failed, the ranking followed
+    assert world.hosts["b"].sent == 2
+    assert plan is not None and plan.verdict("a") == NEW
+    world.hosts["b"].down = False
+    outcome, _ = world.turn("r")
+    assert served(outcome) == "a"  # now bound to a (and b is cooling down anyway)
+
+
+def test_provider_order_wins_over_the_binding() -> None:
+    world = World()
+    world.turn("r", prefs=RoutingPrefs(order=("b",)))
+    outcome, _ = world.turn("r", prefs=RoutingPrefs(order=("a",)))
+    assert served(outcome) == "a"
+
+
+def test_a_much_slower_bound_endpoint_is_left() -> None:
+    world = World()
+    world.turn("r", prefs=RoutingPrefs(order=("b",)))
+    stats_a = world.runtime.routes["r"].by_id["a"].stats
+    stats_b = world.runtime.routes["r"].by_id["b"].stats
+    for _ in range(20):  # a answers in 0.2 s, b in 8 s: staying costs more than the cache
+        for stats, took in ((stats_a, 0.2), (stats_b, 8.0)):
+            token = stats.start()
+            world.clock.advance(took)
+            stats.finish(token, ok=True, latency_s=took, completion_tokens=10, generation_s=took)
+    outcome, plan = world.turn("r", turns=1)
+    assert served(outcome) == "a" and plan is not None and plan.bound == "b"
+
+
+def test_affinity_is_off_where_no_cache_pays_and_on_where_the_provider_says_so() -> None:
+    world = World()
+    _, plan = world.turn("nocache")
+    assert plan is None
+    _, plan = world.turn("flagged", prefs=RoutingPrefs(order=("c",)))
+    assert plan is not None
+    outcome, plan = world.turn("flagged")
+    assert served(outcome) == "c" and plan is not None and plan.bound == "c"
+
+
+def test_a_request_that_failed_everywhere_drops_the_binding() -> None:
+    world = World()
+    world.turn("r", prefs=RoutingPrefs(order=("b",)))
+    world.hosts["a"].down = world.hosts["b"].down = True
+    outcome, plan = world.turn("r")
+    assert not isinstance(outcome, Opened)
+    assert plan is not None
+    assert asyncio.run(world.state.get(plan.key)) is None
+
+
+def test_bindings_expire_with_their_ttl() -> None:
+    world = World()
+    _, plan = world.turn("r", prefs=RoutingPrefs(order=("b",)))
+    assert plan is not None and asyncio.run(world.state.get(plan.key)) == "b"
+    world.clock.advance(599.0)
+    assert served(world.turn("r")[0]) == "b"  # a use refreshes the binding's TTL
+    world.clock.advance(601.0)
+    assert served(world.turn("r")[0]) == "a"  # forgotten: the ranking decides again
