@@ -101,7 +101,12 @@ class RouterProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        wait_http(f"{self.url}/health/live", proc=self.proc)
+        try:
+            # Generous: a router importing litellm on a busy 2-core machine takes a while.
+            wait_http(f"{self.url}/health/live", timeout=45.0, proc=self.proc)
+        except BaseException:
+            self.stop(signal.SIGKILL)  # no process or open log left for later tests to trip on
+            raise
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
@@ -155,7 +160,11 @@ class SimProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_http(f"{self.url}/stats", proc=self.proc)
+        try:
+            wait_http(f"{self.url}/stats", timeout=30.0, proc=self.proc)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def control(self, **changes: Any) -> None:
