@@ -131,6 +131,24 @@ class Score:
             order.insert(0, order.pop(at))
         return loads.pick(order)
 
+    def terms(self, candidates: Sequence[Candidate]) -> dict[str, dict[str, float]]:
+        """Each candidate's cost split by weighted metric (weight x normalised value, as
+        ``rank`` sums them): why an endpoint ranks where it does."""
+        loads = as_loads(candidates)
+        ids = [c.id for c in loads.pick(loads.keys)]
+        out: dict[str, dict[str, float]] = {i: {} for i in ids}
+        for name, (field, norm) in _METRICS.items():
+            w = self.weights.get(name, 0.0)
+            if not w:
+                continue
+            column = loads.metric(field)
+            values = [column[k] for k in loads.keys]
+            top = (max(values, default=0.0) or 1.0) if norm else 1.0
+            for i, v in zip(ids, values, strict=True):
+                x = v / top
+                out[i][name] = w * (1.0 - x if field == "tokens_per_s" else x)
+        return out
+
     def scores(self, candidates: Sequence[Candidate]) -> Mapping[str, float]:
         cost = self.costs(candidates)
         return goodness({k: min(v, 1e6) for k, v in cost.items()})

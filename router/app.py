@@ -105,13 +105,33 @@ def _attach_extras(api: Api, service: Service) -> Callable[[], Awaitable[None]]:
     held back. Returns what stops it (flushing what it holds).
     """
     from router.obs.metrics import Metrics
+    from router.obs.series import SeriesBook
+    from router.page.data import PageData
 
     storage = service.config.storage if service.config else None
     early: list[RequestRecord] = []
     metrics = Metrics(lambda: service.runtime, None)
-    service.sinks += [metrics.record, early.append]
+    book = SeriesBook()
+    service.sinks += [metrics.record, book.record, early.append]
     service.on_reload.append(metrics.config_reload)
     api.metrics = metrics
+    api.page = PageData(service, book)
+    service.series = book
+
+    def reloaded(ok: bool) -> None:
+        runtime = service.runtime
+        book.reloaded(ok, runtime.config.version if ok and runtime else None, service.last_error)
+        if ok and runtime is not None:
+            book.keep_only(
+                (r, e.id) for r, route in runtime.routes.items() for e in route.endpoints
+            )
+
+    book.reloaded(
+        service.runtime is not None,
+        service.config.version if service.config else None,
+        service.last_error,
+    )
+    service.on_reload.append(reloaded)
 
     async def start_request_log() -> None:
         if storage is None or not storage.url:

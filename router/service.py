@@ -24,6 +24,7 @@ import structlog
 from providers.base import Provider
 from router.config import Config, ConfigError, load
 from router.obs.logs import REDACTOR
+from router.obs.series import SeriesBook, recent
 from router.requestlog.records import RequestRecord
 from router.runtime import Runtime, build_runtime
 from router.state.clock import Clock
@@ -52,6 +53,7 @@ class Service:
         self.in_flight = 0
         # The request log's writer once it is started (router.app): /health shows it.
         self.requestlog: Any = None
+        self.series: SeriesBook | None = None  # the model page's series, when kept
         self._stamp: tuple[int, int, int] | None = None
         self._retired: set[asyncio.Task[None]] = set()
 
@@ -161,10 +163,19 @@ class Service:
             "loaded_at": rt.config.loaded_at.isoformat() if rt else None,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
+            # An edit that failed validation while the config above keeps serving.
+            "rejected": None
+            if self.last_error is None
+            else {
+                "at": self.last_error_at.isoformat() if self.last_error_at else None,
+                "errors": self.last_error,
+            },
         }
         if rt is None:
             return 503, {"status": "down", "pid": os.getpid(), "config": cfg_view, "routes": {}}
         now = self.clock()
+        wall = time.time()
+        book = self.series.routes if self.series is not None else None
         routes: dict[str, Any] = {}
         without = []
         served = 0
@@ -189,8 +200,15 @@ class Service:
                     "score": scores.get(e.id),
                 }
                 view.update(e.stats.view())
+                # error_rate is decayed (half-life stats.halflife_s); this is a plain count.
+                errors_5m = None
+                if book is not None:
+                    series = book.get(name, {}).get(e.id)
+                    errors_5m = 0 if series is None else round(recent(series, wall, 300, "errors"))
+                view["errors_last_5m"] = errors_5m
+                view["cooldown_left_s"] = round(left, 1) if left else None
                 view["cooldown_until"] = (
-                    datetime.fromtimestamp(time.time() + left, UTC).isoformat() if left else None
+                    datetime.fromtimestamp(wall + left, UTC).isoformat() if left else None
                 )
                 eps.append(view)
             # A route whose every endpoint is disabled by config (no key set) is the

@@ -50,6 +50,7 @@ from router.service import Service
 if TYPE_CHECKING:
     from router.obs.metrics import Metrics
     from router.obs.workers import Workers
+    from router.page.data import PageData
 
 log = structlog.get_logger("router.http")
 
@@ -153,6 +154,12 @@ def parse_call(api: ClientApi, body: bytes, request: Request, request_id: str) -
 
 
 _MODEL_PREFIX = "/v1/models/"  # GET /v1/models/{id}: one route's model object
+PAGE_ASSETS = ("page.css", "charts.js", "page.js")
+# The page loads nothing from another host, runs no inline script, and is framed by none.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 class Api:
@@ -165,6 +172,8 @@ class Api:
         self.requestlog: Any = None  # router.requestlog.writer.RequestLog, once started
         self.requestlog_starting: asyncio.Task[None] | None = None
         self.workers: Workers | None = None  # set under --workers N
+        self.page: PageData | None = None  # the model page's data, when wired (router.app)
+        self._assets: dict[str, Response] = {}
         Handler = Callable[[Request], Awaitable[Answer]]
         self._routes: dict[str, dict[str, Handler]] = {
             **{path: {"POST": self.proxy} for path in BY_PATH},
@@ -175,6 +184,9 @@ class Api:
             "/metrics": {"GET": self.metrics_text},
             "/admin/reload": {"POST": self.admin_reload},
             "/admin/usage": {"GET": self.admin_usage},
+            "/admin/stats": {"GET": self.admin_stats},
+            "/": {"GET": self.page_asset},
+            **{f"/page/{name}": {"GET": self.page_asset} for name in PAGE_ASSETS},
         }
         for methods in self._routes.values():
             if "GET" in methods:
@@ -309,8 +321,12 @@ class Api:
             if attempts is not None:
                 record.attempts = attempts.records
                 record.hedges = attempts.hedges
-            if opened is not None and record.usage is not None:
-                record.cost = record.usage.cost(opened.endpoint.spec.price)
+            if opened is not None:
+                lease = opened.lease
+                record.output_error = lease.output_error
+                record.tool_calls_valid = lease.tool_calls_valid
+                if record.usage is not None:
+                    record.cost = record.usage.cost(opened.endpoint.spec.price)
             if record.status == 0:
                 record.status = 499  # the client went away before an answer
                 record.error = record.error or "client_closed"
@@ -420,6 +436,58 @@ class Api:
             errors=result.errors,
         )
         return _json_response(400, body)
+
+    async def page_asset(self, request: Request) -> Response:
+        """``GET /``: the model page; ``/page/*``: its CSS and scripts (from the package)."""
+        path = request.path
+        found = self._assets.get(path)
+        if found is None:
+            from router.page import TYPES, asset
+
+            name = "index.html" if path == "/" else path.rsplit("/", 1)[1]
+            body = await asyncio.to_thread(asset, name)
+            headers = {
+                "Cache-Control": "no-cache",
+                "Content-Security-Policy": PAGE_CSP,
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+            }
+            content_type = TYPES["." + name.rsplit(".", 1)[1]]
+            found = self._assets[path] = Response(200, body, content_type, headers)
+        return found  # sent as it is: nothing writes to an answer's headers
+
+    async def admin_stats(self, request: Request) -> Response:
+        """The model page's data. With an admin key configured it needs the key; without
+        one it is open, like /health (it holds no secrets)."""
+        config = self.service.config
+        if config is not None and config.admin_key is not None:
+            try:
+                self._check_admin(request)
+            except RouterError as exc:
+                return _error_response(exc, {})
+        page = self.page
+        if page is None:
+            return _error_response(NotFound("the model page is off", code="not_found"), {})
+        starting = self.requestlog_starting
+        if starting is not None and not starting.done():
+            await asyncio.wait({starting}, timeout=15)
+        page.requestlog = self.requestlog
+        q = request.query
+        window = q.get("window") or "1h"
+        route = q.get("route") or None
+        runtime = self.service.runtime
+        if window not in ("1h", "24h"):
+            return _error_response(BadRequest("window must be 1h or 24h", param="window"), {})
+        if runtime is not None and route is not None and route not in runtime.routes:
+            known = ", ".join(runtime.route_names)
+            return _error_response(
+                NotFound(f"unknown route {route!r}; known routes: {known}", param="route"), {}
+            )
+        try:
+            document = await page.document(route, window)
+        except LookupError as exc:
+            return _error_response(RouterError(str(exc)), {})
+        return _json_response(200, orjson.dumps(document), {"Cache-Control": "no-store"})
 
     async def admin_usage(self, request: Request) -> Response:
         try:

@@ -19,9 +19,16 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -45,6 +52,9 @@ TPS_BUCKETS = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000)
 STATES = ("healthy", "cooldown", "half_open", "disabled")
 NONE = "none"  # the label value when a request never reached a route or endpoint
 TOKEN_KINDS = ("prompt", "completion", "reasoning", "cached")
+OTHER_KEY = "other"  # a client key name that is not configured now: bounded label values
+# The loads a ranking compares, as gauges (seconds, tokens/s, rates, requests).
+LOAD_FIELDS = ("latency_s", "ttft_s", "tokens_per_s", "error_rate", "output_error_rate")
 
 
 class _Histogram:
@@ -93,7 +103,9 @@ class Metrics:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._runtime = runtime_getter
-        self.requests: dict[tuple[str, str, str], int] = {}
+        self.requests: dict[tuple[str, str, str, str], int] = {}
+        self.output_errors: dict[tuple[str, str, str], int] = {}
+        self._keys: tuple[object, frozenset[str]] = (None, frozenset())  # (config, key names)
         self.attempts: dict[tuple[str, str, str], int] = {}
         self.endpoints: dict[tuple[str, str], _EndpointSeries] = {}
         self.routes: dict[str, _RouteSeries] = {}
@@ -102,6 +114,9 @@ class Metrics:
         self.requestlog = requestlog  # may be set later: the log starts after listening
         self.registry.register(_EventCollector(self))
         self.registry.register(_StateCollector(runtime_getter, lambda: self.requestlog))
+        # process_* (CPU, memory, descriptors) and python_info, as any Prometheus target.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     # -- events -----------------------------------------------------------------------
 
@@ -116,9 +131,22 @@ class Metrics:
                 route = NONE
         endpoint = rec.endpoint or NONE
 
+        key = rec.key_name
+        if key is None:
+            key = NONE
+        else:
+            config = self._runtime()
+            known = self._keys
+            if config is not None and known[0] is not config.config:
+                known = self._keys = (config.config, frozenset(config.config.client_keys.values()))
+            if key not in known[1]:
+                key = OTHER_KEY
         requests = self.requests
-        key3 = (route, endpoint, str(rec.status))
-        requests[key3] = requests.get(key3, 0) + 1
+        key4 = (route, endpoint, str(rec.status), key)
+        requests[key4] = requests.get(key4, 0) + 1
+        if rec.output_error is not None:
+            key3 = (route, endpoint, rec.output_error)
+            self.output_errors[key3] = self.output_errors.get(key3, 0) + 1
 
         attempts = rec.attempts
         counts = self.attempts
@@ -198,6 +226,10 @@ class _EventCollector:
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
+        try:
+            self._version = version("llm-router")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            self._version = "unknown"
         self._les = {
             b: [floatToGoString(x) for x in b] + ["+Inf"]  # type: ignore[no-untyped-call]
             for b in (LATENCY_BUCKETS, TTFT_BUCKETS, TPS_BUCKETS)
@@ -207,9 +239,17 @@ class _EventCollector:
         m = self._m
         yield _counter(
             "router_requests",
-            "Requests answered, by the route and endpoint that served.",
-            ["route", "endpoint", "status"],
+            "Requests answered, by the route and endpoint that served and the client key's "
+            "name ('none' without client auth, 'other' for a name no longer configured).",
+            ["route", "endpoint", "status", "key"],
             m.requests.items(),
+        )
+        yield _counter(
+            "router_output_errors",
+            "Answers that came back 200 but broken, by reason (empty, not_json, "
+            "stream_broken, bad_response).",
+            ["route", "endpoint", "reason"],
+            m.output_errors.items(),
         )
         yield _counter(
             "router_attempts",
@@ -274,6 +314,11 @@ class _EventCollector:
 
         reloads = [((result,), n) for result, n in m.reloads.items()]
         yield _counter("router_config_reloads", "Config reloads, by result.", ["result"], reloads)
+        info = GaugeMetricFamily(
+            "router_build_info", "The router's version (always 1).", labels=["version"]
+        )
+        info.add_metric([self._version], 1.0)
+        yield info
 
 
 class _StateCollector:
@@ -298,6 +343,21 @@ class _StateCollector:
             "1 for the endpoint's current state, 0 for the others.",
             labels=["route", "endpoint", "state"],
         )
+        score = GaugeMetricFamily(
+            "router_endpoint_score",
+            "The route policy's 0..1 score of the endpoint (higher ranks first).",
+            labels=["route", "endpoint"],
+        )
+        load = GaugeMetricFamily(
+            "router_endpoint_load",
+            "The live loads a ranking compares (decayed, blended towards the route's best).",
+            labels=["route", "endpoint", "load"],
+        )
+        transitions = CounterMetricFamily(
+            "router_breaker_transitions",
+            "Circuit breaker state changes, by the state changed to.",
+            labels=["route", "endpoint", "to"],
+        )
         runtime = self._runtime()
         if runtime is not None:
             now = runtime.clock()
@@ -307,8 +367,21 @@ class _StateCollector:
                     current = ep.breaker.view(now)[0] if ep.usable else "disabled"
                     for s in STATES:
                         state.add_metric([route.name, ep.id, s], 1.0 if s == current else 0.0)
+                    for to, n in ep.breaker.changes.items():
+                        transitions.add_metric([route.name, ep.id, to], n)
+                usable = route.usable
+                candidates = route.candidates(usable, now) if usable else []
+                scores = route.strategy.scores(candidates) if candidates else {}
+                for c in candidates:
+                    if c.id in scores:
+                        score.add_metric([route.name, c.id], scores[c.id])
+                    for field in LOAD_FIELDS:
+                        load.add_metric([route.name, c.id, field], getattr(c, field))
         yield in_flight
         yield state
+        yield score
+        yield load
+        yield transitions
         log = self._requestlog()
         if log is not None and log.enabled:
             depth = GaugeMetricFamily(

@@ -61,9 +61,24 @@ def snapshot_metrics(registry: CollectorRegistry) -> list[Any]:
     ]
 
 
+# Gauges that do not add up over workers (each worker's own view of one thing): averaged.
+AVERAGED = frozenset(
+    {
+        "router_endpoint_score",
+        "router_endpoint_load",
+        "router_build_info",
+        "python_info",
+        "process_start_time_seconds",
+        "process_max_fds",
+    }
+)
+
+
 def merge_metrics(snapshots: Iterable[list[Any]]) -> bytes:
-    """Prometheus text of the samples of every snapshot, summed by name and labels."""
+    """Prometheus text of the samples of every snapshot, summed by name and labels (the
+    ``AVERAGED`` families averaged over the workers that have the sample)."""
     families: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
+    seen: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
     for snapshot in snapshots:
         for name, doc, type_, samples in snapshot:
             family = families.setdefault(name, (doc, type_, {}))
@@ -71,11 +86,14 @@ def merge_metrics(snapshots: Iterable[list[Any]]) -> bytes:
             for sample, labels, value in samples:
                 key = (sample, tuple(sorted(labels.items())))
                 values[key] = values.get(key, 0.0) + value
+                if name in AVERAGED:
+                    seen[key] = seen.get(key, 0) + 1
     out = []
     for name, (doc, type_, values) in families.items():
         metric = Metric(name, doc, type_)
         for (sample, labels), value in values.items():
-            metric.add_sample(sample, dict(labels), value)
+            n = seen.get((sample, labels), 1) if name in AVERAGED else 1
+            metric.add_sample(sample, dict(labels), value / n)
         out.append(metric)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged(out))

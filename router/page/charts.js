@@ -18,15 +18,16 @@
  *   Charts.color(i)            -> the i-th colour of the palette
  *   Charts.fmt.{num, ms, pct, usd, clock, day}
  *
- * Every function replaces el's content and returns el. Widths follow the container (the
- * SVG scales to 100% width); hovering a line chart shows the values at that x.
+ * Every function replaces el's content and returns el. A chart is drawn at its container's
+ * width in pixels (text keeps its size; call again after a resize); hovering a line chart
+ * shows the values at that x.
  */
 (function (root) {
   "use strict";
   var NS = "http://www.w3.org/2000/svg";
   var PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2",
     "#db2777", "#4b5563", "#65a30d", "#9333ea"];
-  var W = 640;  // the viewBox width; the SVG scales to its container
+  var W = 640;  // the width when the container has none yet (hidden); else its own
   var PAD = {l: 52, r: 10, t: 8, b: 22};
 
   function color(i) { return PALETTE[i % PALETTE.length]; }
@@ -54,9 +55,9 @@
       if (a >= 1e6) return (v / 1e6).toFixed(1) + "M";
       if (a >= 1e4) return (v / 1e3).toFixed(0) + "k";
       if (a >= 1e3) return (v / 1e3).toFixed(1) + "k";
-      if (a >= 100 || a === 0) return v.toFixed(0);
+      if (a >= 100 || v === Math.round(v)) return v.toFixed(0);
       if (a >= 10) return v.toFixed(1);
-      return v.toFixed(2);
+      return a >= 1 ? v.toFixed(2) : String(Number(v.toPrecision(2)));
     },
     ms: function (v) {
       if (v === null || v === undefined || isNaN(v)) return "–";
@@ -89,6 +90,18 @@
     return out;
   }
 
+  // Ticks on a time axis (Unix seconds): whole minutes, quarter hours, hours...
+  var TIME_STEPS = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
+  function timeTicks(lo, hi, n) {
+    var step = TIME_STEPS[TIME_STEPS.length - 1];
+    for (var i = 0; i < TIME_STEPS.length; i++) {
+      if ((hi - lo) / TIME_STEPS[i] <= n) { step = TIME_STEPS[i]; break; }
+    }
+    var out = [];
+    for (var v = Math.ceil(lo / step) * step; v <= hi; v += step) out.push(v);
+    return out;
+  }
+
   function extent(series, axis, key) {
     var lo = Infinity, hi = -Infinity;
     series.forEach(function (s) {
@@ -105,17 +118,19 @@
   }
 
   function frame(el, height) {
+    var w = Math.max(Math.floor(el.clientWidth) || W, 200);
     clear(el);
-    var s = svg("svg", {viewBox: "0 0 " + W + " " + height, width: "100%",
-      preserveAspectRatio: "none", role: "img"}, el);
+    var s = svg("svg", {viewBox: "0 0 " + w + " " + height, width: w, height: height,
+      role: "img"}, el);
     s.style.display = "block";
     s.style.overflow = "visible";
+    s.w = w;
     return s;
   }
 
   function line(el, opt) {
     var h = opt.height || 150;
-    var s = frame(el, h);
+    var s = frame(el, h), W = s.w;
     var series = opt.series || [];
     var xa = opt.x || {}, ya = opt.y || {};
     var xr = extent(series, xa, 0), yr = extent(series, Object.assign({min: 0}, ya), 1);
@@ -129,7 +144,7 @@
       svg("line", {x1: PAD.l, x2: W - PAD.r, y1: Y(v), y2: Y(v), stroke: "#e5e7eb"}, s);
       text(s, PAD.l - 4, Y(v) + 3, yf(v), {"text-anchor": "end"});
     });
-    ticks(xr[0], xr[1], 5).forEach(function (v) {
+    (xf === fmt.clock ? timeTicks : ticks)(xr[0], xr[1], 6).forEach(function (v) {
       text(s, X(v), h - 6, xf(v), {"text-anchor": "middle"});
     });
     if (ya.label) text(s, PAD.l, PAD.t - 1, ya.label, {"font-size": 9});
@@ -158,12 +173,12 @@
         });
       }
     });
-    hover(el, s, series, X, xr, h, xf, yf);
+    hover(el, s, series, X, xr, h, xf, yf, W);
     return el;
   }
 
   // A vertical rule and a box listing each series' value at the x nearest the pointer.
-  function hover(el, s, series, X, xr, h, xf, yf) {
+  function hover(el, s, series, X, xr, h, xf, yf, W) {
     var rule = svg("line", {y1: PAD.t, y2: h - PAD.b, stroke: "#111827", "stroke-width": 0.5,
       visibility: "hidden"}, s);
     var tip = document.createElement("div");
@@ -184,14 +199,25 @@
         });
         if (near) {
           best = best === null || Math.abs(near[0] - x) < Math.abs(best - x) ? near[0] : best;
-          lines.push('<span style="color:' + (ser.color || color(i)) + '">■</span> ' +
-            esc(ser.name) + ": " + yf(near[1]));
+          lines.push([ser.color || color(i), ser.name + ": " + yf(near[1])]);
         }
       });
       if (best === null) return;
       rule.setAttribute("x1", X(best)); rule.setAttribute("x2", X(best));
       rule.setAttribute("visibility", "visible");
-      tip.innerHTML = "<b>" + xf(best) + "</b><br>" + lines.join("<br>");
+      // Built as nodes, not markup: the page's CSP forbids inline style attributes.
+      while (tip.firstChild) tip.removeChild(tip.firstChild);
+      var head = document.createElement("b");
+      head.textContent = xf(best);
+      tip.appendChild(head);
+      lines.forEach(function (l) {
+        var row = document.createElement("div"), sw = document.createElement("span");
+        sw.textContent = "■ ";
+        sw.style.color = l[0];
+        row.appendChild(sw);
+        row.appendChild(document.createTextNode(l[1]));
+        tip.appendChild(row);
+      });
       tip.style.display = "block";
       var left = ev.clientX - box.left + 12;
       tip.style.left = Math.min(left, box.width - tip.offsetWidth) + "px";
@@ -203,15 +229,9 @@
     });
   }
 
-  function esc(v) {
-    return String(v).replace(/[&<>"]/g, function (c) {
-      return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c];
-    });
-  }
-
   function bars(el, opt) {
     var h = opt.height || 150;
-    var s = frame(el, h);
+    var s = frame(el, h), W = s.w;
     var labels = opt.labels || [], series = opt.series || [], ya = opt.y || {};
     var n = labels.length, iw = W - PAD.l - PAD.r, ih = h - PAD.t - PAD.b;
     var top = 0;
@@ -254,7 +274,7 @@
   function timeline(el, opt) {
     var lanes = opt.lanes || [], xa = opt.x || {}, colors = opt.colors || {};
     var lh = 16, h = PAD.t + lanes.length * (lh + 4) + PAD.b;
-    var s = frame(el, h);
+    var s = frame(el, h), W = s.w;
     var lo = xa.min, hi = xa.max, iw = W - PAD.l - PAD.r;
     var X = function (v) { return PAD.l + (Math.min(Math.max(v, lo), hi) - lo) / (hi - lo) * iw; };
     var xf = xa.format || fmt.clock;
@@ -271,7 +291,7 @@
           (sp.title ? " (" + sp.title + ")" : "") + ", " + xf(sp.from) + "–" + xf(sp.to);
       });
     });
-    ticks(lo, hi, 5).forEach(function (v) {
+    (xf === fmt.clock ? timeTicks : ticks)(lo, hi, 6).forEach(function (v) {
       text(s, X(v), h - 6, xf(v), {"text-anchor": "middle"});
     });
     (opt.marks || []).forEach(function (m) {
@@ -300,5 +320,5 @@
   }
 
   root.Charts = {line: line, bars: bars, timeline: timeline, legend: legend, color: color,
-    fmt: fmt, ticks: ticks};
+    fmt: fmt, ticks: ticks, timeTicks: timeTicks};
 })(typeof window !== "undefined" ? window : globalThis);

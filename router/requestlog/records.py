@@ -106,3 +106,7 @@ class RequestRecord:
     error: str | None = None  # the error class when the request failed
     attempts: list[AttemptRecord] = field(default_factory=list)
     hedges: int = 0
+    # The answer that served: why it was broken though it came back 200 (``empty``,
+    # ``not_json``, ``stream_broken``, ``bad_response``), and its tool calls' validity.
+    output_error: str | None = None
+    tool_calls_valid: bool | None = None

@@ -26,7 +26,16 @@ from router.requestlog.store import (
 
 # Columns that take NULL (NaN in a row); a test keeps these in step with ``schema.py``.
 REQUEST_NULLABLE = frozenset(
-    {"key_name", "route", "endpoint", "ttft_ms", "error", "attempt_duration_ms", "attempt_ttft_ms"}
+    {
+        "key_name",
+        "route",
+        "endpoint",
+        "ttft_ms",
+        "error",
+        "output_error",
+        "attempt_duration_ms",
+        "attempt_ttft_ms",
+    }
 )
 ATTEMPT_NULLABLE = frozenset({"status", "reason", "ttft_ms"})
 

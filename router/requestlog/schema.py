@@ -81,6 +81,8 @@ REQUESTS = sa.Table(
     sa.Column("cache_write_tokens", _COUNT, nullable=False, server_default="0"),
     sa.Column("cost", sa.Float(), nullable=False),
     sa.Column("error", sa.String(), nullable=True),
+    # Why an answer that came back 200 was broken (0007): empty, not_json, stream_broken...
+    sa.Column("output_error", sa.String(), nullable=True),
     # Set when the request's one attempt served it: that attempt has no row of its own
     # (revision 0005), and these are its figures.
     sa.Column("attempt_duration_ms", sa.Float(), nullable=True),

@@ -40,7 +40,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 import orjson
 
 # The newest revision this version ships (a test keeps it in step with versions/).
-HEAD = "0006"
+HEAD = "0007"
 
 # A row starts with the values that most rows of a batch have in common, then has its
 # own. SQLite binds the shared ones once per statement (``_SQLiteInserts``), where a
@@ -51,7 +51,7 @@ REQUEST_SHARED = ("route", "endpoint", "operation", "stream", "status", "key_nam
 REQUEST_COLUMNS = (
     "ts", "request_id", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "cost",
     "attempt_duration_ms", "attempt_ttft_ms", "hedges", "reasoning_tokens", "cached_tokens",
-    "cache_write_tokens", "error",
+    "cache_write_tokens", "error", "output_error",
 )  # fmt: skip
 # Of ``attempt_rows``: the attempts that are not a request's one attempt that served it,
 # which its request's row carries (``attempt_*``, revision 0005). Few: they share nothing.
@@ -65,7 +65,7 @@ ATTEMPT_COLUMNS = (
 # their defaults saves about 1,900 per request and attempt, writer and loop together.
 DEFAULTS = {
     "hedges": "0", "reasoning_tokens": "0", "cached_tokens": "0", "cache_write_tokens": "0",
-    "error": "NULL", "reason": "NULL", "hedged": "FALSE",
+    "error": "NULL", "output_error": "NULL", "reason": "NULL", "hedged": "FALSE",
 }  # fmt: skip
 # Rows carry ``ts`` as Unix seconds (SQLite keeps them so, PostgreSQL converts) and NaN
 # for NULL: sqlite3 binds a float NaN as NULL directly, where None takes its adapter
@@ -78,7 +78,8 @@ PG_TYPES = {
     "attempts": "integer", "hedges": "integer", "latency_ms": "float8", "ttft_ms": "float8",
     "prompt_tokens": "bigint", "completion_tokens": "bigint", "reasoning_tokens": "bigint",
     "cached_tokens": "bigint", "cache_write_tokens": "bigint", "cost": "float8",
-    "error": "text", "reason": "text", "duration_ms": "float8", "hedged": "boolean",
+    "error": "text", "output_error": "text", "reason": "text", "duration_ms": "float8",
+    "hedged": "boolean",
     "attempt_duration_ms": "float8", "attempt_ttft_ms": "float8",
 }  # fmt: skip
 

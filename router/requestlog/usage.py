@@ -22,7 +22,13 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 GROUP_BY = ("route", "endpoint", "key", "day")
-_SUMMED = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
+_SUMMED = (
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+)
 
 
 def parse_time(value: str | None, default: datetime | float) -> datetime:
@@ -86,7 +92,13 @@ def _key(engine: AsyncEngine, group_by: str) -> sa.ColumnElement[Any]:
 
 
 def _empty() -> dict[str, Any]:
-    return {"requests": 0, "errors": 0, **dict.fromkeys(_SUMMED, 0), "cost": 0.0}
+    return {
+        "requests": 0,
+        "errors": 0,
+        "output_errors": 0,
+        **dict.fromkeys(_SUMMED, 0),
+        "cost": 0.0,
+    }
 
 
 async def usage(
@@ -95,8 +107,10 @@ async def usage(
     since: datetime,
     until: datetime,
     group_by: str,
+    route: str | None = None,
 ) -> dict[str, Any]:
-    """Requests, errors, tokens and cost in ``[since, until)``, grouped, with a total.
+    """Requests, errors, tokens and cost in ``[since, until)``, grouped, with a total;
+    only of ``route`` when given (the model page's per-route figures).
 
     Days are in order; other groups by cost, highest first. A key is ``None`` for rows
     without one (no client key configured, or no endpoint reached).
@@ -117,12 +131,15 @@ async def usage(
             key,
             sa.func.count().label("requests"),
             sa.func.coalesce(sa.func.sum(sa.case((failed, 1), else_=0)), 0).label("errors"),
+            sa.func.count(c.output_error).label("output_errors"),
             *(sa.func.coalesce(sa.func.sum(c[name]), 0).label(name) for name in _SUMMED),
             sa.func.coalesce(sa.func.sum(c.cost), 0.0).label("cost"),
         )
         .where(c.ts >= since.astimezone(UTC), c.ts < until.astimezone(UTC))
         .group_by(key)
     )
+    if route is not None:
+        query = query.where(c.route == route)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()
 
@@ -134,6 +151,7 @@ async def usage(
             "key": row.key,
             "requests": int(row.requests),
             "errors": int(row.errors),
+            "output_errors": int(row.output_errors),
             **{name: int(getattr(row, name)) for name in _SUMMED},
             "cost": float(row.cost),
         }

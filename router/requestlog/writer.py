@@ -126,11 +126,11 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> Record:
     # The columns at their defaults in most rows go only when they are not (DEFAULTS).
     if (
         rec.hedges or u.reasoning_tokens or u.cached_tokens or u.cache_write_tokens
-        or rec.error is not None
+        or rec.error is not None or rec.output_error is not None
     ):  # fmt: skip
         record += (
             rec.hedges, u.reasoning_tokens, u.cached_tokens, u.cache_write_tokens,
-            names[rec.error],
+            names[rec.error], names[rec.output_error],
         )  # fmt: skip
     return record
 
@@ -163,7 +163,7 @@ def learn_names(rec: RequestRecord, names: dict[str | None, Any]) -> None:
         names.clear()
     names[None] = NULL
     attempts = [name for a in rec.attempts for name in (a.route, a.endpoint, a.reason)]
-    for name in (rec.key_name, rec.route, rec.endpoint, rec.error, *attempts):
+    for name in (rec.key_name, rec.route, rec.endpoint, rec.error, rec.output_error, *attempts):
         if name is not None:
             names[name] = _text(name)
 
@@ -295,7 +295,9 @@ class RequestLog:
         if len(queue) == self._batch_size:
             self._wake.set()
 
-    async def usage(self, *, since: datetime, until: datetime, group_by: str) -> dict[str, Any]:
+    async def usage(
+        self, *, since: datetime, until: datetime, group_by: str, route: str | None = None
+    ) -> dict[str, Any]:
         """Totals from the log; see ``router.requestlog.usage.usage``."""
         if self.url is None or not self._started or self._closed:
             raise RequestLogDisabled("the request log is off (storage.url is not set)")
@@ -305,7 +307,7 @@ class RequestLog:
                 self._reader = await asyncio.to_thread(_reader_engine, self.url)
         from router.requestlog.usage import usage
 
-        return await usage(self._reader, since=since, until=until, group_by=group_by)
+        return await usage(self._reader, since=since, until=until, group_by=group_by, route=route)
 
     # -- life cycle -------------------------------------------------------------------
 

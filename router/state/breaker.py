@@ -22,6 +22,7 @@ must not set an endpoint aside for ever, nor overflow a date in ``/health``.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Literal
 
@@ -30,6 +31,7 @@ from router.config import Breaker as BreakerConfig
 State = Literal["healthy", "cooldown", "half_open"]
 MAX_BACKOFF = 8
 _BUCKETS = 10
+HISTORY = 64  # state changes kept for the model page's timeline
 # The longest an upstream's word sets an endpoint aside (also providers.base's clamp of
 # Retry-After): an hour, as long as any real host asks; docs/limits.md.
 MAX_SET_ASIDE_S = 3600.0
@@ -58,6 +60,16 @@ class CircuitBreaker:
         self._ok = [0] * _BUCKETS
         self._bad = [0] * _BUCKETS
         self._epoch = [0] * _BUCKETS
+        # (clock time, new state, reason, cooldown end) of recent changes, and changes into
+        # each state since start: the page's timeline and /metrics' counters. Changes are rare.
+        self.history: deque[tuple[float, State, str | None, float | None]] = deque(maxlen=HISTORY)
+        self.changes: dict[State, int] = {"healthy": 0, "cooldown": 0, "half_open": 0}
+
+    def _changed(
+        self, now: float, state: State, reason: str | None, until: float | None = None
+    ) -> None:
+        self.history.append((now, state, reason, until))
+        self.changes[state] += 1
 
     def reconfigure(self, config: BreakerConfig) -> None:
         if config != self.config:
@@ -85,6 +97,7 @@ class CircuitBreaker:
         """
         if self.state == "cooldown":
             self.state = "half_open"
+            self._changed(now, "half_open", self.reason)
         if self.state == "half_open":
             self.probe_in_flight = True
 
@@ -116,7 +129,7 @@ class CircuitBreaker:
     def success(self, now: float) -> None:
         self.consecutive = 0
         if self.state == "half_open" or (self.state == "cooldown" and now >= self.until):
-            self._close()
+            self._close(now)
         if self.state == "healthy":
             self._ok[self._slot(now)] += 1
 
@@ -166,6 +179,8 @@ class CircuitBreaker:
         until = now + seconds
         if self.state == "cooldown" and self.until > until:
             until = self.until  # never shorten a cooldown already running
+        if self.state != "cooldown":
+            self._changed(now, "cooldown", reason, until)
         self.state = "cooldown"
         self.reason = reason
         self.until = until
@@ -177,9 +192,11 @@ class CircuitBreaker:
             return now >= self.until
         return self.state == "half_open" and not self.probe_in_flight
 
-    def _close(self) -> None:
-        if self.on_close is not None and self.state != "healthy":
-            self.on_close()
+    def _close(self, now: float) -> None:
+        if self.state != "healthy":
+            self._changed(now, "healthy", None)
+            if self.on_close is not None:
+                self.on_close()
         self.state = "healthy"
         self.reason = None
         self.level = 0

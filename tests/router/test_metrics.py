@@ -129,10 +129,26 @@ def test_request_counters_histograms_and_tokens() -> None:
     )
 
     got = samples(metrics)
-    assert value(got, "router_requests_total", route="demo", endpoint="sim-a", status="200") == 3
-    assert value(got, "router_requests_total", route="demo", endpoint="sim-b", status="200") == 1
-    assert value(got, "router_requests_total", route="demo", endpoint="none", status="502") == 1
-    assert value(got, "router_requests_total", route="none", endpoint="none", status="404") == 1
+    assert (
+        value(
+            got, "router_requests_total", route="demo", endpoint="sim-a", status="200", key="other"
+        )
+        == 3
+    )
+    assert (
+        value(
+            got, "router_requests_total", route="demo", endpoint="sim-b", status="200", key="other"
+        )
+        == 1
+    )
+    assert (
+        value(got, "router_requests_total", route="demo", endpoint="none", status="502", key="none")
+        == 1
+    )
+    assert (
+        value(got, "router_requests_total", route="none", endpoint="none", status="404", key="none")
+        == 1
+    )
     assert not any("no-such-model" in str(labels) for _, labels in got)
 
     assert value(got, "router_attempts_total", route="demo", endpoint="sim-a", reason="ok") == 3
@@ -230,10 +246,68 @@ def test_each_metrics_has_its_own_registry() -> None:
     a, b = Metrics(lambda: None), Metrics(lambda: None)
     a.record(served())
     assert (
-        value(samples(b), "router_requests_total", route="demo", endpoint="sim-a", status="200")
+        value(
+            samples(b),
+            "router_requests_total",
+            route="demo",
+            endpoint="sim-a",
+            status="200",
+            key="other",
+        )
         == 0
     )
     assert (
-        value(samples(a), "router_requests_total", route="demo", endpoint="sim-a", status="200")
+        value(
+            samples(a),
+            "router_requests_total",
+            route="demo",
+            endpoint="sim-a",
+            status="200",
+            key="other",
+        )
         == 1
     )
+
+
+def test_client_key_label_scores_loads_breaker_transitions_and_build_info() -> None:
+    config = loads(
+        CONFIG.replace("providers:", "server: {api_keys_env: ROUTER_API_KEYS}\nproviders:"),
+        env={"ROUTER_API_KEYS": "team-a:sk-aaaaaaaa"},
+    )
+    runtime, _ = build_runtime(config, clock=FakeClock())
+    metrics = Metrics(lambda: runtime)
+    known = served()
+    known.key_name = "team-a"
+    metrics.record(known)
+    metrics.record(served())  # a key name that is not configured (any more)
+    broken = served()
+    broken.output_error = "empty"
+    metrics.record(broken)
+    sim_b = runtime.routes["demo"].by_id["sim-b"]
+    sim_b.breaker.trip(runtime.clock(), "auth", 30.0)
+    got = samples(metrics)
+    labels = {"route": "demo", "endpoint": "sim-a", "status": "200"}
+    assert value(got, "router_requests_total", **labels, key="team-a") == 1
+    assert value(got, "router_requests_total", **labels, key="other") == 2
+    assert not any("sk-aaaaaaaa" in str(labels) for _, labels in got)
+    assert (
+        value(got, "router_output_errors_total", route="demo", endpoint="sim-a", reason="empty")
+        == 1
+    )
+    assert (
+        value(
+            got, "router_breaker_transitions_total", route="demo", endpoint="sim-b", to="cooldown"
+        )
+        == 1
+    )
+    # Priority ranks sim-a first: the higher score; each usable endpoint's loads are there.
+    score_a = value(got, "router_endpoint_score", route="demo", endpoint="sim-a")
+    score_b = value(got, "router_endpoint_score", route="demo", endpoint="sim-b")
+    assert score_a > score_b
+    for load in ("latency_s", "ttft_s", "tokens_per_s", "error_rate", "output_error_rate"):
+        assert (
+            "router_endpoint_load",
+            frozenset({("route", "demo"), ("endpoint", "sim-b"), ("load", load)}),
+        ) in got
+    assert any(name == "router_build_info" for name, _ in got)
+    assert any(name.startswith("process_") for name, _ in got)

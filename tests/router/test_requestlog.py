@@ -153,6 +153,8 @@ def mixed_records(n: int) -> list[RequestRecord]:
                 started=started,
                 key="team-a" if i % 2 else "team-b",
             )
+            if i % 5 == 0:  # came back 200 but broken (revision 0007)
+                rec.output_error = "empty" if i % 10 else "not_json"
         records.append(rec)
     return records
 
@@ -171,20 +173,24 @@ def expected_usage(records: list[RequestRecord], group_by: str) -> dict[Any, dic
             {
                 "requests": 0,
                 "errors": 0,
+                "output_errors": 0,
                 "prompt_tokens": 0,
                 "completion_tokens": 0,
                 "reasoning_tokens": 0,
                 "cached_tokens": 0,
+                "cache_write_tokens": 0,
                 "cost": 0.0,
             },
         )
         u = rec.usage or Usage()
         g["requests"] += 1
         g["errors"] += rec.status >= 400 or rec.error is not None
+        g["output_errors"] += rec.output_error is not None
         g["prompt_tokens"] += u.prompt_tokens
         g["completion_tokens"] += u.completion_tokens
         g["reasoning_tokens"] += u.reasoning_tokens
         g["cached_tokens"] += u.cached_tokens
+        g["cache_write_tokens"] += u.cache_write_tokens
         g["cost"] += rec.cost
     return out
 
@@ -1129,6 +1135,7 @@ def test_every_column_round_trips(url: str) -> None:
         ],
     )
     full.hedges = 1
+    full.output_error = "not_json"
     bare = make_record(2, key=None, endpoint=None, status=502, started=started, attempts=[])
     bare.usage, bare.ttft_ms, bare.cost = None, None, 0.0
     # Served by its one attempt: the request's row carries it (revision 0005).
@@ -1159,13 +1166,13 @@ def test_every_column_round_trips(url: str) -> None:
             (when, "req-1", "team-a", "demo", "fast", "chat",
              False, 200, 2, 1, 101.0, 20.0, u.prompt_tokens, u.completion_tokens,
              u.reasoning_tokens, u.cached_tokens, u.cache_write_tokens, full.cost,
-             "UpstreamTimeout", None, None),
+             "UpstreamTimeout", "not_json", None, None),
             (when, "req-2", None, "demo", None, "chat",
-             True, 502, 0, 0, 102.0, None, 0, 0, 0, 0, 0, 0.0, None, None, None),
+             True, 502, 0, 0, 102.0, None, 0, 0, 0, 0, 0, 0.0, None, None, None, None),
             (when, "req-3", "team-a", "demo", "fast", "chat",
-             False, 200, 1, 0, 103.0, 20.0, 13, 8, 0, 3, 1, plain.cost, None, 12.5, 3.0),
+             False, 200, 1, 0, 103.0, 20.0, 13, 8, 0, 3, 1, plain.cost, None, None, 12.5, 3.0),
             (when, "req-4", "team-a", "demo", "fast", "chat",
-             True, 499, 1, 0, 104.0, 20.0, 14, 9, 1, 0, 1, gone.cost, None, None, None),
+             True, 499, 1, 0, 104.0, 20.0, 14, 9, 1, 0, 1, gone.cost, None, None, None, None),
         ]  # fmt: skip
         # The view: every attempt, the one a request's row carries with a NULL id.
         assert [(r.id is None, *tuple(r)[1:]) for r in attempts] == [
