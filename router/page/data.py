@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from router.obs.series import SeriesBook, points, recent
+from router.state.breaker import RATE_LIMITED
 
 if TYPE_CHECKING:
     from router.runtime import Endpoint, RouteRuntime, Runtime
@@ -224,7 +225,34 @@ def _timeline(ep: Endpoint, now: float, offset: float, start: float) -> list[dic
             )
         state, reason, since = new, why, max(t, start)
     spans.append({"from": round(since, 3), "to": round(end, 3), "state": state, "reason": reason})
+    for t0, t1 in ep.breaker.set_asides:  # rate limits: a cooldown over whatever state
+        spans = _overlay(spans, t0 + offset, min(t1 + offset, end))
     return [s for s in spans if s["to"] > start]
+
+
+def _overlay(spans: list[dict[str, Any]], t0: float, t1: float) -> list[dict[str, Any]]:
+    """``spans`` with [t0, t1) shown as a cooldown for a rate limit, where not one already."""
+    if t1 <= t0:
+        return spans
+    out: list[dict[str, Any]] = []
+    for sp in spans:
+        a, b = sp["from"], sp["to"]
+        if b <= t0 or a >= t1 or sp["state"] == "cooldown":
+            out.append(sp)
+            continue
+        if a < t0:
+            out.append({**sp, "to": round(t0, 3)})
+        out.append(
+            {
+                "from": round(max(a, t0), 3),
+                "to": round(min(b, t1), 3),
+                "state": "cooldown",
+                "reason": RATE_LIMITED,
+            }
+        )
+        if b > t1:
+            out.append({**sp, "from": round(t1, 3)})
+    return out
 
 
 def _pricing(route: RouteRuntime, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:

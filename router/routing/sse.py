@@ -253,8 +253,6 @@ class SseInspector:
         return b""
 
 
-
-
 def brief(err: Any) -> str:
     """An upstream's error, short enough for a log line or a message."""
     if isinstance(err, dict):

@@ -63,7 +63,9 @@ class CircuitBreaker:
         # (clock time, new state, reason, cooldown end) of recent changes, and changes into
         # each state since start: the page's timeline and /metrics' counters. Changes are rare.
         self.history: deque[tuple[float, State, str | None, float | None]] = deque(maxlen=HISTORY)
-        self.changes: dict[State, int] = {"healthy": 0, "cooldown": 0, "half_open": 0}
+        self.changes: dict[str, int] = {"healthy": 0, "cooldown": 0, "half_open": 0}
+        self.changes[RATE_LIMITED] = 0  # set-asides by a rate limit (not a state change)
+        self.set_asides: deque[tuple[float, float]] = deque(maxlen=HISTORY)  # (from, until)
 
     def _changed(
         self, now: float, state: State, reason: str | None, until: float | None = None
@@ -159,8 +161,14 @@ class CircuitBreaker:
         """The host asked for ``seconds`` of rest (a 429, a ``Retry-After``): set aside
         until then, the host's latest word replacing an earlier one. No verdict on its
         health: a probe in flight is released, the state machine is left as it was."""
-        self.limited_until = now + _bounded(seconds)
+        until = self.limited_until = now + _bounded(seconds)
         self.probe_in_flight = False
+        asides = self.set_asides
+        if asides and asides[-1][0] <= now < asides[-1][1]:
+            asides[-1] = (asides[-1][0], until)  # the host's latest word on the same rest
+        else:
+            asides.append((now, until))
+            self.changes[RATE_LIMITED] += 1
 
     def is_rate_limited(self, now: float) -> bool:
         return now < self.limited_until

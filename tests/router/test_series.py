@@ -135,4 +135,15 @@ def test_the_state_timeline_shows_cooldowns_and_their_end() -> None:
         (1141.0, 1150.0, "healthy"),
     ]
     assert spans[1]["reason"] == "auth"
-    assert ep.breaker.changes == {"healthy": 1, "cooldown": 1, "half_open": 1}
+    assert ep.breaker.changes == {"healthy": 1, "cooldown": 1, "half_open": 1, "rate_limited": 0}
+    # A 429 sets it aside for its Retry-After (extended once): a cooldown on the timeline,
+    # then back to what the breaker says.
+    ep.breaker.rate_limited(143.0, 2.0)
+    ep.breaker.rate_limited(144.0, 2.0)
+    spans = _timeline(ep, clock(), offset, 1100.0)
+    assert [(s["from"], s["to"], s["state"], s["reason"]) for s in spans[3:]] == [
+        (1141.0, 1143.0, "healthy", None),
+        (1143.0, 1146.0, "cooldown", "rate_limited"),
+        (1146.0, 1150.0, "healthy", None),
+    ]
+    assert ep.breaker.changes["rate_limited"] == 1
