@@ -8,6 +8,7 @@ as raw SSE bytes (``chunks``), never re-serialised. Tests swap the provider, not
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -28,6 +29,11 @@ class UpstreamRequest:
     headers: Mapping[str, str] | None = None  # client headers its API passes on as they came
     connect_s: float = 5.0
     read_s: float = 60.0  # longest silence before the first token (max of ttft and idle)
+    # Absolute bounds, from the moment of sending, whatever the upstream's pace: the first
+    # token of a stream (the head of a non-streamed answer) within ``first_s``, the whole
+    # answer within ``total_s``. Providers with ``native_timeouts`` hold them themselves.
+    first_s: float = math.inf
+    total_s: float = math.inf
     _body: bytes | None = field(default=None, repr=False)
 
     @property
@@ -51,7 +57,9 @@ class UpstreamResponse(Protocol):
         ...
 
     def set_idle_timeout(self, seconds: float) -> None:
-        """Tighten the silence allowed between chunks once the first token is in."""
+        """The first token is in: from now on the silence allowed between chunks is
+        ``seconds`` (at once, whatever timer is running), and only ``total_s`` bounds the
+        rest."""
         ...
 
     def close(self) -> None:
@@ -61,8 +69,8 @@ class UpstreamResponse(Protocol):
 
 class Provider(Protocol):
     kind: str
-    # True when ``read_s`` is enforced by the transport itself (aiohttp's sock_read), so
-    # the pipeline needs no timer of its own for a non-streamed answer's first byte.
+    # True when ``read_s``, ``first_s`` and ``total_s`` are enforced by the transport itself
+    # (providers.http1's timer), so the pipeline needs no timer of its own.
     native_timeouts: bool
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...

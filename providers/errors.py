@@ -95,6 +95,12 @@ class UpstreamProtocolError(UpstreamError):
     reason = "bad_response"
 
 
+class AnswerTooLarge(UpstreamProtocolError):
+    """A non-streamed answer larger than the provider's ``max_answer_mb``."""
+
+    reason = "answer_too_large"
+
+
 class StreamBroken(UpstreamError):
     """A stream ended without its terminator, or the connection dropped mid-stream."""
 

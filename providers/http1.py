@@ -1,68 +1,216 @@
-"""A keep-alive HTTP/1.1 client for one upstream origin, assembled from aiohttp's parts.
+"""A keep-alive HTTP/1.1 client for one upstream origin, on httptools' response parser.
 
 Why not ``aiohttp.ClientSession``: for every request it builds a ``ClientRequest`` (URL
 checks, header merging through multidicts, cookie and auth hooks, tracing signals), a
 ``ClientResponse`` and a connector key, which under load cost the router about as much
 CPU as all of its own routing. Our fast path sends a POST with the same head to the same
-origin every time, so the head is rendered once per endpoint and the pool is a deque.
-What reads the answer is still aiohttp: its ``ResponseHandler`` protocol, its llhttp C
-parser (chunked and content-length framing, decompression, limits) and its
-``StreamReader`` with flow control and the ``sock_read`` timer.
+origin every time, so the head is rendered once per endpoint and the pool is a deque. An
+answer is read by llhttp (httptools' public parser, as the server side uses) into an
+``Answer`` (``providers.answer``).
+
+Time is bounded by absolute deadlines, not per read: a connection holds one timer, set
+for the sooner of the answer's deadline and its last read plus the silence allowed, and
+re-armed only when it fires early or a bound is tightened. An upstream that sends one
+byte at a time cannot stretch a request past its deadline, and the hot path reads the
+clock once per read instead of re-arming a timer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import cast
 
-from aiohttp.client_exceptions import ClientConnectionError, ServerDisconnectedError
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.streams import StreamReader
-from multidict import CIMultiDictProxy
+import httptools
 from yarl import URL
 
-_READ_BUFSIZE = 2**16  # aiohttp's: an answer is read as it was through ClientSession
+from providers.answer import Answer, Closed, Deadline, NotHttp, Silence, decoder_for
+
+__all__ = ["Answer", "Closed", "Deadline", "NotHttp", "Origin", "Silence"]
+
 _USER_AGENT = "llm-router"
 
 
-class Answer:
-    """The status line and headers of an answer; ``payload`` streams its body.
+class Connection(asyncio.Protocol):
+    """One upstream connection: sends a request, parses its answer, keeps the time."""
 
-    The connection goes back to the pool as soon as the parser has seen the body's end
-    (as aiohttp's ``ClientResponse`` does), whether or not anyone calls ``close``.
-    """
+    __slots__ = (
+        "_answer",
+        "_deadline",
+        "_fields",
+        "_head",
+        "_last",
+        "_loop",
+        "_origin",
+        "_parser",
+        "_silence",
+        "_timer",
+        "_until_close",
+        "_when",
+        "reusable",
+        "transport",
+    )
 
-    __slots__ = ("_origin", "_protocol", "headers", "payload", "status")
-
-    def __init__(
-        self, origin: Origin, protocol: ResponseHandler, message: Any, payload: StreamReader
-    ) -> None:
-        self._origin: Origin | None = origin
-        self._protocol = protocol
-        self.status: int = message.code
-        self.headers: CIMultiDictProxy[str] = message.headers
-        self.payload = payload
-        payload.on_eof(self._ended)  # runs at once if the whole body is already in
+    def __init__(self, origin: Origin, loop: asyncio.AbstractEventLoop) -> None:
+        self._origin = origin
+        self._loop = loop
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.reusable = True  # no side has said close, nothing went wrong
+        self._head: asyncio.Future[Answer] | None = None  # waiting for the answer's head
+        self._answer: Answer | None = None  # the answer whose body is arriving
+        self._fields: dict[str, str] = {}
+        self._until_close = False  # the answer's end is the connection's
+        self._deadline = math.inf  # loop time by which the answer must be in (this phase)
+        self._silence = math.inf  # seconds allowed between reads
+        self._last = 0.0  # loop time of the last read (inf while we stopped reading)
+        self._timer: asyncio.TimerHandle | None = None
+        self._when = math.inf  # when the timer fires
 
     @property
-    def protocol(self) -> ResponseHandler:
-        return self._protocol
+    def usable(self) -> bool:
+        return self.reusable and self.transport is not None and not self.transport.is_closing()
 
-    def _ended(self) -> None:
-        origin, self._origin = self._origin, None
-        if origin is not None:
-            origin.release(self._protocol, reusable=True)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.reusable = False
+        if self._answer is not None and self._until_close:
+            self._answer.end()  # framed by the close: this is its end
+            self._finish(reusable=False)
+        else:
+            self._fail(Closed("the upstream closed the connection before the answer's end"))
+
+    def data_received(self, data: bytes) -> None:
+        self._last = self._loop.time()
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, NotHttp) else NotHttp(str(exc)))
+
+    # -- the parser's callbacks ------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        known = self._fields.get(key)
+        self._fields[key] = text if known is None else f"{known}, {text}"
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        fields, self._fields = self._fields, {}
+        if status < 200:
+            return  # an interim answer (100 Continue): the real one follows
+        head = self._head
+        if head is None or head.done():
+            raise NotHttp("an answer nobody asked for")
+        self._head = None
+        self.reusable = parser.should_keep_alive()
+        self._until_close = (
+            "content-length" not in fields
+            and "transfer-encoding" not in fields
+            and status not in (204, 304)
+        )
+        encoding = fields.get("content-encoding")
+        answer = Answer(self, status, fields, None if encoding is None else decoder_for(encoding))
+        self._answer = answer
+        head.set_result(answer)
+
+    def on_body(self, data: bytes) -> None:
+        if self._answer is not None:
+            self._answer.feed(data)
+
+    def on_message_complete(self) -> None:
+        answer = self._answer
+        if answer is not None:  # else an interim answer's end
+            answer.end()
+            self._finish(reusable=self.reusable)
+
+    # -- sending, and the time ---------------------------------------------------------------
+
+    def send(self, data: bytes, deadline: float, silence: float) -> asyncio.Future[Answer]:
+        """Write a request; the future is its answer's head."""
+        assert self.transport is not None
+        self._head = head = self._loop.create_future()
+        self._last = self._loop.time()
+        self.transport.write(data)
+        self.limit(deadline, silence)
+        return head
+
+    def limit(self, deadline: float, silence: float) -> None:
+        """Set the bounds of what is left of the answer; a sooner one re-arms the timer
+        at once (a later one waits for the running timer, which then re-arms)."""
+        self._deadline = deadline
+        self._silence = silence
+        when = min(deadline, self._last + silence)
+        if when < self._when:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._when = when
+            self._timer = self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._when = math.inf
+        now = self._loop.time()
+        if now >= self._deadline:
+            self._fail(Deadline("the answer was not in by its deadline"))
+        elif now >= self._last + self._silence:
+            self._fail(Silence(f"nothing from the upstream for {self._silence:g}s"))
+        else:
+            self.limit(self._deadline, self._silence)
+
+    def pause(self) -> None:
+        """The reader is behind: stop reading; its silence is ours, not the upstream's."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._last = math.inf
+
+    def resume(self) -> None:
+        self._last = self._loop.time()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+        self.limit(self._deadline, self._silence)
+
+    def abandon(self, answer: Answer) -> None:
+        """The reader drops ``answer`` before its end: the connection cannot be reused."""
+        if self._answer is answer:
+            self._finish(reusable=False)
+
+    def _fail(self, exc: BaseException) -> None:
+        """The answer cannot complete: whoever waits for it learns why; no reuse."""
+        self.reusable = False
+        head, self._head = self._head, None
+        if head is not None and not head.done():
+            head.set_exception(exc)  # post() then releases the connection
+        if self._answer is not None:
+            self._answer.fail(exc)
+            self._finish(reusable=False)
+        elif self.transport is not None:
+            self.transport.close()
+
+    def _finish(self, *, reusable: bool) -> None:
+        """The answer is done with the connection (whole, failed or dropped)."""
+        answer, self._answer = self._answer, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._when = math.inf
+        self._deadline = self._silence = math.inf
+        if answer is not None:
+            answer.detach()  # resumes reading if the answer had paused it
+            self._origin.release(self, reusable=reusable)
 
     def close(self) -> None:
-        """Drops the connection if the body did not reach its end."""
-        origin, self._origin = self._origin, None
-        if origin is not None:
-            origin.release(self._protocol, reusable=False)
+        if self.transport is not None:
+            self.transport.close()
 
 
 class Origin:
@@ -97,7 +245,7 @@ class Origin:
         self._fields = "".join(f"{name}: {value}\r\n" for name, value in lines).encode("latin-1")
         self._max = max_connections
         self._keepalive_s = keepalive_s
-        self._idle: deque[tuple[ResponseHandler, float]] = deque()
+        self._idle: deque[tuple[Connection, float]] = deque()
         self._open = 0  # idle + busy + being connected
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._sweep: asyncio.TimerHandle | None = None
@@ -107,39 +255,40 @@ class Origin:
         """Everything before the Content-Length value, rendered once per path."""
         return b"POST " + path.encode("ascii") + b" HTTP/1.1\r\n" + self._fields
 
-    async def post(self, head: bytes, body: bytes, connect_s: float, read_s: float) -> Answer:
+    async def post(
+        self, head: bytes, body: bytes, connect_s: float, deadline: float, silence: float
+    ) -> Answer:
         """Send one request; returns once the status line and headers are in.
 
-        Raises ``TimeoutError`` (connect), ``OSError`` (connect), or aiohttp's
-        ``ClientError`` family (the connection failed or timed out before an answer).
+        ``deadline`` (loop time) bounds the wait for the head, ``silence`` the gap between
+        reads; the answer's ``limit`` sets them for its body. Raises ``TimeoutError``
+        (connect), ``OSError`` (connect, or ``Closed`` before an answer), ``Deadline`` or
+        ``Silence`` (both ``TimeoutError``), or ``NotHttp``.
         """
-        protocol = await self._acquire(connect_s)
+        conn = await self._acquire(min(connect_s, deadline - asyncio.get_running_loop().time()))
+        data = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+        head_future = None
         try:
-            protocol.set_response_params(read_timeout=read_s, read_bufsize=_READ_BUFSIZE)
-            if protocol.transport is None:  # closed by the peer as it was made
-                raise ServerDisconnectedError()
-            protocol.transport.write(b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body))
-            protocol.start_timeout()
-            while True:
-                try:
-                    message, payload = await protocol.read()
-                except HttpProcessingError as exc:
-                    raise ClientConnectionError(f"not an HTTP answer: {exc.message}") from exc
-                if not 100 <= message.code < 200 or message.code == 101:
-                    break
+            if conn.transport is None or conn.transport.is_closing():
+                raise Closed("the upstream closed the connection before the request")
+            head_future = conn.send(data, deadline, silence)
+            return await head_future
         except BaseException:
-            self.release(protocol, reusable=False)
+            came = head_future is not None and head_future.done() and not head_future.cancelled()
+            if came and head_future is not None and head_future.exception() is None:
+                head_future.result().close()  # cancelled just as the head came: its answer
+                raise  # owns the connection now, and closing it releases it
+            self.release(conn, reusable=False)
             raise
-        return Answer(self, protocol, message, payload)
 
-    async def _acquire(self, connect_s: float) -> ResponseHandler:
+    async def _acquire(self, connect_s: float) -> Connection:
         idle = self._idle
         while True:
             while idle:
-                protocol, _ = idle.pop()  # the most recently used: least likely stale
-                if protocol.is_connected() and not protocol.should_close:
-                    return protocol
-                protocol.close()
+                conn, _ = idle.pop()  # the most recently used: least likely stale
+                if conn.usable:
+                    return conn
+                conn.close()
                 self._open -= 1
             if self._open < self._max:
                 break
@@ -154,25 +303,29 @@ class Origin:
         self._open += 1
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(connect_s):
-                _, protocol = await loop.create_connection(
-                    lambda: ResponseHandler(loop), self.host, self.port, ssl=self._ssl
+            async with asyncio.timeout(max(0.0, connect_s)):
+                _, conn = await loop.create_connection(
+                    lambda: Connection(self, loop),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl is not None else None,
                 )
         except BaseException:
             self._open -= 1
             self._wake()
             raise
-        return protocol
+        return conn
 
-    def release(self, protocol: ResponseHandler, *, reusable: bool) -> None:
-        if reusable and not self._closed and protocol.is_connected() and not protocol.should_close:
-            self._idle.append((protocol, time.monotonic()))
+    def release(self, conn: Connection, *, reusable: bool) -> None:
+        if reusable and not self._closed and conn.usable:
+            self._idle.append((conn, time.monotonic()))
             if self._sweep is None:
                 self._sweep = asyncio.get_running_loop().call_later(
                     self._keepalive_s, self._close_stale
                 )
         else:
-            protocol.close()
+            conn.close()
             self._open -= 1
         self._wake()
 
@@ -207,7 +360,4 @@ class Origin:
             self._open -= 1
         for waiter in self._waiters:
             if not waiter.done():
-                waiter.set_exception(ClientConnectionError("the client was closed"))
-
-
-__all__ = ["Answer", "Origin"]
+                waiter.set_exception(Closed("the client was closed"))

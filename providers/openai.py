@@ -3,21 +3,24 @@
 Each provider holds one ``providers.http1.Origin``: pooled keep-alive connections to its
 host and the request head rendered once. The client's body goes out as the bytes it was
 parsed from (``model`` replaced); the answer comes back as raw bytes, streamed chunks
-passed on as they arrive. aiohttp's own ``sock_read`` timer bounds silences, so no extra
-timer is armed per chunk: it starts at the first-token bound and is tightened to
-``idle_s`` once the first token is in.
+passed on as they arrive. The connection's one timer holds every bound, so no timer is
+armed per request here: the head (a stream's first token) by ``first_s`` after sending,
+the whole answer by ``total_s``, and silences by ``read_s``, then ``idle_s`` once the
+first token is in. A non-streamed answer is bounded in size (``max_answer_bytes``): a
+larger one is this endpoint's failure, and the request fails over.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from collections.abc import AsyncIterator, Mapping
 from typing import Literal
 
-import aiohttp
 from pydantic import Field, field_validator
 from yarl import URL
 
+from providers.answer import Answer, Closed, Deadline, NotHttp, Silence, TooLarge
 from providers.base import (
     OPERATIONS,
     ProviderSettings,
@@ -27,50 +30,68 @@ from providers.base import (
     retry_after_from,
 )
 from providers.errors import (
+    AnswerTooLarge,
     ConnectTimeout,
     IdleTimeout,
     StreamBroken,
+    TotalTimeout,
     TTFTTimeout,
     UpstreamConnectError,
     UpstreamError,
     UpstreamHTTPError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
 )
-from providers.http1 import Answer, Origin
+from providers.http1 import Origin
 
 _MAX_ERROR_BODY = 64 * 1024
+MAX_ANSWER_BYTES = 64 << 20  # embeddings of a large batch run to tens of MB
 
 
 class OpenAIResponse:
-    __slots__ = ("_answer", "content_type", "status")
+    __slots__ = ("_answer", "_by_total", "_first", "_limit", "_total", "content_type", "status")
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, total: float, by_total: bool, limit: int) -> None:
         self._answer = answer
+        self._total = total  # loop time by which the whole answer must be in
+        self._by_total = by_total  # the first-token bound is total_s's, not ttft_s's
+        self._first = True  # a stream still waits for its first token
+        self._limit = limit
         self.status = answer.status
-        self.content_type = answer.headers.get("Content-Type", "application/json")
+        self.content_type = answer.headers.get("content-type", "application/json")
 
     async def read(self) -> bytes:
         try:
-            return await self._answer.payload.read()
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            return await self._answer.read(self._limit)
+        except Deadline as exc:
+            raise TotalTimeout("the answer was not whole within total_s") from exc
+        except Silence as exc:
             raise TTFTTimeout("no complete answer before the read timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise StreamBroken(f"answer cut short: {type(exc).__name__}") from exc
+        except TooLarge as exc:
+            raise AnswerTooLarge(f"{exc} (max_answer_mb)") from exc
+        except (Closed, NotHttp) as exc:
+            raise StreamBroken(f"answer cut short: {exc}") from exc
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        payload = self._answer.payload
+        answer = self._answer
         try:
-            while True:
-                data = await payload.readany()
-                if not data:
-                    return
+            while data := await answer.chunk():
                 yield data
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except Deadline as exc:
+            raise self._deadline() from exc
+        except Silence as exc:
             raise IdleTimeout("no chunk within the idle timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise StreamBroken(f"stream cut short: {type(exc).__name__}") from exc
+        except (Closed, NotHttp) as exc:
+            raise StreamBroken(f"stream cut short: {exc}") from exc
+
+    def _deadline(self) -> UpstreamTimeout:
+        if self._first and not self._by_total:
+            return TTFTTimeout("no first token within ttft_s")
+        return TotalTimeout("total_s ran out mid-stream")
 
     def set_idle_timeout(self, seconds: float) -> None:
-        self._answer.protocol.read_timeout = seconds
+        self._first = False
+        self._answer.limit(self._total, seconds)
 
     def close(self) -> None:
         self._answer.close()
@@ -86,6 +107,7 @@ class OpenAIProvider:
         api_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         max_connections: int = 4096,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         base = URL(self.base_url)
@@ -97,24 +119,36 @@ class OpenAIProvider:
         self._heads = {
             op: self._origin.head(URL(f"{self.base_url}/{op}").raw_path_qs) for op in OPERATIONS
         }
+        self._max_answer = max_answer_bytes
 
     async def send(self, request: UpstreamRequest) -> OpenAIResponse:
         head = self._heads[request.operation]
+        now = asyncio.get_running_loop().time()
+        by_total = request.total_s <= request.first_s
+        total = now + request.total_s
+        first = now + min(request.first_s, request.total_s)
         try:
-            answer = await self._origin.post(head, request.body, request.connect_s, request.read_s)
-        except aiohttp.ServerTimeoutError as exc:  # a TimeoutError too: caught first
+            answer = await self._origin.post(
+                head, request.body, request.connect_s, first, request.read_s
+            )
+        except (Deadline, Silence) as exc:  # TimeoutErrors too: caught first
+            if by_total and isinstance(exc, Deadline):
+                raise TotalTimeout("total_s ran out before an answer") from exc
             raise TTFTTimeout("no answer before the read timeout") from exc
         except TimeoutError as exc:
             raise ConnectTimeout(f"no connection within {request.connect_s}s") from exc
-        except (OSError, aiohttp.ClientError) as exc:
+        except NotHttp as exc:
+            raise UpstreamConnectError(f"not an HTTP answer: {exc}") from exc
+        except OSError as exc:
             # Refused, reset, or closed before any answer: the request never got served.
             raise UpstreamConnectError(
-                f"{type(exc).__name__}: {exc}",
-                refused=isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED,
+                f"{type(exc).__name__}: {exc}", refused=exc.errno == errno.ECONNREFUSED
             ) from exc
         if answer.status >= 300:
             await _raise_for_status(answer)
-        return OpenAIResponse(answer)
+        if not request.stream or request.operation == "embeddings":
+            answer.limit(total, request.read_s)  # the head was the first byte: now total_s
+        return OpenAIResponse(answer, total, by_total, self._max_answer)
 
     async def aclose(self) -> None:
         self._origin.close()
@@ -122,8 +156,8 @@ class OpenAIProvider:
 
 async def _raise_for_status(answer: Answer) -> None:
     try:
-        body = await answer.payload.read(_MAX_ERROR_BODY)
-    except (TimeoutError, aiohttp.ClientError):
+        body = await answer.read(_MAX_ERROR_BODY, cut=True)
+    except (TimeoutError, Closed, NotHttp):
         body = b""
     finally:
         answer.close()
@@ -132,7 +166,7 @@ async def _raise_for_status(answer: Answer) -> None:
         answer.status,
         body,
         retry_after_s=retry_after_from(headers),
-        content_type=headers.get("Content-Type", "application/json"),
+        content_type=headers.get("content-type", "application/json"),
     )
 
 
@@ -154,4 +188,4 @@ class OpenAISettings(ProviderSettings):
         )
 
 
-__all__ = ["OpenAIProvider", "OpenAIResponse", "UpstreamError"]
+__all__ = ["OpenAIProvider", "OpenAIResponse", "UpstreamError", "UpstreamProtocolError"]

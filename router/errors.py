@@ -13,13 +13,15 @@
     │   ├── UpstreamHTTPError                   non-2xx: auth, http_429, http_5xx, http_4xx
     │   ├── UnsupportedField                    a 400 on a field the host lacks (unsupported_field)
     │   ├── UpstreamProtocolError               garbage instead of JSON/SSE (bad_response)
+    │   │   └── AnswerTooLarge                  an answer over max_answer_mb (answer_too_large)
     │   └── StreamBroken                        stream cut before its end (stream_broken)
     └── RouterError                             answered to the client as {"error": {...}}
         ├── BadRequest                400       bad JSON, missing/ill-typed field, routing field
         ├── Unauthorized              401       missing or unknown client key
         ├── Forbidden                 403       wrong admin key
         ├── NotFound                  404       unknown model; provider filter left nothing
-        ├── PayloadTooLarge           413       body over server.max_body_mb
+        ├── PayloadTooLarge           413       body over server.max_body_mb (after decoding)
+        ├── UnsupportedMediaType      415       a Content-Encoding other than gzip or deflate
         ├── NoEndpointAvailable       503       nothing to try (disabled, or at max_concurrency)
         ├── UpstreamRateLimited       429       every endpoint asked to wait longer than we can
         ├── AllAttemptsFailed         502/504   every attempt failed; 504 when every one timed out
@@ -66,6 +68,7 @@ __all__ = [
     "TTFTTimeout",
     "TotalTimeout",
     "Unauthorized",
+    "UnsupportedMediaType",
     "UpstreamClientError",
     "UpstreamConnectError",
     "UpstreamError",
@@ -140,6 +143,12 @@ class PayloadTooLarge(RouterError):
     status = 413
     type = "invalid_request_error"
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(RouterError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_content_encoding"
 
 
 class NoEndpointAvailable(RouterError):

@@ -57,7 +57,7 @@ class EndpointState:
 class Endpoint:
     """One endpoint of one route, at run time."""
 
-    __slots__ = ("breaker", "id", "price", "provider", "spec", "state", "stats")
+    __slots__ = ("breaker", "id", "price", "provider", "secret", "spec", "state", "stats")
 
     def __init__(self, spec: EndpointSpec, provider: Provider | None, state: EndpointState) -> None:
         self.spec = spec
@@ -68,6 +68,10 @@ class Endpoint:
         self.breaker = state.breaker
         price = spec.price
         self.price = (price.input, price.output) if price else (0.0, 0.0)
+        # Its upstream's key, which an answer of that upstream may quote (and nothing
+        # else it could know): answers are searched for it before they go out.
+        key = spec.provider.api_key.get_secret_value() if spec.provider.api_key else ""
+        self.secret = key.encode() if len(key) >= 4 else None
 
     @property
     def usable(self) -> bool:

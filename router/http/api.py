@@ -33,7 +33,6 @@ from router.errors import (
     Forbidden,
     NoEndpointAvailable,
     NotFound,
-    PayloadTooLarge,
     RouterError,
     Unauthorized,
     UpstreamClientError,
@@ -77,7 +76,14 @@ def _error_response(
             body = REDACTOR.scrub(body.decode("utf-8", "replace")).encode()
         return Response(exc.status, body, _JSON, headers)
     body = exc.body() if api is None else api.error_body(exc)
-    return _json_response(exc.status, body, headers)
+    return _json_response(exc.status, _scrubbed(body), headers)
+
+
+def _scrubbed(body: bytes) -> bytes:
+    """A router-made error without any configured secret: its message may quote what the
+    client sent (a model name, a policy header, a routing field), and a client may have
+    put a key there."""
+    return REDACTOR.scrub_bytes(body) if REDACTOR.secrets else body
 
 
 def _bearer(request: Request) -> str | None:
@@ -106,25 +112,8 @@ def _client_key_name(runtime: Runtime, request: Request) -> str | None:
 
 
 async def _read_body(request: Request, max_mb: float) -> bytes:
-    limit = int(max_mb * 1024 * 1024)
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(
-            f"request body is {length} bytes; the limit is {limit} ({max_mb:g} MB)"
-        )
-    if length is not None:
-        return await request.read()
-    request.expect_body()
-    chunks = []
-    size = 0
-    async for chunk in request.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"request body is over the limit of {limit} bytes ({max_mb:g} MB)"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The body, decoded, bounded by ``max_mb`` (413), its encoding gzip or deflate (415)."""
+    return await request.read(int(max_mb * 1024 * 1024))
 
 
 def parse_call(api: ClientApi, body: bytes, request: Request, request_id: str) -> Call:
@@ -207,7 +196,7 @@ class Api:
 
     async def _not_found(self, request: Request) -> Answer:
         body = error_body(f"no such path: {request.path}", "invalid_request_error", "not_found")
-        return _json_response(404, body)
+        return _json_response(404, _scrubbed(body))
 
     async def _method_not_allowed(self, request: Request, methods: dict[str, Any]) -> Answer:
         body = error_body(
@@ -215,7 +204,7 @@ class Api:
             "invalid_request_error",
             "method_not_allowed",
         )
-        return _json_response(405, body, {"Allow": ", ".join(sorted(methods))})
+        return _json_response(405, _scrubbed(body), {"Allow": ", ".join(sorted(methods))})
 
     async def proxy(self, request: Request) -> Answer:
         """Every client API (``router.apis``): one handler, the API read from the path, so
@@ -267,6 +256,9 @@ class Api:
                 record.usage = opened.usage
                 content_type = opened.response.content_type or _JSON
                 answer = opened.body
+                secret = opened.endpoint.secret
+                if secret is not None and answer.find(secret) != -1:  # one search per answer
+                    answer = answer.replace(secret, b"***")
                 if opened.transform is not None:
                     answer = opened.transform.body(answer)
                 return Response(opened.response.status, answer, content_type, headers)
@@ -282,13 +274,17 @@ class Api:
             except (UpstreamError, RouterError) as exc:
                 record.error = exc.reason if isinstance(exc, UpstreamError) else exc.code
                 record.status = 502
+                # The event ends the answer, which then ends as a whole one: its framing
+                # is intact, so the connection stays reusable (a client that pools
+                # connections sends its next request on it, and it is served).
                 await resp.write(api.stream_error(exc))
-                resp.force_close()
             except (asyncio.CancelledError, ConnectionResetError):
                 # The client went away mid-stream: the log and request log must not call a
-                # truncated stream a 200.
-                record.status = 499
-                record.error = "client_closed"
+                # truncated stream a 200. One that had it all (and hung up while the
+                # upstream's end was read) stays a 200.
+                if not opened.delivered:
+                    record.status = 499
+                    record.error = "client_closed"
                 raise
             except Exception as exc:  # a bug of ours: end the stream visibly, keep serving
                 log.exception("internal_error", request_id=request_id)

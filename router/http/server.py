@@ -1,417 +1,445 @@
-"""The API's HTTP/1.1 server: aiohttp's parser and flow control, and a lean answer path.
+"""The API's HTTP/1.1 server: httptools' parser on an ``asyncio.Protocol``, and a lean answer path.
 
 Why not aiohttp's own server (``web.Server``): per request it builds a ``BaseRequest``
 and a ``Response``, merges headers through multidicts, runs prepare hooks and an access
 log check, serializes the head through ``StreamWriter`` and re-arms flow control: about a
-fifth of the router's CPU under load (py-spy, 16 connections), for answers that are one
-JSON body or one event stream. This keeps what is hard to get right from aiohttp: the
-llhttp C parser (framing, chunked bodies, limits, pipelining with a bounded queue),
-``StreamReader`` bodies with their back-pressure and ``BaseProtocol``'s write draining.
-What it replaces is the per-request scaffolding: a handler gets a ``Request`` (the
-parser's message and body) and returns a ``Response``, whose head is rendered in one
-string, or writes a ``Stream``, whose head leaves with its first bytes.
+fifth of the router's CPU under load, for answers that are one JSON body or one event
+stream. This is uvicorn's pattern (``protocols/http/httptools_impl.py``): llhttp, the C
+parser behind Node and aiohttp, through httptools' public callbacks, and flow control in a
+class of its own (``router.http.flow``). A handler gets a ``Request`` and returns a
+``Response`` (one write) or writes a ``Stream`` (``router.http.answers``).
 
-Connection handling is aiohttp's, in brief: one task per connection serves its requests
-in order; HTTP/1.1 keeps the connection unless a side says ``close``; a body the handler
-did not read to its end, a broken request or a forced close ends the connection after the
-answer; a connection lost mid-request cancels its handler (the request log records a
-499); idle connections are closed after ``KEEPALIVE_S``, and a client that stalls in the
-middle of a request's head or body after ``STALL_S`` (``_sweep``). ``Expect: 100-continue`` is
-answered when the handler starts reading the body, so a request refused before that
-(401, 413) is refused without the client sending its body.
+Connections: one task per connection serves its requests in order; HTTP/1.1 keeps the
+connection unless a side says ``close``; a body the handler did not see to its end, a
+broken request or a forced close ends the connection after the answer; a connection lost
+mid-request cancels its handler (the request log records a 499). What a client can make
+the server hold is bounded: a head by ``MAX_HEAD`` (and its target and fields by
+``MAX_TARGET`` and ``MAX_FIELD``), a body by its high-water mark, requests pipelined
+behind the one being answered by one read (reading pauses while any wait). Time is
+bounded by a sweep every ``stall_s`` (a timer per request would cost more): a connection
+that has not sent a whole head, a first one included, within ``stall_s`` to twice that, or
+that stops sending a body, is closed, as nginx's client_header/body_timeout; an idle
+keep-alive connection after ``KEEPALIVE_S``. Connections are capped at ``max_connections``:
+at the cap the longest idle one makes room, and with none idle a newcomer gets a 503.
+``Expect: 100-continue`` is answered when the handler starts reading the body, so a request
+refused before that (401, 413) is refused without the client sending its body.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
-from typing import Any
-from urllib.parse import unquote
+from email.utils import formatdate
+from typing import cast
 
+import httptools
 import structlog
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
-from aiohttp.streams import StreamReader
-from aiohttp.tcp_helpers import tcp_keepalive
-from multidict import CIMultiDictProxy, MultiDictProxy
 
-from router.errors import error_body
+from router.errors import BadRequest, error_body
+from router.http.answers import CLOSE, KEEP, Answer, Response, Stream
+from router.http.flow import PIPELINE, FlowControl
+from router.http.request import Body, Headers, Request
+
+__all__ = ["Answer", "Handler", "HttpServer", "Request", "Response", "Stream"]
 
 log = structlog.get_logger("router.http")
 
-# An idle client connection is closed after this: aiohttp's default, longer than a reverse
-# proxy's idle timeout, so that the proxy closes first and never sends into a closing socket.
+# An idle keep-alive connection is closed after this: longer than a reverse proxy's idle
+# timeout, so that the proxy closes first and never sends into a closing socket. (At the
+# connection cap the longest idle connection is closed first, so these cannot crowd out.)
 KEEPALIVE_S = 3630.0
-# A client that sends part of a request's head, or stops sending its body, has this long
-# (to twice this) before the connection is closed: as nginx's client_header_timeout and
-# client_body_timeout, so that such clients cannot hold connections (and descriptors) for
-# the hour of KEEPALIVE_S.
+# A client has this long (to twice this) to send a whole request head, the first one
+# included, and may not pause longer mid-body: nginx's client_header_timeout and
+# client_body_timeout, so that silent or trickling clients cannot hold descriptors.
 STALL_S = 60.0
-_MAX_QUEUED = 32  # pipelined requests parsed ahead; past this, reading pauses (as aiohttp)
-_READ_BUFSIZE = 1 << 16
-_JSON = "application/json"
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
-# Chunk size lines, formatted once: a token-by-token stream writes hundreds of small chunks.
-_SIZE_LINES = [b"%x\r\n" % n for n in range(1 << 12)]
-_JOIN_BELOW = 1 << 14  # smaller pieces are joined into one write; larger go as writelines
+MAX_TARGET = 8190  # bytes of the request target (nginx and aiohttp: 8 KiB lines)
+MAX_FIELD = 8190  # bytes of one header field, name and value
+MAX_FIELDS = 128  # header fields in one head
+MAX_HEAD = 1 << 16  # bytes of one head, all told
 
-_CLOSE = "Connection: close\r\n"
-_KEEP = "Connection: keep-alive\r\n"  # HTTP/1.0 closes unless told otherwise
-
-
-def _head(status: int, headers: dict[str, str] | None, fields: str) -> bytes:
-    """An answer's head: the status line, the handler's ``headers``, then ``fields``, the
-    header lines the server adds (framing, Date, Connection), each ending in CRLF."""
-    block = "".join([f"{name}: {value}\r\n" for name, value in headers.items()]) if headers else ""
-    lines = len(headers) if headers else 0
-    if block.count("\n") != lines or block.count("\r") != lines:  # would split the head
-        raise ValueError(f"a response header holds a line break: {list(headers or ())}")
-    return (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n{block}{fields}"
-        f"Date: {rfc822_formatted_time()}\r\n\r\n"
-    ).encode("utf-8", "surrogateescape")
-
-
-class Request:
-    """What a handler sees of one request: the parser's message and the body's stream."""
-
-    __slots__ = ("_conn", "_continued", "content", "headers", "message", "method", "path")
-
-    def __init__(self, message: RawRequestMessage, content: StreamReader, conn: Connection):
-        self.message = message
-        self.method = message.method
-        path = message.path
-        cut = path.find("?")
-        if cut >= 0:
-            path = path[:cut]
-        if path[:1] != "/":  # absolute-form ("http://host/v1/models"), as a proxy may send
-            path = message.url.path
-        self.path = unquote(path) if "%" in path else path
-        self.headers: CIMultiDictProxy[str] = message.headers
-        self.content = content
-        self._conn = conn
-        self._continued = False  # expect_body() has run
-
-    @property
-    def content_length(self) -> int | None:
-        length = self.headers.get("Content-Length")
-        return None if length is None else int(length)
-
-    @property
-    def query(self) -> MultiDictProxy[str]:
-        return self.message.url.query
-
-    def expect_body(self) -> None:
-        """Tell a client waiting on ``Expect: 100-continue`` to send its body (looked up
-        here, not per request: only a handler that reads a body needs it)."""
-        if self._continued:
-            return
-        self._continued = True
-        message = self.message
-        if message.version >= (1, 1) and message.headers.get("Expect", "").lower() == (
-            "100-continue"
-        ):
-            transport = self._conn.transport
-            if transport is not None:
-                transport.write(_CONTINUE)
-
-    async def read(self) -> bytes:
-        self.expect_body()
-        return await self.content.read()
-
-
-class Response:
-    """A whole answer: status, headers and body, sent in one write."""
-
-    __slots__ = ("body", "content_type", "headers", "status")
-
-    def __init__(
-        self,
-        status: int,
-        body: bytes,
-        content_type: str = _JSON,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-        self.headers = headers
-
-
-class Stream:
-    """An answer written as it comes (server-sent events): chunked on HTTP/1.1, to the
-    connection's end on HTTP/1.0. The head waits for the first bytes and leaves with them."""
-
-    __slots__ = ("_chunked", "_conn", "_head", "close", "ended")
-
-    def __init__(self, request: Request, status: int, headers: dict[str, str]) -> None:
-        conn = request._conn
-        self._conn = conn
-        self._chunked = request.message.version >= (1, 1)
-        self.ended = False
-        self.close = not self._chunked or request.message.should_close or conn.closing
-        framing = "Transfer-Encoding: chunked\r\n" if self._chunked else ""
-        self._head: bytes | None = _head(status, headers, framing + (_CLOSE if self.close else ""))
-
-    def force_close(self) -> None:
-        """End the connection after this answer (its end may not be trusted)."""
-        self.close = True
-
-    async def write(self, data: bytes) -> None:
-        if self.ended:  # bytes after the last chunk would be read as the next answer
-            return
-        if data or self._head is not None:
-            await self._send(data, b"")
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        if not self.ended:
-            self.ended = True
-            await self._send(data, _LAST_CHUNK if self._chunked else b"")
-
-    async def _send(self, data: bytes, tail: bytes) -> None:
-        conn = self._conn
-        transport = conn.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("the client closed the connection")
-        head, self._head = self._head, None
-        pieces = []
-        if head is not None:
-            pieces.append(head)
-            conn._streaming = True
-        if data:
-            if self._chunked:
-                size = len(data)
-                line = _SIZE_LINES[size] if size < len(_SIZE_LINES) else b"%x\r\n" % size
-                pieces += [line, data, b"\r\n"]
-            else:
-                pieces.append(data)
-        if tail:
-            pieces.append(tail)
-        if len(data) < _JOIN_BELOW:
-            transport.write(b"".join(pieces))
-        else:
-            transport.writelines(pieces)
-        if conn._paused:
-            await conn._drain_helper()
-
-
-Answer = Response | Stream
 Handler = Callable[[Request], Awaitable[Answer]]
 
 
-def _render(answer: Response, connection: str, head_only: bool) -> bytes:
-    """The answer's bytes; ``connection`` is its Connection header line, or empty."""
-    fields = f"Content-Type: {answer.content_type}\r\nContent-Length: {len(answer.body)}\r\n"
-    head = _head(answer.status, answer.headers, fields + connection)
-    return head if head_only else head + answer.body
+class HttpError(Exception):
+    """A request refused from its head or framing: answered in turn, then the connection closes."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
-class Connection(BaseProtocol):
+class Connection(asyncio.Protocol):
     """One client connection: parses what arrives, serves its requests one at a time."""
 
     __slots__ = (
         "_body_reads",
-        "_broken",
-        "_idle_epoch",
-        "_messages",
-        "_partial_head",
-        "_payload",
+        "_busy",
+        "_count",
+        "_fields",
+        "_head_bytes",
+        "_heads",
+        "_in_head",
+        "_loop",
+        "_parser",
+        "_parsing",
+        "_queue",
         "_reads",
         "_server",
         "_stalled_head",
-        "_streaming",
+        "_stopped",
         "_task",
+        "_url",
         "_waiter",
         "closing",
+        "flow",
         "idle_since",
+        "streaming",
+        "transport",
     )
 
     def __init__(self, server: HttpServer) -> None:
-        loop = server.loop
-        parser = HttpRequestParser(
-            self,
-            loop,
-            _READ_BUFSIZE,
-            max_line_size=8190,
-            max_field_size=8190,
-            max_headers=128,
-            auto_decompress=True,
-            max_msg_queue_size=_MAX_QUEUED,
-        )
-        super().__init__(loop, parser)
         self._server = server
-        self._messages: deque[tuple[Any, Any]] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._loop = server.loop
+        self._parser = httptools.HttpRequestParser(self)
+        # Bytes after a request that ends the connection are not parsed (and not an error).
+        self._parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl  # from connection_made on
+        self._queue: deque[Request | HttpError] = deque()  # parsed, not yet answered
+        self._parsing: Request | None = None  # the request whose body is arriving
+        self._url = b""
+        self._fields: dict[str, str] = {}
+        self._count = 0  # header fields of the head being parsed
+        self._in_head = True  # a head has begun (or may: a new connection owes one)
+        self._heads = 0  # heads begun
+        self._head_bytes = 0  # bytes of the head being parsed, after the read it began in
         self._task: asyncio.Task[None] | None = None
-        self.closing = False  # finish the request at hand, then close
-        self.idle_since = loop.time()
-        self._broken = False  # the parser failed: nothing more is read
-        self._streaming = False  # a Stream's head has gone out for the request at hand
-        # For the sweep's stall rule: counters, so the hot path never reads the clock.
+        self._waiter: asyncio.Future[None] | None = None
+        self._busy = False  # a request is being answered
+        self._stopped = False  # nothing more is parsed: close after what is queued
+        self.closing = False  # shutdown: finish what is in progress, then close
+        self.streaming = False  # a Stream's head has gone out for the request at hand
+        self.idle_since = server.loop.time()
+        # For the sweep's stall rules: counters, so the hot path never reads the clock.
         self._reads = 0  # data_received calls
-        self._idle_epoch = 0  # times the connection went idle
-        self._partial_head = -1  # the idle epoch in which part of a head arrived
-        self._stalled_head = -1  # ... and in which a sweep already found it so
-        self._payload: StreamReader | None = None  # the body of the request at hand
-        self._body_reads = -1  # _reads when a sweep last found that body unfinished
+        self._stalled_head = -1  # the head a sweep last found unfinished while idle
+        self._body_reads = -1  # _reads when a sweep last found a body unfinished
+
+    # -- the transport's side --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        assert self.transport is not None
-        tcp_keepalive(self.transport)  # so that a peer gone without a FIN is found out
-        self._server.connections.add(self)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass of it
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # so that a peer gone without a FIN is found out
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if not self._server.admit(self):
+            self._stopped = True
+            body = error_body(
+                "the router has too many open connections; retry shortly",
+                "service_unavailable",
+                "too_many_connections",
+            )
+            answer = Response(503, body, headers={"Retry-After": "1"})
+            transport.write(answer.render(CLOSE, False, self._server.date))
+            transport.close()
+            return
         self._task = self._loop.create_task(self._serve())
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        super().connection_lost(exc)
         self._server.forget(self)
-        self._broken = True
-        parser = self._parser
-        if parser is not None:
-            with contextlib.suppress(HttpProcessingError):
-                parser.feed_eof()  # ends a body in progress
-            self._parser = None
+        self._stopped = True
+        self.flow.resume_writing()  # a writer waiting finds the transport closing
+        parsing, self._parsing = self._parsing, None
+        if parsing is not None:
+            parsing.body.fail(ConnectionResetError("the client closed the connection"))
         task = self._task
         if task is not None and not task.done():
             task.cancel()  # a handler in progress stops; the request log records a 499
 
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+
     def data_received(self, data: bytes) -> None:
-        if self._broken or self._parser is None:
+        if self._stopped:
             return
         self._reads += 1
-        messages: list[tuple[Any, Any]]
+        in_head = self._in_head
+        heads = self._heads
         try:
-            messages, upgraded, _tail = self._parser.feed_data(data)
-        except HttpProcessingError as exc:
-            self._broken = True
-            messages, upgraded = [(exc, None)], False  # answered in turn, then closed
-        if messages:
-            self._messages.extend(messages)
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._upgraded()
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__  # what a callback of ours raised, if one did
+            if not isinstance(cause, HttpError):
+                cause = HttpError(400, f"malformed HTTP request: {exc}")
+            self._refuse(cause)
+        else:
+            if in_head and self._in_head and self._heads == heads:  # all of it was head
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD:
+                    self._refuse(HttpError(431, f"the request head is over {MAX_HEAD} bytes"))
+        queue = self._queue
+        if queue:
             waiter = self._waiter
             if waiter is not None:
                 self._waiter = None
                 if not waiter.done():
                     waiter.set_result(None)
-            if not self._buffer_paused and len(self._messages) >= _MAX_QUEUED:
-                self._pause_reading_for_buffer()
-        elif self._waiter is not None and data:  # idle, and a head has begun to arrive
-            self._partial_head = self._idle_epoch
-        if upgraded:  # no protocol upgrades here: the request is answered, then we close
-            self._broken = True
+            if self._busy or len(queue) > 1:  # parsed ahead: read no more until answered
+                self.flow.pause_reading(PIPELINE)
+
+    # -- the parser's callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._heads += 1
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        if self._url:
+            url = self._url + url
+        if len(url) > MAX_TARGET:
+            raise HttpError(414, f"the request target is over {MAX_TARGET} bytes")
+        self._url = url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count += 1
+        if self._count > MAX_FIELDS:
+            raise HttpError(431, f"the request has over {MAX_FIELDS} header fields")
+        if len(name) + len(value) > MAX_FIELD:
+            raise HttpError(431, f"a request header field is over {MAX_FIELD} bytes")
+        key = name.decode("latin-1").lower()
+        text = value.decode("utf-8", "replace")
+        fields = self._fields
+        known = fields.get(key)
+        fields[key] = text if known is None else f"{known}, {text}"
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        url, fields = self._url, self._fields
+        self._url, self._fields, self._count = b"", {}, 0
+        version = parser.get_http_version()
+        if version == "1.1":
+            http11 = True
+            if "host" not in fields:
+                raise HttpError(400, "the request has no Host header (RFC 9112 3.2)")
+        elif version == "1.0":
+            http11 = False
+        else:
+            raise HttpError(505, f"HTTP/{version} is not supported; use HTTP/1.1")
+        coding = fields.get("transfer-encoding")
+        if coding is not None and coding.strip().lower() != "chunked":
+            raise HttpError(400, f"Transfer-Encoding {coding!r} is not supported; use chunked")
+        request = Request(
+            parser.get_method().decode("ascii"),
+            url.decode("utf-8", "replace"),
+            Headers(fields),
+            http11,
+            parser.should_keep_alive(),
+            self,
+            Body(self.flow),
+        )
+        self._parsing = request
+        self._queue.append(request)
+
+    def on_body(self, data: bytes) -> None:
+        if self._parsing is not None:
+            self._parsing.body.feed(data)
+
+    def on_message_complete(self) -> None:
+        request, self._parsing = self._parsing, None
+        if request is not None:
+            request.body.end()
+            if not request.keep_alive:
+                self._stopped = True  # whatever follows is not read
+
+    def _refuse(self, error: HttpError) -> None:
+        """Stop parsing: a head in error is answered in turn; a body in error fails its
+        reader (the handler answers 400). Either way the connection then closes."""
+        self._stopped = True
+        parsing, self._parsing = self._parsing, None
+        if parsing is None:
+            self._queue.append(error)
+        else:
+            message = f"malformed request body: {error.message}"
+            parsing.body.fail(BadRequest(message, code="bad_http_request"))
+
+    def _upgraded(self) -> None:
+        """No protocol upgrades here (nor CONNECT): the request is answered, then we close."""
+        self._stopped = True
+        parsing, self._parsing = self._parsing, None
+        if parsing is not None:
+            parsing.keep_alive = False
+            parsing.body.end()
+
+    # -- answering ---------------------------------------------------------------------------
+
+    @property
+    def date(self) -> str:
+        return self._server.date
+
+    @property
+    def idle(self) -> bool:
+        """Between requests: nothing queued, nothing being answered."""
+        return not self._busy and not self._queue
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        transport.write(data)
+
+    def writelines(self, pieces: list[bytes]) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        transport.writelines(pieces)
+
+    async def drain(self) -> None:
+        """Wait while the client reads slower than we write."""
+        await self.flow.drain()
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
 
     def close_when_idle(self) -> None:
         """Shutdown: an idle connection closes now, a busy one after its answer."""
         self.closing = True
-        if not self._messages and self._waiter is not None and self.transport is not None:
+        if self.idle and self.transport is not None:
             self.transport.close()
 
     async def _serve(self) -> None:
-        loop = self._loop
-        messages = self._messages
+        queue = self._queue
+        flow = self.flow
         try:
             while True:
-                while not messages:
-                    if self.closing or self._broken or self.transport is None:
+                if not queue:
+                    if self.closing or self._stopped:
                         return
-                    self.idle_since = loop.time()
-                    self._idle_epoch += 1
-                    self._waiter = loop.create_future()
+                    self._waiter = self._loop.create_future()
                     await self._waiter
-                message, payload = messages.popleft()
-                parser = self._parser
-                if parser is not None:
-                    parser.message_consumed()
-                    if self._buffer_paused and len(messages) <= _MAX_QUEUED // 2:
-                        self.data_received(b"")  # parse what waited behind the full queue
-                        self._resume_reading_for_buffer()
-                if payload is None:
-                    self._bad_request(message)
+                    continue
+                item = queue.popleft()
+                if not queue:
+                    flow.resume_reading(PIPELINE)
+                if type(item) is HttpError:
+                    self._bad_request(item)
                     return
-                self._payload = payload  # left set if this ends the connection: closed, not swept
-                keep_alive = await self._answer(message, payload)
-                self._payload = None
+                assert isinstance(item, Request)
+                self._busy = True
+                keep_alive = await self._answer(item)
+                self._busy = False
+                item.body.discard()
                 if not keep_alive:
                     return
+                self.idle_since = self._loop.time()
         except (asyncio.CancelledError, ConnectionError):
             pass
         finally:
             if self.transport is not None:
                 self.transport.close()
 
-    async def _answer(self, message: RawRequestMessage, payload: StreamReader) -> bool:
+    async def _answer(self, request: Request) -> bool:
         """Serve one request; whether the connection may carry another."""
-        request = Request(message, payload, self)
         try:
             answer = await self._server.handler(request)
         except (asyncio.CancelledError, ConnectionError):
             raise  # the client went away
         except Exception:  # a bug of ours: an OpenAI-shaped 500, and the process serves on
             log.exception("internal_error", path=request.path)
-            if self._streaming:  # an answer has begun: another cannot follow it
+            if self.streaming:  # an answer has begun: another cannot follow it
                 return False
             body = error_body("internal error; see the router's log", "server_error")
             answer = Response(500, body)
-        transport = self.transport
-        if transport is None:
-            return False
-        keep_alive = not (message.should_close or self.closing or self._broken)
+        # A body not seen to its end would be read as the next request; after a parse
+        # error only what was queued before it is answered.
+        keep_alive = (
+            request.keep_alive
+            and request.body.complete
+            and not self.closing
+            and (not self._stopped or bool(self._queue))
+        )
         if type(answer) is Response:
-            # A body the handler left unread would be read as the next request.
-            keep_alive = keep_alive and payload.is_eof()
-            connection = "" if message.version >= (1, 1) else _KEEP
+            connection = "" if request.http11 else KEEP
             if not keep_alive:
-                connection = _CLOSE
-            transport.write(_render(answer, connection, message.method == "HEAD"))
-            if self._paused:
-                await self._drain_helper()
+                connection = CLOSE
+            self.write(answer.render(connection, request.method == "HEAD", self._server.date))
+            if self.flow.write_paused:
+                await self.drain()
             return keep_alive
         assert isinstance(answer, Stream)
         await answer.write_eof()
-        self._streaming = False
-        return keep_alive and not answer.close and payload.is_eof()
+        self.streaming = False
+        return keep_alive and not answer.close
+
+    def _bad_request(self, error: HttpError) -> None:
+        log.debug("bad_http_request", status=error.status, error=error.message)
+        body = error_body(error.message, "invalid_request_error", "bad_http_request")
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(Response(error.status, body).render(CLOSE, False, self.date))
+
+    # -- the sweep's questions ---------------------------------------------------------------
 
     def stalled(self) -> bool:
-        """Whether the client has sat on a request half sent since the last sweep: part
-        of a head and no more (for one sweep: a head trickled out byte by byte counts
-        too), or a body with no bytes since (unless we stopped reading it)."""
-        if self._waiter is not None:
-            if self._partial_head != self._idle_epoch:
+        """Whether the client has sat on a request half sent since the last sweep: a head
+        begun (or owed, on a new connection) and still unfinished (a head trickled out
+        byte by byte counts too), or a body with no bytes since (unless we stopped
+        reading it)."""
+        if self.idle:
+            if not self._in_head:
                 return False
-            seen, self._stalled_head = self._stalled_head, self._idle_epoch
-            return seen == self._idle_epoch
-        payload = self._payload
-        if payload is None or payload.is_eof() or self._reading_paused or self._buffer_paused:
+            seen, self._stalled_head = self._stalled_head, self._heads
+            return seen == self._heads
+        if self._parsing is None or self.flow.reading_paused:
             self._body_reads = -1
             return False
         seen, self._body_reads = self._body_reads, self._reads
         return seen == self._reads
 
-    def _bad_request(self, exc: HttpProcessingError) -> None:
-        status = exc.code if 400 <= exc.code < 500 else 400
-        message = f"malformed HTTP request: {exc.message}"
-        log.debug("bad_http_request", status=status, error=exc.message)
-        body = error_body(message, "invalid_request_error", "bad_http_request")
-        if self.transport is not None:
-            self.transport.write(_render(Response(status, body), _CLOSE, False))
+    def backlog(self) -> tuple[int, int]:
+        """Requests parsed and waiting behind the one being answered, and the body bytes
+        they and it hold unread."""
+        waiting = len(self._queue)
+        held = sum(item.body.buffered for item in self._queue if isinstance(item, Request))
+        return waiting, held
+
+
+def default_max_connections() -> int:
+    """Half the process's descriptor limit: the other half is for upstream connections
+    (one per request in flight), the request log and the listening sockets."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 100_000
+    return max(16, soft // 2)
 
 
 class HttpServer:
     """Listens, hands each connection a ``Connection``, and drains them on shutdown."""
 
-    def __init__(self, handler: Handler, *, stall_s: float = STALL_S) -> None:
+    def __init__(
+        self, handler: Handler, *, stall_s: float = STALL_S, max_connections: int | None = None
+    ) -> None:
         self.handler = handler
         self._sweep_s = stall_s  # a sweep finds a stall; the next one closes it
+        self.max_connections = max_connections or default_max_connections()
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
+        self.date = formatdate(usegmt=True)  # refreshed every second, not per answer
+        self.refused = 0  # connections turned away at the cap since the last sweep
         self._server: asyncio.Server | None = None
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._timers: list[asyncio.TimerHandle] = []
         self._all_closed: asyncio.Event | None = None
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
@@ -422,7 +450,10 @@ class HttpServer:
             reuse_port=reuse_port or None,
             backlog=4096,
         )
-        self._sweeper = self.loop.call_later(self._sweep_s, self._sweep)
+        self._timers = [
+            self.loop.call_later(self._sweep_s, self._sweep),
+            self.loop.call_later(1.0, self._tick),
+        ]
 
     @property
     def port(self) -> int:
@@ -431,30 +462,52 @@ class HttpServer:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
+    def admit(self, conn: Connection) -> bool:
+        """Whether a new connection may stay: under the cap, or once the longest idle
+        connection has been closed to make room."""
+        if len(self.connections) >= self.max_connections:
+            idle = [c for c in self.connections if c.idle and c.transport is not None]
+            if not idle:
+                self.refused += 1
+                return False
+            oldest = min(idle, key=lambda c: c.idle_since)
+            assert oldest.transport is not None
+            oldest.transport.close()
+            self.forget(oldest)
+        self.connections.add(conn)
+        return True
+
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
 
+    def _tick(self) -> None:
+        self.date = formatdate(usegmt=True)
+        self._timers[1] = self.loop.call_later(1.0, self._tick)
+
     def _sweep(self) -> None:
-        """Close connections idle past ``KEEPALIVE_S`` or stalled mid-request (a timer
-        per request would cost more than a scan every ``STALL_S``)."""
+        """Close connections idle past ``KEEPALIVE_S`` or stalled mid-request."""
         cutoff = self.loop.time() - KEEPALIVE_S
         for conn in list(self.connections):
-            if conn.transport is None:
+            transport = conn.transport
+            if transport is None or transport.is_closing():
                 continue
-            if conn._waiter is not None and conn.idle_since < cutoff:
-                conn.transport.close()
+            if conn.idle and conn.idle_since < cutoff:
+                transport.close()
             elif conn.stalled():
-                log.info("client_stalled", mid="head" if conn._waiter is not None else "body")
-                conn.transport.abort()  # a handler reading the body is cancelled (a 499)
-        self._sweeper = self.loop.call_later(self._sweep_s, self._sweep)
+                log.info("client_stalled", mid="head" if conn.idle else "body")
+                transport.abort()  # a handler reading the body is cancelled (a 499)
+        if self.refused:
+            log.warning("connections_refused", count=self.refused, cap=self.max_connections)
+            self.refused = 0
+        self._timers[0] = self.loop.call_later(self._sweep_s, self._sweep)
 
     async def shutdown(self, timeout_s: float) -> None:
         """Stop accepting; let requests in progress finish (up to ``timeout_s``), then
         close what is left."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for timer in self._timers:
+            timer.cancel()
         if self._server is not None:
             self._server.close()
         self._all_closed = asyncio.Event()

@@ -185,6 +185,7 @@ class Opened:
     usage: Usage | None
     hedged: bool
     transform: Transform | None = None  # rewrites the answer for the client (None: as it came)
+    delivered: bool = False  # a stream's end has gone to the client (relay)
 
     def abandon(self) -> None:
         self.response.close()
@@ -238,11 +239,10 @@ class Attempts:
             spec = ep.spec.provider
             form = form_for(spec.kind, getattr(spec.section, "reasoning", None), ep.spec.model)
             apply_reasoning(payload, self.reasoning, form, self.api.name)
-        # An HTTP provider's own read timer (a silence of ttft_s) bounds a non-streamed
-        # answer's first byte, and a stream's too; a stream that keeps sending without a
-        # token is caught by the clock in _first_token. Only other providers, or a total_s
-        # that ends first, need a timer of ours (an asyncio.timeout per attempt).
-        native = not bound_by_total and ep.provider.native_timeouts
+        # An HTTP provider's own timer holds ttft_s (to the first token, or a non-streamed
+        # answer's head) and total_s as deadlines from sending, whatever the upstream's
+        # pace. Only other providers need a timer of ours (an asyncio.timeout per attempt).
+        native = ep.provider.native_timeouts
         request = UpstreamRequest(
             operation=self.operation,
             payload=payload,
@@ -251,6 +251,8 @@ class Attempts:
             headers=self.headers,
             connect_s=timeouts.connect_s,
             read_s=max(ttft, timeouts.idle_s) if streamed and not native else ttft,
+            first_s=ttft,
+            total_s=max(0.0, budget),
         )
         lease = Lease(ep, self.clock)
         response: UpstreamResponse | None = None

@@ -524,7 +524,11 @@ class Pipeline:
                 if opened.body:
                     await write(opened.body)
                 async for data in opened.chunks:
-                    out = inspector.feed(data)
+                    try:
+                        out = inspector.feed(data)
+                    except ProtocolViolation as exc:
+                        await write(exc.forward)  # the valid events before the bad one
+                        raise
                     if inspector.done:
                         await finish(out)
                         break
@@ -538,11 +542,24 @@ class Pipeline:
                         await write(tail)
                     if not inspector.done:
                         raise StreamBroken("upstream closed the stream before [DONE]")
-            with contextlib.suppress(UpstreamError):
-                # Nothing follows [DONE]: read on to the body's end, so that the
-                # connection goes back to the pool (the idle timer bounds this).
-                async for _ in opened.chunks:
-                    pass
+            # The client has the whole answer: whatever happens next (it hangs up while
+            # the upstream's end is read) does not make it less than delivered.
+            opened.delivered = True
+            lease.succeed(
+                inspector.usage,
+                inspector.events,
+                inspector.tool_calls_valid(),
+                inspector.output_error(),
+            )
+            try:
+                with contextlib.suppress(UpstreamError):
+                    # Nothing follows [DONE]: read on to the body's end, so that the
+                    # connection goes back to the pool (the idle timer bounds this).
+                    async for _ in opened.chunks:
+                        pass
+            except BaseException:  # cancelled meanwhile: the client hung up
+                opened.response.close()
+                raise
         except ProtocolViolation as exc:
             err = StreamBroken(str(exc))
             opened.response.close()

@@ -5,7 +5,12 @@ router must know when a real token has arrived (TTFT, hedging, the point after w
 stream can no longer fail over), and must catch an upstream that sends an error or
 garbage instead of tokens. After the first token, bytes pass through untouched; an event
 is parsed only when a substring test says it carries ``usage`` (looked for from the end)
-or a tool call (looked for only when the request offered tools).
+or a tool call (looked for only when the request offered tools), or that it may not be an
+event to pass on: an ``"error":`` key (a host's error event mid-stream), or a data event
+that does not end in ``}`` (garbage, an HTML page, a cut event; one count per read more
+than the event count finds it). Those are parsed strictly and end the stream as broken
+(``ProtocolViolation``, carrying the valid events before them), rather than reach the
+client as tokens.
 
 ``SseInspector`` is that machinery; what an event means (which one is a token, where the
 usage is, what to cut out) is said by each client API's subclass in ``router.apis``.
@@ -31,7 +36,14 @@ NOT_JSON = "not_json"  # or not the JSON that response_format asked for
 
 
 class ProtocolViolation(Exception):
-    """The upstream's stream is not OpenAI-style SSE, or it carried an error event."""
+    """The upstream's stream is not OpenAI-style SSE, or it carried an error event.
+
+    ``forward``: the valid events of the same read before the bad one, still to go to
+    the client (after its first token) before the stream ends as broken."""
+
+    def __init__(self, message: str, forward: bytes = b"") -> None:
+        super().__init__(message)
+        self.forward = forward
 
 
 def _events(block: bytes) -> list[bytes]:
@@ -117,9 +129,28 @@ class SseInspector:
                 first = tools
         if self._text is not None:
             first = start  # JSON asked for: every event's text is collected
+        # A host's error event (an "error" key, "object": "error", a choice that finished
+        # with "error"): one search per read finds the marker, the event is then parsed.
+        bad = data.find(b'"error"', start) if start else data.find(b'"error"')
+        if bad != -1 and (first == -1 or bad < first):
+            first = bad
         if first == -1:
-            self._count_events(data, start, len(data))
+            events = data.count(b"data:", start) if start else data.count(b"data:")
+            # Every data event ends in "}" (but [DONE]), or one is no JSON object: for the
+            # usual read of one event its last bytes say it, else one more count.
+            if events == 1 and not start:
+                framed = data[-3:] == b"}\n\n" or self.done
+            else:
+                framed = events == data.count(b"}\n\n", start) + (1 if self.done else 0)
+            if not framed:
+                return self._inspect(data, start, start, head)
+            self._count_events(events)
             return data[head:] if head else data
+        # The events before the one holding ``first`` pass unparsed: framed as above.
+        stop = data.rfind(b"\n\n", start, first)
+        stop = start if stop == -1 else stop + 2
+        if data.count(b"data:", start, stop) != data.count(b"}\n\n", start, stop):
+            return self._inspect(data, start, start, head)
         return self._inspect(data, start, first, head)
 
     def _before_first_token(self, block: bytes) -> bytes:
@@ -134,11 +165,13 @@ class SseInspector:
                 end = n
             start, pos = pos, end + 2
             if self.first_token:
-                if keep is None:
-                    return self._after_first_token(block, start, 0)
-                return b"".join(e + b"\n\n" for e in keep) + self._after_first_token(
-                    block, start, start
-                )
+                kept = b"" if keep is None else b"".join(e + b"\n\n" for e in keep)
+                try:
+                    rest = self._after_first_token(block, start, 0 if keep is None else start)
+                except ProtocolViolation as exc:
+                    exc.forward = kept + exc.forward
+                    raise
+                return kept + rest
             event = block[start:end]
             if not event or event.isspace():
                 continue
@@ -173,7 +206,8 @@ class SseInspector:
         return block if keep is None else b"".join(e + b"\n\n" for e in keep)
 
     def _inspect(self, data: bytes, start: int, first: int, head: int) -> bytes:
-        """``data[head:]``, the events from the one holding byte ``first`` on parsed."""
+        """``data[head:]``, the events from the one holding byte ``first`` on parsed; one
+        that is not a JSON object or [DONE], or that is an error, ends the stream."""
         cut = data.rfind(b"\n\n", start, first)
         cut = start if cut == -1 else cut + 2
         keep = []
@@ -181,28 +215,33 @@ class SseInspector:
         for event in _events(data[cut:]):
             self.events += 1
             payload = _data(event)
-            if payload is None or payload == b"[DONE]" or not payload.startswith(b"{"):
-                keep.append(event)
+            if payload is None or payload == b"[DONE]":
+                keep.append(event)  # a comment, or a field other than data: valid SSE
                 continue
             try:
                 obj = orjson.loads(payload)
             except orjson.JSONDecodeError:
-                keep.append(event)  # after the first token, forward what we cannot read
-                continue
-            if isinstance(obj, dict) and not self._note(obj):
+                obj = _NOT_JSON
+            why = _invalid(obj)
+            if why is not None:
+                passed = data[head:cut] + b"".join(e + b"\n\n" for e in keep)
+                raise ProtocolViolation(why, passed)
+            assert isinstance(obj, dict)
+            if not self._note(obj):
                 dropped = True
                 continue
             keep.append(event)
-        self._count_events(data, start, cut)
+        if self.usage is None or not self.usage.completion_tokens:
+            self.events += data.count(b"data:", start, cut)
         if not dropped:
             return data[head:] if head else data
         return data[head:cut] + b"".join(e + b"\n\n" for e in keep)
 
-    def _count_events(self, data: bytes, start: int, stop: int) -> None:
-        """Events passed through unparsed: only a fallback for the token count, so the
-        scan is skipped once usage gives it."""
+    def _count_events(self, events: int) -> None:
+        """Events passed through unparsed: only a fallback for the token count, so it is
+        not kept up once usage gives it."""
         if self.usage is None or not self.usage.completion_tokens:
-            self.events += data.count(b"data:", start, stop)
+            self.events += events
 
     def _note(self, obj: dict[str, Any]) -> bool:
         """Records what an event says (usage, tool-call fragments, text); False = drop it."""
@@ -244,13 +283,42 @@ class SseInspector:
         return None
 
     def leftover(self) -> bytes:
-        """A final event the upstream did not terminate with a blank line."""
+        """A final event the upstream did not terminate with a blank line, checked as any
+        other (a cut event is no event: ``ProtocolViolation``)."""
         data, self._carry = self._carry, b""
-        if data.strip():
-            if data.strip() == DONE:
-                self.done = True
+        if not data.strip():
+            return b""
+        if data.strip() == DONE:
+            self.done = True
             return data + (b"\n\n" if not data.endswith(b"\n\n") else b"")
-        return b""
+        data += b"\n\n"
+        if not self.first_token:
+            return self._before_first_token(data)
+        return self._inspect(data, 0, 0, 0)
+
+
+_NOT_JSON = object()
+
+
+def _invalid(obj: Any) -> str | None:
+    """Why a parsed data event after the first token cannot be passed on, or None: not
+    a JSON object, or a host's error in any of the shapes hosts send one mid-stream
+    (LiteLLM's and TGI's ``error`` key, vLLM's ``"object": "error"``, OpenRouter's
+    ``error`` beside a choice that finished with ``"error"``)."""
+    if obj is _NOT_JSON:
+        return "stream event is not JSON"
+    if not isinstance(obj, dict):
+        return "stream event is not a JSON object"
+    if obj.get("error"):
+        return f"upstream sent an error event: {brief(obj['error'])}"
+    if obj.get("object") == "error":
+        return f"upstream sent an error event: {brief(obj)}"
+    choices = obj.get("choices")
+    if isinstance(choices, list) and any(
+        isinstance(c, dict) and c.get("finish_reason") == "error" for c in choices
+    ):
+        return "upstream ended the answer with finish_reason 'error'"
+    return None
 
 
 def brief(err: Any) -> str:

@@ -77,7 +77,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             far_providers=far_providers.rstrip(),
             pairs=pairs.rstrip(),
         )
-        router = stack.enter_context(RouterProcess(config, tmp))
+        (tmp / "routes.yaml").write_text(config)
+        router = stack.enter_context(RouterProcess(tmp / "routes.yaml", tmp))
         rig = Rig(router, fakes)
         stack.callback(rig.sdk.close)
         yield rig
