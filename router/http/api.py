@@ -321,6 +321,8 @@ class Api:
                 lease = opened.lease
                 record.output_error = lease.output_error
                 record.tool_calls_valid = lease.tool_calls_valid
+                if lease.ended is not None:
+                    record.served_ms = (lease.ended - lease.started) * 1000.0
                 if record.usage is not None:
                     record.cost = record.usage.cost(opened.endpoint.spec.price)
             if record.status == 0:

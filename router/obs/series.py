@@ -213,7 +213,9 @@ class SeriesBook:
             m = s.open
             if m.at < at:  # (one that ended just before the open minute joins it)
                 m = s.roll(int(at))
-            d = a.duration_ms
+            d = rec.served_ms
+            if d is None:
+                d = a.duration_ms
             m.busy_ms += d
             served = m.served = m.served + 1
             if served <= _samples:
@@ -262,6 +264,9 @@ class SeriesBook:
             if reason is None:
                 reason = rec.error  # served, but may have broken mid-stream since
                 if reason is None:
+                    if rec.served_ms is not None:  # the whole span, not up to its opening
+                        m.busy_ms += rec.served_ms - d
+                        d = rec.served_ms
                     self._served(m, rec, d, a.ttft_ms)
                     continue
             if reason in NO_VERDICT or a.status in CLIENT_FAULT_STATUSES:

@@ -110,3 +110,6 @@ class RequestRecord:
     # ``not_json``, ``stream_broken``, ``bad_response``), and its tool calls' validity.
     output_error: str | None = None
     tool_calls_valid: bool | None = None
+    # The serving attempt's whole span (an attempt record ends when it opens: for a stream,
+    # at its first token), for the model page's upstream latency and throughput.
+    served_ms: float | None = None

@@ -57,6 +57,7 @@ class Lease:
         "_done",
         "_token",
         "clock",
+        "ended",
         "endpoint",
         "first_token_at",
         "output_error",
@@ -69,6 +70,7 @@ class Lease:
         self.clock = clock
         self.started = clock()
         self.first_token_at: float | None = None
+        self.ended: float | None = None  # when it succeeded: a stream's whole span with started
         self.output_error: str | None = None  # why a 200 answer was broken, once it ended
         self.tool_calls_valid: bool | None = None
         self._token = endpoint.stats.start()
@@ -94,7 +96,7 @@ class Lease:
         self._done = True
         self.output_error = output_error
         self.tool_calls_valid = tool_calls_valid
-        now = self.clock()
+        now = self.ended = self.clock()
         ep = self.endpoint
         first = self.first_token_at
         tokens = usage.completion_tokens if usage and usage.completion_tokens else events

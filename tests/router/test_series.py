@@ -147,3 +147,16 @@ def test_the_state_timeline_shows_cooldowns_and_their_end() -> None:
         (1146.0, 1150.0, "healthy", None),
     ]
     assert ep.breaker.changes["rate_limited"] == 1
+
+
+def test_a_stream_counts_its_whole_span_not_its_attempt_up_to_the_first_token() -> None:
+    """An attempt record ends when it opens (a stream's first token); the record's
+    ``served_ms`` is the whole answer: latency and tokens/s come from that."""
+    book = SeriesBook()
+    stream = ok("a", duration=20.0, ttft=20.0)
+    book.record(record(T0 + 1, stream, latency_ms=510.0, served_ms=500.0))
+    book.record(record(T0 + 2, stream, latency_ms=510.0, served_ms=500.0, error="x", status=502))
+    got = points(book.routes["demo"]["a"], int(T0) // 60, int(T0) // 60, 1)
+    assert got["latency_ms_p50"] == [500.0] and got["ttft_ms_p50"] == [20.0]
+    assert got["tokens_per_s"] == [pytest.approx(50 * 1000 / 480.0, abs=0.1)]
+    assert got["in_flight"] == [pytest.approx((500.0 + 20.0) / 60_000, abs=1e-3)]
