@@ -28,6 +28,8 @@ from router.obs.series import SeriesBook, recent
 from router.requestlog.records import RequestRecord
 from router.runtime import Runtime, build_runtime
 from router.state.clock import Clock
+from router.state.shared import SharedState
+from router.state.shared.memory import MemoryState
 
 log = structlog.get_logger("router.service")
 
@@ -54,6 +56,9 @@ class Service:
         # The request log's writer once it is started (router.app): /health shows it.
         self.requestlog: Any = None
         self.series: SeriesBook | None = None  # the model page's series, when kept
+        # State replicas share (limits, budgets, affinity bindings, hard cooldowns); in
+        # this process unless the config names a Redis.
+        self.state: SharedState = MemoryState()
         self._stamp: tuple[int, int, int] | None = None
         self._retired: set[asyncio.Task[None]] = set()
 

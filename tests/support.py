@@ -66,10 +66,11 @@ class RouterProcess:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.url}/v1"
+        text = str(config)
         config_path = Path(config)
-        if not config_path.exists():
+        if "\n" in text or not config_path.exists():  # YAML text, not a path to a file
             config_path = tmp / "routes.yaml"
-            config_path.write_text(str(config))
+            config_path.write_text(text)
         self.config_path = config_path
         self.log_path = tmp / f"router-{self.port}.log"
         self.env = {

@@ -13,6 +13,7 @@ error; nothing a client sends can take the process down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -41,10 +42,13 @@ from router.errors import (
 from router.http.server import Answer, Request, Response, Stream
 from router.obs.logs import REDACTOR, info_line
 from router.requestlog.records import RequestRecord
+from router.routing.affinity import OFF, Affinity
+from router.routing.affinity import plan as plan_affinity
 from router.routing.attempts import Attempts, Opened
 from router.routing.pipeline import Call, Pipeline, RoutingPrefs
-from router.runtime import Runtime
+from router.runtime import RouteRuntime, Runtime
 from router.service import Service
+from router.state.shared import StateUnavailable
 
 if TYPE_CHECKING:
     from router.obs.metrics import Metrics
@@ -219,6 +223,7 @@ class Api:
         record = RequestRecord(request_id=request_id, operation=operation, key_name=None)
         opened: Opened | None = None
         attempts: Attempts | None = None
+        affinity: Affinity | None = None
         service.in_flight += 1
         try:
             if runtime is None:
@@ -231,6 +236,7 @@ class Api:
             pipeline = self.pipeline
             route = pipeline.resolve(runtime, call)
             record.route = route.name
+            affinity = call.affinity = await self._affinity(route, call, request, len(body))
             attempts = Attempts(
                 api=api,
                 payload=call.payload,
@@ -248,6 +254,7 @@ class Api:
             headers["x-router-route"] = opened.route
             headers["x-router-endpoint"] = opened.endpoint.id
             headers["x-router-attempts"] = str(attempts.count)
+            headers["x-router-affinity"] = affinity.verdict(opened.endpoint.id) if affinity else OFF
             ttft = opened.lease.first_token_at
             if ttft is not None:
                 record.ttft_ms = (ttft - opened.lease.started) * 1000.0
@@ -313,6 +320,9 @@ class Api:
             )
         finally:
             service.in_flight -= 1
+            if affinity is not None:
+                served = opened.endpoint if opened is not None and record.status == 200 else None
+                affinity.settle(service.state, served)
             record.latency_ms = (time.perf_counter() - started) * 1000.0
             if attempts is not None:
                 record.attempts = attempts.records
@@ -330,6 +340,25 @@ class Api:
                 record.error = record.error or "client_closed"
             _log_request(record)
             service.emit(record)
+
+    async def _affinity(
+        self, route: RouteRuntime, call: Call, request: Request, size: int
+    ) -> Affinity | None:
+        """The request's prompt-cache affinity, its binding read from the shared state
+        (an unreachable store only costs the binding, never the request)."""
+        found = plan_affinity(
+            route,
+            route.affinity_for(call.policy),
+            call.api.name,
+            call.payload,
+            request.headers,
+            size,
+            call.stream,
+        )
+        if found is not None:
+            with contextlib.suppress(StateUnavailable):
+                found.bound = (await self.service.state.admit(None, 0, found.key)).binding
+        return found
 
     async def models(self, request: Request) -> Response:
         """``GET /v1/models`` (the routes, in OpenAI's list) and ``/v1/models/{id}``."""

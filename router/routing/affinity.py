@@ -39,6 +39,7 @@ class Affinity:
     ttl_s: float
     usd_per_s: float
     stay: Stay  # prices filled in from the bound endpoint when one is
+    caching: frozenset[int] = frozenset()  # the route's endpoints where a cache pays
     bound: str | None = None  # the endpoint id the conversation is bound to
     first: str | None = None  # the endpoint this request's ranking put first
 
@@ -65,11 +66,12 @@ class Affinity:
         """``hit`` when the bound endpoint served; ``new`` otherwise."""
         return HIT if served is not None and served == self.bound else NEW
 
-    def settle(self, state: SharedState, served: Endpoint | None, route: RouteRuntime) -> None:
-        """Bind the conversation where it was served (if a cache pays there), or drop
-        its binding when nothing served it."""
-        if served is not None and served.spec.index in route.caching:
-            state.bind(self.key, served.id, self.ttl_s)
+    def settle(self, state: SharedState, served: Endpoint | None) -> None:
+        """Bind the conversation where this route served it, if a cache pays there (a
+        fallback route's endpoint is not bound); drop the binding when nothing served."""
+        if served is not None:
+            if served.spec.route == self.route and served.spec.index in self.caching:
+                state.bind(self.key, served.id, self.ttl_s)
         elif self.bound is not None:
             state.unbind(self.key)
 
@@ -101,4 +103,5 @@ def plan(
         ttl_s=settings.ttl_s,
         usd_per_s=settings.usd_per_s,
         stay=stay,
+        caching=route.caching,
     )

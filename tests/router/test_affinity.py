@@ -132,10 +132,10 @@ class World:
                 opened = await self.pipeline.run(self.runtime, r, call, attempts)
             except Exception:
                 if plan is not None:
-                    plan.settle(self.state, None, r)
+                    plan.settle(self.state, None)
                 raise
             if plan is not None:
-                plan.settle(self.state, opened.endpoint, r)
+                plan.settle(self.state, opened.endpoint)
             return opened
 
         try:
