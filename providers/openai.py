@@ -179,12 +179,19 @@ class OpenAISettings(ProviderSettings):
     headers: dict[str, str] = Field(default_factory=dict)
     reasoning: ReasoningForm = "passthrough"
     max_connections: int = Field(4096, ge=1, le=100_000)
+    # A non-streamed answer larger than this fails (and fails over): embeddings of a large
+    # batch run to tens of MB, so the default is generous.
+    max_answer_mb: float = Field(MAX_ANSWER_BYTES / (1 << 20), gt=0, le=4096)
 
     _url = field_validator("base_url")(http_base_url)
 
     def build(self, name: str, api_key: str | None) -> OpenAIProvider:
         return OpenAIProvider(
-            self.base_url, api_key, headers=self.headers, max_connections=self.max_connections
+            self.base_url,
+            api_key,
+            headers=self.headers,
+            max_connections=self.max_connections,
+            max_answer_bytes=int(self.max_answer_mb * (1 << 20)),
         )
 
 

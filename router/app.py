@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from router.http.api import Api
-from router.http.server import HttpServer
+from router.http.server import STALL_S, HttpServer
 from router.obs import logs
 from router.obs.workers import Workers
 from router.requestlog.records import RequestRecord
@@ -51,7 +51,11 @@ async def serve(
     if workers is not None:
         api.workers = workers
         publisher = asyncio.get_running_loop().create_task(_publish_worker(api))
-    http = HttpServer(api.handle)
+    http = HttpServer(
+        api.handle,
+        stall_s=server.client_timeout_s if server else STALL_S,
+        max_connections=server.max_connections if server else None,
+    )
     await http.start(host, port, reuse_port=reuse_port)
     log.info("listening", url=f"http://{host}:{port}/v1", config=config_path)
     # Everything imported and built so far lives as long as the process: move it out of

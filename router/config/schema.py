@@ -111,6 +111,11 @@ class ServerSection(_Strict):
     api_keys_env: str | None = "ROUTER_API_KEYS"
     admin_key_env: str | None = "ROUTER_ADMIN_KEY"
     max_body_mb: float = Field(20.0, gt=0, le=1024)
+    # A client that has not sent a whole request head (the first one included), or stops
+    # sending its body, for this long (to twice this) is cut off: nginx's 60 s.
+    client_timeout_s: float = Field(60.0, gt=0, le=3600)
+    # Open client connections at most; unset: half the process's descriptor limit.
+    max_connections: int | None = Field(None, ge=1, le=1_000_000)
 
 
 class StorageSection(_Strict):

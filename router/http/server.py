@@ -41,7 +41,7 @@ import structlog
 
 from router.errors import BadRequest, error_body
 from router.http.answers import CLOSE, KEEP, Answer, Response, Stream
-from router.http.flow import PIPELINE, FlowControl
+from router.http.flow import BODY, PIPELINE, FlowControl
 from router.http.request import Body, Headers, Request
 
 __all__ = ["Answer", "Handler", "HttpServer", "Request", "Response", "Stream"]
@@ -60,6 +60,11 @@ MAX_TARGET = 8190  # bytes of the request target (nginx and aiohttp: 8 KiB lines
 MAX_FIELD = 8190  # bytes of one header field, name and value
 MAX_FIELDS = 128  # header fields in one head
 MAX_HEAD = 1 << 16  # bytes of one head, all told
+# After an answer that ends a connection while the client may still be sending (a body
+# refused before its end, a malformed request), we stop writing and read and drop what
+# comes for this long before closing: closing with unread bytes would send a reset, and
+# the client could lose the answer (nginx's lingering_close).
+LINGER_S = 2.0
 
 Handler = Callable[[Request], Awaitable[Answer]]
 
@@ -84,6 +89,7 @@ class Connection(asyncio.Protocol):
         "_head_bytes",
         "_heads",
         "_in_head",
+        "_linger",
         "_loop",
         "_parser",
         "_parsing",
@@ -122,6 +128,7 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._busy = False  # a request is being answered
         self._stopped = False  # nothing more is parsed: close after what is queued
+        self._linger = False  # the client may still be sending: half-close, then close
         self.closing = False  # shutdown: finish what is in progress, then close
         self.streaming = False  # a Stream's head has gone out for the request at hand
         self.idle_since = server.loop.time()
@@ -270,6 +277,7 @@ class Connection(asyncio.Protocol):
         """Stop parsing: a head in error is answered in turn; a body in error fails its
         reader (the handler answers 400). Either way the connection then closes."""
         self._stopped = True
+        self._linger = True
         parsing, self._parsing = self._parsing, None
         if parsing is None:
             self._queue.append(error)
@@ -346,10 +354,21 @@ class Connection(asyncio.Protocol):
                     return
                 self.idle_since = self._loop.time()
         except (asyncio.CancelledError, ConnectionError):
-            pass
+            self._linger = False
         finally:
-            if self.transport is not None:
-                self.transport.close()
+            self._close()
+
+    def _close(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._linger and transport.can_write_eof():
+            self._stopped = True  # what still arrives is dropped
+            transport.write_eof()
+            self.flow.resume_reading(BODY | PIPELINE)
+            self._loop.call_later(LINGER_S, transport.close)
+        else:
+            transport.close()
 
     async def _answer(self, request: Request) -> bool:
         """Serve one request; whether the connection may carry another."""
@@ -365,6 +384,8 @@ class Connection(asyncio.Protocol):
             answer = Response(500, body)
         # A body not seen to its end would be read as the next request; after a parse
         # error only what was queued before it is answered.
+        if not request.body.complete:
+            self._linger = True  # the rest of the body may still be on its way
         keep_alive = (
             request.keep_alive
             and request.body.complete

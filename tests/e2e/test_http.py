@@ -10,11 +10,13 @@ service surviving clients that misbehave. Every socket operation is bounded by a
 
 from __future__ import annotations
 
+import gzip
 import json
 import select
 import socket
 import time
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -695,3 +697,91 @@ def test_sigterm_closes_idle_connections_at_once(tmp_path: Any) -> None:
                 assert idle.wait_closed()
         finally:
             router.stop()
+
+
+# -- compressed request bodies ------------------------------------------------------------------
+
+
+def deflate(data: bytes, *, raw: bool = False) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [
+        ("gzip", gzip.compress),
+        ("x-gzip", gzip.compress),
+        ("deflate", deflate),
+        ("deflate", lambda data: deflate(data, raw=True)),
+        ("identity", lambda data: data),
+    ],
+    ids=["gzip", "x-gzip", "deflate-zlib", "deflate-raw", "identity"],
+)
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_compressed_body_is_decoded(
+    env: Env, encoding: str, encode: Callable[[bytes], bytes], framing: str
+) -> None:
+    body = encode(chat_request("compressed-" + encoding))
+    headers = [("Content-Encoding", encoding)]
+    if framing == "chunked":
+        headers.append(("Transfer-Encoding", "chunked"))
+        body = chunked(body[:10], body[10:])
+    with env.conn() as c:
+        answer = c.exchange(request("POST", "/v1/chat/completions", body, headers=headers))
+        assert answer.status == 200, answer.body
+        assert c.is_open()
+    assert any(
+        r.body.get("messages", [{}])[0].get("content") == "compressed-" + encoding
+        for r in env.fake.received
+    )
+
+
+@pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [("gzip", gzip.compress), ("deflate", deflate)],
+)
+@pytest.mark.parametrize("size", [4 * LIMIT, 200 * LIMIT], ids=["4x", "200x"])
+def test_a_compressed_body_over_the_limit_once_decoded_gets_413(
+    env: Env, encoding: str, encode: Callable[[bytes], bytes], size: int
+) -> None:
+    """A small compressed body that expands past max_body_mb (a zip bomb, in the large
+    case: 200x the limit from a few hundred bytes) is refused as it decodes."""
+    prefix = b'{"model": "chat", "messages": [{"role": "user", "content": "'
+    body = encode(prefix + b"x" * size + b'"}]}')
+    assert len(body) < LIMIT  # small on the wire: only decoding shows the size
+    with env.conn() as c:
+        answer = c.exchange(
+            request("POST", "/v1/chat/completions", body, headers=[("Content-Encoding", encoding)])
+        )
+        assert answer.status == 413, answer.body
+        assert error_of(answer)["code"] == "payload_too_large"
+    env.served()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "status", "code"),
+    [
+        ("br", b"\x0b\x02\x80{}\x03", 415, "unsupported_content_encoding"),
+        ("zstd", b"(\xb5/\xfd\x00X\x11\x00\x00{}", 415, "unsupported_content_encoding"),
+        ("gzip, gzip", gzip.compress(gzip.compress(b"{}")), 415, "unsupported_content_encoding"),
+        ("gzip", b"\x1f\x8b\x08\x00not gzip at all", 400, "bad_encoding"),
+        ("gzip", gzip.compress(chat_request())[:-12], 400, "bad_encoding"),  # cut short
+        ("deflate", b"\x78\x9c\xff\xff\xff", 400, "bad_encoding"),
+    ],
+    ids=["br", "zstd", "two-codings", "not-gzip", "truncated-gzip", "bad-deflate"],
+)
+def test_a_body_in_an_encoding_we_cannot_read_is_refused_clearly(
+    env: Env, encoding: str, body: bytes, status: int, code: str
+) -> None:
+    with env.conn() as c:
+        answer = c.exchange(
+            request("POST", "/v1/chat/completions", body, headers=[("Content-Encoding", encoding)])
+        )
+        assert answer.status == status, answer.body
+        error = error_of(answer)
+        assert error["code"] == code
+        assert error["type"] == "invalid_request_error"
+        if status == 415:
+            assert "gzip" in error["message"]
+    env.served()

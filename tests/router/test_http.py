@@ -295,3 +295,210 @@ def test_idle_keep_alive_connections_and_slow_handlers_are_not_stalls() -> None:
             assert (await read_answer(reader))[::2] == (200, b"slowly")
 
     run(main)
+
+
+# -- what a client can make the server hold ---------------------------------------------------
+
+
+async def until(check: Callable[[], bool], within_s: float = 5.0) -> None:
+    """Wait until ``check`` holds (polled every 10 ms); fail after ``within_s``."""
+    for _ in range(int(within_s / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
+def test_a_client_pipelining_100_requests_behind_a_slow_one_is_held_to_a_bounded_backlog() -> None:
+    """100 requests of 16 KiB each (1.6 MiB) pipelined behind one the handler holds: the
+    server parses no more than a read or two of them ahead and stops reading, then answers
+    all of them, in order, once the slow one is done."""
+    release = asyncio.Event()
+    body = b"x" * (16 << 10)
+
+    async def handler(request: Request) -> Response:
+        data = await request.read()
+        if request.path == "/slow":
+            await release.wait()
+        return Response(200, request.path.encode() + b" " + str(len(data)).encode())
+
+    async def main() -> None:
+        server = await start(handler)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, limit=1 << 16)
+        try:
+            writer.write(GET.replace(b"/x", b"/slow"))
+            for i in range(100):
+                writer.write(b"POST /%d HTTP/1.1\r\nHost: t\r\n" % i)
+                writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            sending = asyncio.create_task(writer.drain())  # the server will not take it all
+            [conn] = server.connections
+            await until(lambda: conn.flow.reading_paused)
+            await asyncio.sleep(0.2)  # time to read more, if it would
+            waiting, held = conn.backlog()
+            assert conn.flow.reading_paused
+            assert waiting < 100  # not everything was parsed ahead
+            assert held <= 2 * (256 << 10), held  # at most a read or two of bodies
+            release.set()
+            status, _, answer = await read_answer(reader)
+            assert (status, answer) == (200, b"/slow 0")
+            for i in range(100):
+                status, _, answer = await read_answer(reader)
+                assert (status, answer) == (200, b"/%d %d" % (i, len(body)))
+            await asyncio.wait_for(sending, 5)
+        finally:
+            writer.close()
+            await server.shutdown(1)
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+        (b"GET /x HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+        (b"GET /x HTTP/1.1\r\nHost: t\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", 431),
+        (b"", 0),
+    ],
+    ids=["long-target", "long-field", "many-fields", "fields-over-64k"],
+)
+def test_a_head_past_its_limits_is_refused_in_openai_shape_and_closed(
+    head: bytes, status: int
+) -> None:
+    async def main() -> None:
+        async with connected(echo) as (reader, writer):
+            if status:
+                writer.write(head)
+            else:  # many fields each under the limit, sent in reads: the head's total counts
+                writer.write(b"GET /x HTTP/1.1\r\nHost: t\r\n")
+                with contextlib.suppress(ConnectionError):  # refused before the last
+                    for i in range(12):
+                        await asyncio.sleep(0.01)
+                        writer.write(b"X-Some-%d: %s\r\n" % (i, b"b" * 8000))
+            got, headers, body = await read_answer(reader)
+            assert got == (status or 431)
+            assert headers["connection"] == "close"
+            error = json.loads(body)["error"]
+            assert error["type"] == "invalid_request_error"
+            assert error["code"] == "bad_http_request"
+            assert await closed_by_server(reader, 5)
+
+    run(main)
+
+
+def test_header_values_that_are_not_utf8_reach_the_handler_as_valid_text() -> None:
+    seen: dict[str, str | None] = {}
+
+    async def handler(request: Request) -> Response:
+        for name in ("x-request-id", "authorization", "x-other"):
+            seen[name] = request.headers.get(name)
+        return Response(200, b"{}", headers={"x-request-id": seen["x-request-id"] or ""})
+
+    async def main() -> None:
+        async with connected(handler) as (reader, writer):
+            writer.write(
+                b"GET /x HTTP/1.1\r\nHost: t\r\nX-Request-Id: a\xff\r\n"
+                b"Authorization: Bearer k\xc3\x28ey\r\nX-Other: caf\xc3\xa9\r\n\r\n"
+            )
+            status, headers, _ = await read_answer(reader)
+            assert status == 200
+            assert headers["x-request-id"] == "a\ufffd"
+        assert seen == {
+            "x-request-id": "a\ufffd",
+            "authorization": "Bearer k\ufffd(ey",
+            "x-other": "caf\u00e9",  # valid UTF-8 stays as sent
+        }
+        for value in seen.values():
+            assert value is not None
+            value.encode("utf-8")  # every one encodes: logs, the request log, heads
+
+    run(main)
+
+
+# -- connections: the head bound and the cap ------------------------------------------------
+
+
+async def silent(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+def test_connections_that_never_send_a_whole_head_are_closed_within_twice_the_bound() -> None:
+    async def main() -> None:
+        server = await start(echo, stall_s=STALL_S)
+        try:
+            quiet = [await silent(server.port) for _ in range(10)]
+            partial = await silent(server.port)
+            partial[1].write(b"GET /x HTTP/1.1\r\n")
+            for reader, _ in [*quiet, partial]:
+                assert await closed_by_server(reader, 5)
+            assert not server.connections
+            # A keep-alive connection that has been served is idle, not stalled: kept.
+            reader, writer = await silent(server.port)
+            writer.write(GET)
+            assert (await read_answer(reader))[0] == 200
+            assert not await closed_by_server(reader, STALL_S * 5)
+            for _, w in [*quiet, partial, (reader, writer)]:
+                w.close()
+        finally:
+            await server.shutdown(1)
+
+    run(main)
+
+
+def test_at_the_connection_cap_the_longest_idle_connection_makes_room() -> None:
+    async def main() -> None:
+        server = await start(echo, max_connections=5)
+        try:
+            quiet = [await silent(server.port) for _ in range(5)]
+            await asyncio.sleep(0.05)
+            assert len(server.connections) == 5
+            # Ten more silent ones: each closes the longest idle before it.
+            more = [await silent(server.port) for _ in range(10)]
+            for reader, _ in quiet:
+                assert await closed_by_server(reader, 5)
+            # A client with a request still gets in, and is served.
+            reader, writer = await silent(server.port)
+            writer.write(GET)
+            assert (await read_answer(reader))[0] == 200
+            assert len(server.connections) <= 5
+            for _, w in [*quiet, *more, (reader, writer)]:
+                w.close()
+        finally:
+            await server.shutdown(1)
+
+    run(main)
+
+
+def test_at_the_cap_with_every_connection_busy_a_newcomer_gets_503_and_a_close() -> None:
+    release = asyncio.Event()
+
+    async def busy(request: Request) -> Response:
+        await release.wait()
+        return Response(200, b"{}")
+
+    async def main() -> None:
+        server = await start(busy, max_connections=3)
+        try:
+            held = []
+            for _ in range(3):
+                reader, writer = await silent(server.port)
+                writer.write(GET)
+                held.append((reader, writer))
+            await until(lambda: sum(not c.idle for c in server.connections) == 3)
+            for _ in range(2):
+                reader, writer = await silent(server.port)
+                status, headers, body = await read_answer(reader)
+                assert status == 503
+                assert headers["connection"] == "close"
+                assert headers["retry-after"] == "1"
+                assert json.loads(body)["error"]["code"] == "too_many_connections"
+                assert await closed_by_server(reader, 5)
+                writer.close()
+            release.set()
+            for reader, writer in held:  # the busy ones were not disturbed
+                assert (await read_answer(reader))[0] == 200
+                writer.close()
+        finally:
+            await server.shutdown(1)
+
+    run(main)
