@@ -265,7 +265,7 @@ class Origin:
         (connect), ``OSError`` (connect, or ``Closed`` before an answer), ``Deadline`` or
         ``Silence`` (both ``TimeoutError``), or ``NotHttp``.
         """
-        conn = await self._acquire(min(connect_s, deadline - asyncio.get_running_loop().time()))
+        conn = await self._acquire(connect_s, deadline)
         data = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
         head_future = None
         try:
@@ -281,7 +281,9 @@ class Origin:
             self.release(conn, reusable=False)
             raise
 
-    async def _acquire(self, connect_s: float) -> Connection:
+    async def _acquire(self, connect_s: float, deadline: float) -> Connection:
+        """A pooled connection, or a new one; waits for a free slot (up to ``deadline``)
+        when ``max_connections`` are open."""
         idle = self._idle
         while True:
             while idle:
@@ -295,15 +297,18 @@ class Origin:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
-                await waiter
-            except BaseException:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except BaseException as exc:
                 if waiter.done() and not waiter.cancelled():
                     self._wake()  # pass on the turn we were given
+                if isinstance(exc, TimeoutError):
+                    raise Deadline("no free connection to the upstream in time") from exc
                 raise
         self._open += 1
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(max(0.0, connect_s)):
+            async with asyncio.timeout(max(0.0, min(connect_s, deadline - loop.time()))):
                 _, conn = await loop.create_connection(
                     lambda: Connection(self, loop),
                     self.host,

@@ -10,6 +10,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import pytest
 
 from router.http.server import HttpServer, Request, Response, Stream
@@ -498,6 +499,38 @@ def test_at_the_cap_with_every_connection_busy_a_newcomer_gets_503_and_a_close()
             for reader, writer in held:  # the busy ones were not disturbed
                 assert (await read_answer(reader))[0] == 200
                 writer.close()
+        finally:
+            await server.shutdown(1)
+
+    run(main)
+
+
+def test_a_stream_that_must_end_its_connection_does_not_look_whole_or_reusable() -> None:
+    """``force_close`` (our own failure mid-stream): the answer ends without its last
+    chunk, so a client that pools connections (aiohttp) sees it cut short and does not
+    send its next request into the closing socket: every next request is served."""
+
+    async def handler(request: Request) -> Response | Stream:
+        if request.path == "/ok":
+            return Response(200, b'{"ok":true}')
+        stream = Stream(request, 200, {"Content-Type": "text/event-stream"})
+        await stream.write(b"data: 1\n\n")
+        await stream.write(b'data: {"error": {}}\n\n')
+        stream.force_close()
+        return stream
+
+    async def main() -> None:
+        server = await start(handler)
+        url = f"http://127.0.0.1:{server.port}"
+        try:
+            connector = aiohttp.TCPConnector(limit=1)
+            async with aiohttp.ClientSession(url, connector=connector) as session:
+                for _ in range(20):
+                    async with session.get("/cut") as resp:
+                        with pytest.raises(aiohttp.ClientPayloadError):
+                            await resp.read()
+                    async with session.get("/ok") as resp:
+                        assert (resp.status, await resp.json()) == (200, {"ok": True})
         finally:
             await server.shutdown(1)
 
