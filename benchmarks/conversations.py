@@ -61,7 +61,10 @@ def config(sims: dict[str, Sim], policy: str) -> str:
     )
     price = "{input: 3.0, output: 15.0, cache_read: 0.3, cache_write: 3.0}"
     endpoints = "\n".join(f"      - {{provider: {n}, model: m, price: {price}}}" for n in sims)
-    affinity = "\n    affinity: {ttl_s: 600}" if policy == "affinity" else ""
+    affinity = ""
+    if policy.startswith("affinity"):
+        usd = policy.partition("@")[2] or "0.05"
+        affinity = f"\n    affinity: {{ttl_s: 600, usd_per_s: {usd}}}"
     return (
         "storage: {url: null}\n"
         "defaults:\n"
@@ -130,10 +133,11 @@ async def one_turn(
                 if "error" in event:
                     break
                 for choice in event.get("choices") or ():
-                    piece = (choice.get("delta") or {}).get("content")
+                    delta = choice.get("delta") or {}
+                    piece = delta.get("content")
+                    if (piece or delta.get("tool_calls")) and turn.ttft is None:
+                        turn.ttft = time.perf_counter() - start  # text or a tool call
                     if piece:
-                        if turn.ttft is None:
-                            turn.ttft = time.perf_counter() - start
                         text.append(piece)
                 usage = event.get("usage")
                 if usage:
@@ -168,8 +172,10 @@ async def conversation(
         turn, answer = await one_turn(session, url, body)
         tally.turns.append(turn)
         cost += turn_cost(turn.prompt, turn.cached, turn.completion)
-        # A perfect cache holds all that this turn resent from the last one.
-        perfect += turn_cost(turn.prompt, min(previous_prompt, turn.prompt), turn.completion)
+        # A perfect cache holds all that this turn resent from the last one (and at least
+        # what the real one held: the system prompt and tools all conversations share).
+        ideal = max(turn.cached, min(previous_prompt, turn.prompt))
+        perfect += turn_cost(turn.prompt, ideal, turn.completion)
         previous_prompt = turn.prompt
         messages.append({"role": "assistant", "content": answer or "(no answer)"})
         tool_output = f"file {t} of task {cid}: " + "x = compute(y)  # unchanged\n" * 230
@@ -264,11 +270,15 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--json")
+    ap.add_argument(
+        "--usd-per-s", nargs="*", default=["0.5"],
+        help="further affinity runs with these values of usd_per_s (the default is 0.05)",
+    )
     args = ap.parse_args()
     rng = random.Random(args.seed)
     plan = [rng.randint(10, 30) for _ in range(args.conversations)]
     results: dict[str, Any] = {}
-    for policy in ("none", "affinity", "oracle"):
+    for policy in ("none", "affinity", *(f"affinity@{v}" for v in args.usd_per_s), "oracle"):
         sims = {
             name: Sim(name, "--ttft-ms", str(ms), "--tokens-per-s", "200", "--seed", str(i)).start()
             for i, (name, ms) in enumerate(HOSTS.items())
