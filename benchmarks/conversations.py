@@ -1,7 +1,8 @@
 """What prompt-cache affinity saves on agent traffic, against no affinity and an oracle.
 
-Agent conversations (a system prompt and tools of about 8k tokens, then turns that each add
-a tool result of about 1.5k tokens and a short answer) run 8 at a time through a real
+Agent conversations (a system prompt and tools of about 8k tokens, the prompt opening with
+the session's environment as a coding agent's does, then turns that each add a tool
+result of about 1.7k tokens and a short answer) run 8 at a time through a real
 router over three ``router sim-upstream`` hosts with prompt caching (``prompt_cache``):
 ``fast`` (TTFT 80 ms), ``medium`` (150 ms) and ``slow`` (300 ms), all at the same prices
 (TokenLX's: $3 input, $0.30 cache read, $15 output per million tokens). Halfway through,
@@ -156,8 +157,11 @@ async def conversation(
     pin: Any = None,
 ) -> None:
     rng = random.Random(cid)
+    # As a coding agent's, the system prompt opens with the session's environment (its
+    # working directory, git status, date), so no two conversations share a prefix.
+    env = f"<env>cwd: /work/task-{cid}\ngit: {rng.getrandbits(64):016x}</env>\n"
     messages: list[dict[str, Any]] = [
-        {"role": "system", "content": SYSTEM},
+        {"role": "system", "content": env + SYSTEM},
         {"role": "user", "content": f"Task {cid}: fix the failing test in module {rng.random()}"},
     ]
     cost = perfect = 0.0
