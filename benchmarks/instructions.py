@@ -37,7 +37,9 @@ from _common import free_port, raise_nofile
 from perf import HERE, PY, STORAGE, Bench, router_cmd, router_config
 
 
-async def drive(url: str, stream: bool, n: int, conns: int, tokens: int) -> int:
+async def drive(
+    url: str, stream: bool, n: int, conns: int, tokens: int, headers: dict[str, str] | None = None
+) -> int:
     """Send exactly ``n`` requests over ``conns`` connections; the number that failed."""
     body = {
         "model": "bench",
@@ -55,7 +57,8 @@ async def drive(url: str, stream: bool, n: int, conns: int, tokens: int) -> int:
             nonlocal left, failed
             while left > 0:
                 left -= 1
-                async with session.post(url + "/v1/chat/completions", json=body) as resp:
+                post = session.post(url + "/v1/chat/completions", json=body, headers=headers)
+                async with post as resp:
                     await resp.read()
                     if resp.status != 200:
                         failed += 1
@@ -74,7 +77,14 @@ def total_ir(path: str) -> int:
 
 
 def measure(
-    bench: Bench, tmp: str, name: str, cmd: list[str], ready: str, args: argparse.Namespace
+    bench: Bench,
+    tmp: str,
+    name: str,
+    cmd: list[str],
+    ready: str,
+    args: argparse.Namespace,
+    headers: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, float]:
     out = os.path.join(tmp, f"{name}.callgrind")
     port = int(cmd[cmd.index("--port") + 1])
@@ -87,12 +97,12 @@ def measure(
         *(["--separate-threads=yes"] if args.threads else []),
         *cmd,
     ]
-    proc = bench.start(name, grind, url, ready, core=None, ready_timeout=300)
+    proc = bench.start(name, grind, url, ready, core=None, env=env, ready_timeout=300)
     results = {}
     try:
         for mode in args.modes.split(","):
             stream = mode == "stream"
-            asyncio.run(drive(url, stream, args.warmup, args.conns, args.tokens))
+            asyncio.run(drive(url, stream, args.warmup, args.conns, args.tokens, headers))
             subprocess.run(
                 ["callgrind_control", "--zero", str(proc.pid)], check=True, capture_output=True
             )
@@ -100,7 +110,9 @@ def measure(
                 ["callgrind_control", "--instr=on", str(proc.pid)], check=True, capture_output=True
             )
             t0 = time.perf_counter()
-            failed = asyncio.run(drive(url, stream, args.requests, args.conns, args.tokens))
+            failed = asyncio.run(
+                drive(url, stream, args.requests, args.conns, args.tokens, headers)
+            )
             took = time.perf_counter() - t0
             before = set(glob.glob(f"{out}.{proc.pid}*"))
             subprocess.run(

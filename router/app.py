@@ -43,6 +43,7 @@ async def serve(
     if not result.ok:
         log.error("serving_without_config", detail="fix routes.yaml; it reloads when saved")
 
+    await service.start_state()  # bounded: an unreachable Redis is retried by its breaker
     api = Api(service, debug=logs.level_from_env() <= 10)
     stop_request_log = _attach_extras(api, service)
     watcher = asyncio.get_running_loop().create_task(service.watch())

@@ -22,6 +22,7 @@
         ├── NotFound                  404       unknown model; provider filter left nothing
         ├── PayloadTooLarge           413       body over server.max_body_mb (after decoding)
         ├── UnsupportedMediaType      415       a Content-Encoding other than gzip or deflate
+        ├── OverLimit                 429       a client key over its rate limit or budget
         ├── NoEndpointAvailable       503       nothing to try (disabled, or at max_concurrency)
         ├── UpstreamRateLimited       429       every endpoint asked to wait longer than we can
         ├── AllAttemptsFailed         502/504   every attempt failed; 504 when every one timed out
@@ -62,6 +63,7 @@ __all__ = [
     "IdleTimeout",
     "NoEndpointAvailable",
     "NotFound",
+    "OverLimit",
     "PayloadTooLarge",
     "RouterError",
     "StreamBroken",
@@ -149,6 +151,15 @@ class UnsupportedMediaType(RouterError):
     status = 415
     type = "invalid_request_error"
     code = "unsupported_content_encoding"
+
+
+class OverLimit(RouterError):
+    """Code ``rate_limit_exceeded`` or ``budget_exceeded``; ``Retry-After`` goes in the
+    answer's headers (``router.http.limits``)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
 
 
 class NoEndpointAvailable(RouterError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,10 @@ from router.state.loads import RouteLoads
 from router.state.stats import EndpointStats, Prior, loads
 
 _HEALTHY = frozenset({"healthy"})
+RATE_LIMITED = "rate_limited"  # a hard cooldown's reason for a host's Retry-After
+SCOPE_SEP = "\x1f"  # between route and endpoint id in a shared cooldown's scope
+# Tells the shared state of a hard cooldown: (scope, until as Unix time, reason).
+Share = Callable[[str, float, str], None]
 
 
 def make_provider(spec: ProviderSpec) -> Provider:
@@ -57,11 +62,21 @@ class EndpointState:
 class Endpoint:
     """One endpoint of one route, at run time."""
 
-    __slots__ = ("breaker", "id", "price", "provider", "secret", "spec", "state", "stats")
+    __slots__ = (
+        "breaker", "id", "price", "provider", "scope", "secret", "share", "spec", "state", "stats"
+    )  # fmt: skip
 
-    def __init__(self, spec: EndpointSpec, provider: Provider | None, state: EndpointState) -> None:
+    def __init__(
+        self,
+        spec: EndpointSpec,
+        provider: Provider | None,
+        state: EndpointState,
+        share: Share | None = None,
+    ) -> None:
         self.spec = spec
         self.id = spec.id
+        self.scope = f"{spec.route}{SCOPE_SEP}{spec.id}"  # its name in the shared state
+        self.share = share
         self.provider = provider
         self.state = state
         self.stats = state.stats
@@ -80,6 +95,25 @@ class Endpoint:
     def full(self) -> bool:
         limit = self.spec.max_concurrency
         return limit is not None and self.stats.in_flight >= limit
+
+    def hard_cooldown(self, now: float, reason: str, seconds: float) -> None:
+        """Put aside for a known time (its key refused, a ``Retry-After``): here at once,
+        and on every other replica through the shared state."""
+        self.set_aside(now, reason, seconds)
+        if self.share is not None:
+            self.share(self.scope, time.time() + seconds, reason)
+
+    def set_aside(self, now: float, reason: str, seconds: float) -> bool:
+        """A hard cooldown here only (one heard from another replica); False when this
+        endpoint was already aside at least as long."""
+        breaker = self.breaker
+        if breaker.free_at() >= now + seconds:
+            return False
+        if reason == RATE_LIMITED:
+            breaker.rate_limited(now, seconds)  # "not now": no verdict on its health
+        else:
+            breaker.trip(now, reason, seconds)
+        return True
 
     def wake_one(self) -> None:
         """A slot freed up: let one request waiting for capacity try again."""
@@ -217,6 +251,7 @@ class Runtime:
         self.rng = rng
         self.clock = clock
         self.route_names = sorted(routes)
+        self.keys = config.keys  # name -> the key's routes and limits (``keys:``)
         self.client_keys = tuple(
             (hashlib.sha256(key.encode()).digest(), name)
             for key, name in config.client_keys.items()
@@ -238,10 +273,9 @@ def build_runtime(
     rng: random.Random | None = None,
     clock: Clock | None = None,
     provider_factory: Callable[[ProviderSpec], Provider] = make_provider,
+    share: Share | None = None,
 ) -> tuple[Runtime, list[Provider]]:
     """A new runtime, and the providers of ``previous`` that it no longer uses."""
-    import time
-
     clock = clock or (previous.clock if previous else time.monotonic)
     rng = rng or (previous.rng if previous else random.Random())
     old_specs = previous.config.providers if previous else {}
@@ -275,7 +309,7 @@ def build_runtime(
                 state.breaker.reconfigure(espec.breaker)
             states[key] = state
             provider = provider_for(espec.provider) if espec.disabled_reason is None else None
-            eps.append(Endpoint(espec, provider, state))
+            eps.append(Endpoint(espec, provider, state, share))
         routes[rspec.name] = RouteRuntime(rspec, tuple(eps), config.policies)
 
     retired = [p for name, p in old_providers.items() if providers.get(name) is not p]

@@ -26,9 +26,9 @@ from router.config import Config, ConfigError, load
 from router.obs.logs import REDACTOR
 from router.obs.series import SeriesBook, recent
 from router.requestlog.records import RequestRecord
-from router.runtime import Runtime, build_runtime
+from router.runtime import SCOPE_SEP, Runtime, build_runtime
 from router.state.clock import Clock
-from router.state.shared import SharedState
+from router.state.shared import SharedState, make_state
 from router.state.shared.memory import MemoryState
 
 log = structlog.get_logger("router.service")
@@ -56,11 +56,13 @@ class Service:
         # The request log's writer once it is started (router.app): /health shows it.
         self.requestlog: Any = None
         self.series: SeriesBook | None = None  # the model page's series, when kept
-        # State replicas share (limits, budgets, affinity bindings, hard cooldowns); in
-        # this process unless the config names a Redis.
-        self.state: SharedState = MemoryState()
         self._stamp: tuple[int, int, int] | None = None
         self._retired: set[asyncio.Task[None]] = set()
+        # Limits, budgets, bindings and hard cooldowns: in this process until a config
+        # names a Redis (state.url_env); replaced only when that part of the config changes.
+        self.state: SharedState = MemoryState()
+        self._state_made_from: tuple[Any, ...] | None = None
+        self._state_started = False
 
     @property
     def config(self) -> Config | None:
@@ -87,8 +89,13 @@ class Service:
             return ReloadResult(False, None, exc.problems)
         self._stamp = stamp
         previous = self.runtime
-        runtime, retired = build_runtime(config, previous, clock=self.clock)
+        self._apply_state(config)
+        runtime, retired = build_runtime(
+            config, previous, clock=self.clock, share=self._share_cooldown
+        )
         self.runtime = runtime
+        for scope, (until, reason) in self.state.cooldowns().items():
+            self._heard_cooldown(scope, until, reason)  # for endpoints new in this config
         self.last_error = None
         self.last_error_at = None
         REDACTOR.update(config.secrets())
@@ -106,6 +113,73 @@ class Service:
         for hook in self.on_reload:
             hook(True)
         return ReloadResult(True, config.version, [])
+
+    # -- shared state -------------------------------------------------------------------
+
+    def _apply_state(self, config: Config) -> None:
+        """A new store when ``state:`` changed (the first reload included); the old one
+        writes what it holds and closes in the background."""
+        url = config.state_url.get_secret_value() if config.state_url else None
+        section = config.state
+        made_from = (url, section.on_error, section.prefix, section.timeout_ms)
+        lease_s = max((r.timeouts.total_s for r in config.routes.values()), default=600.0) + 60
+        if made_from == self._state_made_from:
+            return
+        old, started = self.state, self._state_started
+        self.state = make_state(
+            url,
+            on_error=section.on_error,
+            prefix=section.prefix,
+            timeout_s=section.timeout_ms / 1000.0,
+            lease_s=lease_s,
+        )
+        self.state.watch_cooldowns(self._heard_cooldown)
+        self._state_made_from = made_from
+        self._state_started = False
+        log.info("state_store", mode=self.state.mode, on_error=section.on_error)
+        if started:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            task = loop.create_task(self._swap_state(old))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    async def _swap_state(self, old: SharedState) -> None:
+        await self.start_state()
+        await old.aclose()
+
+    async def start_state(self) -> None:
+        """Connect the store and start its background work (once per store)."""
+        if not self._state_started:
+            self._state_started = True
+            await self.state.start()
+
+    def _share_cooldown(self, scope: str, until: float, reason: str) -> None:
+        self.state.cool(scope, until, reason)
+
+    def _heard_cooldown(self, scope: str, until: float, reason: str) -> None:
+        """Another replica put an endpoint aside (its key refused, a ``Retry-After``):
+        so does this one, for the same time."""
+        runtime = self.runtime
+        if runtime is None:
+            return
+        route_name, _, endpoint_id = scope.partition(SCOPE_SEP)
+        route = runtime.routes.get(route_name)
+        endpoint = route.by_id.get(endpoint_id) if route is not None else None
+        seconds = until - time.time()
+        if endpoint is None or not endpoint.usable or seconds <= 0:
+            return
+        if not endpoint.set_aside(self.clock(), reason, seconds):
+            return  # already aside as long (its own trip, heard back)
+        log.info(
+            "cooldown_shared",
+            route=route_name,
+            endpoint=endpoint_id,
+            reason=reason,
+            seconds=round(seconds, 3),
+        )
 
     def _retire(self, provider: Provider, previous: Runtime | None) -> None:
         """Close a provider the new config no longer uses, once its requests are done."""
@@ -155,6 +229,7 @@ class Service:
     async def aclose(self) -> None:
         for task in list(self._retired):
             task.cancel()
+        await self.state.aclose()  # writes the settlements it still holds
         if self.runtime is not None:
             for provider in self.runtime.providers.values():
                 await provider.aclose()
@@ -238,6 +313,7 @@ class Service:
         else:
             status = "ok"
         body = {"status": status, "pid": os.getpid(), "config": cfg_view, "routes": routes}
+        body["state"] = self.state.status()  # the shared store; its URL is never shown
         requestlog = self.requestlog
         if requestlog is not None and requestlog.enabled:
             view = body["requestlog"] = requestlog.health()

@@ -28,6 +28,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 import policies
 from providers import KINDS
 from providers.base import ProviderSettings
+from router.config.keys import resolve_keys, resolve_state
 from router.config.schema import (
     BLOCKS,
     POLICY_SECTIONS,
@@ -82,10 +83,22 @@ def loads(
         raise ConfigError(path, ["(top): the file must be a mapping with a 'routes' key"])
     builder = _Builder(raw, env, duplicates)
     server, storage, routes = builder.build()
+    key_warnings: list[str] = []
+    route_names = set(raw["routes"]) if isinstance(raw.get("routes"), dict) else set()
+    keys = resolve_keys(raw.get("keys"), route_names, env, builder.problems, key_warnings)
+    state, state_url = resolve_state(raw.get("state"), env, builder.problems)
+    keys_env = server.api_keys_env if server is not None else None  # None: server is invalid
+    client_keys = parse_client_keys(env.get(keys_env, "")) if keys_env else {}
+    for spec in keys.values():
+        value = spec.secret.get_secret_value()
+        if value in client_keys:
+            builder.problems.append(
+                f"keys.{spec.name}.key_env: the same key as {client_keys[value]!r} of {keys_env}"
+            )
+        client_keys[value] = spec.name
     if builder.problems:
         raise ConfigError(path, list(dict.fromkeys(builder.problems)))
 
-    client_keys = parse_client_keys(env.get(server.api_keys_env, "")) if server.api_keys_env else {}
     admin_raw = (env.get(server.admin_key_env, "") if server.admin_key_env else "").strip()
     if env.get("ROUTER_DATABASE_URL"):
         storage = storage.model_copy(update={"url": env["ROUTER_DATABASE_URL"]})
@@ -101,7 +114,10 @@ def loads(
         routes=MappingProxyType(routes),
         client_keys=MappingProxyType(client_keys),
         admin_key=SecretStr(admin_raw) if admin_raw else None,
-        warnings=tuple(_warnings(routes)),
+        warnings=tuple(_warnings(routes) + key_warnings),
+        keys=MappingProxyType(keys),
+        state=state,
+        state_url=state_url,
     )
 
 

@@ -217,6 +217,34 @@ class RouteSection(RouteHead):
     endpoints: list[EndpointSection] = Field(min_length=1)
 
 
+# -- client keys with limits, and where they are kept (docs/teams.md) --------------------
+
+
+class KeyLimits(_Strict):
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    concurrent: int | None = Field(None, ge=1)
+
+
+class KeyBudget(_Strict):
+    day: float | None = Field(None, ge=0)
+    month: float | None = Field(None, ge=0)
+
+
+class KeySection(_Strict):
+    key_env: str = Field(min_length=1)  # the key itself lives in the environment
+    routes: list[str] | None = None  # None: every route
+    limits: KeyLimits = Field(default_factory=lambda: KeyLimits.model_validate({}))
+    budget_usd: KeyBudget = Field(default_factory=lambda: KeyBudget.model_validate({}))
+
+
+class StateSection(_Strict):
+    url_env: str | None = None  # redis://...; unset: in-process state (one node)
+    on_error: Literal["open", "closed"] = "open"  # Redis unreachable: count locally, or 503
+    prefix: str = Field("router:", min_length=1)  # several deployments on one Redis
+    timeout_ms: float = Field(250.0, gt=0, le=10_000)  # every Redis call's bound
+
+
 class FileSection(_Strict):
     """The whole file, for its list of top-level keys and for the reference docs."""
 
@@ -226,3 +254,5 @@ class FileSection(_Strict):
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
     routes: dict[str, RouteSection] = Field(min_length=1)
+    keys: dict[str, KeySection] = Field(default_factory=dict)
+    state: StateSection = Field(default_factory=lambda: StateSection.model_validate({}))

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -22,10 +23,12 @@ from router.config.schema import (
     Price,
     Retry,
     ServerSection,
+    StateSection,
     Stats,
     StorageSection,
     Timeouts,
 )
+from router.state.shared import Quota
 
 # A key read from the environment; never shows itself in a repr or a log.
 Secret = SecretStr
@@ -99,14 +102,34 @@ class Config:
     # What is valid but probably not meant (hedging that can never fire): `router check`
     # prints these and a reload logs them; none stops the file from loading.
     warnings: tuple[str, ...] = ()
+    keys: Mapping[str, KeySpec] = field(default_factory=dict)  # name -> a key of ``keys:``
+    state: StateSection = field(default_factory=lambda: StateSection.model_validate({}))
+    state_url: SecretStr | None = field(default=None, repr=False)  # may hold a password
 
     def secrets(self) -> list[str]:
         """Every configured secret, for redaction of anything the router emits."""
         out = list(self.client_keys)
         if self.admin_key:
             out.append(self.admin_key.get_secret_value())
+        if self.state_url is not None:
+            url = self.state_url.get_secret_value()
+            out.append(url)
+            password = urlsplit(url).password
+            if password:
+                out.append(password)
         out += [p.api_key.get_secret_value() for p in self.providers.values() if p.api_key]
         return [s for s in out if len(s) >= 4]
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """A client key of ``keys:``: the routes it may use (None: all) and its limits
+    (``quota``; None for a key with none)."""
+
+    name: str
+    secret: SecretStr = field(repr=False)
+    routes: frozenset[str] | None
+    quota: Quota | None
 
 
 class ConfigError(Exception):

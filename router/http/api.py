@@ -39,6 +39,7 @@ from router.errors import (
     UpstreamClientError,
     error_body,
 )
+from router.http import limits
 from router.http.server import Answer, Request, Response, Stream
 from router.obs.logs import REDACTOR, info_line
 from router.requestlog.records import RequestRecord
@@ -48,7 +49,7 @@ from router.routing.attempts import Attempts, Opened
 from router.routing.pipeline import Call, Pipeline, RoutingPrefs
 from router.runtime import RouteRuntime, Runtime
 from router.service import Service
-from router.state.shared import StateUnavailable
+from router.state.shared import Admission, StateUnavailable
 
 if TYPE_CHECKING:
     from router.obs.metrics import Metrics
@@ -224,19 +225,34 @@ class Api:
         opened: Opened | None = None
         attempts: Attempts | None = None
         affinity: Affinity | None = None
+        admission: Admission | None = None
         service.in_flight += 1
         try:
             if runtime is None:
                 raise RouterError("no valid configuration is loaded; see /health")
             config = runtime.config
-            record.key_name = _client_key_name(runtime, request)
+            record.key_name = name = _client_key_name(runtime, request)
+            key = runtime.keys.get(name) if name is not None else None
             body = await _read_body(request, config.server.max_body_mb)
             call = parse_call(api, body, request, request_id)
             record.stream = call.stream
             pipeline = self.pipeline
+            if key is not None and key.routes is not None:
+                limits.check_route(key.routes, call.model)
+                call.routes = key.routes
             route = pipeline.resolve(runtime, call)
             record.route = route.name
-            affinity = call.affinity = await self._affinity(route, call, request, len(body))
+            affinity = call.affinity = self._affinity(route, call, request, len(body))
+            if key is not None and key.quota is not None:
+                # The key's limits and the conversation's binding: one round trip.
+                tokens = limits.estimate_tokens(api, len(body), call.payload)
+                bound = affinity.key if affinity is not None else None
+                admission = await limits.admit(service.state, key.quota, tokens, headers, bound)
+                if affinity is not None:
+                    affinity.bound = admission.binding
+            elif affinity is not None:
+                with contextlib.suppress(StateUnavailable):  # it costs the binding only
+                    affinity.bound = (await service.state.admit(None, 0, affinity.key)).binding
             attempts = Attempts(
                 api=api,
                 payload=call.payload,
@@ -335,18 +351,22 @@ class Api:
                     record.served_ms = (lease.ended - lease.started) * 1000.0
                 if record.usage is not None:
                     record.cost = record.usage.cost(opened.endpoint.spec.price)
+            if admission is not None:
+                usage = record.usage
+                used = usage.prompt_tokens + usage.completion_tokens if usage else None
+                limits.settle(service.state, admission, opened is not None, used, record.cost)
             if record.status == 0:
                 record.status = 499  # the client went away before an answer
                 record.error = record.error or "client_closed"
             _log_request(record)
             service.emit(record)
 
-    async def _affinity(
+    def _affinity(
         self, route: RouteRuntime, call: Call, request: Request, size: int
     ) -> Affinity | None:
-        """The request's prompt-cache affinity, its binding read from the shared state
-        (an unreachable store only costs the binding, never the request)."""
-        found = plan_affinity(
+        """The request's prompt-cache affinity; its binding is read from the shared state
+        by the caller (with the key's admission when there is one)."""
+        return plan_affinity(
             route,
             route.affinity_for(call.policy),
             call.api.name,
@@ -355,10 +375,6 @@ class Api:
             size,
             call.stream,
         )
-        if found is not None:
-            with contextlib.suppress(StateUnavailable):
-                found.bound = (await self.service.state.admit(None, 0, found.key)).binding
-        return found
 
     async def models(self, request: Request) -> Response:
         """``GET /v1/models`` (the routes, in OpenAI's list) and ``/v1/models/{id}``."""
@@ -367,16 +383,23 @@ class Api:
         if runtime is None:
             return _error_response(RouterError("no valid configuration is loaded"), {})
         try:
-            _client_key_name(runtime, request)
+            name = _client_key_name(runtime, request)
         except RouterError as exc:
             return _error_response(exc, {})
+        key = runtime.keys.get(name) if name is not None else None
+        allowed = key.routes if key is not None else None  # a key sees only its routes
         if not request.path.startswith(_MODEL_PREFIX):
-            return _json_response(200, runtime.models_body)
-        name = request.path[len(_MODEL_PREFIX) :]
-        body = runtime.model_bodies.get(name)
-        if body is None:
+            if allowed is None:
+                return _json_response(200, runtime.models_body)
+            listing = orjson.loads(runtime.models_body)
+            listing["data"] = [m for m in listing["data"] if m["id"] in allowed]
+            return _json_response(200, orjson.dumps(listing))
+        model = request.path[len(_MODEL_PREFIX) :]
+        body = runtime.model_bodies.get(model)
+        if body is None or (allowed is not None and model not in allowed):
+            known = runtime.route_names if allowed is None else sorted(allowed)
             missing = NotFound(
-                f"The model {name!r} does not exist; known: {', '.join(runtime.route_names)}",
+                f"The model {model!r} does not exist; known: {', '.join(known)}",
                 param="model",
                 code="model_not_found",
             )
@@ -526,6 +549,11 @@ class Api:
             await asyncio.wait({starting}, timeout=15)  # the log starts after the service listens
         requestlog = self.requestlog
         if requestlog is None or not getattr(requestlog, "enabled", True):
+            # No usage without the log; keys' budgets live in the shared state all the same.
+            result: dict[str, Any] = {"requestlog": "off"}
+            await limits.add_budgets(self.service.state, self.service.runtime, result)
+            if "budgets" in result:
+                return _json_response(200, orjson.dumps(result))
             return _error_response(RouterError("the request log is off (storage.url is empty)"), {})
         from router.requestlog.usage import parse_time  # only admins pay for this import
 
@@ -554,6 +582,7 @@ class Api:
                 ),
                 {},
             )
+        await limits.add_budgets(self.service.state, self.service.runtime, result)
         return _json_response(200, orjson.dumps(result, default=str))
 
 

@@ -1,5 +1,8 @@
 """What each route, endpoint, client key or day used and cost: ``GET /admin/usage``.
 
+With client keys that have budgets, each key's remaining budget too (``budgets``), read
+from the shared state that admissions are checked against.
+
 One ``GROUP BY`` over the ``requests`` table of the request log, aggregated in the
 database so the answer costs the same for a thousand rows or ten million (``ts`` is
 indexed). The same query runs on SQLite and PostgreSQL; only "the UTC day of ``ts``"
@@ -14,8 +17,11 @@ admin asks for usage (``RequestLog.usage`` loads it in a thread first).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from router.state.shared import Quota, Spend
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -169,3 +175,32 @@ async def usage(
         "groups": groups,
         "total": total,
     }
+
+
+def budgets(quotas: Iterable[Quota], spent: Mapping[str, Spend], now: float) -> dict[str, Any]:
+    """Each budgeted key's day and month: limit, spent, remaining and when it resets.
+
+    The spend is the shared state's (what admissions are checked against), not a sum over
+    the request log: it counts every replica's requests, and is what blocks the key.
+    """
+    from router.state.shared import budget_windows
+
+    _, day_end, _, month_end = budget_windows(now)
+    out: dict[str, Any] = {}
+    for quota in quotas:
+        spend = spent.get(quota.name, Spend())
+        view: dict[str, Any] = {}
+        for window, limit, used, end in (
+            ("day", quota.day_usd, spend.day, day_end),
+            ("month", quota.month_usd, spend.month, month_end),
+        ):
+            if limit is None:
+                continue
+            view[window] = {
+                "limit_usd": limit,
+                "spent_usd": round(used, 6),
+                "remaining_usd": round(max(0.0, limit - used), 6),
+                "resets_at": datetime.fromtimestamp(end, UTC).isoformat(),
+            }
+        out[quota.name] = view
+    return out

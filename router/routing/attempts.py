@@ -40,7 +40,7 @@ from router.config import HedgeSection
 from router.errors import CLIENT_FAULT_STATUSES
 from router.requestlog.records import AttemptRecord, Usage
 from router.routing.sse import ProtocolViolation
-from router.runtime import Endpoint
+from router.runtime import RATE_LIMITED, Endpoint
 from router.state.clock import Clock
 
 HEDGE_LOST = "hedge_lost"
@@ -134,7 +134,7 @@ class Lease:
                 self._token, ok=False, error=exc.reason, output_ok=False if broken else None
             )
             if status in (401, 403):
-                ep.breaker.trip(now, "auth", ep.spec.breaker.cooldown_s)
+                ep.hard_cooldown(now, "auth", ep.spec.breaker.cooldown_s)
             elif isinstance(exc, UpstreamConnectError) and exc.refused:
                 # Nothing listens at that address: waiting for more failures would only
                 # send more requests to a host that is certainly down.
@@ -144,10 +144,10 @@ class Lease:
                 # "Not now", not "broken": set aside for its Retry-After, no breaker verdict
                 # (a 429 counted as a failure escalated the cooldown to minutes).
                 wait = exc.retry_after_s if isinstance(exc, UpstreamHTTPError) else None
-                ep.breaker.rate_limited(now, RATE_LIMIT_DEFAULT_S if wait is None else wait)
+                ep.hard_cooldown(now, RATE_LIMITED, RATE_LIMIT_DEFAULT_S if wait is None else wait)
             elif isinstance(exc, UpstreamHTTPError) and exc.retry_after_s:
                 ep.breaker.failure(now, exc.reason)  # a 503 asking for time: both
-                ep.breaker.rate_limited(now, exc.retry_after_s)
+                ep.hard_cooldown(now, RATE_LIMITED, exc.retry_after_s)
             else:
                 ep.breaker.failure(now, exc.reason)
         ep.wake_one()

@@ -149,6 +149,7 @@ class Call:
     headers: dict[str, str] | None = None  # the client's headers its API passes on
     reasoning: Reasoning | None = None  # what it asks of reasoning, in any of its forms
     affinity: Affinity | None = None  # prompt-cache affinity, when its policy has it
+    routes: frozenset[str] | None = None  # the routes the client's key may use (None: all)
 
 
 class _Budget:
@@ -261,7 +262,12 @@ class Pipeline:
         prefs = call.prefs
         chain = [route]
         if route.spec.fallbacks and (prefs is None or prefs.allow_fallbacks):
-            chain += [runtime.routes[name] for name in route.spec.fallbacks]
+            allowed = call.routes  # a fallback the key may not use is skipped
+            chain += [
+                runtime.routes[name]
+                for name in route.spec.fallbacks
+                if allowed is None or name in allowed
+            ]
         nothing: _NoEndpoint | None = None
         limited = False
         for i, r in enumerate(chain):

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "Admission",
@@ -73,9 +73,9 @@ class Quota:
         return self.day_usd is not None or self.month_usd is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
-    """One limit as OpenAI's ``x-ratelimit-*`` headers show it."""
+class Window(NamedTuple):
+    """One limit as OpenAI's ``x-ratelimit-*`` headers show it (a tuple: one is made
+    per limit per request, and a frozen dataclass costs several times as much)."""
 
     limit: int
     remaining: int
@@ -218,16 +218,3 @@ def make_state(
     from router.state.shared.redis_store import RedisState
 
     return RedisState(url, on_error=on_error, prefix=prefix, timeout_s=timeout_s, lease_s=lease_s)
-
-
-@dataclass(slots=True)
-class _Pending:
-    """Writes queued for the next batch (both implementations' settle/bind queues)."""
-
-    # (quota, tokens to add to its tpm bucket, concurrency slot to free, USD to charge)
-    settles: list[tuple[Quota, int, str | None, float]] = field(default_factory=list)
-    binds: dict[str, tuple[str | None, float]] = field(default_factory=dict)
-    cools: list[tuple[str, float, str]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.settles or self.binds or self.cools)

@@ -9,8 +9,6 @@ ones are swept first, then the oldest go).
 
 from __future__ import annotations
 
-import itertools
-import math
 import time
 from collections.abc import Iterable
 
@@ -28,6 +26,7 @@ from router.state.shared import (
 )
 
 MAX_BINDINGS = 100_000
+_SLOT = "slot"
 
 
 def gcra(tat: float, now: float, limit: int, cost: float) -> tuple[float, float]:
@@ -36,16 +35,18 @@ def gcra(tat: float, now: float, limit: int, cost: float) -> tuple[float, float]
     The bucket holds ``limit`` units per PERIOD_S, refilled continuously; ``tat`` is when
     it would be whole again. A request of ``cost`` fits while that stays within a period.
     """
-    interval = PERIOD_S / limit
-    new = max(tat, now) + cost * interval
+    new = (tat if tat > now else now) + cost * PERIOD_S / limit
     return new, new - now - PERIOD_S
 
 
 def window(tat: float, now: float, limit: int) -> Window:
     """The bucket as headers show it: units left now, seconds until it is whole."""
-    ahead = max(0.0, tat - now)
-    remaining = math.floor((PERIOD_S - ahead) * limit / PERIOD_S + 1e-9)
-    return Window(limit, max(0, min(limit, remaining)), ahead)
+    ahead = tat - now
+    if ahead <= 0.0:
+        return Window(limit, limit, 0.0)
+    # + 0.01: a Unix time holds ~0.2 us, so "whole units" can come out a hair short.
+    remaining = int((PERIOD_S - ahead) * limit / PERIOD_S + 0.01)  # int() floors: >= 0 here
+    return Window(limit, remaining if remaining > 0 else 0, ahead)
 
 
 class MemoryState(SharedState):
@@ -63,7 +64,6 @@ class MemoryState(SharedState):
         self._spend: dict[tuple[str, str], float] = {}  # (name, day or month id) -> USD
         self._bindings: dict[str, tuple[str, float]] = {}
         self._cools: dict[str, tuple[float, str]] = {}
-        self._leases = itertools.count(1)
         self._windows = ("", 0.0, "", 0.0)  # budget_windows(), valid until the day ends
 
     # -- admission --------------------------------------------------------------------
@@ -90,7 +90,7 @@ class MemoryState(SharedState):
             out.binding = self._get(binding_key, now)
         if quota is None:
             return out
-        name = quota.name
+        name, rpm, tpm, concurrent = quota.name, quota.rpm, quota.tpm, quota.concurrent
         if quota.day_usd is not None or quota.month_usd is not None:
             day, day_end, month, month_end = self.windows(now)
             if quota.day_usd is not None and self._spend.get((name, day), 0.0) >= quota.day_usd:
@@ -102,28 +102,28 @@ class MemoryState(SharedState):
                 return self._refuse(out, BUDGET_EXCEEDED, "month", month_end - now, now)
         req_new = tok_new = 0.0
         cost = 0
-        if quota.rpm is not None:
-            req_new, over = gcra(self._req.get(name, 0.0), now, quota.rpm, 1)
+        if rpm is not None:
+            req_new, over = gcra(self._req.get(name, 0.0), now, rpm, 1)
             if over > 0:
                 return self._refuse(out, RATE_LIMITED, "rpm", over, now)
-        if quota.tpm is not None:
-            cost = min(tokens, quota.tpm)  # a request larger than tpm needs a whole bucket
-            tok_new, over = gcra(self._tok.get(name, 0.0), now, quota.tpm, cost)
+        if tpm is not None:
+            cost = tokens if tokens < tpm else tpm  # larger than tpm: needs a whole bucket
+            tok_new, over = gcra(self._tok.get(name, 0.0), now, tpm, cost)
             if over > 0:
                 return self._refuse(out, RATE_LIMITED, "tpm", over, now)
-        if quota.concurrent is not None:
+        if concurrent is not None:
             busy = self._busy.get(name, 0)
-            if busy >= quota.concurrent:
+            if busy >= concurrent:
                 # No telling when a slot frees: a second is what OpenAI's clients wait.
                 return self._refuse(out, RATE_LIMITED, "concurrent", 1.0, now)
             self._busy[name] = busy + 1
-            out.lease = str(next(self._leases))
-        if quota.rpm is not None:
+            out.lease = _SLOT  # slots are counted here, not named
+        if rpm is not None:
             self._req[name] = req_new
-            out.requests = window(req_new, now, quota.rpm)
-        if quota.tpm is not None:
+            out.requests = window(req_new, now, rpm)
+        if tpm is not None:
             self._tok[name] = tok_new
-            out.tokens = window(tok_new, now, quota.tpm)
+            out.tokens = window(tok_new, now, tpm)
             out.reserved = cost
         return out
 

@@ -1,11 +1,10 @@
 """Shared state in Redis, for several replicas (``state.url_env``).
 
 One admission is one round trip: ``scripts.ADMIT`` checks and reserves every limit of
-the key and reads the request's binding atomically. What follows an answer is queued and
-written by one background task in one pipeline per batch: settlements (``scripts.SETTLE``,
-all of a batch in one call), bindings, and hard cooldowns (``HSET`` into one hash, which
-a replica reads whole when it (re)subscribes, and ``PUBLISH``, which reaches the other
-replicas within milliseconds).
+the key and reads the request's binding atomically. What follows an answer (settlements,
+bindings, hard cooldowns) is queued in a ``batch.Batch`` and leaves in the same write as
+the next admission, or on a short timer when none comes: under load, one write carries
+many requests' worth, and no request waits for it.
 
 Redis itself sits behind a breaker and a short timeout on every call: a call that fails
 or times out opens the breaker for 0.5 s (doubling up to 5 s while it keeps failing),
@@ -28,7 +27,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
 import structlog
 
 from router.state.clock import Clock
@@ -40,21 +38,17 @@ from router.state.shared import (
     Spend,
     StateUnavailable,
     Window,
-    _Pending,
     feed,
 )
+from router.state.shared.batch import BATCH_S, Batch, Encoder
 from router.state.shared.breaker import StoreBreaker
 from router.state.shared.memory import MemoryState
-from router.state.shared.resp import RespClient, RespError, bulk, encode
+from router.state.shared.resp import Connection, RespClient, RespError, bulk, encode
 from router.state.shared.scripts import ADMIT, SETTLE
 
 log = structlog.get_logger("router.state")
 
 _FAILURES = (RespError, OSError, TimeoutError)
-_DAY_TTL_S = 2 * 86400  # a day's spend outlives its day a little, for /admin/usage
-_MONTH_TTL_S = 32 * 86400
-_TTLS = bulk(_DAY_TTL_S) + bulk(_MONTH_TTL_S)
-BATCH_S = 0.002  # settlements wait this long for company: one write per batch, not per request
 
 
 class RedisState(SharedState):
@@ -87,13 +81,13 @@ class RedisState(SharedState):
         self._settle_sha = b""
         self._admit_head = b""
         self._static: dict[Quota, tuple[str, bytes]] = {}  # a key's unchanging arguments
-        self._settle_keys: dict[str, tuple[str, bytes]] = {}
-        self._pending = _Pending()
-        self._owed: dict[str, float] = {}  # USD charged locally while Redis was away
-        self._cools: dict[str, tuple[float, str]] = {}
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
         self._channel = f"{prefix}cooldowns"
+        self._batch = Batch()
+        self._encoder = Encoder(prefix, self._channel, self.replica)
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Future[None] | None = None
+        self._cools: dict[str, tuple[float, str]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
 
     # -- calls --------------------------------------------------------------------------
 
@@ -204,21 +198,24 @@ class RedisState(SharedState):
         return b"".join((self._admit_head, binding, static[1], bulk(tokens), bulk(lease), flag))
 
     @staticmethod
-    def _admission(reply: list[Any], quota: Quota, lease: str) -> Admission:
-        ok, code, limit, retry_ms, req_left, req_reset, tok_left, tok_reset, reserved, bound = reply
-        out = Admission(admitted=ok == 1, quota=quota, reserved=int(reserved))
-        if ok == 1:
+    def _admission(reply: bytes, quota: Quota, lease: str) -> Admission:
+        """``scripts.ADMIT``'s answer: nine numbers and words, then ``=binding`` or ``-``."""
+        ok, code, limit, retry_ms, req_left, req_reset, tok_left, tok_reset, reserved, bound = (
+            reply.split(b" ", 9)
+        )
+        out = Admission(admitted=ok == b"1", quota=quota, reserved=int(reserved))
+        if out.admitted:
             out.lease = lease or None
         else:
             out.code = code.decode()
             out.limit = limit.decode()
-            out.retry_after_s = retry_ms / 1000.0
-        if quota.rpm is not None and req_left >= 0:
-            out.requests = Window(quota.rpm, int(req_left), req_reset / 1000.0)
-        if quota.tpm is not None and tok_left >= 0:
-            out.tokens = Window(quota.tpm, int(tok_left), tok_reset / 1000.0)
-        if bound is not None:
-            out.binding = bound.decode()
+            out.retry_after_s = int(retry_ms) / 1000.0
+        if quota.rpm is not None:
+            out.requests = Window(quota.rpm, int(req_left), int(req_reset) / 1000.0)
+        if quota.tpm is not None:
+            out.tokens = Window(quota.tpm, int(tok_left), int(tok_reset) / 1000.0)
+        if bound[:1] == b"=":
+            out.binding = bound[1:].decode()
         return out
 
     def _fallback(self, quota: Quota, tokens: int, binding_key: str | None) -> Admission:
@@ -238,8 +235,8 @@ class RedisState(SharedState):
         if admission.local:
             self.local.settle(admission, tokens_used, cost_usd)
             if cost_usd > 0 and quota.budgeted:
-                self._owed[quota.name] = self._owed.get(quota.name, 0.0) + cost_usd
-                self._wake.set()
+                self._batch.owe(quota.name, cost_usd)  # written when Redis is back
+                self._queued()
             return
         delta = 0
         if quota.tpm is not None and tokens_used is not None:
@@ -248,24 +245,24 @@ class RedisState(SharedState):
             cost_usd = 0.0
         lease, admission.lease = admission.lease, None  # settled once
         if delta or lease or cost_usd > 0:
-            self._pending.settles.append((quota, delta, lease, cost_usd))
-            self._wake.set()
+            self._batch.settle(quota, delta, lease, cost_usd)
+            self._queued()
 
     def bind(self, key: str, value: str, ttl_s: float) -> None:
         if self.breaker.open:
             self.local.bind(key, value, ttl_s)
-        self._pending.binds[key] = (value, ttl_s)
-        self._wake.set()
+        self._batch.binds[key] = (value, ttl_s)
+        self._queued()
 
     def unbind(self, key: str) -> None:
         self.local.unbind(key)
-        self._pending.binds[key] = (None, 0.0)
-        self._wake.set()
+        self._batch.binds[key] = (None, 0.0)
+        self._queued()
 
     def cool(self, scope: str, until: float, reason: str) -> None:
         self._cools[scope] = (until, reason)
-        self._pending.cools.append((scope, until, reason))
-        self._wake.set()
+        self._batch.cools.append((scope, until, reason))
+        self._queued()
 
     def cooldowns(self) -> dict[str, tuple[float, str]]:
         now = self.clock()
@@ -273,101 +270,104 @@ class RedisState(SharedState):
             del self._cools[scope]
         return dict(self._cools)
 
-    async def _flush_loop(self) -> None:
-        """Writes what is queued, one pipeline per batch; retries after an outage."""
-        while True:
-            if not (self._pending or self._owed):
-                await self._wake.wait()
-                await asyncio.sleep(BATCH_S)  # let a batch gather: one write for many
-            self._wake.clear()
-            if self.breaker.allows():
-                await self.flush()
-            else:
-                self._shelve(self._pending)
-                self._pending = _Pending()
-            if self._owed or self._pending.cools:
-                await asyncio.sleep(max(0.05, self.breaker.until - self.breaker.clock()))
+    # -- writing batches ----------------------------------------------------------------
 
-    def _shelve(self, pending: _Pending) -> None:
-        """A batch that could not be written: keep what matters (costs, cooldowns still
-        running); concurrency slots expire by themselves, corrections and bindings go."""
-        for quota, _, _, cost in pending.settles:
-            if cost > 0:
-                self._owed[quota.name] = self._owed.get(quota.name, 0.0) + cost
-        now = self.clock()
-        self._pending.cools.extend(c for c in pending.cools if c[1] > now)
+    def _queued(self, delay: float = BATCH_S) -> None:
+        """Something waits to be written: in ``delay`` (BATCH_S), with whatever else
+        came meanwhile, as one write."""
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop (a test's sync use): written by the next flush
+            self._timer = loop.call_later(delay, self._due)
+
+    def _due(self) -> None:
+        """The timer: send on the open connection straight away (no task, no wake-up:
+        the replies are checked as they arrive), or connect first in a task."""
+        self._timer = None
+        if not self._batch:
+            return
+        proto = self._resp.connected()
+        if proto is not None and self.breaker.allows():
+            self._send(proto)
+        elif self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self.flush())
 
     async def flush(self) -> None:
-        """Write everything queued now, in one round trip (bounded by the timeout)."""
-        pending, self._pending = self._pending, _Pending()
-        owed, self._owed = self._owed, {}
-        if not (pending or owed):
+        """Write what is queued now; returns when Redis answered (bounded by the timeout)."""
+        if not self._batch:
             return
-        commands = []
-        items = [(q.name, q.tpm or 0, d, lease, cost) for q, d, lease, cost in pending.settles]
-        items += [(name, 0, 0, None, cost) for name, cost in owed.items()]
-        if items:
-            commands.append(self._settle_command(items))
-        for key, (value, ttl_s) in pending.binds.items():
-            if value is None:
-                commands.append(encode("DEL", self.prefix + "b:" + key))
-            else:
-                px = max(1, int(ttl_s * 1000))
-                commands.append(encode("SET", self.prefix + "b:" + key, value, "PX", px))
-        for scope, until, reason in pending.cools:
-            commands.append(encode("HSET", self._channel, scope, orjson.dumps([until, reason])))
-            message = orjson.dumps([self.replica, scope, until, reason])
-            commands.append(encode("PUBLISH", self._channel, message))
+        if not self.breaker.allows():
+            self._queued(max(0.05, self.breaker.until - self.breaker.clock()))
+            return
         try:
-            async with asyncio.timeout(self.timeout_s * 2):
-                results = await self._resp.pipeline(commands)
-                lost = next((r for r in results if isinstance(r, OSError)), None)
-                if lost is not None:
-                    raise lost
-                if items and isinstance(results[0], RespError) and "NOSCRIPT" in str(results[0]):
-                    await self._load_scripts()
-                    results[0] = await self._resp.call(self._settle_command(items))
+            proto = await self._resp.connection()
         except asyncio.CancelledError:
-            self._shelve(pending)
-            self._owe(owed)
+            self.breaker.release()
             raise
         except _FAILURES as exc:
-            if isinstance(exc, TimeoutError):
-                self._resp.reset()
-            self._failed("flush", exc)
-            self._shelve(pending)
-            self._owe(owed)
+            self._failed("write", exc)
+            self._queued(max(0.05, self.breaker.until - self.breaker.clock()))
+            return
+        last = self._send(proto)
+        with contextlib.suppress(asyncio.CancelledError, *_FAILURES):
+            await last
+
+    def _send(self, proto: Connection) -> asyncio.Future[Any]:
+        """Send the batch on ``proto`` without waiting; its replies are checked when the
+        last one comes (``_sent``: Redis answers in order). Returns that last one."""
+        batch, self._batch = self._batch, Batch()
+        day, _, month, _ = self.local.windows(self.clock())
+        commands = self._encoder.commands(batch, self._settle_sha, day, month)
+        try:
+            futures = [proto.send(c) for c in commands]
+        except ConnectionError as exc:
+            self._lost(batch, exc)
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+        futures[-1].add_done_callback(lambda _: self._sent(futures, batch))
+        return futures[-1]
+
+    def _lost(self, batch: Batch, exc: BaseException) -> None:
+        self._failed("write", exc)
+        self._batch.keep(batch, self.clock())
+        self._queued(max(0.05, self.breaker.until - self.breaker.clock()))
+
+    def _sent(self, futures: list[asyncio.Future[Any]], batch: Batch) -> None:
+        errors = [
+            fut.exception() if not fut.cancelled() else TimeoutError("cancelled") for fut in futures
+        ]
+        lost = next((e for e in errors if isinstance(e, OSError)), None)
+        if lost is not None:  # the connection went (or timed out): nothing is known written
+            self._lost(batch, lost)
             return
         self._recovered()
-        for result in results:
-            if isinstance(result, Exception):
-                log.warning("state_write_failed", error=type(result).__name__, detail=str(result))
+        first = errors[0]
+        if (
+            (batch.settles or batch.owed)
+            and isinstance(first, RespError)
+            and "NOSCRIPT" in str(first)
+        ):
+            # Redis restarted and forgot the script: write the settlements again after
+            # loading it (the rest of the batch went through).
+            self._settle_sha = b""
+            self._batch.settles.extend(batch.settles)
+            for name, cost in batch.owed.items():
+                self._batch.owe(name, cost)
+            self._flushing = asyncio.ensure_future(self._reload_then_flush())
+            return
+        for error in errors:
+            if error is not None:
+                log.warning("state_write_failed", error=type(error).__name__, detail=str(error))
 
-    def _owe(self, owed: dict[str, float]) -> None:
-        for name, cost in owed.items():
-            self._owed[name] = self._owed.get(name, 0.0) + cost
-
-    def _settle_command(self, items: list[tuple[str, int, int, str | None, float]]) -> bytes:
-        """The EVALSHA of ``scripts.SETTLE`` for a batch of (key name, tpm, token
-        correction, slot, cost); each key's names are encoded once a day."""
-        day, _, month, _ = self.local.windows(self.clock())
-        keys = []
-        args = []
-        static = self._settle_keys
-        for name, tpm, delta, lease, cost in items:
-            found = static.get(name)
-            if found is None or found[0] != day:
-                if len(static) > 4096:
-                    static.clear()
-                p = f"{self.prefix}{{{name}}}:"
-                names = (p + "t", p + "c", f"{p}d:{day}", f"{p}m:{month}")
-                found = static[name] = (day, b"".join(bulk(k) for k in names))
-            keys.append(found[1])
-            args.append(b"".join((bulk(tpm), bulk(delta), bulk(lease or ""), bulk(repr(cost)))))
-            args.append(_TTLS)
-        n = len(items)
-        head = b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + 10 * n) + bulk(self._settle_sha or b"0" * 40)
-        return b"".join((head, bulk(4 * n), *keys, *args))
+    async def _reload_then_flush(self) -> None:
+        try:
+            await self._load_scripts()
+        except _FAILURES as exc:
+            self._failed("load", exc)
+        await self.flush()
 
     # -- bindings -----------------------------------------------------------------------
 
@@ -399,7 +399,7 @@ class RedisState(SharedState):
         done, values = await self._guarded("spent", encode("MGET", *keys))
         if not done:
             raise StateUnavailable("the shared state store (Redis) is unreachable")
-        owed = self._owed
+        owed = self._batch.owed
         return {
             n: Spend(
                 float(values[2 * i] or 0) + owed.get(n, 0.0),
@@ -429,7 +429,6 @@ class RedisState(SharedState):
             self._failed("start", exc)  # not fatal: the breaker probes again later
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._flush_loop()),
             loop.create_task(
                 feed.follow(
                     self._resp,
@@ -448,10 +447,15 @@ class RedisState(SharedState):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._pending or self._owed:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._batch:
             self.breaker.success()  # one last try, bounded by the timeout
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.flush()
+            await self.flush()
+        if self._flushing is not None and not self._flushing.done():
+            with contextlib.suppress(asyncio.CancelledError, *_FAILURES):
+                await asyncio.wait_for(self._flushing, self.timeout_s * 2)
         self._resp.close()
 
     def status(self) -> dict[str, Any]:
@@ -461,5 +465,5 @@ class RedisState(SharedState):
             "reachable": not self.breaker.open,
             "errors": self.breaker.failures,
             "local_admissions": self.fallbacks,
-            "owed_usd": round(sum(self._owed.values()), 6),
+            "owed_usd": round(sum(self._batch.owed.values()), 6),
         }

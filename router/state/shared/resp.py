@@ -22,7 +22,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-__all__ = ["RespClient", "RespError", "bulk", "encode"]
+__all__ = ["Connection", "RespClient", "RespError", "bulk", "encode"]
 
 _MAX_BUFFER = 64 << 20  # a reply larger than this is not one of ours: drop the connection
 
@@ -77,7 +77,7 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int] | None:
     raise ConnectionError(f"not a RESP2 reply: {bytes(buf[pos : pos + 16])!r}")
 
 
-class _Protocol(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
         self.loop = loop
         self.timeout_s = timeout_s
@@ -187,15 +187,15 @@ class RespClient:
         db = parsed.path.strip("/") if parsed.scheme != "unix" else ""
         self.db = int(db) if db else 0
         self.timeout_s = timeout_s
-        self._proto: _Protocol | None = None
-        self._connecting: asyncio.Future[_Protocol] | None = None
-        self._subscribed: list[_Protocol] = []
+        self._proto: Connection | None = None
+        self._connecting: asyncio.Future[Connection] | None = None
+        self._subscribed: list[Connection] = []
 
-    async def _connect(self) -> _Protocol:
+    async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
 
-        def make() -> _Protocol:
-            return _Protocol(loop, self.timeout_s)
+        def make() -> Connection:
+            return Connection(loop, self.timeout_s)
 
         async with asyncio.timeout(self.timeout_s):  # a host that drops SYNs must not pile up
             if self.scheme == "unix":
@@ -217,7 +217,12 @@ class RespClient:
             raise
         return proto
 
-    async def connection(self) -> _Protocol:
+    def connected(self) -> Connection | None:
+        """The open connection, if there is one (no waiting)."""
+        proto = self._proto
+        return proto if proto is not None and not proto.closed else None
+
+    async def connection(self) -> Connection:
         proto = self._proto
         if proto is not None and not proto.closed:
             return proto
@@ -227,7 +232,7 @@ class RespClient:
             task.add_done_callback(self._connected)
         return await asyncio.shield(self._connecting)
 
-    def _connected(self, task: asyncio.Future[_Protocol]) -> None:
+    def _connected(self, task: asyncio.Future[Connection]) -> None:
         self._connecting = None
         if not task.cancelled() and task.exception() is None:
             self._proto = task.result()

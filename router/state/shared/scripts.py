@@ -32,7 +32,7 @@ end
 local function window(tat, limit)
   local ahead = tat - now
   if ahead < 0 then ahead = 0 end
-  local left = math.floor((60 - ahead) * limit / 60 + 1e-9)
+  local left = math.floor((60 - ahead) * limit / 60 + 0.01)
   if left < 0 then left = 0 elseif left > limit then left = limit end
   return left, math.ceil(ahead * 1000)
 end
@@ -43,7 +43,12 @@ local function answer(ok, code, limit, retry_s, reserved)
   local rl, rr, tl, tr = -1, 0, -1, 0
   if rpm >= 0 then rl, rr = window(req_tat, rpm) end
   if tpm >= 0 then tl, tr = window(tok_tat, tpm) end
-  return {ok, code, limit, math.ceil(retry_s * 1000), rl, rr, tl, tr, reserved, binding}
+  -- One string, not an array: the client splits it in C instead of parsing ten replies.
+  local head = string.format('%d %s %s %d %d %d %d %d %d ', ok, code, limit,
+                             math.ceil(retry_s * 1000), rl, rr, tl, tr, reserved)
+  if binding then return head .. '=' .. binding end
+  return head .. '-'
+
 end
 
 local day, month = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -86,17 +91,20 @@ if tpm >= 0 then
   redis.call('SET', KEYS[3], string.format('%.6f', tok_new), 'PX',
              math.ceil((tok_new - now) * 1000) + 1000)
 end
-return answer(1, '', '', 0, cost)
+return answer(1, '-', '-', 0, cost)
 """
 
 SETTLE = """
 -- Per settlement, KEYS: tpm arrival time, concurrency slots, day spend, month spend;
--- ARGV: tpm, token correction, slot id, cost usd, day key ttl s, month key ttl s
+-- ARGV: one 'tpm correction cost slot' string each, then the day and month keys' TTLs
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-for i = 0, #KEYS / 4 - 1 do
-  local k, a = i * 4, i * 6
-  local tpm, delta = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+local n = #KEYS / 4
+local day_ttl, month_ttl = ARGV[n + 1], ARGV[n + 2]
+for i = 0, n - 1 do
+  local k = i * 4
+  local tpm, delta, cost, slot = string.match(ARGV[i + 1], '^(%S+) (%S+) (%S+) ?(.*)$')
+  tpm, delta = tonumber(tpm), tonumber(delta)
   if tpm > 0 and delta ~= 0 then
     local tat = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
     if delta > 0 and tat < now then tat = now end
@@ -108,12 +116,12 @@ for i = 0, #KEYS / 4 - 1 do
       redis.call('DEL', KEYS[k + 1])
     end
   end
-  if ARGV[a + 3] ~= '' then redis.call('ZREM', KEYS[k + 2], ARGV[a + 3]) end
-  if tonumber(ARGV[a + 4]) > 0 then
-    redis.call('INCRBYFLOAT', KEYS[k + 3], ARGV[a + 4])
-    redis.call('EXPIRE', KEYS[k + 3], ARGV[a + 5])
-    redis.call('INCRBYFLOAT', KEYS[k + 4], ARGV[a + 4])
-    redis.call('EXPIRE', KEYS[k + 4], ARGV[a + 6])
+  if slot ~= '' then redis.call('ZREM', KEYS[k + 2], slot) end
+  if tonumber(cost) > 0 then
+    redis.call('INCRBYFLOAT', KEYS[k + 3], cost)
+    redis.call('EXPIRE', KEYS[k + 3], day_ttl)
+    redis.call('INCRBYFLOAT', KEYS[k + 4], cost)
+    redis.call('EXPIRE', KEYS[k + 4], month_ttl)
   end
 end
 return 0

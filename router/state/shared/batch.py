@@ -1,0 +1,101 @@
+"""What follows answers, queued for Redis and written as one batch of pipelined commands.
+
+Settlements (token corrections, concurrency releases, cost charges) go as one EVALSHA of
+``scripts.SETTLE`` for the whole batch; bindings as SET/DEL; hard cooldowns as HSET into
+one hash plus a PUBLISH on the channel of the same name (``feed.py``). A batch leaves
+with the next admission's write when one comes within ``BATCH_S`` (no write, no wake-up
+of its own), else on a timer. A batch that could not be written keeps what must not be
+lost: costs (per key, written when Redis is back) and cooldowns still running;
+concurrency slots expire by themselves, and corrections and bindings are hints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+from router.state.shared import Quota
+from router.state.shared.resp import bulk, encode
+
+BATCH_S = 0.002  # how long a write waits for company when no admission comes to carry it
+_DAY_TTL_S = 2 * 86400  # a day's spend outlives its day a little, for /admin/usage
+_MONTH_TTL_S = 32 * 86400
+_TTLS = bulk(_DAY_TTL_S) + bulk(_MONTH_TTL_S)
+
+# (key name, tpm, tokens to add to its bucket, concurrency slot to free, USD to charge)
+Settlement = tuple[str, int, int, str | None, float]
+
+
+@dataclass(slots=True)
+class Batch:
+    settles: list[Settlement] = field(default_factory=list)
+    binds: dict[str, tuple[str | None, float]] = field(default_factory=dict)
+    cools: list[tuple[str, float, str]] = field(default_factory=list)
+    owed: dict[str, float] = field(default_factory=dict)  # USD not yet written, per key
+
+    def __bool__(self) -> bool:
+        return bool(self.settles or self.binds or self.cools or self.owed)
+
+    def settle(self, quota: Quota, delta: int, lease: str | None, cost: float) -> None:
+        self.settles.append((quota.name, quota.tpm or 0, delta, lease, cost))
+
+    def owe(self, name: str, cost: float) -> None:
+        self.owed[name] = self.owed.get(name, 0.0) + cost
+
+    def keep(self, failed: Batch, now: float) -> None:
+        """What of a batch that could not be written goes into this one."""
+        for name, _, _, _, cost in failed.settles:
+            if cost > 0:
+                self.owe(name, cost)
+        for name, cost in failed.owed.items():
+            self.owe(name, cost)
+        self.cools.extend(c for c in failed.cools if c[1] > now)
+
+
+class Encoder:
+    """Encodes batches; each key's four key names are encoded once a day."""
+
+    def __init__(self, prefix: str, channel: str, replica: str) -> None:
+        self.prefix = prefix
+        self.channel = channel
+        self.replica = replica
+        self._keys: dict[str, tuple[str, bytes]] = {}
+
+    def commands(self, batch: Batch, settle_sha: bytes, day: str, month: str) -> list[bytes]:
+        """The batch as commands; the settlement's EVALSHA first, when there is one."""
+        out = []
+        items = batch.settles + [(n, 0, 0, None, cost) for n, cost in batch.owed.items()]
+        if items:
+            out.append(self.settle_command(items, settle_sha, day, month))
+        for key, (value, ttl_s) in batch.binds.items():
+            if value is None:
+                out.append(encode("DEL", self.prefix + "b:" + key))
+            else:
+                px = max(1, int(ttl_s * 1000))
+                out.append(encode("SET", self.prefix + "b:" + key, value, "PX", px))
+        for scope, until, reason in batch.cools:
+            out.append(encode("HSET", self.channel, scope, orjson.dumps([until, reason])))
+            message = orjson.dumps([self.replica, scope, until, reason])
+            out.append(encode("PUBLISH", self.channel, message))
+        return out
+
+    def settle_command(
+        self, items: list[Settlement], settle_sha: bytes, day: str, month: str
+    ) -> bytes:
+        keys = []
+        args = []
+        cache = self._keys
+        for name, tpm, delta, lease, cost in items:
+            found = cache.get(name)
+            if found is None or found[0] != day:
+                if len(cache) > 4096:  # keys of configs reloaded away
+                    cache.clear()
+                p = f"{self.prefix}{{{name}}}:"
+                names = (p + "t", p + "c", f"{p}d:{day}", f"{p}m:{month}")
+                found = cache[name] = (day, b"".join(bulk(k) for k in names))
+            keys.append(found[1])
+            args.append(bulk(f"{tpm} {delta} {cost!r} {lease or ''}"))
+        n = len(items)
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n" % (5 + 5 * n) + bulk(settle_sha or b"0" * 40)
+        return b"".join((head, bulk(4 * n), *keys, *args, _TTLS))
