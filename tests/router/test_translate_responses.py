@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai.types.chat import completion_create_params
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
@@ -187,3 +189,69 @@ def test_a_length_finish_is_an_incomplete_response() -> None:
     assert last.type == "response.incomplete"
     assert last.response.incomplete_details is not None
     assert last.response.incomplete_details.reason == "max_output_tokens"
+
+
+_PIECE = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=6
+)
+_DELTA = st.one_of(
+    st.tuples(st.just("reasoning_content"), _PIECE),
+    st.tuples(st.just("content"), _PIECE),
+    st.tuples(st.just("tool"), st.tuples(st.integers(0, 2), _PIECE)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_DELTA, min_size=1, max_size=30), st.integers(0, 1000))
+def test_any_chat_stream_makes_a_well_formed_responses_stream(
+    deltas: list[tuple[str, Any]], seed: int
+) -> None:
+    chunks = []
+    started: set[int] = set()
+    texts = {"reasoning_content": "", "content": ""}
+    args: dict[int, str] = {}
+    epoch = 0  # a call ends when text follows it: later pieces go to new calls
+    for kind, value in deltas:
+        if kind == "tool":
+            index, piece = value
+            index += 3 * epoch
+            call: dict[str, Any] = {"index": index, "function": {"arguments": piece}}
+            if index not in started:
+                started.add(index)
+                call |= {"id": f"call_{index}", "type": "function"}
+                call["function"]["name"] = f"f{index}"
+            args[index] = args.get(index, "") + piece
+            delta: dict[str, Any] = {"tool_calls": [call]}
+        else:
+            texts[kind] += value
+            delta = {kind: value}
+            epoch += 1 if started else 0
+        chunks.append({"id": "c", "model": "m", "choices": [{"index": 0, "delta": delta}]})
+    chunks.append(
+        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    )
+    stream = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    translate = ResponsesFromChat({"model": "m", "input": "x"})
+    out = b"".join(translate.feed(read) for read in _feed_in_reads(stream, seed))
+    events = [
+        EVENT.validate_python(orjson.loads(block.split(b"\n", 1)[1][len(b"data: ") :]))
+        for block in out.split(b"\n\n")
+        if block
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].type == "response.completed"
+    opened = [e.output_index for e in events if e.type == "response.output_item.added"]
+    closed = [e.output_index for e in events if e.type == "response.output_item.done"]
+    assert sorted(closed) == opened == list(range(len(opened)))
+    done: set[int] = set()
+    for e in events:  # nothing comes for an item after its output_item.done
+        index = getattr(e, "output_index", None)
+        assert index not in done
+        if e.type == "response.output_item.done":
+            done.add(e.output_index)
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    thought = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
+    assert (text, thought) == (texts["content"], texts["reasoning_content"])
+    final = events[-1].response  # type: ignore[union-attr]
+    calls = {item.call_id: item.arguments for item in final.output if item.type == "function_call"}
+    assert calls == {f"call_{i}": a for i, a in args.items()}

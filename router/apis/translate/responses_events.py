@@ -5,10 +5,11 @@ Each chat chunk becomes the Responses events it stands for: a reasoning delta op
 ``message`` item and sends ``response.output_text.delta``; a tool call opens a
 ``function_call`` item and sends ``response.function_call_arguments.delta`` (a custom
 tool's call is held to its end, since its text sits inside JSON arguments). An item
-is closed (its ``.done`` events, ``output_item.done``) when the next one opens; at
-``[DONE]`` the last one is, and ``response.completed`` (``response.incomplete`` after a
-``length`` finish) carries the whole output and the usage. ``response.created`` and
-``response.in_progress`` go out with the first chunk.
+is closed (its ``.done`` events, ``output_item.done``) when the next one opens, except
+that tool calls stay open beside each other (hosts may interleave their arguments)
+until text follows; at ``[DONE]`` the last ones are, and ``response.completed``
+(``response.incomplete`` after a ``length`` finish) carries the whole output and the
+usage. ``response.created`` and ``response.in_progress`` go out with the first chunk.
 
 A text delta is the one event of every token: it is written from byte templates made
 once per item, with only the text encoded per chunk.
@@ -82,7 +83,8 @@ class ResponsesFromChat:
         self.created = time.time()
         self.seq = 0
         self.items: list[_Item] = []
-        self.open: _Item | None = None
+        self.open: _Item | None = None  # the text or reasoning item now streaming
+        self.calls: list[_Item] = []  # tool calls still open: hosts may interleave them
         self.tools: dict[int, _Item] = {}
         self.finish: str | None = None
         self.usage: dict[str, Any] | None = None
@@ -156,10 +158,18 @@ class ResponsesFromChat:
                 self.finish = choice["finish_reason"]
 
     def _start(self, kind: str, item_id: str) -> tuple[_Item, bytes]:
-        out = self._close() if self.open is not None else b""
+        """A new item, after closing what it follows: text or reasoning closes every open
+        item; a tool call closes the text before it, and leaves other calls open."""
+        out = self._close(self.open) if self.open is not None else b""
+        if kind != "function_call":
+            out += b"".join(self._close(call) for call in self.calls)
+            self.calls.clear()
         item = _Item(kind, item_id, len(self.items))
         self.items.append(item)
-        self.open = item
+        if kind == "function_call":
+            self.calls.append(item)
+        else:
+            self.open = item
         return item, out
 
     def _text(self, kind: str, text: str) -> bytes:
@@ -224,6 +234,8 @@ class ResponsesFromChat:
             out += self._emit(
                 "response.output_item.added", {"output_index": item.index, "item": added}
             )
+        elif item not in self.calls:
+            return b""  # more of a call after text followed it: no host sends that
         arguments = fn.get("arguments")
         if isinstance(arguments, str) and arguments:
             item.parts.append(arguments)
@@ -234,10 +246,9 @@ class ResponsesFromChat:
                 )
         return out
 
-    def _close(self) -> bytes:
-        item = self.open
-        assert item is not None
-        self.open = None
+    def _close(self, item: _Item) -> bytes:
+        if item is self.open:
+            self.open = None
         done = item.done()
         where = {"item_id": item.id, "output_index": item.index}
         out = b""
@@ -273,7 +284,9 @@ class ResponsesFromChat:
         if not self.rid:
             out += self._chunk_head()
         if self.open is not None:
-            out += self._close()
+            out += self._close(self.open)
+        out += b"".join(self._close(call) for call in self.calls)
+        self.calls.clear()
         output = [item.done() for item in self.items]
         kind = "response.incomplete" if self.finish in INCOMPLETE else "response.completed"
         return out + self._response(kind, "completed", output)
