@@ -555,7 +555,7 @@ class Api:
             if "budgets" in result:
                 return _json_response(200, orjson.dumps(result))
             return _error_response(RouterError("the request log is off (storage.url is empty)"), {})
-        from router.requestlog.usage import parse_time  # only admins pay for this import
+        from router.requestlog.usage import cache_savings, parse_time  # only admins pay
 
         q = request.query
         now = time.time()
@@ -571,7 +571,11 @@ class Api:
                 {},
             )
         try:
-            result = await requestlog.usage(since=since, until=until, group_by=group_by)
+            runtime = self.service.runtime
+            savings = cache_savings(runtime.routes.values()) if runtime is not None else None
+            result = await requestlog.usage(
+                since=since, until=until, group_by=group_by, savings=savings
+            )
         except ValueError as exc:
             return _error_response(BadRequest(str(exc), param="since"), {})
         except Exception as exc:  # the database is down or locked: say so, don't crash

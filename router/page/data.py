@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from router.obs.series import SeriesBook, points, recent
+from router.requestlog.usage import cache_savings
 from router.state.breaker import RATE_LIMITED
 
 if TYPE_CHECKING:
@@ -152,7 +153,11 @@ class PageData:
         try:
             async with asyncio.timeout(LOG_TIMEOUT_S):
                 got = await requestlog.usage(
-                    since=since, until=until, group_by=group_by, route=route
+                    since=since,
+                    until=until,
+                    group_by=group_by,
+                    route=route,
+                    savings=cache_savings([rt]),
                 )
         except Exception as exc:  # the database is down, locked or slow: say so
             return {"available": False, "error": f"request log unavailable: {type(exc).__name__}"}
@@ -281,10 +286,14 @@ def _pricing(route: RouteRuntime, groups: list[dict[str, Any]]) -> list[dict[str
             "tokens": None,
             "cost": 0.0,
             "effective": None,
+            "cache_hit_rate": None,
+            "cache_saved_usd": 0.0,
         }
         if g is not None:
             row["requests"] = g["requests"]
             row["cost"] = g["cost"]
+            row["cache_hit_rate"] = g["cache_hit_rate"]
+            row["cache_saved_usd"] = g["cache_saved_usd"]
             row["tokens"] = {
                 k: g[k]
                 for k in (

@@ -249,11 +249,13 @@
         el("td", {text: F.usd(f.blended)}),
         el("td", {text: F.num(e.requests)}),
         el("td", {text: F.num(t.prompt_tokens) + " / " + F.num(t.completion_tokens)}),
+        el("td", {"data-k": "cache_hit_rate", text: F.pct(e.cache_hit_rate)}),
+        el("td", {"data-k": "cache_saved_usd", text: F.usd(e.cache_saved_usd)}),
         el("td", {text: F.usd(e.cost)})
       ]);
     });
     table($("pricing"), ["endpoint", "input", "output", "cache read", "cache write", "blended",
-      "requests", "tokens in / out", "cost"], rows);
+      "requests", "tokens in / out", "cache hits", "cache saved", "cost"], rows);
   }
 
   function renderActivity(doc) {

@@ -48,8 +48,13 @@ class Usage:
 
     @classmethod
     def parse(cls, usage: Any) -> Usage | None:
+        """An OpenAI-shaped ``usage`` (litellm's too: its ``prompt_tokens`` include cache
+        reads and writes), or Anthropic's Messages ``usage`` (``input_tokens`` without a
+        ``prompt_tokens``)."""
         if not isinstance(usage, dict):
             return None
+        if "prompt_tokens" not in usage and "input_tokens" in usage:
+            return cls.parse_messages(usage)
         u = cls(
             prompt_tokens=_int(usage.get("prompt_tokens")),
             completion_tokens=_int(usage.get("completion_tokens")),
@@ -67,6 +72,19 @@ class Usage:
             usage.get("cache_creation_input_tokens")
         )
         return u
+
+    @classmethod
+    def parse_messages(cls, usage: dict[str, Any]) -> Usage:
+        """Anthropic's ``usage``: ``input_tokens`` counts neither cache reads nor cache
+        writes, so the prompt is all three."""
+        read = _int(usage.get("cache_read_input_tokens"))
+        written = _int(usage.get("cache_creation_input_tokens"))
+        return cls(
+            prompt_tokens=_int(usage.get("input_tokens")) + read + written,
+            completion_tokens=_int(usage.get("output_tokens")),
+            cached_tokens=read,
+            cache_write_tokens=written,
+        )
 
     def cost(self, price: Price | None) -> float:
         """USD, from per-million prices; cached prompt tokens at ``cache_read`` when set."""
@@ -86,7 +104,7 @@ class Usage:
 
 
 def _int(v: Any) -> int:
-    return v if isinstance(v, int) and v >= 0 else 0
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
 @dataclass(slots=True)

@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from router.runtime import RouteRuntime
+
+# (route, endpoint) -> USD per million a cached token saves: input minus cache_read.
+CacheSavings = Mapping[tuple[str | None, str | None], float]
+
 GROUP_BY = ("route", "endpoint", "key", "day")
 _SUMMED = (
     "prompt_tokens",
@@ -83,6 +88,18 @@ def _day(engine: AsyncEngine) -> sa.ColumnElement[Any]:
     return sa.cast(sa.func.date(ts), sa.String)
 
 
+def cache_savings(routes: Iterable[RouteRuntime]) -> dict[tuple[str | None, str | None], float]:
+    """What a cached prompt token saves per million at each (route, endpoint), from the
+    loaded config's prices: ``input - cache_read`` (nothing without a ``cache_read``)."""
+    out: dict[tuple[str | None, str | None], float] = {}
+    for route in routes:
+        for e in route.endpoints:
+            price = e.spec.price
+            if price is not None and price.cache_read is not None:
+                out[(route.name, e.id)] = price.input - price.cache_read
+    return out
+
+
 def _key(engine: AsyncEngine, group_by: str) -> sa.ColumnElement[Any]:
     from router.requestlog.schema import REQUESTS
 
@@ -104,7 +121,16 @@ def _empty() -> dict[str, Any]:
         "output_errors": 0,
         **dict.fromkeys(_SUMMED, 0),
         "cost": 0.0,
+        "cache_saved_usd": 0.0,
     }
+
+
+def _finish(group: dict[str, Any]) -> dict[str, Any]:
+    """Adds the cache-hit rate (cached over prompt tokens; None without prompt tokens)."""
+    prompt = group["prompt_tokens"]
+    group["cache_hit_rate"] = round(group["cached_tokens"] / prompt, 6) if prompt else None
+    group["cache_saved_usd"] = round(group["cache_saved_usd"], 9)
+    return group
 
 
 async def usage(
@@ -114,12 +140,16 @@ async def usage(
     until: datetime,
     group_by: str,
     route: str | None = None,
+    savings: CacheSavings | None = None,
 ) -> dict[str, Any]:
     """Requests, errors, tokens and cost in ``[since, until)``, grouped, with a total;
     only of ``route`` when given (the model page's per-route figures).
 
-    Days are in order; other groups by cost, highest first. A key is ``None`` for rows
-    without one (no client key configured, or no endpoint reached).
+    ``cache_saved_usd`` prices each (route, endpoint)'s cached tokens at ``savings``
+    (``cache_savings`` of the loaded config): a price changed within the period is read
+    at today's value. The database groups by (key, route, endpoint); the rows are folded
+    per key here. Days are in order; other groups by cost, highest first. A key is
+    ``None`` for rows without one (no client key configured, or no endpoint reached).
     """
     import sqlalchemy as sa
 
@@ -135,6 +165,8 @@ async def usage(
     query = (
         sa.select(
             key,
+            c.route.label("at_route"),
+            c.endpoint.label("at_endpoint"),
             sa.func.count().label("requests"),
             sa.func.coalesce(sa.func.sum(sa.case((failed, 1), else_=0)), 0).label("errors"),
             sa.func.count(c.output_error).label("output_errors"),
@@ -142,28 +174,34 @@ async def usage(
             sa.func.coalesce(sa.func.sum(c.cost), 0.0).label("cost"),
         )
         .where(c.ts >= since.astimezone(UTC), c.ts < until.astimezone(UTC))
-        .group_by(key)
+        .group_by(key, c.route, c.endpoint)
     )
     if route is not None:
         query = query.where(c.route == route)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()
 
-    groups: list[dict[str, Any]] = []
+    by_key: dict[Any, dict[str, Any]] = {}
     total = _empty()
+    saving = savings or {}
     for row in rows:
+        group = by_key.get(row.key)
+        if group is None:
+            group = by_key[row.key] = {"key": row.key, **_empty()}
         # PostgreSQL sums integers as NUMERIC: bring everything back to int and float.
-        group: dict[str, Any] = {
-            "key": row.key,
+        part: dict[str, Any] = {
             "requests": int(row.requests),
             "errors": int(row.errors),
             "output_errors": int(row.output_errors),
             **{name: int(getattr(row, name)) for name in _SUMMED},
             "cost": float(row.cost),
         }
-        groups.append(group)
-        for field in total:
-            total[field] += group[field]
+        per_million = saving.get((row.at_route, row.at_endpoint), 0.0)
+        part["cache_saved_usd"] = part["cached_tokens"] * per_million / 1_000_000.0
+        for field, value in part.items():
+            group[field] += value
+            total[field] += value
+    groups = [_finish(g) for g in by_key.values()]
     if group_by == "day":
         groups.sort(key=lambda g: str(g["key"]))
     else:
@@ -173,7 +211,7 @@ async def usage(
         "until": until.astimezone(UTC).isoformat(),
         "group_by": group_by,
         "groups": groups,
-        "total": total,
+        "total": _finish(total),
     }
 
 

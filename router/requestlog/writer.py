@@ -27,7 +27,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -296,7 +296,13 @@ class RequestLog:
             self._wake.set()
 
     async def usage(
-        self, *, since: datetime, until: datetime, group_by: str, route: str | None = None
+        self,
+        *,
+        since: datetime,
+        until: datetime,
+        group_by: str,
+        route: str | None = None,
+        savings: Mapping[tuple[str | None, str | None], float] | None = None,
     ) -> dict[str, Any]:
         """Totals from the log; see ``router.requestlog.usage.usage``."""
         if self.url is None or not self._started or self._closed:
@@ -307,7 +313,9 @@ class RequestLog:
                 self._reader = await asyncio.to_thread(_reader_engine, self.url)
         from router.requestlog.usage import usage
 
-        return await usage(self._reader, since=since, until=until, group_by=group_by, route=route)
+        return await usage(
+            self._reader, since=since, until=until, group_by=group_by, route=route, savings=savings
+        )
 
     # -- life cycle -------------------------------------------------------------------
 

@@ -159,6 +159,10 @@ def mixed_records(n: int) -> list[RequestRecord]:
     return records
 
 
+# USD per million a cached token saves, per (route, endpoint); "flaky" has no cache price.
+SAVINGS = {("other", "fast"): 2.7, ("demo", "slow"): 0.45}
+
+
 def expected_usage(records: list[RequestRecord], group_by: str) -> dict[Any, dict[str, Any]]:
     out: dict[Any, dict[str, Any]] = {}
     for rec in records:
@@ -180,9 +184,11 @@ def expected_usage(records: list[RequestRecord], group_by: str) -> dict[Any, dic
                 "cached_tokens": 0,
                 "cache_write_tokens": 0,
                 "cost": 0.0,
+                "cache_saved_usd": 0.0,
             },
         )
         u = rec.usage or Usage()
+        g["cache_saved_usd"] += u.cached_tokens * SAVINGS.get((rec.route, rec.endpoint), 0) / 1e6
         g["requests"] += 1
         g["errors"] += rec.status >= 400 or rec.error is not None
         g["output_errors"] += rec.output_error is not None
@@ -192,14 +198,24 @@ def expected_usage(records: list[RequestRecord], group_by: str) -> dict[Any, dic
         g["cached_tokens"] += u.cached_tokens
         g["cache_write_tokens"] += u.cache_write_tokens
         g["cost"] += rec.cost
+    for g in out.values():
+        g["cache_hit_rate"] = (
+            g["cached_tokens"] / g["prompt_tokens"] if g["prompt_tokens"] else None
+        )
     return out
 
 
 def assert_same(got: dict[str, Any], want: dict[str, Any]) -> None:
-    assert {k: v for k, v in got.items() if k not in ("key", "cost")} == {
-        k: v for k, v in want.items() if k != "cost"
+    floats = ("cost", "cache_saved_usd", "cache_hit_rate")
+    assert {k: v for k, v in got.items() if k not in ("key", *floats)} == {
+        k: v for k, v in want.items() if k not in floats
     }
     assert got["cost"] == pytest.approx(want["cost"])
+    assert got["cache_saved_usd"] == pytest.approx(want["cache_saved_usd"], rel=1e-6)
+    if want["cache_hit_rate"] is None:
+        assert got["cache_hit_rate"] is None
+    else:
+        assert got["cache_hit_rate"] == pytest.approx(want["cache_hit_rate"], abs=1e-6)
 
 
 # -- writing and reading --------------------------------------------------------------
@@ -230,7 +246,9 @@ def test_writes_batches_and_usage_matches(url: str) -> None:
         try:
             since, until = datetime.fromtimestamp(NOW - 2 * DAY, UTC), datetime.now(UTC)
             for group_by in ("route", "endpoint", "key", "day"):
-                got = await reader.usage(since=since, until=until, group_by=group_by)
+                got = await reader.usage(
+                    since=since, until=until, group_by=group_by, savings=SAVINGS
+                )
                 want = expected_usage(records, group_by)
                 assert got["group_by"] == group_by
                 assert {g["key"] for g in got["groups"]} == set(want)
@@ -242,6 +260,12 @@ def test_writes_batches_and_usage_matches(url: str) -> None:
                     r.usage.prompt_tokens for r in records if r.usage
                 )
                 assert got["total"]["cost"] == pytest.approx(sum(r.cost for r in records))
+                assert got["total"]["cache_saved_usd"] == pytest.approx(
+                    sum(w["cache_saved_usd"] for w in want.values()), rel=1e-6
+                )
+                assert got["total"]["cached_tokens"] == sum(
+                    r.usage.cached_tokens for r in records if r.usage
+                )
             days = await usage(engine, since=since, until=until, group_by="day")
             assert [g["key"] for g in days["groups"]] == sorted(g["key"] for g in days["groups"])
             # The window is half-open and excludes what is outside it.

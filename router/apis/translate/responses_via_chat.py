@@ -282,7 +282,9 @@ def usage_from_chat(usage: Any) -> dict[str, Any] | None:
         "input_tokens": prompt,
         "input_tokens_details": {
             "cached_tokens": prompt_details.get("cached_tokens") or 0,
-            "cache_write_tokens": usage.get("cache_creation_input_tokens") or 0,
+            "cache_write_tokens": prompt_details.get("cache_creation_tokens")
+            or usage.get("cache_creation_input_tokens")
+            or 0,
         },
         "output_tokens": completion,
         "output_tokens_details": {
