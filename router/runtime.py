@@ -32,10 +32,11 @@ from router.config import (
     ProviderSpec,
     RouteSpec,
 )
+from router.state.blend import Prior, loads
 from router.state.breaker import CircuitBreaker
 from router.state.clock import Clock
 from router.state.loads import RouteLoads
-from router.state.stats import EndpointStats, Prior, loads
+from router.state.stats import EndpointStats
 
 _HEALTHY = frozenset({"healthy"})
 RATE_LIMITED = "rate_limited"  # a hard cooldown's reason for a host's Retry-After

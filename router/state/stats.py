@@ -1,4 +1,4 @@
-"""Live, time-decayed stats per endpoint, and the loads policies compare.
+"""Live, time-decayed stats per endpoint: what each one has shown lately.
 
 Every metric is a decayed mean: sums of samples and of weights that lose half their
 weight every ``halflife_s`` of elapsed time (not every N samples), so a burst and a
@@ -8,38 +8,24 @@ replaces it at once (trouble is believed immediately), lower samples pull it dow
 decay rate (recovery is believed slowly).
 
 Evidence ages: ``confidence`` is 1 - 0.5**n for n recent samples, times 0.5 per half-life
-since the last one. ``loads`` blends each estimate towards an optimistic prior (the best
-value among the route's endpoints) by that confidence, so an endpoint idle for a while
-drifts back into consideration. An endpoint whose confidence is under ``EXPLORE_BELOW``
-and that has nothing in flight is marked ``explore`` (tried first, once); one under
-``PROBE_BELOW`` with a request already in flight is marked ``probing`` (tried last): an
-endpoint whose evidence is stale gets one request at a time until fresh evidence is in,
-however attractive its blended estimate looks. Explored, never starved, never flooded.
-A request waiting for its first token longer than the TTFT estimate raises the estimate
-to its age, so a host that just went slow is noticed before its first slow answer lands.
+since the last one (``router.state.blend`` turns it into the loads policies compare).
+``waiting_since`` is when the oldest attempt still without a first token started: a host
+that just went slow is noticed before its first slow answer lands.
 
-``loads`` computes all that directly: it is the reference. A route ranks on every
-request with the cached form of the same numbers, ``router.state.loads.RouteLoads``,
-which falls back to ``loads`` where its cache cannot stand in.
+Stats publish their changes: ``version`` moves whenever anything a ranking reads
+changes, and each change is reported to the ``ChangeFeed`` that subscribed last (a
+route's cached loads), so a route recomputes the endpoints that changed and no others.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-from policies import Candidate
 from router.state.clock import Clock
 
-if TYPE_CHECKING:
-    from router.state.loads import RouteLoads
-
-EXPLORE_BELOW = 0.25
-PROBE_BELOW = 0.5  # evidence older than about a half-life: one request at a time
 _WINDOW = 512  # recent samples kept for p50/p95 display and hedge thresholds
 
 
@@ -107,18 +93,45 @@ class Window:
         return s[min(len(s) - 1, int(q * len(s)))]
 
 
+def confidence(sample_conf: float, last: float | None, now: float, halflife: float) -> float:
+    """How far to trust an endpoint's estimates: ``sample_conf`` (1 - 0.5**n for n recent
+    samples) halved for every half-life since the ``last`` one; 0 without any."""
+    if last is None:
+        return 0.0
+    if now > last:
+        return float(sample_conf * 0.5 ** ((now - last) / halflife))
+    return sample_conf
+
+
+class ChangeFeed:
+    """Which stats changed since their subscriber last looked.
+
+    Stats report each change to the feed that subscribed to them last (``changed``, in
+    order, with repeats): a route's cached loads read and clear it before ranking. After
+    a reload the new runtime's route subscribes, and the feed it replaced is marked
+    ``superseded``: its owner then compares ``version``s instead. A feed that does not
+    ``collect`` only takes the stats over (a route that keeps no cache).
+    """
+
+    __slots__ = ("changed", "collect", "superseded")
+
+    def __init__(self, collect: bool = True) -> None:
+        self.changed: list[EndpointStats] = []
+        self.collect = collect
+        self.superseded = False
+
+
 class EndpointStats:
     """What one endpoint has shown lately. Survives config reloads (same route and id).
 
-    ``version`` changes whenever anything a ranking reads changes, and the stats put
-    themselves on their route's list of changed endpoints (``RouteLoads.dirty``), so the
-    route's cache recomputes those and no others.
+    ``version`` changes whenever anything a ranking reads changes, and the change is
+    reported to the subscribed ``ChangeFeed``.
     """
 
     __slots__ = (
-        "_dirty",
+        "_feed",
         "_halflife",
-        "_owner",
+        "_report",
         "_token",
         "_waiting",
         "clock",
@@ -143,14 +156,15 @@ class EndpointStats:
         "ttft",
         "ttft_window",
         "version",
+        "waiting_since",
     )
 
     def __init__(self, halflife_s: float = 30.0, clock: Clock = time.monotonic) -> None:
         self._halflife = halflife_s
         self.clock = clock
         self.version = 0
-        self._owner: RouteLoads | None = None  # the route cache that watches these stats
-        self._dirty: list[EndpointStats] | None = None  # its list of changed endpoints
+        self._feed: ChangeFeed | None = None
+        self._report: Callable[[EndpointStats], None] | None = None  # the feed's append
         self.latency = DecayedMean(peak=True)
         self.ttft = DecayedMean(peak=True)
         self.tokens_per_s = DecayedMean()
@@ -172,6 +186,7 @@ class EndpointStats:
         self.last_sample: float | None = None
         self.last_error: str | None = None
         self._waiting: dict[int, float] = {}  # attempt token -> start, until its first token
+        self.waiting_since: float | None = None  # the oldest of those starts
         self._token = 0
 
     @property
@@ -184,10 +199,19 @@ class EndpointStats:
             self._halflife = seconds
             self._touch()
 
+    def subscribe(self, feed: ChangeFeed) -> None:
+        """Report changes to ``feed`` from now on, and no longer to the one before."""
+        old = self._feed
+        if old is not None and old is not feed:
+            old.superseded = True
+        self._feed = feed
+        self._report = feed.changed.append if feed.collect else None
+
     def _touch(self) -> None:
         self.version += 1
-        if self._dirty is not None:
-            self._dirty.append(self)
+        report = self._report
+        if report is not None:
+            report(self)
 
     # -- recording ------------------------------------------------------------------
 
@@ -195,18 +219,25 @@ class EndpointStats:
         """An attempt began; returns the token to pass to ``first_token``/``finish``."""
         self.in_flight += 1
         self.version += 1
-        if self._dirty is not None:
-            self._dirty.append(self)
+        report = self._report
+        if report is not None:
+            report(self)
         token = self._token = self._token + 1
-        self._waiting[token] = self.clock()
+        now = self._waiting[token] = self.clock()
+        if self.waiting_since is None:
+            self.waiting_since = now
         return token
 
     def first_token(self, token: int, now: float | None = None) -> None:
-        started = self._waiting.pop(token, None)
+        waiting = self._waiting
+        started = waiting.pop(token, None)
         if started is not None:
+            # The oldest start first: dicts keep insertion order.
+            self.waiting_since = next(iter(waiting.values())) if waiting else None
             self.version += 1
-            if self._dirty is not None:
-                self._dirty.append(self)
+            report = self._report
+            if report is not None:
+                report(self)
             if now is None:
                 now = self.clock()
             ttft = now - started
@@ -232,9 +263,12 @@ class EndpointStats:
         ``response_format`` asked for); None for an attempt that got no such answer."""
         self.in_flight -= 1
         self.version += 1
-        if self._dirty is not None:
-            self._dirty.append(self)
-        self._waiting.pop(token, None)
+        report = self._report
+        if report is not None:
+            report(self)
+        waiting = self._waiting
+        if waiting.pop(token, None) is not None:  # no first token came
+            self.waiting_since = next(iter(waiting.values())) if waiting else None
         if ok is None:
             return
         now = self.clock()
@@ -282,15 +316,8 @@ class EndpointStats:
 
     # -- reading --------------------------------------------------------------------
 
-    def _decay(self, now: float) -> float:
-        if self.last_sample is None or now <= self.last_sample:
-            return 1.0
-        return float(0.5 ** ((now - self.last_sample) / self.halflife))
-
     def confidence(self, now: float) -> float:
-        if self.last_sample is None:
-            return 0.0
-        return self.sample_conf * self._decay(now)
+        return confidence(self.sample_conf, self.last_sample, now, self._halflife)
 
     def ttft_percentile(self, q: float) -> float | None:
         return self.ttft_window.percentile(q, self.version)
@@ -342,106 +369,4 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
 
 
-@dataclass(slots=True)
-class Prior:
-    """The route's best live values, the optimistic prior that stale estimates drift to.
-
-    Each ranking blends with the prior found by the previous one and leaves the new one
-    behind, so a ranking is a single pass over the route (the lag is one request).
-    """
-
-    latency_s: float = 0.0
-    ttft_s: float = 0.0
-    tokens_per_s: float = 0.0
-    error_rate: float = 0.0
-
-
-def loads(
-    endpoints: Sequence[tuple[Any, EndpointStats]],
-    now: float,
-    prices: Sequence[tuple[float, float]],
-    prior: Prior | None = None,
-) -> list[Candidate]:
-    """The candidates of one ranking, with estimates blended towards the route's best.
-
-    ``endpoints`` pairs each endpoint spec (id, index, weight) with its stats. This is the
-    direct computation, one pass of plain attribute reads: routes rank with ``RouteLoads``,
-    which falls back to this where its cache cannot stand in, and whose tests compare with
-    it. Without a ``prior`` (tests, one-off views) it first finds one.
-    """
-    if prior is None:
-        prior = Prior()
-        loads(endpoints, now, prices, prior)
-    p_lat, p_ttft, p_tps, p_err = (
-        prior.latency_s,
-        prior.ttft_s,
-        prior.tokens_per_s,
-        prior.error_rate,
-    )
-    inf = math.inf
-    best_lat = best_ttft = best_err = inf
-    best_tps = 0.0
-    out: list[Candidate] = []
-    append = out.append
-    for (spec, st), (p_in, p_out) in zip(endpoints, prices, strict=True):
-        # EndpointStats.confidence and the oldest first-token wait, inlined: this loop
-        # runs over every endpoint of the route on every request.
-        last = st.last_sample
-        if last is None:
-            conf = 0.0
-        elif now > last:
-            conf = st.sample_conf * 0.5 ** ((now - last) / st.halflife)
-        else:
-            conf = st.sample_conf
-        lat = st.latency.mean
-        ttft = st.ttft.mean
-        tps = st.tokens_per_s.mean
-        err = st.errors.mean
-        broken = st.output_errors.mean
-        waiting = st._waiting
-        if waiting and ttft is not None:
-            wait = now - next(iter(waiting.values()))
-            if wait > ttft:
-                ttft = wait
-        if conf > 0.0:
-            if lat is not None and lat < best_lat:
-                best_lat = lat
-            if ttft is not None and ttft < best_ttft:
-                best_ttft = ttft
-            if tps is not None and tps > best_tps:
-                best_tps = tps
-            if err is not None and err < best_err:
-                best_err = err
-        keep = 1.0 - conf
-        busy = st.in_flight
-        append(
-            Candidate(
-                spec.id,
-                spec.index,
-                spec.weight,
-                p_in,
-                p_out,
-                p_lat if lat is None else conf * lat + keep * p_lat,
-                p_ttft if ttft is None else conf * ttft + keep * p_ttft,
-                p_tps if tps is None else conf * tps + keep * p_tps,
-                p_err if err is None else conf * err + keep * p_err,
-                busy,
-                conf < EXPLORE_BELOW and busy == 0,
-                conf < PROBE_BELOW and busy > 0,
-                conf * broken if broken else 0.0,
-            )
-        )
-    prior.latency_s = 0.0 if best_lat == inf else best_lat
-    prior.ttft_s = 0.0 if best_ttft == inf else best_ttft
-    prior.tokens_per_s = best_tps
-    prior.error_rate = 0.0 if best_err == inf else best_err
-    return out
-
-
-__all__ = [
-    "DecayedMean",
-    "EndpointStats",
-    "Prior",
-    "Window",
-    "loads",
-]
+__all__ = ["ChangeFeed", "DecayedMean", "EndpointStats", "Window", "confidence"]

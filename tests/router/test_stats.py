@@ -30,17 +30,11 @@ from router.config import loads as load_config
 from router.requestlog.records import Usage
 from router.routing.attempts import Lease
 from router.runtime import Endpoint, build_runtime
+from router.state.blend import EXPLORE_BELOW, PROBE_BELOW, Prior, loads
 from router.state.breaker import CircuitBreaker
-from router.state.loads import LiveLoads, RouteLoads
-from router.state.stats import (
-    EXPLORE_BELOW,
-    PROBE_BELOW,
-    DecayedMean,
-    EndpointStats,
-    Prior,
-    Window,
-    loads,
-)
+from router.state.live import LiveLoads
+from router.state.loads import RouteLoads
+from router.state.stats import DecayedMean, EndpointStats, Window
 from tests.support import FakeUpstream, chat_body, chunk, open_stream, poll, routes_yaml
 
 
@@ -702,19 +696,31 @@ def test_a_route_that_lost_its_stats_to_a_reload_still_sees_their_changes() -> N
 
 
 @MODES
-def test_a_live_candidate_shows_its_routes_latest_ranking_and_cannot_be_set(
-    direct_up_to: int,
-) -> None:
+def test_a_candidate_read_from_a_ranking_keeps_its_numbers(direct_up_to: int) -> None:
     clock = FakeClock()
     fleet = Fleet(2, clock, direct_up_to=direct_up_to)
     fleet.start(0)
     fleet.finish(0, True, 0.2)
     first = fleet.check()[0]
+    held = first.latency_s
     fleet.start(0)
     fleet.finish(0, True, 2.0)
     latest = fleet.check()[0]
-    assert latest is first  # the same object, read anew
-    assert first.latency_s > 1.0
+    assert latest.latency_s > 1.0  # the peak rule's jump, in the new ranking
+    assert first.latency_s == held < 1.0  # the one taken before did not move
+
+
+@MODES
+def test_a_rankings_handles_are_the_routes_and_cannot_be_set(direct_up_to: int) -> None:
+    clock = FakeClock()
+    fleet = Fleet(2, clock, direct_up_to=direct_up_to)
+    fleet.start(0)
+    fleet.finish(0, True, 0.2)
+    live = fleet.live.at(None, clock(), ())
+    assert live is not None
+    [first] = live.pick([0])
+    assert live.pick([0])[0] is first  # made once per route, not per request
+    assert first.latency_s == pytest.approx(live[0].latency_s)
     with pytest.raises(AttributeError):
         first.latency_s = 1.0
 
