@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from policies import SORTS, STRATEGIES
 from providers.errors import StreamBroken, TotalTimeout, UpstreamError, UpstreamHTTPError
@@ -472,7 +473,7 @@ class Pipeline:
         pending: UpstreamError | None = failure
 
         clock = runtime.clock
-        backoff = wait_random_exponential(multiplier=retry.backoff_s, max=retry.backoff_max_s)
+        backoff = full_jitter(runtime.rng, retry.backoff_s, retry.backoff_max_s)
 
         def wait(state: RetryCallState) -> float:
             return max(0.0, min(max(backoff(state), walk.hold()), attempts.deadline - clock()))
@@ -587,6 +588,18 @@ class Pipeline:
                     )
                 else:
                     opened.abandon()  # the client went away: stop the upstream at once
+
+
+def full_jitter(rng: random.Random, base: float, cap: float) -> Callable[[RetryCallState], float]:
+    """Exponential backoff with full jitter (tenacity's ``wait_random_exponential``),
+    drawn from ``rng``: the runtime's, seeded in tests, never the global ``random``.
+    Before retry n: uniform in [0, min(cap, base * 2 ** (n - 1))]."""
+
+    def wait(state: RetryCallState) -> float:
+        n = min(state.attempt_number, 64)  # 2 ** 64 * base: past any cap, and no overflow
+        return rng.uniform(0.0, min(cap, base * 2.0 ** (n - 1)))
+
+    return wait
 
 
 def _through(
