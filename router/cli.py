@@ -1,4 +1,5 @@
-"""``router``: serve, check a routes file, or run a simulated upstream."""
+"""``router``: serve, check a routes file, run a simulated upstream, or try a routes file
+on recorded traffic (``simulate``, the policy lab)."""
 
 from __future__ import annotations
 
@@ -176,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--hang", action="store_true", help="never answer")
     sim.add_argument("--disconnect-mid-stream", action="store_true")
     sim.set_defaults(func=cmd_sim_upstream)
+    from router.lab.command import add_parser as add_simulate
+
+    add_simulate(sub)
     return parser
 
 

@@ -1,0 +1,218 @@
+"""Fitting the fleet: each endpoint's behaviour, from the attempts a trace recorded.
+
+Per endpoint (matched by route and id, else by id in any route) the fit keeps, for each
+time bucket of the trace: how often an attempt answered, failed with each HTTP status
+(429s among them), timed out, could not connect, or came back broken; the empirical
+distributions of TTFT (streamed answers), tokens per second (streamed requests served by
+one attempt: completion tokens over latency minus TTFT), whole-answer time (non-streamed
+answers) and time to a failure; and the chance that a served stream broke mid-way.
+Buckets are ``width_s`` wide (the trace's span over ``MAX_BUCKETS``, at least
+``MIN_WIDTH_S``); a bucket with fewer than ``MIN_SAMPLES`` of some quantity borrows its
+nearest neighbours' until it has enough, so drift shows where the evidence is dense and
+sparse stretches lean on nearby time rather than on nothing.
+
+What it cannot know, and the stated answers (docs/lab.md says more):
+
+- An endpoint the trace never tried: the pooled behaviour of its route's endpoints, else
+  of the whole trace, else ``PRIOR_TTFT_S`` and ``PRIOR_TOKENS_PER_S`` with no errors.
+- How long a timed-out attempt would have taken: it never answers in the lab either.
+- Load: the fit is what the endpoints did at the trace's load; sending them more (another
+  policy, ``--rate``) does not slow them down.
+- Attempts cancelled without a verdict (a hedge that lost) are left out, so a trace of a
+  hedged policy under-states its slow endpoints' TTFT tail.
+"""
+
+from __future__ import annotations
+
+import statistics
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from providers.simulated.prompt_cache import CacheSettings
+from router.lab.fleet import Bucket, Fitted, Quantiles
+from router.lab.trace import CENSORED, HANG, HTTP, OK, Observation, Trace
+
+MAX_BUCKETS = 48
+MIN_WIDTH_S = 10.0
+MIN_SAMPLES = 20
+PRIOR_TTFT_S = 0.5
+PRIOR_TOKENS_PER_S = 50.0
+
+_T = TypeVar("_T")
+
+
+def stable_seed(seed: int, *names: str) -> int:
+    """A per-object seed that does not depend on Python's randomised string hashes."""
+    return zlib.crc32("\x00".join((str(seed), *names)).encode())
+
+
+class Fleet:
+    """Behaviours fitted from a trace's attempts, looked up by route and endpoint id."""
+
+    def __init__(self, trace: Trace, seed: int) -> None:
+        self.seed = seed
+        self.start = trace.requests[0].ts if trace.requests else 0.0
+        span = trace.span_s
+        self.width_s = max(MIN_WIDTH_S, span / MAX_BUCKETS)
+        self.buckets = int(span / self.width_s) + 1
+        self.by_endpoint: dict[tuple[str, str], list[Observation]] = {}
+        self.by_id: dict[str, list[Observation]] = {}
+        self.by_route: dict[str, list[Observation]] = {}
+        for obs in trace.attempts:
+            self.by_endpoint.setdefault((obs.route, obs.endpoint), []).append(obs)
+            self.by_id.setdefault(obs.endpoint, []).append(obs)
+            self.by_route.setdefault(obs.route, []).append(obs)
+        self.everything = list(trace.attempts)
+        tps = [o.tokens_per_s for o in trace.attempts if o.tokens_per_s]
+        self.default_tps = statistics.median(tps) if tps else PRIOR_TOKENS_PER_S
+
+    def behaviour(self, route: str, endpoint: str) -> Fitted:
+        seed = stable_seed(self.seed, "fit", route, endpoint)
+        found = self.by_endpoint.get((route, endpoint)) or self.by_id.get(endpoint)
+        source = "fitted"
+        if not found:
+            found = self.by_route.get(route)
+            source = f"prior: the pooled endpoints of route {route!r}"
+        if not found:
+            found = self.everything
+            source = "prior: every endpoint of the trace, pooled"
+        if not found:
+            return constant_prior(seed)
+        return self._fit(found, source, seed)
+
+    def _fit(self, observations: Sequence[Observation], source: str, seed: int) -> Fitted:
+        n = self.buckets
+        per: list[list[Observation]] = [[] for _ in range(n)]
+        for obs in observations:
+            k = int((obs.ts - self.start) / self.width_s)
+            per[min(max(k, 0), n - 1)].append(obs)
+        judged = [[o for o in b if o.outcome != CENSORED] for b in per]
+        served = [[o for o in b if o.outcome == OK] for b in judged]
+        streamed = [[o for o in b if o.stream] for b in served]
+        failed = [[o for o in b if o.outcome not in (OK, HANG)] for b in judged]
+        buckets = []
+        for k in range(n):
+            kinds = Counter(
+                (o.outcome, o.status if o.outcome == HTTP else None) for o in _near(judged, k)
+            )
+            total = sum(kinds.values())
+            outcomes = sorted(kinds, key=lambda x: (x[0] != OK, x[0], x[1] or 0)) or [(OK, None)]
+            running, cumulative = 0, []
+            for kind in outcomes:
+                running += kinds[kind]
+                cumulative.append(running / total if total else 1.0)
+            cumulative[-1] = 1.0
+            near_streamed = _near(streamed, k)
+            buckets.append(
+                Bucket(
+                    outcomes=outcomes,
+                    cumulative=cumulative,
+                    ttft=_quantiles([o.ttft_s for o in near_streamed if o.ttft_s is not None]),
+                    tokens_per_s=_quantiles(
+                        [o.tokens_per_s for o in _near(served, k, _has_tps) if o.tokens_per_s]
+                    ),
+                    whole=_quantiles([o.duration_s for o in _near(served, k, _whole)]),
+                    fail_after=_quantiles([o.duration_s for o in _near(failed, k)]),
+                    p_break=(
+                        sum(o.broken for o in near_streamed) / len(near_streamed)
+                        if near_streamed
+                        else 0.0
+                    ),
+                )
+            )
+        return Fitted(
+            buckets,
+            self.start,
+            self.width_s,
+            source=source,
+            seed=seed,
+            default_tokens_per_s=self.default_tps,
+            cache=_cache(observations),
+            summary=_summary(observations, n),
+        )
+
+
+def _has_tps(obs: Observation) -> bool:
+    return obs.tokens_per_s is not None
+
+
+def _whole(obs: Observation) -> bool:
+    return not obs.stream
+
+
+def _near(per: Sequence[list[_T]], k: int, keep: Callable[[_T], bool] | None = None) -> list[_T]:
+    """Bucket ``k``'s items, with its nearest neighbours' until there are ``MIN_SAMPLES``."""
+    out = [x for x in per[k] if keep is None or keep(x)]
+    for d in range(1, len(per)):
+        if len(out) >= MIN_SAMPLES:
+            break
+        for j in (k - d, k + d):
+            if 0 <= j < len(per):
+                out += [x for x in per[j] if keep is None or keep(x)]
+    return out
+
+
+def _quantiles(samples: list[float]) -> Quantiles | None:
+    return Quantiles(samples) if samples else None
+
+
+def _cache(observations: Sequence[Observation]) -> CacheSettings | None:
+    """A host that served cached prompt tokens caches; its TTFT on a hit, relative to a
+    miss, when the trace shows enough of both (else no change: 1.0)."""
+    hits = [o.ttft_s for o in observations if o.cached and o.ttft_s is not None]
+    if not any(o.cached for o in observations):
+        return None
+    misses = [o.ttft_s for o in observations if o.outcome == OK and not o.cached and o.ttft_s]
+    factor = 1.0
+    if len(hits) >= MIN_SAMPLES and len(misses) >= MIN_SAMPLES:
+        factor = statistics.median(hits) / statistics.median(misses)
+    return CacheSettings(ttft_factor=factor)
+
+
+def _summary(observations: Sequence[Observation], buckets: int) -> dict[str, object]:
+    judged = [o for o in observations if o.outcome != CENSORED]
+    n = len(judged) or 1
+    ttft = sorted(o.ttft_s for o in judged if o.outcome == OK and o.ttft_s is not None)
+    tps = sorted(o.tokens_per_s for o in judged if o.tokens_per_s)
+
+    def q(values: list[float], p: float, scale: float = 1.0) -> float | None:
+        return (
+            round(values[min(len(values) - 1, int(p * len(values)))] * scale, 1) if values else None
+        )
+
+    return {
+        "attempts": len(observations),
+        "censored": len(observations) - len(judged),
+        "error_rate": round(sum(o.outcome != OK for o in judged) / n, 4),
+        "rate_429": round(sum(o.status == 429 for o in judged) / n, 4),
+        "timeout_rate": round(sum(o.outcome == HANG for o in judged) / n, 4),
+        "ttft_p50_ms": q(ttft, 0.5, 1000.0),
+        "ttft_p95_ms": q(ttft, 0.95, 1000.0),
+        "tokens_per_s_p50": q(tps, 0.5),
+        "buckets": buckets,
+    }
+
+
+def constant_prior(seed: int) -> Fitted:
+    """No evidence at all: ``PRIOR_TTFT_S``, ``PRIOR_TOKENS_PER_S``, no errors."""
+    bucket = Bucket(
+        outcomes=[(OK, None)],
+        cumulative=[1.0],
+        ttft=Quantiles([PRIOR_TTFT_S]),
+        tokens_per_s=Quantiles([PRIOR_TOKENS_PER_S]),
+        whole=None,
+        fail_after=None,
+        p_break=0.0,
+    )
+    return Fitted(
+        [bucket],
+        0.0,
+        0.0,
+        source=f"prior: TTFT {PRIOR_TTFT_S * 1000:.0f} ms, {PRIOR_TOKENS_PER_S:.0f} tokens/s, "
+        "no errors",
+        seed=seed,
+        default_tokens_per_s=PRIOR_TOKENS_PER_S,
+        summary={"ttft_p50_ms": PRIOR_TTFT_S * 1000, "tokens_per_s_p50": PRIOR_TOKENS_PER_S},
+    )

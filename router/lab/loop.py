@@ -1,0 +1,252 @@
+"""An asyncio event loop whose clock is virtual: it jumps to the next timer when idle.
+
+The policy lab runs the router's own pipeline (tasks, ``asyncio.timeout``, ``asyncio.wait``,
+``asyncio.sleep``, tenacity's backoff) unmodified, so it needs an event loop on which
+those work but no time passes while the code runs: ``time()`` returns the virtual now,
+and whenever no callback is ready the loop moves the clock to the earliest timer and
+runs it. That is discrete-event simulation with asyncio as the event list (the idea of
+Twisted's ``task.Clock`` and of simulated-time loops in test suites), so hedging delays,
+timeouts, backoff, breaker cooldowns and stats decay all happen at their virtual times,
+in order, deterministically, with no sleeping and no sockets.
+
+It implements ``asyncio.AbstractEventLoop`` (the public base for loops written outside
+asyncio) with callbacks and timers only: anything that would touch the outside world
+(sockets, subprocesses, executors, signals) raises ``NotImplementedError`` as the base
+class does. Ready callbacks run first-in first-out and timers at the same instant in the
+order they were set, so a run is a function of its inputs and seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import heapq
+import itertools
+import sys
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
+
+class _Handle:
+    """A callback scheduled to run (``asyncio.Handle``'s public face: cancel, cancelled,
+    when), without the debug bookkeeping the loop never needs."""
+
+    __slots__ = ("_args", "_callback", "_cancelled", "_context", "_when")
+
+    def __init__(
+        self,
+        when: float,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        context: contextvars.Context | None,
+    ) -> None:
+        self._when = when
+        self._callback = callback
+        self._args = args
+        self._context = context if context is not None else contextvars.copy_context()
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._args = ()
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def when(self) -> float:
+        return self._when
+
+    def get_context(self) -> contextvars.Context:
+        return self._context
+
+
+class LoopStalled(RuntimeError):
+    """Nothing is ready and no timer is set, yet the awaited work is not done: every
+    remaining task waits for something that will never happen."""
+
+
+class VirtualLoop(asyncio.AbstractEventLoop):
+    """A loop on virtual time; see the module docstring.
+
+    Typeshed marks the I/O methods of ``AbstractEventLoop`` abstract; at run time they
+    raise ``NotImplementedError``, which is what the lab wants, so an instance is made
+    with ``make`` rather than by overriding two dozen methods to raise the same.
+    """
+
+    @classmethod
+    def make(cls, start: float = 0.0) -> VirtualLoop:
+        return cls(start)
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+        self._ready: deque[_Handle] = deque()
+        self._timers: list[tuple[float, int, _Handle]] = []
+        self._seq = itertools.count()
+        self._stopping = False
+        self._running = False
+        self._closed = False
+        self.errors: list[dict[str, Any]] = []  # what call_exception_handler was given
+
+    # -- time and scheduling --------------------------------------------------------
+
+    def time(self) -> float:
+        return self._now
+
+    # The handles are asyncio.Handle and TimerHandle in all but name (their public face).
+    def call_soon(  # type: ignore[override]
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> _Handle:
+        handle = _Handle(self._now, callback, args, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_soon_threadsafe(  # type: ignore[override]
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> _Handle:
+        return self.call_soon(callback, *args, context=context)  # one thread: nothing to wake
+
+    def call_at(  # type: ignore[override]
+        self,
+        when: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> _Handle:
+        handle = _Handle(when, callback, args, context)
+        heapq.heappush(self._timers, (when, next(self._seq), handle))
+        return handle
+
+    def call_later(  # type: ignore[override]
+        self,
+        delay: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> _Handle:
+        return self.call_at(self._now + delay, callback, *args, context=context)
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(
+        self,
+        coro: Coroutine[Any, Any, _T] | Generator[Any, None, _T],
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Task[_T]:
+        return asyncio.Task(coro, loop=self, name=name, context=context)
+
+    # -- running --------------------------------------------------------------------
+
+    def run_until_complete(self, future: Any) -> Any:
+        done = asyncio.ensure_future(future, loop=self)
+        done.add_done_callback(lambda _: self.stop())
+        self.run_forever()
+        if not done.done():
+            done.cancel()
+            raise LoopStalled("the virtual loop ran out of events before the work was done")
+        return done.result()
+
+    def run_forever(self) -> None:
+        if self._running:
+            raise RuntimeError("this loop is already running")
+        if self._closed:
+            raise RuntimeError("the loop is closed")
+        # The hook asyncio exports for loops written outside it (uvloop uses it too):
+        # get_running_loop() inside tasks must find this loop.
+        previous = asyncio._get_running_loop()
+        hooks = sys.get_asyncgen_hooks()
+        asyncio._set_running_loop(self)
+        sys.set_asyncgen_hooks(firstiter=None, finalizer=self._finalize_asyncgen)
+        self._running = True
+        try:
+            self._run()
+        finally:
+            self._running = False
+            self._stopping = False
+            asyncio._set_running_loop(previous)
+            sys.set_asyncgen_hooks(*hooks)
+
+    def _run(self) -> None:
+        ready, timers = self._ready, self._timers
+        pop, heappop = ready.popleft, heapq.heappop
+        while not self._stopping:
+            while ready:
+                handle = pop()
+                if handle._cancelled:
+                    continue
+                try:
+                    handle._context.run(handle._callback, *handle._args)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self.call_exception_handler(
+                        {"message": "exception in callback", "exception": exc, "handle": handle}
+                    )
+                if self._stopping:
+                    return
+            # Idle: the clock jumps to the earliest live timer.
+            while timers:
+                when, _, handle = heappop(timers)
+                if not handle._cancelled:
+                    if when > self._now:
+                        self._now = when
+                    ready.append(handle)
+                    break
+            else:
+                return  # nothing left to happen
+
+    def _finalize_asyncgen(self, agen: Any) -> None:
+        self.create_task(agen.aclose())
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def is_running(self) -> bool:
+        return self._running
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._running:
+            raise RuntimeError("cannot close a running loop")
+        self._closed = True
+        self._ready.clear()
+        self._timers.clear()
+
+    async def shutdown_asyncgens(self) -> None:
+        """Nothing to do: async generators are closed by the finaliser as they go."""
+
+    async def shutdown_default_executor(self) -> None:
+        """There is no executor."""
+
+    # -- errors and debug -----------------------------------------------------------
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        self.errors.append(context)
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        self.errors.append(context)
+
+    def get_exception_handler(self) -> None:
+        return None
+
+    def set_exception_handler(self, handler: Any) -> None:
+        raise NotImplementedError("the lab's loop keeps every error in .errors")
+
+    def get_debug(self) -> bool:
+        return False
+
+    def set_debug(self, enabled: bool) -> None:
+        pass

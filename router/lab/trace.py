@@ -1,0 +1,335 @@
+"""The traffic to replay, and what the fleet did with it: a JSONL file or a request log.
+
+A trace is a list of requests (arrival time, route, API, stream flag, token counts,
+optional session) and, when it comes from the router's request log, the upstream
+attempts the router made for them: the evidence the fleet is fitted from
+(``router.lab.fit``). A JSONL file carries requests only, so its fleet comes from the
+config's ``simulated`` providers or the stated prior.
+
+The request log is read through SQLAlchemy with the schema's own tables
+(``router.requestlog.schema``): SQLite or PostgreSQL, read only, never migrated. Its
+``attempts`` view holds one row per attempt whatever the revision's storage (0005 keeps a
+request's one serving attempt in the request's own row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+# Client APIs (as the request log names them) and the one each replays through. Responses
+# and Messages replay as chat: the ranking, retries and stats do not depend on the
+# client's API shape, and the lab's hosts answer in OpenAI's.
+REPLAYED_AS: Mapping[str, str] = {
+    "chat": "chat",
+    "chat/completions": "chat",
+    "completions": "completions",
+    "embeddings": "embeddings",
+    "responses": "chat",
+    "messages": "chat",
+}
+DEFAULT_COMPLETION_TOKENS = 16  # the simulated provider's default answer length
+DEFAULT_PROMPT_TOKENS = 100
+
+# Attempt outcomes, as the fleet replays them.
+OK = "ok"  # answered (a stream may still break later: Observation.broken)
+HTTP = "http"  # a non-2xx status
+HANG = "hang"  # no answer within the router's timeout: how long it would have taken is unknown
+CONNECT = "connect"  # no connection
+BROKEN = "broken"  # garbage or a stream cut before its first token
+CENSORED = "censored"  # cancelled (a hedge lost, a client left): no verdict, not fitted
+
+_REASONS: Mapping[str, str] = {
+    "ttft_timeout": HANG,
+    "total_timeout": HANG,
+    "idle_timeout": HANG,
+    "timeout": HANG,
+    "connect": CONNECT,
+    "connect_timeout": CONNECT,
+    "bad_response": BROKEN,
+    "stream_broken": BROKEN,
+    "hedge_lost": CENSORED,
+    "cancelled": CENSORED,
+}
+# A request that failed after its stream was committed: its serving attempt broke mid-way.
+_MID_STREAM = frozenset({"stream_broken", "idle_timeout", "total_timeout"})
+
+
+class TraceError(ValueError):
+    """The trace cannot be read; the message says where and why."""
+
+
+@dataclass(slots=True)
+class TraceRequest:
+    ts: float  # arrival, Unix seconds
+    route: str
+    api: str
+    stream: bool
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    session: str | None = None
+
+    @property
+    def replayed_as(self) -> str:
+        return REPLAYED_AS.get(self.api, "chat")
+
+
+@dataclass(slots=True)
+class Observation:
+    """One upstream attempt as the request log recorded it."""
+
+    ts: float  # its request's arrival
+    route: str
+    endpoint: str
+    stream: bool
+    outcome: str
+    status: int | None
+    duration_s: float
+    ttft_s: float | None = None
+    tokens_per_s: float | None = None  # a served, single-attempt request's generation speed
+    cached: bool = False  # served with cached prompt tokens
+    broken: bool = False  # served, then the stream broke
+
+
+@dataclass
+class Trace:
+    source: str
+    requests: list[TraceRequest]
+    attempts: list[Observation] = field(default_factory=list)
+
+    @property
+    def span_s(self) -> float:
+        if not self.requests:
+            return 0.0
+        return self.requests[-1].ts - self.requests[0].ts
+
+
+def is_database_url(source: str) -> bool:
+    head = source.split(":", 1)[0]
+    return "://" in source and head.split("+", 1)[0] in ("sqlite", "postgresql", "postgres")
+
+
+def read(source: str, limit: int | None = None) -> Trace:
+    """The trace at ``source`` (a database URL or a JSONL path), its first ``limit``
+    requests if given, in arrival order."""
+    if is_database_url(source):
+        return asyncio.run(read_requestlog(source, limit))
+    return read_jsonl(Path(source), limit)
+
+
+# -- JSONL --------------------------------------------------------------------------
+
+
+def _timestamp(value: Any, where: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    raise TraceError(f"{where}: 'ts' must be Unix seconds or an ISO 8601 time, got {value!r}")
+
+
+def _count(obj: Mapping[str, Any], name: str, where: str, default: int | None) -> int:
+    value = obj.get(name, default)
+    if value is None:
+        raise TraceError(f"{where}: missing field {name!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise TraceError(f"{where}: {name!r} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def parse_line(obj: Any, where: str) -> TraceRequest:
+    if not isinstance(obj, dict):
+        raise TraceError(f"{where}: each line must be a JSON object")
+    route = obj.get("route")
+    if not isinstance(route, str) or not route:
+        raise TraceError(f"{where}: 'route' must be a non-empty string")
+    api = obj.get("api", "chat")
+    if api not in REPLAYED_AS:
+        raise TraceError(f"{where}: 'api' must be one of {', '.join(REPLAYED_AS)}, got {api!r}")
+    stream = obj.get("stream", False)
+    if not isinstance(stream, bool):
+        raise TraceError(f"{where}: 'stream' must be true or false")
+    session = obj.get("session")
+    if session is not None and not isinstance(session, str | int):
+        raise TraceError(f"{where}: 'session' must be a string")
+    return TraceRequest(
+        ts=_timestamp(obj.get("ts"), where),
+        route=route,
+        api=api,
+        stream=stream and api != "embeddings",
+        prompt_tokens=_count(obj, "prompt_tokens", where, None),
+        completion_tokens=_count(
+            obj, "completion_tokens", where, 0 if api == "embeddings" else None
+        ),
+        cached_tokens=_count(obj, "cached_tokens", where, 0),
+        session=None if session is None else str(session),
+    )
+
+
+def read_jsonl(path: Path, limit: int | None = None) -> Trace:
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    requests = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise TraceError(f"{path}:{n}: not JSON: {exc}") from exc
+        requests.append(parse_line(obj, f"{path}:{n}"))
+    requests.sort(key=lambda r: r.ts)  # stable: equal times keep the file's order
+    if limit is not None:
+        requests = requests[:limit]
+    if not requests:
+        raise TraceError(f"{path}: no requests")
+    return Trace(str(path), requests)
+
+
+# -- the request log ----------------------------------------------------------------
+
+
+def _seconds(ts: Any) -> float:
+    return ts.timestamp() if isinstance(ts, datetime) else float(ts)
+
+
+async def read_requestlog(url: str, limit: int | None = None) -> Trace:
+    """The routed requests of a request log and their attempts, oldest first."""
+    import sqlalchemy as sa
+
+    from router.requestlog.schema import ATTEMPTS, REQUESTS, make_engine
+
+    try:
+        engine = make_engine(url)
+    except ValueError as exc:
+        raise TraceError(str(exc)) from exc
+    r = REQUESTS.c
+    query = (
+        sa.select(
+            r.ts, r.request_id, r.route, r.endpoint, r.operation, r.stream, r.status,
+            r.attempts, r.latency_ms, r.prompt_tokens, r.completion_tokens, r.cached_tokens,
+            r.error,
+        )
+        .where(r.route.is_not(None))
+        .order_by(r.ts, r.id)
+    )  # fmt: skip
+    if limit is not None:
+        query = query.limit(limit)
+    a = ATTEMPTS.c
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+            if not rows:
+                raise TraceError(f"{_safe(url)}: the request log holds no routed requests")
+            last = rows[-1].ts
+            attempt_query = (
+                sa.select(
+                    a.ts, a.request_id, a.route, a.endpoint, a.status, a.reason,
+                    a.duration_ms, a.ttft_ms,
+                )
+                .where(a.ts <= last)
+                .order_by(a.ts, a.id)
+            )  # fmt: skip
+            attempt_rows = (await conn.execute(attempt_query)).all()
+    except sa.exc.SQLAlchemyError as exc:
+        raise TraceError(f"{_safe(url)}: cannot read the request log: {exc}") from exc
+    finally:
+        await engine.dispose()
+    return _assemble(_safe(url), rows, attempt_rows)
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL has no password we could find either
+        return url.split("@")[-1]
+
+
+def _assemble(source: str, rows: Iterable[Any], attempt_rows: Iterable[Any]) -> Trace:
+    by_id: dict[tuple[str, float], Any] = {}
+    requests: list[TraceRequest] = []
+    served_tokens: dict[str, list[int]] = {}
+    prompt_tokens: dict[str, list[int]] = {}
+    for row in rows:
+        ts = _seconds(row.ts)
+        by_id[(row.request_id, ts)] = row
+        if row.status == 200 and row.completion_tokens:
+            served_tokens.setdefault(row.route, []).append(row.completion_tokens)
+        if row.prompt_tokens:
+            prompt_tokens.setdefault(row.route, []).append(row.prompt_tokens)
+    # A failed request recorded no usage: it replays with its route's median lengths.
+    median_out = {k: int(statistics.median(v)) for k, v in served_tokens.items()}
+    median_in = {k: int(statistics.median(v)) for k, v in prompt_tokens.items()}
+    for row in by_id.values():
+        api = row.operation if row.operation in REPLAYED_AS else "chat"
+        requests.append(
+            TraceRequest(
+                ts=_seconds(row.ts),
+                route=row.route,
+                api=api,
+                stream=bool(row.stream),
+                prompt_tokens=row.prompt_tokens or median_in.get(row.route, DEFAULT_PROMPT_TOKENS),
+                completion_tokens=row.completion_tokens
+                or (0 if api == "embeddings" else median_out.get(row.route, 16)),
+                cached_tokens=row.cached_tokens or 0,
+            )
+        )
+    attempts: list[Observation] = []
+    single: dict[tuple[str, float], Observation] = {}
+    counts: dict[tuple[str, float], int] = {}
+    for att in attempt_rows:
+        key = (att.request_id, _seconds(att.ts))
+        req = by_id.get(key)
+        if req is None:
+            continue  # a request left out (no route, or past the limit)
+        obs = _observation(att, req)
+        attempts.append(obs)
+        counts[key] = counts.get(key, 0) + 1
+        if obs.outcome == OK:
+            single[key] = obs
+    for key, obs in single.items():
+        req = by_id[key]
+        if counts[key] == 1 and req.stream and obs.ttft_s is not None and req.completion_tokens:
+            generation = req.latency_ms / 1000.0 - obs.ttft_s
+            if generation > 0.0:
+                obs.tokens_per_s = req.completion_tokens / generation
+        obs.cached = bool(req.cached_tokens)
+        obs.broken = req.status != 200 and req.error in _MID_STREAM
+    return Trace(source, requests, attempts)
+
+
+def _observation(att: Any, req: Any) -> Observation:
+    reason = att.reason
+    if reason is None:
+        outcome = OK
+    elif att.status is not None and reason not in _REASONS:
+        outcome = HTTP  # http_429, http_5xx, auth, http_4xx
+    else:
+        outcome = _REASONS.get(reason, BROKEN)
+    return Observation(
+        ts=_seconds(att.ts),
+        route=att.route,
+        endpoint=att.endpoint,
+        stream=bool(req.stream),
+        outcome=outcome,
+        status=att.status,
+        duration_s=(att.duration_ms or 0.0) / 1000.0,
+        ttft_s=None if att.ttft_ms is None else att.ttft_ms / 1000.0,
+    )

@@ -1,0 +1,286 @@
+"""``router simulate``, the policy lab, as a user runs it: ``python -m router simulate``.
+
+A JSONL trace replayed through simulated hosts; a request log recorded by the real
+router (SQLite, and PostgreSQL when ``ROUTER_TEST_POSTGRES_URL`` is set) fitted and
+replayed; two configs compared; the HTML report checked for anything it would fetch.
+Speed is not asserted here (``benchmarks/lab_speed.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from providers.simulated import SimParams, Simulator
+from router.cli import main as cli
+from router.lab.fleet import Simulated
+from tests.support import ROOT, RouterProcess
+
+FLEET = """
+storage: {url: null}
+defaults:
+  retry: {attempts: 3, backoff_s: 0.01, backoff_max_s: 0.1}
+providers:
+  fast:  {kind: simulated, ttft_ms: 60, tokens_per_s: 200, jitter: 0.2}
+  slow:  {kind: simulated, ttft_ms: 400, tokens_per_s: 40}
+  flaky: {kind: simulated, ttft_ms: 80, tokens_per_s: 150, error_rate: 0.3}
+policies:
+  quick: {strategy: lowest_ttft}
+  hedged: {strategy: lowest_ttft, hedge: {after_ms: 100}}
+routes:
+  chat:
+    policy: POLICY
+    endpoints:
+      - {provider: slow, model: m, price: {input: 1.0, output: 2.0}}
+      - {provider: fast, model: m, price: {input: 3.0, output: 15.0}}
+      - {provider: flaky, model: m, price: {input: 1.0, output: 4.0}}
+"""
+
+
+def simulate(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """The command in a process of its own, as a user runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "router", "simulate", *args],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def lab(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The command in this process (the same ``main``): (exit code, stdout, stderr)."""
+    code = cli(["simulate", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_trace(path: Path, n: int = 400, seed: int = 3) -> Path:
+    rng = random.Random(seed)
+    t = 1_750_000_000.0
+    lines = []
+    for i in range(n):
+        t += rng.expovariate(20.0)
+        lines.append(
+            json.dumps(
+                {
+                    "ts": t,
+                    "route": "chat",
+                    "api": "chat",
+                    "stream": i % 4 != 0,
+                    "prompt_tokens": 1000 + 50 * (i % 7),
+                    "completion_tokens": 40,
+                    "session": f"s{i % 25}",
+                }
+            )
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def config(tmp_path: Path, policy: str, name: str = "routes.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(FLEET.replace("POLICY", policy))
+    return path
+
+
+def test_a_jsonl_trace_replays_deterministically_for_a_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = write_trace(tmp_path / "trace.jsonl")
+    cfg = config(tmp_path, "quick")
+    args = ["--config", str(cfg), "--trace", str(trace), "--json", "--seed", "7"]
+    first, second = simulate(*args), simulate(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout  # the same JSON, byte for byte
+    doc = json.loads(first.stdout)
+    (run,) = doc["runs"]
+    assert doc["lab"]["requests"] == 400
+    assert run["requests"] == 400
+    # lowest_ttft on these hosts: almost everything to `fast` (60 ms), `flaky`'s 500s retried
+    assert run["success_rate"] == 1.0
+    assert run["share"]["chat/fast"] > 0.8
+    assert 40 < run["ttft_ms"]["p50"] < 90
+    assert run["fleet"]["chat/fast"]["source"] == "simulated"
+    assert abs(sum(run["share"].values()) - 1.0) < 1e-3
+    over_time = run["share_over_time"]
+    assert sum(over_time["served"]) == 400
+    # 1,000 to 1,300 prompt tokens at $3 and 40 completion tokens at $15 per million, mostly
+    assert 0.8 * 400 * 3.6e-3 < run["cost_usd"] < 400 * 4.5e-3
+    assert "requests per CPU second" in first.stderr  # the speed, on stderr only
+
+    # Two processes (each with its own string hashing) gave the same; so does this one.
+    assert lab(capsys, *args)[1] == first.stdout
+    code, other, _ = lab(capsys, *args[:-1], "8")
+    assert code == 0
+    assert other != first.stdout  # jitter and errors draw from the seed
+
+
+def test_compare_puts_two_configs_side_by_side_on_the_same_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = write_trace(tmp_path / "trace.jsonl", n=300)
+    a = config(tmp_path, "priority", "a.yaml")  # `slow` is listed first
+    b = config(tmp_path, "quick", "b.yaml")
+    report = tmp_path / "report.html"
+    code, out, err = lab(
+        capsys, "--config", str(a), "--compare", str(b), "--trace", str(trace), "--json",
+        "--report", str(report), "--rate", "2x",
+    )  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    run_a, run_b = doc["runs"]
+    assert run_a["share"]["chat/slow"] == 1.0
+    assert run_b["share"]["chat/fast"] > 0.8
+    ttft = doc["diff"]["ttft_ms.p50"]
+    assert ttft["a"] > 350 and ttft["b"] < 100 and ttft["delta"] < -250
+    assert ttft["better"] == "b"
+    assert doc["diff"]["share"]["chat/slow"]["delta"] == pytest.approx(
+        run_b["share"]["chat/slow"] - 1.0
+    )
+    assert doc["lab"]["rate"] == 2.0
+    assert doc["lab"]["span_s"] < 300 / 20.0 / 2 * 1.5  # arrivals twice as fast
+
+    page = report.read_text()
+    assert page.startswith("<!doctype html>")
+    # self-contained: nothing to fetch, and the model page's chart code is inside
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert "<link" not in page.lower()
+    assert "Charts.line" in page and "root.Charts" in page
+    assert "a.yaml" in page and "b.yaml" in page
+
+    code, text, err = lab(capsys, "--config", str(a), "--compare", str(b), "--trace", str(trace))
+    assert code == 0, err
+    assert "B - A" in text and "share chat/fast" in text
+
+
+def test_bad_inputs_are_errors_with_their_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = config(tmp_path, "quick")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"ts": 1, "route": "chat", "prompt_tokens": 5, "completion_tokens": 1}\n{"ts": 2}\n'
+    )
+    code, _, err = lab(capsys, "--config", str(cfg), "--trace", str(bad))
+    assert code == 1
+    assert "bad.jsonl:2: 'route' must be a non-empty string" in err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("routes: {r: {endpoints: [{provider: nowhere, model: m}]}}\n")
+    trace = str(write_trace(tmp_path / "t.jsonl"))
+    code, _, err = lab(capsys, "--config", str(broken), "--trace", trace)
+    assert code == 1
+    assert "unknown provider 'nowhere'" in err
+    code, _, err = lab(capsys, "--config", str(cfg), "--trace", f"sqlite:///{tmp_path}/none.db")
+    assert code == 1
+    assert "cannot read the request log" in err
+    with pytest.raises(SystemExit):
+        cli(["simulate", "--config", str(cfg), "--trace", trace, "--rate", "fast"])
+    assert "not a rate: 'fast'" in capsys.readouterr().err
+
+
+SERVED = """
+storage: {{url: "{url}", flush_interval_s: 0.05}}
+providers:
+  fast: {{kind: simulated, ttft_ms: 25, tokens_per_s: 2000, tokens: 8}}
+  slow: {{kind: simulated, ttft_ms: 120, tokens_per_s: 500, tokens: 8}}
+routes:
+  chat:
+    policy: round_robin
+    endpoints:
+      - {{provider: fast, model: m}}
+      - {{provider: slow, model: m}}
+"""
+# The same endpoints (route and ids) as hosts the lab knows only from the log.
+FITTED = """
+providers:
+  fast: {kind: openai, base_url: "http://127.0.0.1:9/v1", api_key_env: LAB_TEST_UNSET_KEY}
+  slow: {kind: openai, base_url: "http://127.0.0.1:9/v1"}
+  never: {kind: openai, base_url: "http://127.0.0.1:9/v1"}
+routes:
+  chat:
+    policy: POLICY
+    endpoints:
+      - {provider: fast, model: m}
+      - {provider: slow, model: m}
+      - {provider: never, model: m}
+"""
+
+
+async def _drive(base_url: str, n: int) -> None:
+    body = {"model": "chat", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        sem = asyncio.Semaphore(6)
+
+        async def one() -> None:
+            async with sem, client.stream("POST", "/chat/completions", json=body) as resp:
+                assert resp.status_code == 200
+                await resp.aread()
+
+        await asyncio.gather(*(one() for _ in range(n)))
+
+
+def _record(tmp_path: Path, url: str, n: int) -> None:
+    """The real router serves ``n`` streams with its request log at ``url``, then stops
+    (SIGTERM flushes the log)."""
+    router = RouterProcess(SERVED.format(url=url), tmp_path).start()
+    try:
+        asyncio.run(_drive(router.base_url, n))
+    finally:
+        assert router.stop() == 0
+
+
+def test_a_request_log_trace_fits_the_fleet_it_recorded(
+    tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _record(tmp_path, url, 80)
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text(FITTED.replace("POLICY", "round_robin"))
+    code, out, err = lab(capsys, "--config", str(cfg), "--trace", url, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["lab"]["trace_requests"] == 80
+    (run,) = doc["runs"]
+    fleet = run["fleet"]
+    assert fleet["chat/fast"]["source"] == "fitted"  # its key variable unset: still replayed
+    assert fleet["chat/slow"]["source"] == "fitted"
+    assert fleet["chat/never"]["source"].startswith("prior")  # no data: the stated prior
+    assert fleet["chat/fast"]["attempts"] == 40
+    assert 20 <= fleet["chat/fast"]["ttft_p50_ms"] <= 40
+    assert 110 <= fleet["chat/slow"]["ttft_p50_ms"] <= 150
+    assert run["success_rate"] == 1.0
+    assert run["share"]["chat/fast"] == pytest.approx(1 / 3, abs=0.02)  # now three in rotation
+
+    cfg.write_text(FITTED.replace("POLICY", "lowest_ttft"))
+    predicted = json.loads(lab(capsys, "--config", str(cfg), "--trace", url, "--json")[1])
+    (best,) = predicted["runs"]
+    assert best["share"]["chat/fast"] > 0.8
+    assert best["ttft_ms"]["p50"] < 45
+
+
+def test_the_lab_plays_a_simulated_host_on_the_simulators_own_law() -> None:
+    params: dict[str, Any] = dict(
+        ttft_ms=70, jitter=0.4, error_rate=0.2, tail_prob=0.1, tail_ms=900
+    )
+    sim = Simulator(SimParams(seed=5, **params))
+    lab = Simulated(SimParams(seed=5, **params))
+    for _ in range(300):
+        plan = sim.plan("chat/completions", {"messages": [{"role": "user", "content": "x"}]})
+        answer = lab.answer(0.0, True, 16, False)
+        if plan.status == 200:
+            assert answer.outcome == "ok"
+            assert answer.first_s == pytest.approx(plan.ttft_s)
+        else:
+            assert (answer.outcome, answer.status) == ("http", plan.status)
