@@ -1,0 +1,204 @@
+"""Is the policy lab worth what it predicts? The lab against the real router.
+
+The fast / slow / flaky fleet of ``routing_quality.py`` (three ``router sim-upstream``
+processes: TTFT 60 ms; 450 ms; 80 ms with 30% HTTP 500s) behind a real ``router serve``
+with its request log on (SQLite), the same seeded workload as that benchmark (streams at
+fixed concurrency). Then:
+
+1. **Replay.** Policy A runs for real; the lab reads the router's request log, fits the
+   fleet from A's attempts alone, and replays A's recorded arrivals through the same
+   config. TTFT p50/p95 (the client's: request start to first token) and each endpoint's
+   share of the successful requests are compared with what the clients saw.
+2. **Prediction.** From the same fit (A's log only), the lab predicts what other policies
+   would do on A's arrivals; each is then run for real and compared.
+
+A figure passes when the lab is within 10% of the real run (shares: 10% of the real
+share, or one percentage point, whichever is larger: one point is six requests of 600).
+
+    python benchmarks/lab_validation.py [--requests 600] [--concurrency 8]
+        [--policy score_p2c] [--predict round_robin,lowest_ttft] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from routing_quality import ENDPOINTS, STRATEGIES  # noqa: E402
+from scenario import Router, Run, Sim, drive, dump, pct, table  # noqa: E402
+
+from router.config import loads  # noqa: E402
+from router.lab.engine import simulate_config  # noqa: E402
+from router.lab.figures import summarise  # noqa: E402
+from router.lab.trace import Trace, read  # noqa: E402
+
+POLICIES = dict(STRATEGIES)
+# Listed slow first, as routing_quality.py lists them (priority and cheapest see the cost).
+ENDPOINT_LINES = (
+    "      - {provider: slow, model: m, price: {input: 0.5, output: 1.0}}\n"
+    "      - {provider: fast, model: m, price: {input: 3.0, output: 15.0}}\n"
+    "      - {provider: flaky, model: m, price: {input: 1.0, output: 2.0}}"
+)
+DEFAULTS = (
+    "defaults:\n"
+    "  retry: {attempts: 3, backoff_s: 0.01, backoff_max_s: 0.1}\n"
+    "  breaker: {consecutive_failures: 50, error_rate: 0.9, min_requests: 1000}\n"
+)
+
+
+def config(urls: dict[str, str], storage: str | None, routes: dict[str, str]) -> str:
+    """``routes``: route name -> policy name (of ``routing_quality.STRATEGIES``);
+    ``storage``: the request log's URL, or None for none (the lab's configs)."""
+    providers = "\n".join(f"  {n}: {{kind: openai, base_url: '{u}/v1'}}" for n, u in urls.items())
+    policies = "\n".join(f"  {name}: {POLICIES[name]}" for name in sorted(set(routes.values())))
+    body = "\n".join(
+        f"  {route}:\n    policy: {policy}\n    endpoints:\n{ENDPOINT_LINES}"
+        for route, policy in routes.items()
+    )
+    log = "null" if storage is None else f"'{storage}'"
+    return (
+        f"storage: {{url: {log}, flush_interval_s: 0.2}}\n{DEFAULTS}"
+        f"providers:\n{providers}\npolicies:\n{policies}\nroutes:\n{body}\n"
+    )
+
+
+def real_figures(run: Run) -> dict[str, Any]:
+    """What the clients saw: TTFT over the successful streams, shares of the successful."""
+    ok = [r for r in run.results if r.ok]
+    ttfts = [r.ttft * 1000 for r in ok if r.ttft is not None]
+    return {
+        "n": len(run.results),
+        "success": len(ok) / max(1, len(run.results)),
+        "ttft_p50": pct(ttfts, 0.5),
+        "ttft_p95": pct(ttfts, 0.95),
+        "share": {e: sum(r.endpoint == e for r in ok) / max(1, len(ok)) for e in ENDPOINTS},
+    }
+
+
+def lab_figures(summary: dict[str, Any], route: str) -> dict[str, Any]:
+    return {
+        "n": summary["requests"],
+        "success": summary["success_rate"],
+        "ttft_p50": summary["ttft_ms"]["p50"],
+        "ttft_p95": summary["ttft_ms"]["p95"],
+        "share": {e: summary["share"].get(f"{route}/{e}", 0.0) for e in ENDPOINTS},
+    }
+
+
+def only_route(trace: Trace, route: str) -> Trace:
+    return Trace(
+        trace.source,
+        [r for r in trace.requests if r.route == route],
+        [a for a in trace.attempts if a.route == route],
+    )
+
+
+def within(lab: float, real: float, floor: float = 0.0) -> bool:
+    return abs(lab - real) <= max(0.10 * abs(real), floor)
+
+
+def rows_for(name: str, real: dict[str, Any], lab: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for key in ("ttft_p50", "ttft_p95"):
+        r, m = real[key], lab[key]
+        ok = within(m, r)
+        rows.append(
+            [name, key.replace("_", " ") + " ms", f"{r:.1f}", f"{m:.1f}",
+             f"{(m - r) / r:+.1%}", "yes" if ok else "NO"]
+        )  # fmt: skip
+    for e in ENDPOINTS:
+        r, m = real["share"][e], lab["share"][e]
+        ok = within(m, r, 0.01)
+        rel = f"{(m - r) / r:+.1%}" if r else "-"
+        rows.append(
+            [name, f"share {e}", f"{r:.1%}", f"{m:.1%}", f"{rel} ({(m - r) * 100:+.1f} pt)",
+             "yes" if ok else "NO"]
+        )  # fmt: skip
+    return rows
+
+
+async def run_real(url: str, route: str, n: int, conc: int) -> Run:
+    return await drive(url, route, n=n, concurrency=conc)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=600)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--policy", default="score_p2c", help="policy A, replayed")
+    ap.add_argument("--predict", default="round_robin,lowest_ttft", help="policies predicted")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    predict = [p for p in args.predict.split(",") if p]
+    for name in [args.policy, *predict]:
+        if name not in POLICIES:
+            ap.error(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
+
+    tmp = Path(tempfile.mkdtemp(prefix="lab-validation-"))
+    log_url = f"sqlite+aiosqlite:///{tmp / 'log.db'}"
+    sims = {
+        "fast": Sim("fast", "--ttft-ms", "60", "--tokens-per-s", "120", "--seed", "1").start(),
+        "slow": Sim("slow", "--ttft-ms", "450", "--tokens-per-s", "35", "--seed", "2").start(),
+        "flaky": Sim(
+            "flaky", "--ttft-ms", "80", "--tokens-per-s", "100", "--error-rate", "0.3",
+            "--seed", "3",
+        ).start(),
+    }  # fmt: skip
+    urls = {name: sim.url for name, sim in sims.items()}
+    routes = {f"real-{name}": name for name in [args.policy, *predict]}
+    router = Router(config(urls, log_url, routes)).start()
+    real: dict[str, dict[str, Any]] = {}
+    try:
+        for route, policy in routes.items():
+            run = asyncio.run(run_real(router.url, route, args.requests, args.concurrency))
+            real[policy] = real_figures(run)
+            print(f"  real {policy}: done", file=sys.stderr)
+    finally:
+        router.stop()  # SIGTERM: the request log is flushed before it exits
+        for sim in sims.values():
+            sim.stop()
+
+    recorded = only_route(read(log_url), f"real-{args.policy}")
+    print(
+        f"  request log: {len(recorded.requests)} requests, {len(recorded.attempts)} attempts "
+        f"of real-{args.policy}",
+        file=sys.stderr,
+    )
+    lab: dict[str, dict[str, Any]] = {}
+    fleet: dict[str, Any] = {}
+    route = f"real-{args.policy}"
+    for policy in [args.policy, *predict]:
+        cfg = loads(config(urls, None, {route: policy}), path=f"lab-{policy}.yaml", env={})
+        run = simulate_config(cfg, recorded, seed=args.seed)
+        summary = summarise(run, policy)
+        lab[policy] = lab_figures(summary, route)
+        fleet = summary["fleet"]
+        print(f"  lab {policy}: {run.cpu_s:.2f} s CPU", file=sys.stderr)
+
+    header = ["policy", "figure", "real", "lab", "lab vs real", "within 10%"]
+    print(
+        f"\n1. Replay: {args.requests} streaming requests of policy {args.policy} at "
+        f"concurrency {args.concurrency}, fitted from its own request log and replayed"
+    )
+    print(table([header, *rows_for(args.policy, real[args.policy], lab[args.policy])]))
+    print(f"\n2. Prediction: the fit from {args.policy}'s log, other policies on its arrivals")
+    rows = [header]
+    for policy in predict:
+        rows += rows_for(policy, real[policy], lab[policy])
+    print(table(rows))
+    print("\nThe fleet as fitted:")
+    for ep, how in sorted(fleet.items()):
+        print(f"  {ep}: " + ", ".join(f"{k} {v}" for k, v in how.items()))
+    dump(args.json, {"real": real, "lab": lab, "fleet": fleet, "args": vars(args)})
+
+
+if __name__ == "__main__":
+    main()
