@@ -160,6 +160,12 @@ class Engine:
             ),
         )
         self.pipeline = Pipeline()
+        self._labels = {
+            ep: f"{route.name}/{ep.id}"
+            for route in self.runtime.routes.values()
+            for ep in route.endpoints
+        }
+        self._payloads: dict[tuple[str, bool], dict[str, Any]] = {}
         self.out: list[Outcome] = []
         done: asyncio.Future[None] = self.loop.create_future()
         done.set_result(None)
@@ -229,6 +235,17 @@ class Engine:
         if self._next < len(self.requests):
             self.loop.call_at(self.times[self._next], self._arrive)
 
+    def _payload(self, req: TraceRequest) -> dict[str, Any]:
+        """The client's body: never changed on the way (an attempt sends a copy), so the
+        requests of a route share one unless they name a session."""
+        if req.session is None:
+            key = (req.route, req.stream)
+            payload = self._payloads.get(key)
+            if payload is None:
+                payload = self._payloads[key] = _body(req)
+            return payload
+        return _body(req)
+
     def _write(self, data: bytes) -> asyncio.Future[None]:
         """The client's side of a stream: nobody reads it (a done future, no coroutine)."""
         return self._written
@@ -239,18 +256,14 @@ class Engine:
         runtime, pipeline = self.runtime, self.pipeline
         clock = runtime.clock
         start = clock()
-        payload: dict[str, Any] = {"model": req.route, "messages": _MESSAGES}
-        if req.stream:
-            payload["stream"] = True
-            payload["stream_options"] = {"include_usage": True}
-        if req.session is not None:
-            payload["prompt_cache_key"] = req.session
         call = Call(
             api=BY_NAME[req.replayed_as],
-            payload=payload,
+            payload=self._payload(req),
             model=req.route,
             stream=req.stream,
-            client_wants_usage=False,
+            # As if the client asked for the usage chunk: nobody reads the stream, and
+            # the inspector need not cut that chunk out.
+            client_wants_usage=True,
             request_id=str(i),
         )
         status, error, served, ttft, usage = 0, None, None, None, None
@@ -261,7 +274,7 @@ class Engine:
                 api=call.api,
                 payload=call.payload,
                 stream=call.stream,
-                client_wants_usage=False,
+                client_wants_usage=True,
                 request_id=call.request_id,
                 deadline=start + route.spec.timeouts.total_s,
                 clock=clock,
@@ -289,7 +302,7 @@ class Engine:
                 start - START,
                 status,
                 error,
-                None if served is None else f"{served.spec.route}/{served.id}",
+                None if served is None else self._labels[served],
                 ttft,
                 clock() - start,
                 attempts.count if attempts else 0,
@@ -302,6 +315,16 @@ class Engine:
         self._pending -= 1
         if not self._pending and self._next >= len(self.requests) and self._done is not None:
             self._done.set_result(None)
+
+
+def _body(req: TraceRequest) -> dict[str, Any]:
+    payload: dict[str, Any] = {"model": req.route, "messages": _MESSAGES}
+    if req.stream:
+        payload["stream"] = True
+        payload["stream_options"] = {"include_usage": True}
+    if req.session is not None:
+        payload["prompt_cache_key"] = req.session
+    return payload
 
 
 def simulate(

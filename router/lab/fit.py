@@ -15,6 +15,9 @@ What it cannot know, and the stated answers (docs/lab.md says more):
 
 - An endpoint the trace never tried: the pooled behaviour of its route's endpoints, else
   of the whole trace, else ``PRIOR_TTFT_S`` and ``PRIOR_TOKENS_PER_S`` with no errors.
+- An endpoint tried only a few times (a policy that avoided it): its outcome mix is
+  topped up to ``MIN_SAMPLES`` attempts with its route's pooled mix, and a distribution
+  it never showed (no TTFT: it never answered) is its route's.
 - How long a timed-out attempt would have taken: it never answers in the lab either.
 - Load: the fit is what the endpoints did at the trace's load; sending them more (another
   policy, ``--rate``) does not slow them down.
@@ -71,18 +74,38 @@ class Fleet:
     def behaviour(self, route: str, endpoint: str) -> Fitted:
         seed = stable_seed(self.seed, "fit", route, endpoint)
         found = self.by_endpoint.get((route, endpoint)) or self.by_id.get(endpoint)
-        source = "fitted"
-        if not found:
-            found = self.by_route.get(route)
-            source = f"prior: the pooled endpoints of route {route!r}"
-        if not found:
-            found = self.everything
-            source = "prior: every endpoint of the trace, pooled"
-        if not found:
-            return constant_prior(seed)
-        return self._fit(found, source, seed)
+        pool = self.by_route.get(route) or self.everything
+        if found:
+            return self._fit(found, pool, "fitted", seed)
+        if self.by_route.get(route):
+            return self._fit(pool, pool, f"prior: the pooled endpoints of route {route!r}", seed)
+        if self.everything:
+            return self._fit(pool, pool, "prior: every endpoint of the trace, pooled", seed)
+        return constant_prior(seed)
 
-    def _fit(self, observations: Sequence[Observation], source: str, seed: int) -> Fitted:
+    def _fit(
+        self,
+        observations: Sequence[Observation],
+        pool: Sequence[Observation],
+        source: str,
+        seed: int,
+    ) -> Fitted:
+        """``observations`` fitted; what they lack, taken from ``pool`` (the route's)."""
+        pooled = self._buckets(pool, None) if pool is not observations else None
+        return Fitted(
+            self._buckets(observations, pooled),
+            self.start,
+            self.width_s,
+            source=source,
+            seed=seed,
+            default_tokens_per_s=self.default_tps,
+            cache=_cache(observations),
+            summary=_summary(observations, self.buckets),
+        )
+
+    def _buckets(
+        self, observations: Sequence[Observation], pooled: Sequence[Bucket] | None
+    ) -> list[Bucket]:
         n = self.buckets
         per: list[list[Observation]] = [[] for _ in range(n)]
         for obs in observations:
@@ -94,44 +117,58 @@ class Fleet:
         failed = [[o for o in b if o.outcome not in (OK, HANG)] for b in judged]
         buckets = []
         for k in range(n):
-            kinds = Counter(
-                (o.outcome, o.status if o.outcome == HTTP else None) for o in _near(judged, k)
-            )
-            total = sum(kinds.values())
-            outcomes = sorted(kinds, key=lambda x: (x[0] != OK, x[0], x[1] or 0)) or [(OK, None)]
-            running, cumulative = 0, []
-            for kind in outcomes:
-                running += kinds[kind]
-                cumulative.append(running / total if total else 1.0)
-            cumulative[-1] = 1.0
+            outcomes, cumulative = _mix(_near(judged, k), pooled[k] if pooled else None)
             near_streamed = _near(streamed, k)
-            buckets.append(
-                Bucket(
-                    outcomes=outcomes,
-                    cumulative=cumulative,
-                    ttft=_quantiles([o.ttft_s for o in near_streamed if o.ttft_s is not None]),
-                    tokens_per_s=_quantiles(
-                        [o.tokens_per_s for o in _near(served, k, _has_tps) if o.tokens_per_s]
-                    ),
-                    whole=_quantiles([o.duration_s for o in _near(served, k, _whole)]),
-                    fail_after=_quantiles([o.duration_s for o in _near(failed, k)]),
-                    p_break=(
-                        sum(o.broken for o in near_streamed) / len(near_streamed)
-                        if near_streamed
-                        else 0.0
-                    ),
-                )
+            bucket = Bucket(
+                outcomes=outcomes,
+                cumulative=cumulative,
+                ttft=_quantiles([o.ttft_s for o in near_streamed if o.ttft_s is not None]),
+                tokens_per_s=_quantiles(
+                    [o.tokens_per_s for o in _near(served, k, _has_tps) if o.tokens_per_s]
+                ),
+                whole=_quantiles([o.duration_s for o in _near(served, k, _whole)]),
+                fail_after=_quantiles([o.duration_s for o in _near(failed, k)]),
+                p_break=(
+                    sum(o.broken for o in near_streamed) / len(near_streamed)
+                    if near_streamed
+                    else 0.0
+                ),
             )
-        return Fitted(
-            buckets,
-            self.start,
-            self.width_s,
-            source=source,
-            seed=seed,
-            default_tokens_per_s=self.default_tps,
-            cache=_cache(observations),
-            summary=_summary(observations, n),
-        )
+            if pooled is not None:  # a distribution never seen here: the route's
+                prior = pooled[k]
+                if bucket.ttft is None and bucket.whole is None:
+                    bucket.ttft, bucket.whole = prior.ttft, prior.whole
+                bucket.tokens_per_s = bucket.tokens_per_s or prior.tokens_per_s
+                bucket.fail_after = bucket.fail_after or prior.fail_after
+            buckets.append(bucket)
+        return buckets
+
+
+def _mix(
+    judged: Sequence[Observation], prior: Bucket | None
+) -> tuple[list[tuple[str, int | None]], list[float]]:
+    """The outcomes seen and their cumulative probabilities. With fewer than
+    ``MIN_SAMPLES`` verdicts, too few to tell 30% from 100%, the counts are topped up to
+    ``MIN_SAMPLES`` with the ``prior`` bucket's mix (the route's pooled: a stated prior),
+    so one early failure is not read as a host that always fails."""
+    weights: dict[tuple[str, int | None], float] = dict(
+        Counter((o.outcome, o.status if o.outcome == HTTP else None) for o in judged)
+    )
+    evidence = len(judged)
+    if prior is not None and evidence < MIN_SAMPLES:
+        shares = [
+            b - a for a, b in zip([0.0, *prior.cumulative[:-1]], prior.cumulative, strict=True)
+        ]
+        for kind, p in zip(prior.outcomes, shares, strict=True):
+            weights[kind] = weights.get(kind, 0.0) + (MIN_SAMPLES - evidence) * p
+    outcomes = sorted(weights, key=lambda x: (x[0] != OK, x[0], x[1] or 0)) or [(OK, None)]
+    total = sum(weights.values())
+    running, cumulative = 0.0, []
+    for kind in outcomes:
+        running += weights.get(kind, 0.0)
+        cumulative.append(running / total if total else 1.0)
+    cumulative[-1] = 1.0
+    return outcomes, cumulative
 
 
 def _has_tps(obs: Observation) -> bool:

@@ -181,6 +181,7 @@ class VirtualLoop(asyncio.AbstractEventLoop):
         ready, timers = self._ready, self._timers
         pop, heappop = ready.popleft, heapq.heappop
         while not self._stopping:
+            # Like asyncio, a stop() takes effect once the callbacks ready now have run.
             while ready:
                 handle = pop()
                 if handle._cancelled:
@@ -193,8 +194,8 @@ class VirtualLoop(asyncio.AbstractEventLoop):
                     self.call_exception_handler(
                         {"message": "exception in callback", "exception": exc, "handle": handle}
                     )
-                if self._stopping:
-                    return
+            if self._stopping:
+                return
             # Idle: the clock jumps to the earliest live timer.
             while timers:
                 when, _, handle = heappop(timers)
