@@ -38,9 +38,10 @@ from router.lab.fleet import Behaviour, Simulated
 from router.lab.loop import VirtualLoop
 from router.lab.trace import Trace, TraceRequest
 from router.lab.upstream import LabProvider
+from router.requestlog.records import Usage
 from router.routing.attempts import Attempts
 from router.routing.pipeline import Call, Pipeline
-from router.runtime import Runtime, build_runtime
+from router.runtime import Endpoint, Runtime, build_runtime
 
 START = 1000.0  # virtual time of the first arrival
 _MESSAGES = [{"role": "user", "content": "replayed by the policy lab"}]
@@ -131,22 +132,9 @@ class Engine:
             # Virtual time back to the trace's, so drift plays where it happened.
             return t0 + math.fmod((now - START) * rate, period)
 
-        # The routes the trace asks for and their fallbacks: the endpoints shown.
-        shown, todo = set(), list({r.route for r in requests})
-        while todo:
-            name = todo.pop()
-            if name in config.routes and name not in shown:
-                shown.add(name)
-                todo.extend(config.routes[name].fallbacks)
-        self.behaviours: dict[str, dict[str, Behaviour]] = {}
-        self.described: dict[str, dict[str, object]] = {}
-        for route in config.routes.values():
-            for ep in route.endpoints:
-                models = self.behaviours.setdefault(ep.provider.name, {})
-                if ep.model not in models:
-                    models[ep.model] = self._behaviour(ep.provider, route.name, ep.id, fleet)
-                if route.name in shown:
-                    self.described[f"{route.name}/{ep.id}"] = models[ep.model].describe()
+        self.behaviours: dict[str, dict[str, Behaviour]] = {}  # provider -> model -> host
+        self.described: dict[str, dict[str, object]] = {}  # "route/id" -> how it is modelled
+        self._model_fleet(fleet, {r.route for r in requests})
         self.runtime: Runtime
         self.runtime, _ = build_runtime(
             config,
@@ -173,6 +161,25 @@ class Engine:
         self._pending = 0
         self._next = 0
         self._done: asyncio.Future[None] | None = None
+
+    def _model_fleet(self, fleet: Fleet, asked: set[str]) -> None:
+        """A behaviour per host (provider and model); described for the routes the trace
+        asks for and their fallbacks."""
+        routes = self.config.routes
+        shown: set[str] = set()
+        todo = list(asked)
+        while todo:
+            name = todo.pop()
+            if name in routes and name not in shown:
+                shown.add(name)
+                todo.extend(routes[name].fallbacks)
+        for route in routes.values():
+            for ep in route.endpoints:
+                models = self.behaviours.setdefault(ep.provider.name, {})
+                if ep.model not in models:
+                    models[ep.model] = self._behaviour(ep.provider, route.name, ep.id, fleet)
+                if route.name in shown:
+                    self.described[f"{route.name}/{ep.id}"] = models[ep.model].describe()
 
     def _behaviour(self, spec: ProviderSpec, route: str, ep_id: str, fleet: Fleet) -> Behaviour:
         section: Any = spec.section
@@ -235,6 +242,35 @@ class Engine:
         if self._next < len(self.requests):
             self.loop.call_at(self.times[self._next], self._arrive)
 
+    def _record(
+        self,
+        start: float,
+        status: int,
+        error: str | None,
+        served: Endpoint | None,
+        ttft: float | None,
+        attempts: Attempts | None,
+        usage: Usage | None,
+    ) -> None:
+        cost = 0.0
+        if usage is not None and served is not None:
+            cost = usage.cost(served.spec.price)
+        self.out.append(
+            Outcome(
+                start - START,
+                status,
+                error,
+                None if served is None else self._labels[served],
+                ttft,
+                self.loop.time() - start,
+                attempts.count if attempts else 0,
+                attempts.hedges if attempts else 0,
+                cost,
+                usage.prompt_tokens if usage else 0,
+                usage.cached_tokens if usage else 0,
+            )
+        )
+
     def _payload(self, req: TraceRequest) -> dict[str, Any]:
         """The client's body: never changed on the way (an attempt sends a copy), so the
         requests of a route share one unless they name a session."""
@@ -294,24 +330,7 @@ class Engine:
                 usage = opened.inspector.usage if opened.inspector else None
         except RouterError as exc:
             status, error = exc.status, exc.code or exc.type
-        cost = 0.0
-        if usage is not None and served is not None:
-            cost = usage.cost(served.spec.price)
-        self.out.append(
-            Outcome(
-                start - START,
-                status,
-                error,
-                None if served is None else self._labels[served],
-                ttft,
-                clock() - start,
-                attempts.count if attempts else 0,
-                attempts.hedges if attempts else 0,
-                cost,
-                usage.prompt_tokens if usage else 0,
-                usage.cached_tokens if usage else 0,
-            )
-        )
+        self._record(start, status, error, served, ttft, attempts, usage)
         self._pending -= 1
         if not self._pending and self._next >= len(self.requests) and self._done is not None:
             self._done.set_result(None)

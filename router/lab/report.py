@@ -106,6 +106,42 @@ def _script(code: str) -> str:
     return "<script>" + code.replace("</script", "<\\/script") + "</script>"
 
 
+def _figure_rows(doc: dict[str, Any]) -> str:
+    """The figures table's rows, shares included; with two runs, B - A coloured by
+    which did better."""
+    runs: Sequence[dict[str, Any]] = doc["runs"]
+    esc = html.escape
+    rows = []
+    for path, _ in COMPARED:
+        cells = "".join(f"<td>{esc(_fmt(path, _get(r, path)))}</td>" for r in runs)
+        if len(runs) == 2:
+            d = doc["diff"][path]
+            better = d["better"]
+            cls = "" if better is None else (" class=better" if better == "b" else " class=worse")
+            delta = d["delta"]
+            shown = "-" if delta is None else ("+" if delta > 0 else "") + _fmt(path, delta)
+            cells += f"<td{cls}>{esc(shown)}</td>"
+        rows.append(f"<tr><td>{esc(path)}</td>{cells}</tr>")
+    for e in sorted({e for r in runs for e in r["share"]}):
+        shares = [r["share"].get(e, 0.0) for r in runs]
+        cells = "".join(f"<td>{s:.1%}</td>" for s in shares)
+        if len(runs) == 2:
+            cells += f"<td>{shares[1] - shares[0]:+.1%}</td>"
+        rows.append(f"<tr><td>share {esc(e)}</td>{cells}</tr>")
+    return "".join(rows)
+
+
+def _fleet_rows(runs: Sequence[dict[str, Any]]) -> str:
+    esc = html.escape
+    return "".join(
+        f"<tr><td>{esc(r['config'])}</td><td class=text>{esc(ep)}</td>"
+        f"<td class=text>{esc(str(how.get('source')))}</td>"
+        f"<td class=text>{esc(_brief(how))}</td></tr>"
+        for r in runs
+        for ep, how in sorted(r["fleet"].items())
+    )
+
+
 def html_report(doc: dict[str, Any]) -> str:
     """The whole report as one HTML page: no outside request, no other file."""
     runs: Sequence[dict[str, Any]] = doc["runs"]
@@ -113,31 +149,9 @@ def html_report(doc: dict[str, Any]) -> str:
     esc = html.escape
     names = [r["config"] for r in runs]
     title = " vs ".join(names)
-    rows = []
-    for path, _ in COMPARED:
-        cells = "".join(f"<td>{esc(_fmt(path, _get(r, path)))}</td>" for r in runs)
-        if len(runs) == 2:
-            d = doc["diff"][path]
-            cls = (
-                ""
-                if d["better"] is None
-                else (" class=better" if d["better"] == "b" else " class=worse")
-            )
-            delta = d["delta"]
-            shown = "-" if delta is None else ("+" if delta > 0 else "") + _fmt(path, delta)
-            cells += f"<td{cls}>{esc(shown)}</td>"
-        rows.append(f"<tr><td>{esc(path)}</td>{cells}</tr>")
-    diff_head = "<th>B - A</th>" if len(runs) == 2 else ""
     share_charts = "".join(
         f"<div><h3>{esc(r['config'])}</h3><div id=share-{i}></div><div id=legend-{i}></div></div>"
         for i, r in enumerate(runs)
-    )
-    fleet_rows = "".join(
-        f"<tr><td>{esc(r['config'])}</td><td class=text>{esc(ep)}</td>"
-        f"<td class=text>{esc(str(how.get('source')))}</td>"
-        f"<td class=text>{esc(_brief(how))}</td></tr>"
-        for r in runs
-        for ep, how in sorted(r["fleet"].items())
     )
     charts = _charts_js()
     data = orjson.dumps(doc).decode().replace("</", "<\\/")
@@ -147,6 +161,7 @@ def html_report(doc: dict[str, Any]) -> str:
         else "<p class=muted>Charts need the model page's chart code (router/page/charts.js), "
         "which this installation lacks.</p>"
     )
+    diff_head = "<th>B - A</th>" if len(runs) == 2 else ""
     table_head = "".join(f"<th>{esc(n)}</th>" for n in names) + diff_head
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>Policy lab: {esc(title)}</title>
@@ -156,7 +171,7 @@ def html_report(doc: dict[str, Any]) -> str:
 {lab["span_s"]:.0f} s, replayed at {lab["rate"]:g}x with seed {lab["seed"]},
 in virtual time through the router's own pipeline.</p>
 <h2>Figures</h2>
-<table><tr><th></th>{table_head}</tr>{"".join(rows)}</table>
+<table><tr><th></th>{table_head}</tr>{_figure_rows(doc)}</table>
 {missing}
 <h2>TTFT and latency</h2>
 <div class=charts><div><h3>TTFT</h3><div id=ttft_ms></div><div id=ttft_ms-legend></div></div>
@@ -165,7 +180,7 @@ in virtual time through the router's own pipeline.</p>
 <div class=charts>{share_charts}</div>
 <h2>The fleet</h2>
 <table><tr><th>config</th><th class=text>endpoint</th><th class=text>modelled as</th>
-<th class=text>figures</th></tr>{fleet_rows}</table>
+<th class=text>figures</th></tr>{_fleet_rows(runs)}</table>
 <script type="application/json" id=lab-data>{data}</script>
 {_script(charts or "")}
 {_script(_asset("report.js"))}
