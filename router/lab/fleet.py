@@ -202,7 +202,7 @@ class Simulated:
         p, rng = self.params, self.rng
         status = 200
         retry_after_s = p.retry_after_s
-        capacity = getattr(p, "capacity", None)
+        capacity = p.capacity
         if p.status is not None:
             status = p.status
         elif capacity is not None and self.busy >= capacity:

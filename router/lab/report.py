@@ -29,7 +29,7 @@ def _fmt(path: str, value: Any) -> str:
     if path.startswith(("ttft", "latency")):
         return f"{value:.1f} ms"
     if path == "cost_usd":
-        return f"${value:.4f}"
+        return f"-${-value:.4f}" if value < 0 else f"${value:.4f}"
     return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
 

@@ -191,6 +191,58 @@ def test_bad_inputs_are_errors_with_their_place(
     assert "not a rate: 'fast'" in capsys.readouterr().err
 
 
+CACHING = """
+providers:
+  a: {kind: simulated, ttft_ms: 300, prompt_cache: {ttl_s: 300, min_tokens: 1024}}
+  b: {kind: simulated, ttft_ms: 300, prompt_cache: {ttl_s: 300, min_tokens: 1024}}
+  c: {kind: simulated, ttft_ms: 300, prompt_cache: {ttl_s: 300, min_tokens: 1024}}
+policies:
+  sticky: {strategy: round_robin, affinity: {ttl_s: 600}}
+routes:
+  chat:
+    policy: POLICY
+    endpoints:
+      - {provider: a, model: m, price: {input: 3.0, output: 15.0, cache_read: 0.3}}
+      - {provider: b, model: m, price: {input: 3.0, output: 15.0, cache_read: 0.3}}
+      - {provider: c, model: m, price: {input: 3.0, output: 15.0, cache_read: 0.3}}
+"""
+
+
+def test_affinity_keeps_conversations_where_their_cache_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = random.Random(5)
+    turns = []
+    for c in range(20):  # conversations of 8 turns, each resending a growing prefix
+        start = rng.uniform(0, 60)
+        for k in range(8):
+            turns.append((start + 10 * k + rng.uniform(0, 5), c, k))
+    trace = tmp_path / "conversations.jsonl"
+    trace.write_text(
+        "".join(
+            json.dumps(
+                {"ts": 1_750_000_000 + ts, "route": "chat", "stream": True, "session": f"c{c}",
+                 "prompt_tokens": 4000 + 500 * k, "completion_tokens": 50}
+            ) + "\n"
+            for ts, c, k in sorted(turns)
+        )
+    )  # fmt: skip
+    rr = tmp_path / "rr.yaml"
+    rr.write_text(CACHING.replace("POLICY", "round_robin"))
+    sticky = tmp_path / "sticky.yaml"
+    sticky.write_text(CACHING.replace("POLICY", "sticky"))
+    code, out, err = lab(
+        capsys, "--config", str(rr), "--compare", str(sticky), "--trace", str(trace), "--json"
+    )
+    assert code == 0, err
+    plain, kept = json.loads(out)["runs"]
+    # Rotation sends each turn to the next host: at best an older prefix is cached there.
+    # Affinity keeps the conversation on the host that has all but the newest turn.
+    assert kept["cache_hit_rate"] > plain["cache_hit_rate"] + 0.1
+    assert kept["cost_usd"] < 0.85 * plain["cost_usd"]
+    assert kept["ttft_ms"]["p50"] < plain["ttft_ms"]["p50"]
+
+
 SERVED = """
 storage: {{url: "{url}", flush_interval_s: 0.05}}
 providers:
