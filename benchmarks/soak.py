@@ -1,6 +1,7 @@
-"""`make soak`: 2,000 concurrent open streams through one router worker for 60 s.
+"""`make soak`: 30 minutes of steady mixed load (``soak_mixed.py``); with ``--held``,
+2,000 concurrent open streams through one router worker for 60 s (this module).
 
-Why it exists: a gateway that holds thousands of long LLM streams must not grow while it
+Why the held streams soak exists: a gateway that holds thousands of long LLM streams must not grow while it
 does (a leak per request or per chunk shows up as RSS climbing with time, not with load).
 One router worker (pinned to core 0 where ``taskset`` exists) serves the same two-endpoint
 config as ``make bench``; the upstream (``zero_upstream.py``, on core 1 with the load
@@ -19,8 +20,9 @@ Reports: errors (non-200s, streams cut short, connection failures), RSS idle / a
 mean over the first and the last 20 s of the hold, and the growth between those two.
 Targets from the issue: <= 300 MB holding 2,000 streams, growth under 5%.
 
-    python benchmarks/soak.py                    # ~2 minutes
-    python benchmarks/soak.py --streams 500 --hold-s 20
+    python benchmarks/soak.py                            # mixed load, 30 minutes
+    python benchmarks/soak.py --held                     # held streams, ~2 minutes
+    python benchmarks/soak.py --held --streams 500 --hold-s 20
 """
 
 from __future__ import annotations
@@ -275,5 +277,14 @@ core; load generator {f((result["loadgen_cpu_frac"] or 0) * 100, 0)}%""")
     return 0 if result.get("errors") == 0 else 1
 
 
+def dispatch(argv: list[str]) -> int:
+    """``--held``: this module's soak; else the mixed one (``soak_mixed.py``)."""
+    if "--held" in argv:
+        return main([a for a in argv if a != "--held"])
+    import soak_mixed
+
+    return soak_mixed.main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(dispatch(sys.argv[1:]))

@@ -190,6 +190,10 @@ class _Walk:
         self._pos = self.ranking.index(ep) + 1
         return ep
 
+    def skip_head(self) -> None:
+        """The head was tried already (by the first attempt): go on from the next."""
+        self._pos = 1
+
     def hold(self) -> float:
         """Seconds until some endpoint of the ranking may be tried (0 if one may now)."""
         now = self._clock()
@@ -462,7 +466,10 @@ class Pipeline:
             except UpstreamError as exc:
                 failure = exc
         else:
-            walk.next()  # the first try went to the ranking's head
+            # The first try went to the ranking's head: the walk goes on from the second.
+            # (Not walk.next(): with the head set aside by that failure, it would skip
+            # the second instead, and the retry would go back to the head.)
+            walk.skip_head()
             budget.spend()
         if (
             not self._retryable(route, failure)

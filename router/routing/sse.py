@@ -181,12 +181,13 @@ class SseInspector:
                 if keep is not None:
                     keep.append(event)
                 continue
-            if payload == b"[DONE]":
+            if payload == b"[DONE]":  # the end: nothing after it is passed on
                 self.done = True
                 self.first_token = True
-                if keep is not None:
-                    keep.append(event)
-                continue
+                if keep is None:
+                    return block[:pos]
+                keep.append(event)
+                return b"".join(e + b"\n\n" for e in keep)
             try:
                 obj = orjson.loads(payload)
             except orjson.JSONDecodeError as exc:
@@ -215,9 +216,14 @@ class SseInspector:
         for event in _events(data[cut:]):
             self.events += 1
             payload = _data(event)
-            if payload is None or payload == b"[DONE]":
+            if payload is None:
                 keep.append(event)  # a comment, or a field other than data: valid SSE
                 continue
+            if payload == b"[DONE]":  # the end: nothing after it is passed on
+                self.done = True
+                keep.append(event)
+                dropped = True
+                break
             try:
                 obj = orjson.loads(payload)
             except orjson.JSONDecodeError:

@@ -8,6 +8,8 @@ margin: the first's answer when it was a valid one, a 4xx it blamed on the reque
 (passed on as it came), or the second's answer after a failover; a stream that broke
 after its first byte ends with one ``stream_broken`` error event. Never a 5xx, never a
 hang, never a silently cut stream; every failed attempt has a known reason.
+
+``FUZZ_EXAMPLES=400`` runs more examples than the default 70 (about 25 s), to hunt.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -259,7 +262,7 @@ def data_events(text: str) -> list[str]:
 
 
 @settings(
-    max_examples=70,
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "70")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -291,8 +294,10 @@ def test_any_upstream_answer_ends_bounded_classified_and_failed_over(
     served_by = r.headers["x-router-endpoint"]
     assert served_by in ("raw", "good")
     if not stream:
+        # A JSON object, as its upstream sent it (one with no choices is passed on too,
+        # and counted as an output error in the endpoint's stats).
         obj = json.loads(text)
-        assert isinstance(obj, dict) and obj.get("choices"), text[:300]
+        assert isinstance(obj, dict) and ("choices" in obj or served_by == "good"), text[:300]
         return
     events = data_events(text)
     assert events, text[:300]
@@ -301,7 +306,7 @@ def test_any_upstream_answer_ends_bounded_classified_and_failed_over(
         assert json.loads(last)["error"]["code"] == "stream_broken", text[-300:]
         assert sum('"stream_broken"' in e for e in events) == 1
     for e in events[:-1]:
-        assert e != "[DONE]"
+        assert e != "[DONE]", text[-600:]
         assert isinstance(json.loads(e), dict)  # nothing that is not an event went out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -301,3 +302,18 @@ def test_health_stays_200_whatever_a_breaker_was_told(seconds: float, tmp_path: 
     assert status == 200 and body["status"] == "ok"  # b serves
     world.clock.advance(MAX_SET_ASIDE_S + 1)
     assert ep.breaker.available(world.clock())
+
+
+def test_a_retry_goes_on_down_the_ranking_when_the_first_failure_set_its_endpoint_aside() -> None:
+    """A 503 asking for a moment (Retry-After: 0.001) sets the head aside; the retry must
+    go to the next endpoint, not back to the head once its moment has passed."""
+    random.seed(7)  # tenacity's jitter: a backoff longer than the head's rest
+
+    def busy() -> Any:
+        raise UpstreamHTTPError(503, b"{}", retry_after_s=0.001)
+
+    for _ in range(5):
+        world = World(a=[busy], b=[ok])
+        outcome, attempts, _ = world.request("two")
+        assert isinstance(outcome, Opened), outcome
+        assert [a.endpoint for a in attempts.records] == ["a", "b"]

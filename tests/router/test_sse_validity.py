@@ -123,3 +123,21 @@ def test_any_split_into_reads_gives_the_same_verdict(
     good = b"".join([*HEAD, *fine, *END])
     out, violation = feed_all(splits(good, cuts))
     assert violation is None and out == good
+
+
+@pytest.mark.parametrize(
+    "after", [b"\xff\xfe garbage\n\n", delta("late "), b"data: <html>\n\n", b"data: [DONE]\n\n"]
+)
+@pytest.mark.parametrize("first_read", [False, True])
+def test_nothing_after_done_is_passed_on(after: bytes, first_read: bool) -> None:
+    """[DONE] ends the stream even when more follows it in the same read."""
+    tail = END[0] + END[1] + after
+    reads = [HEAD[0] + HEAD[1] + tail] if first_read else [*HEAD, tail]
+    insp = ChatInspector(chat=True, client_wants_usage=True)
+    out = b""
+    for data in reads:
+        out += insp.feed(data)
+        if insp.done:
+            break
+    assert insp.done
+    assert out == HEAD[0] + HEAD[1] + END[0] + END[1]
