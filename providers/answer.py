@@ -137,7 +137,7 @@ class Answer:
 
     def limit(self, deadline: float, silence: float) -> None:
         """Bound what is left of the answer: in by ``deadline`` (loop time), no gap
-        between reads over ``silence`` seconds (re-arms the timer if that is sooner)."""
+        between reads over ``silence`` seconds (from the next tick, whatever was set)."""
         if self._conn is not None:
             self._conn.limit(deadline, silence)
 
@@ -150,18 +150,18 @@ class Answer:
     async def chunk(self, room: int = _PIECE) -> bytes:
         """The next bytes of the body (decoded, at most ``room`` of them when decoding);
         b"" at its end."""
+        while (data := self.take(room)) is None:
+            await self.wait()
+        return data
+
+    def take(self, room: int = _PIECE) -> bytes | None:
+        """What ``chunk`` returns, if it is here: None when it must ``wait`` for more.
+        (A plain call: a reader with bytes in hand makes no coroutine for them.)"""
         decoder = self._decoder
         if decoder is not None and decoder.unconsumed_tail:
             return self._inflate(decoder, decoder.unconsumed_tail, room)
-        while True:
-            chunks = self._chunks
-            while not chunks:
-                if self._error is not None:
-                    raise self._error
-                if self.complete:
-                    return b"" if decoder is None else decoder.flush()
-                self._waiter = asyncio.get_running_loop().create_future()
-                await self._waiter
+        chunks = self._chunks
+        while chunks:
             data = chunks.popleft()
             self._size -= len(data)
             if self._paused and self._size <= _LOW and self._conn is not None:
@@ -172,6 +172,17 @@ class Answer:
             out = self._inflate(decoder, data, room)
             if out:
                 return out
+        if self._error is not None:
+            raise self._error
+        if self.complete:
+            return b"" if decoder is None else decoder.flush()
+        return None
+
+    async def wait(self) -> None:
+        """Until more of the body, its end or its failure has come."""
+        if not self._chunks and not self.complete and self._error is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
 
     def _inflate(self, decoder: Inflater, data: bytes, room: int) -> bytes:
         if self._fresh:

@@ -8,11 +8,13 @@ origin every time, so the head is rendered once per endpoint and the pool is a d
 answer is read by llhttp (httptools' public parser, as the server side uses) into an
 ``Answer`` (``providers.answer``).
 
-Time is bounded by absolute deadlines, not per read: a connection holds one timer, set
-for the sooner of the answer's deadline and its last read plus the silence allowed, and
-re-armed only when it fires early or a bound is tightened. An upstream that sends one
-byte at a time cannot stretch a request past its deadline, and the hot path reads the
-clock once per read instead of re-arming a timer.
+Time is bounded by absolute deadlines, not per read: each connection in use holds the
+answer's deadline and the silence allowed since its last read, and one ticker per origin
+checks them every ``TICK_S`` while requests are in flight. An upstream that sends one byte
+at a time cannot stretch a request past its deadline; a bound set mid-answer (the idle
+timeout, once the first token is in) holds from the next tick, whatever was set before.
+No timer is armed or cancelled per request or per read (that cost 1.6% of a request's
+instructions): the hot path sets two numbers and reads the clock once per read.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from providers.answer import Answer, Closed, Deadline, NotHttp, Silence, decoder
 __all__ = ["Answer", "Closed", "Deadline", "NotHttp", "Origin", "Silence"]
 
 _USER_AGENT = "llm-router"
+TICK_S = 0.1  # how often deadlines are checked: a bound holds to within this
 
 
 class Connection(asyncio.Protocol):
@@ -48,9 +51,7 @@ class Connection(asyncio.Protocol):
         "_origin",
         "_parser",
         "_silence",
-        "_timer",
         "_until_close",
-        "_when",
         "reusable",
         "transport",
     )
@@ -68,8 +69,6 @@ class Connection(asyncio.Protocol):
         self._deadline = math.inf  # loop time by which the answer must be in (this phase)
         self._silence = math.inf  # seconds allowed between reads
         self._last = 0.0  # loop time of the last read (inf while we stopped reading)
-        self._timer: asyncio.TimerHandle | None = None
-        self._when = math.inf  # when the timer fires
 
     @property
     def usable(self) -> bool:
@@ -140,32 +139,25 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self._head = head = self._loop.create_future()
         self._last = self._loop.time()
+        self._deadline = deadline
+        self._silence = silence
         self.transport.write(data)
-        self.limit(deadline, silence)
+        self._origin.watch(self)
         return head
 
     def limit(self, deadline: float, silence: float) -> None:
-        """Set the bounds of what is left of the answer; a sooner one re-arms the timer
-        at once (a later one waits for the running timer, which then re-arms)."""
+        """Set the bounds of what is left of the answer (checked from the next tick)."""
         self._deadline = deadline
         self._silence = silence
-        when = min(deadline, self._last + silence)
-        if when < self._when:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._when = when
-            self._timer = self._loop.call_at(when, self._expire)
 
-    def _expire(self) -> None:
-        self._timer = None
-        self._when = math.inf
-        now = self._loop.time()
+    def check(self, now: float) -> None:
+        """The ticker's question: is the answer past its deadline, or silent too long?"""
+        if self._head is None and self._answer is None:
+            return  # failed already, waiting to be released
         if now >= self._deadline:
             self._fail(Deadline("the answer was not in by its deadline"))
         elif now >= self._last + self._silence:
             self._fail(Silence(f"nothing from the upstream for {self._silence:g}s"))
-        else:
-            self.limit(self._deadline, self._silence)
 
     def pause(self) -> None:
         """The reader is behind: stop reading; its silence is ours, not the upstream's."""
@@ -177,7 +169,6 @@ class Connection(asyncio.Protocol):
         self._last = self._loop.time()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
-        self.limit(self._deadline, self._silence)
 
     def abandon(self, answer: Answer) -> None:
         """The reader drops ``answer`` before its end: the connection cannot be reused."""
@@ -199,10 +190,6 @@ class Connection(asyncio.Protocol):
     def _finish(self, *, reusable: bool) -> None:
         """The answer is done with the connection (whole, failed or dropped)."""
         answer, self._answer = self._answer, None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._when = math.inf
         self._deadline = self._silence = math.inf
         if answer is not None:
             answer.detach()  # resumes reading if the answer had paused it
@@ -249,6 +236,8 @@ class Origin:
         self._open = 0  # idle + busy + being connected
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._sweep: asyncio.TimerHandle | None = None
+        self._timed: set[Connection] = set()  # in use: their deadlines are checked
+        self._ticker: asyncio.TimerHandle | None = None
         self._closed = False
 
     def head(self, path: str) -> bytes:
@@ -322,7 +311,22 @@ class Origin:
             raise
         return conn
 
+    def watch(self, conn: Connection) -> None:
+        """Check ``conn``'s deadlines every tick until it is released."""
+        self._timed.add(conn)
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().call_later(TICK_S, self._tick)
+
+    def _tick(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for conn in list(self._timed):  # a failed check releases its connection
+            conn.check(now)
+        self._ticker = None
+        if self._timed:
+            self._ticker = asyncio.get_running_loop().call_later(TICK_S, self._tick)
+
     def release(self, conn: Connection, *, reusable: bool) -> None:
+        self._timed.discard(conn)
         if reusable and not self._closed and conn.usable:
             self._idle.append((conn, time.monotonic()))
             if self._sweep is None:
@@ -357,6 +361,9 @@ class Origin:
 
     def close(self) -> None:
         self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None

@@ -3,11 +3,11 @@
 Each provider holds one ``providers.http1.Origin``: pooled keep-alive connections to its
 host and the request head rendered once. The client's body goes out as the bytes it was
 parsed from (``model`` replaced); the answer comes back as raw bytes, streamed chunks
-passed on as they arrive. The connection's one timer holds every bound, so no timer is
-armed per request here: the head (a stream's first token) by ``first_s`` after sending,
-the whole answer by ``total_s``, and silences by ``read_s``, then ``idle_s`` once the
-first token is in. A non-streamed answer is bounded in size (``max_answer_bytes``): a
-larger one is this endpoint's failure, and the request fails over.
+passed on as they arrive. The origin's ticker holds every bound (no timer per request):
+the head (a stream's first token) by ``first_s`` after sending, the whole answer by
+``total_s``, and silences by ``read_s``, then ``idle_s`` once the first token is in. A
+non-streamed answer is bounded in size (``max_answer_bytes``): a larger one is this
+endpoint's failure, and the request fails over.
 """
 
 from __future__ import annotations
@@ -75,7 +75,13 @@ class OpenAIResponse:
     async def chunks(self) -> AsyncIterator[bytes]:
         answer = self._answer
         try:
-            while data := await answer.chunk():
+            while True:
+                data = answer.take()
+                if data is None:
+                    await answer.wait()
+                    continue
+                if not data:
+                    return
                 yield data
         except Deadline as exc:
             raise self._deadline() from exc

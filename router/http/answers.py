@@ -84,15 +84,19 @@ class Stream:
     async def write(self, data: bytes) -> None:
         if self.ended:  # bytes after the last chunk would be read as the next answer
             return
-        if data or self._head is not None:
-            await self._send(data, b"")
+        if (data or self._head is not None) and self._put(data, b""):
+            await self._conn.drain()
 
     async def write_eof(self, data: bytes = b"") -> None:
         if not self.ended:
             self.ended = True
-            await self._send(data, _LAST_CHUNK if self._chunked and not self.cut else b"")
+            tail = _LAST_CHUNK if self._chunked and not self.cut else b""
+            if self._put(data, tail):
+                await self._conn.drain()
 
-    async def _send(self, data: bytes, tail: bytes) -> None:
+    def _put(self, data: bytes, tail: bytes) -> bool:
+        """Write ``data`` (framed) and ``tail``; whether the writer must wait for a drain.
+        (A plain call, not a coroutine: a stream writes many times.)"""
         conn = self._conn
         start, self._head = self._head, None
         pieces = []
@@ -109,13 +113,12 @@ class Stream:
         if tail:
             pieces.append(tail)
         if not pieces:
-            return
+            return False
         if len(data) < _JOIN_BELOW:
             conn.write(b"".join(pieces))
         else:
             conn.writelines(pieces)
-        if conn.flow.write_paused:
-            await conn.drain()
+        return conn.flow.write_paused
 
 
 Answer = Response | Stream

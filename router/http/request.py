@@ -133,10 +133,17 @@ class Body:
         self._taken()
         return data
 
+    def whole(self) -> bytes | None:
+        """The body, if it is all in and in one piece (the usual case: no waiting)."""
+        chunks = self._chunks
+        if not self.complete or len(chunks) != 1:
+            return None
+        self._size = 0
+        self._taken()
+        return chunks.popleft()
+
     async def read(self, limit: int | None) -> bytes:
         """The whole body; PayloadTooLarge once more than ``limit`` bytes have come."""
-        if self.complete and len(self._chunks) == 1:  # the usual case: in one piece, whole
-            return await self.chunk()
         pieces = []
         size = 0
         while data := await self.chunk():
@@ -217,14 +224,21 @@ class Request:
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body, decoded, at most ``limit`` bytes (PayloadTooLarge past it)."""
-        length = self.content_length
-        if limit is not None and length is not None and length > limit:
+        fields = self.headers._fields
+        length = fields.get("content-length")
+        if limit is not None and length is not None and int(length) > limit:
             raise PayloadTooLarge(f"request body is {length} bytes; the limit is {_size(limit)}")
-        encoding = self.headers.get("Content-Encoding")
+        encoding = fields.get("content-encoding")
         decoder = None if encoding is None else _decoder(encoding)
-        self.expect_body()
         if decoder is None:
-            return await self.body.read(limit)
+            data = self.body.whole()
+            if data is None:
+                self.expect_body()
+                return await self.body.read(limit)
+            if limit is not None and len(data) > limit:
+                raise PayloadTooLarge(f"request body is over the limit of {_size(limit)}")
+            return data
+        self.expect_body()
         return await _decode(self.body, decoder, encoding or "", limit)
 
 
