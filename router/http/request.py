@@ -27,7 +27,7 @@ from router.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from router.http.flow import BODY, FlowControl
 
 if TYPE_CHECKING:
-    from router.http.server import Connection
+    from router.http.connection import Connection
 
 # A body holding more than this unread pauses reading; it resumes below the low mark.
 BODY_HIGH = 1 << 18
