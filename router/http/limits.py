@@ -14,6 +14,7 @@ when the request sets none. The answer's usage corrects the reservation afterwar
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -78,28 +79,34 @@ def rate_headers(admission: Admission, headers: dict[str, str]) -> None:
     """OpenAI's headers for the key's rpm and tpm windows."""
     window = admission.requests
     if window is not None:
-        headers["x-ratelimit-limit-requests"] = str(window.limit)
+        headers["x-ratelimit-limit-requests"] = _text(window.limit)
         headers["x-ratelimit-remaining-requests"] = str(window.remaining)
         headers["x-ratelimit-reset-requests"] = duration(window.reset_s)
     window = admission.tokens
     if window is not None:
-        headers["x-ratelimit-limit-tokens"] = str(window.limit)
+        headers["x-ratelimit-limit-tokens"] = _text(window.limit)
         headers["x-ratelimit-remaining-tokens"] = str(window.remaining)
         headers["x-ratelimit-reset-tokens"] = duration(window.reset_s)
 
 
+@functools.lru_cache(maxsize=256)  # the limits' own numbers: a few, on every answer
+def _text(limit: int) -> str:
+    return str(limit)
+
+
 def duration(seconds: float) -> str:
-    """A span as OpenAI writes it in ``x-ratelimit-reset-*``: ``20ms``, ``6s``, ``1m30s``."""
-    if seconds < 1.0:
-        return f"{round(seconds * 1000) if seconds > 0 else 0}ms"
-    if seconds < 60.0:
-        return f"{round(seconds, 3):g}s"
-    minutes, secs = divmod(round(seconds, 3), 60.0)
-    hours, minutes = divmod(int(minutes), 60)
-    out = f"{hours}h" if hours else ""
-    if hours or minutes:
-        out += f"{minutes}m"
-    return out + f"{secs:g}s"
+    """A span as OpenAI writes it in ``x-ratelimit-reset-*``: ``20ms``, ``6s``, ``1m30s``
+    (in whole milliseconds: integer arithmetic, as this runs for every answer)."""
+    ms = int(seconds * 1000.0 + 0.5) if seconds > 0 else 0
+    if ms < 1000:
+        return f"{ms}ms"
+    secs, frac = divmod(ms, 1000)
+    text = f"{secs % 60}.{frac:03d}".rstrip("0").rstrip(".") + "s" if frac else f"{secs % 60}s"
+    if secs < 60:
+        return text
+    minutes = secs // 60
+    hours, minutes = divmod(minutes, 60)
+    return (f"{hours}h{minutes}m" if hours else f"{minutes}m") + text
 
 
 def _message(admission: Admission) -> str:

@@ -29,6 +29,7 @@ import abc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -82,9 +83,17 @@ class Window(NamedTuple):
     reset_s: float  # until the allowance is whole again
 
 
-@dataclass(slots=True)
+# Window((limit, remaining, reset_s)) without NamedTuple's Python-level __new__.
+make_window: Callable[[tuple[int, int, float]], Window] = partial(tuple.__new__, Window)
+
+
 class Admission:
-    """The verdict on one request, and what its settlement needs."""
+    """The verdict on one request, and what its settlement needs.
+
+    A plain class whose defaults live on the class: one is made per request, and only
+    what differs from the defaults is written (a dataclass's ``__init__`` writes all
+    eleven fields every time).
+    """
 
     admitted: bool = True
     code: str | None = None  # RATE_LIMITED or BUDGET_EXCEEDED when refused
@@ -97,6 +106,13 @@ class Admission:
     reserved: int = 0  # tokens reserved against tpm, corrected on settlement
     lease: str | None = None  # the concurrency slot held, released on settlement
     local: bool = False  # decided by the local fallback (the shared store unreachable)
+
+    def __init__(self, quota: Quota | None = None) -> None:
+        if quota is not None:
+            self.quota = quota
+
+    def __repr__(self) -> str:
+        return f"Admission({self.__dict__})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from router.state.clock import Clock
 from router.state.shared import (
@@ -23,6 +24,7 @@ from router.state.shared import (
     Spend,
     Window,
     budget_windows,
+    make_window,
 )
 
 MAX_BINDINGS = 100_000
@@ -43,10 +45,10 @@ def window(tat: float, now: float, limit: int) -> Window:
     """The bucket as headers show it: units left now, seconds until it is whole."""
     ahead = tat - now
     if ahead <= 0.0:
-        return Window(limit, limit, 0.0)
+        return make_window((limit, limit, 0.0))
     # + 0.01: a Unix time holds ~0.2 us, so "whole units" can come out a hair short.
     remaining = int((PERIOD_S - ahead) * limit / PERIOD_S + 0.01)  # int() floors: >= 0 here
-    return Window(limit, remaining if remaining > 0 else 0, ahead)
+    return make_window((limit, remaining if remaining > 0 else 0, ahead))
 
 
 class MemoryState(SharedState):
@@ -61,7 +63,8 @@ class MemoryState(SharedState):
         self._req: dict[str, float] = {}
         self._tok: dict[str, float] = {}
         self._busy: dict[str, int] = {}
-        self._spend: dict[tuple[str, str], float] = {}  # (name, day or month id) -> USD
+        # name -> [day id, USD that day, month id, USD that month]: one entry per key.
+        self._spend: dict[str, list[Any]] = {}
         self._bindings: dict[str, tuple[str, float]] = {}
         self._cools: dict[str, tuple[float, str]] = {}
         self._windows = ("", 0.0, "", 0.0)  # budget_windows(), valid until the day ends
@@ -85,7 +88,7 @@ class MemoryState(SharedState):
     ) -> Admission:
         """``admit`` without a coroutine (Redis's local fallback calls this)."""
         now = self.clock()
-        out = Admission(quota=quota)
+        out = Admission(quota)
         if binding_key is not None:
             out.binding = self._get(binding_key, now)
         if quota is None:
@@ -93,13 +96,16 @@ class MemoryState(SharedState):
         name, rpm, tpm, concurrent = quota.name, quota.rpm, quota.tpm, quota.concurrent
         if quota.day_usd is not None or quota.month_usd is not None:
             day, day_end, month, month_end = self.windows(now)
-            if quota.day_usd is not None and self._spend.get((name, day), 0.0) >= quota.day_usd:
-                return self._refuse(out, BUDGET_EXCEEDED, "day", day_end - now, now)
-            if (
-                quota.month_usd is not None
-                and self._spend.get((name, month), 0.0) >= quota.month_usd
-            ):
-                return self._refuse(out, BUDGET_EXCEEDED, "month", month_end - now, now)
+            spent = self._spend.get(name)
+            if spent is not None:
+                if quota.day_usd is not None and spent[0] == day and spent[1] >= quota.day_usd:
+                    return self._refuse(out, BUDGET_EXCEEDED, "day", day_end - now, now)
+                if (
+                    quota.month_usd is not None
+                    and spent[2] == month
+                    and spent[3] >= quota.month_usd
+                ):
+                    return self._refuse(out, BUDGET_EXCEEDED, "month", month_end - now, now)
         req_new = tok_new = 0.0
         cost = 0
         if rpm is not None:
@@ -168,20 +174,29 @@ class MemoryState(SharedState):
         self._tok[name] = tat + delta * PERIOD_S / tpm
 
     def charge(self, name: str, cost_usd: float) -> None:
-        day, _, month, _ = self.windows(self.clock())
-        spend = self._spend
-        for window_id in (day, month):
-            spend[(name, window_id)] = spend.get((name, window_id), 0.0) + cost_usd
-        if len(spend) > 4 * len(self._req) + 1024:  # old windows: keep only the current ones
-            for key in [k for k in spend if k[1] not in (day, month)]:
-                del spend[key]
+        windows = self.windows(self.clock())
+        spent = self._spend.get(name)
+        if spent is None:
+            spent = self._spend[name] = [windows[0], 0.0, windows[2], 0.0]
+        if spent[0] != windows[0]:  # a new day (and perhaps month) began
+            spent[0], spent[1] = windows[0], 0.0
+            if spent[2] != windows[2]:
+                spent[2], spent[3] = windows[2], 0.0
+        spent[1] += cost_usd
+        spent[3] += cost_usd
 
     async def spent(self, names: Iterable[str]) -> dict[str, Spend]:
         day, _, month, _ = self.windows(self.clock())
-        return {
-            n: Spend(self._spend.get((n, day), 0.0), self._spend.get((n, month), 0.0))
-            for n in names
-        }
+        out = {}
+        for name in names:
+            found = self._spend.get(name)
+            if found is None:
+                out[name] = Spend()
+            else:
+                out[name] = Spend(
+                    found[1] if found[0] == day else 0.0, found[3] if found[2] == month else 0.0
+                )
+        return out
 
     # -- bindings ---------------------------------------------------------------------
 

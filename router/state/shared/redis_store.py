@@ -37,8 +37,8 @@ from router.state.shared import (
     SharedState,
     Spend,
     StateUnavailable,
-    Window,
     feed,
+    make_window,
 )
 from router.state.shared.batch import BATCH_S, Batch, Encoder
 from router.state.shared.breaker import StoreBreaker
@@ -149,7 +149,9 @@ class RedisState(SharedState):
             if not self._admit_sha:
                 await self._load_scripts()
             try:
-                reply = await self._call(self._admit_command(quota, tokens, binding_key, lease))
+                # Straight on the open connection: no coroutine layers per request.
+                proto = self._resp.connected() or await self._resp.connection()
+                reply = await proto.send(self._admit_command(quota, tokens, binding_key, lease))
             except RespError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
@@ -203,17 +205,21 @@ class RedisState(SharedState):
         ok, code, limit, retry_ms, req_left, req_reset, tok_left, tok_reset, reserved, bound = (
             reply.split(b" ", 9)
         )
-        out = Admission(admitted=ok == b"1", quota=quota, reserved=int(reserved))
-        if out.admitted:
-            out.lease = lease or None
+        out = Admission(quota)
+        if ok == b"1":
+            if lease:
+                out.lease = lease
+            if reserved != b"0":
+                out.reserved = int(reserved)
         else:
+            out.admitted = False
             out.code = code.decode()
             out.limit = limit.decode()
             out.retry_after_s = int(retry_ms) / 1000.0
         if quota.rpm is not None:
-            out.requests = Window(quota.rpm, int(req_left), int(req_reset) / 1000.0)
+            out.requests = make_window((quota.rpm, int(req_left), int(req_reset) / 1000.0))
         if quota.tpm is not None:
-            out.tokens = Window(quota.tpm, int(tok_left), int(tok_reset) / 1000.0)
+            out.tokens = make_window((quota.tpm, int(tok_left), int(tok_reset) / 1000.0))
         if bound[:1] == b"=":
             out.binding = bound[1:].decode()
         return out
