@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from providers.anthropic import AnthropicSettings
 from providers.base import ProviderSettings
 from providers.litellm import LiteLLMSettings
 from providers.openai import OpenAISettings
@@ -17,6 +18,7 @@ from providers.simulated import SimulatedSettings
 
 KINDS: Mapping[str, type[ProviderSettings]] = {
     "openai": OpenAISettings,
+    "anthropic": AnthropicSettings,
     "litellm": LiteLLMSettings,
     "simulated": SimulatedSettings,
 }

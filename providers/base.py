@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 from urllib.parse import urlsplit
 
 import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 OPERATIONS = ("chat/completions", "completions", "embeddings", "responses", "messages")
 
@@ -81,6 +81,9 @@ class Provider(Protocol):
 # How a host takes reasoning requests (``router.apis.reasoning``): ``passthrough`` leaves
 # the body as the client sent it.
 ReasoningForm = Literal["passthrough", "openai", "anthropic", "openrouter", "tokenlx"]
+# The client APIs a host may speak natively (the router's ``router.apis``); a request in
+# another one reaches it translated.
+ApiName = Literal["chat", "completions", "embeddings", "responses", "messages"]
 
 
 class ProviderSettings(BaseModel):
@@ -93,6 +96,9 @@ class ProviderSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: str
+    # The client APIs the host speaks natively, when not its kind's (``DEFAULT_APIS``).
+    apis: tuple[ApiName, ...] | None = Field(None, min_length=1)
+    DEFAULT_APIS: ClassVar[frozenset[str]] = frozenset({"chat", "completions", "embeddings"})
     # The host keeps a prompt cache (prompt-cache affinity applies to its endpoints even
     # without a ``cache_read`` price below ``input``).
     prompt_cache: bool = False
@@ -101,6 +107,10 @@ class ProviderSettings(BaseModel):
         """The environment variable that holds this provider's key, if it takes one."""
         value = getattr(self, "api_key_env", None)
         return value if isinstance(value, str) else None
+
+    def speaks(self) -> frozenset[str]:
+        """The client APIs the host speaks natively: its ``apis``, or its kind's."""
+        return frozenset(self.apis) if self.apis else self.DEFAULT_APIS
 
     def build(self, name: str, api_key: str | None) -> Provider:
         """The provider these settings describe (called only for endpoints in use)."""

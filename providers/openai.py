@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections.abc import AsyncIterator, Mapping
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 from yarl import URL
@@ -129,6 +129,8 @@ class OpenAIProvider:
 
     async def send(self, request: UpstreamRequest) -> OpenAIResponse:
         head = self._heads[request.operation]
+        if request.headers:  # the client's, passed on by its API (anthropic-version)
+            head += header_lines(request.headers)
         now = asyncio.get_running_loop().time()
         by_total = request.total_s <= request.first_s
         total = now + request.total_s
@@ -160,6 +162,18 @@ class OpenAIProvider:
         self._origin.close()
 
 
+def header_lines(headers: Mapping[str, str]) -> bytes:
+    """Header lines for the head; a value that cannot be sent is left out (the server that
+    parsed it admits no line breaks, so only a non-Latin-1 value is)."""
+    out = b""
+    for name, value in headers.items():
+        try:
+            out += b"%s: %s\r\n" % (name.encode("ascii"), value.encode("latin-1"))
+        except UnicodeEncodeError:
+            continue
+    return out
+
+
 async def _raise_for_status(answer: Answer) -> None:
     try:
         body = await answer.read(_MAX_ERROR_BODY, cut=True)
@@ -180,6 +194,9 @@ class OpenAISettings(ProviderSettings):
     """``kind: openai``: any host that speaks OpenAI's HTTP API."""
 
     kind: Literal["openai"]
+    DEFAULT_APIS: ClassVar[frozenset[str]] = frozenset(
+        {"chat", "completions", "embeddings", "responses"}
+    )
     base_url: str
     api_key_env: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)

@@ -23,6 +23,9 @@ import orjson
 import policies
 from policies import Candidate, Strategy
 from providers.base import Provider
+from router.apis import APIS
+from router.apis.translate import Translation
+from router.apis.translate import find as find_translation
 from router.config import (
     AffinitySection,
     Config,
@@ -64,7 +67,8 @@ class Endpoint:
     """One endpoint of one route, at run time."""
 
     __slots__ = (
-        "breaker", "id", "price", "provider", "scope", "secret", "share", "spec", "state", "stats"
+        "breaker", "id", "price", "provider", "scope", "secret", "share", "speaks", "spec",
+        "state", "stats", "translations",
     )  # fmt: skip
 
     def __init__(
@@ -88,6 +92,17 @@ class Endpoint:
         # else it could know): answers are searched for it before they go out.
         key = spec.provider.api_key.get_secret_value() if spec.provider.api_key else ""
         self.secret = key.encode() if len(key) >= 4 else None
+        # The client APIs its host speaks, and how it serves the others it can.
+        self.speaks = spec.provider.section.speaks()
+        self.translations: dict[str, Translation] = {}
+        for api in APIS:
+            if api.name not in self.speaks:
+                found = find_translation(api.name, self.speaks)
+                if found is not None:
+                    self.translations[api.name] = found
+
+    def serves(self, api: str) -> bool:
+        return api in self.speaks or api in self.translations
 
     @property
     def usable(self) -> bool:
@@ -148,6 +163,14 @@ class RouteRuntime:
         # Fixed for this runtime's life (a key or provider change is a reload): the
         # pipeline's filters read these instead of testing every endpoint per request.
         self.usable = [e for e in endpoints if e.usable]
+        # Per client API, the usable endpoints that serve it (natively or translated):
+        # the very ``usable`` list when all do, as on most routes.
+        self.serving: dict[str, list[Endpoint]] = {}
+        for api in APIS:
+            some = [e for e in self.usable if e.serves(api.name)]
+            self.serving[api.name] = self.usable if len(some) == len(self.usable) else some
+        # The client APIs some endpoint serves, usable now or not (a 400 for the others).
+        self.apis = frozenset(a.name for a in APIS if any(e.serves(a.name) for e in endpoints))
         self.limited = any(e.spec.max_concurrency is not None for e in self.usable)
         self._policy_specs = policies_
         self._strategies: dict[str, tuple[Strategy, HedgeSection | None]] = {}

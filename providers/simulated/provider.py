@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import fields
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -96,6 +96,9 @@ class SimulatedSettings(ProviderSettings):
     """``kind: simulated``: the simulator in-process, for demos and tests; no keys."""
 
     kind: Literal["simulated"]
+    DEFAULT_APIS: ClassVar[frozenset[str]] = frozenset(
+        {"chat", "completions", "embeddings", "responses", "messages"}
+    )
     ttft_ms: float = Field(50.0, ge=0)
     tokens_per_s: float = Field(100.0, gt=0)
     tokens: int = Field(16, ge=1, le=100_000)

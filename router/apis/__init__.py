@@ -7,10 +7,16 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from router.apis import chat, completions, embeddings, responses
+from router.apis import chat, completions, embeddings, messages, responses
 from router.apis.base import ClientApi
 
-APIS: tuple[ClientApi, ...] = (chat.API, completions.API, embeddings.API, responses.API)
+APIS: tuple[ClientApi, ...] = (
+    chat.API,
+    completions.API,
+    embeddings.API,
+    responses.API,
+    messages.API,
+)
 BY_PATH = MappingProxyType({api.path: api for api in APIS})
 BY_NAME = MappingProxyType({api.name: api for api in APIS})
 

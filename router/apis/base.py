@@ -55,6 +55,23 @@ class Transform(Protocol):
     def feed(self, data: bytes) -> bytes: ...
 
 
+class Chained:
+    """Two transforms, one after the other (translated, then the reasoning left out)."""
+
+    __slots__ = ("first", "then")
+
+    def __init__(self, first: Transform, then: Transform) -> None:
+        self.first = first
+        self.then = then
+
+    def body(self, body: bytes) -> bytes:
+        return self.then.body(self.first.body(body))
+
+    def feed(self, data: bytes) -> bytes:
+        out = self.first.feed(data)
+        return self.then.feed(out) if out else out
+
+
 class Body(BaseModel):
     """The fields of a body we check; the rest pass unchecked (``extra="ignore"``).
 
@@ -108,9 +125,6 @@ class ClientApi:
     def error_body(self, exc: RouterError) -> bytes:
         """An error as this API's clients read it (OpenAI's shape unless overridden)."""
         return exc.body()
-
-    def plain_error(self, message: str, type_: str, code: str) -> bytes:
-        return error_body(message, type_, code)
 
     def stream_error(self, exc: BaseException) -> bytes:
         """The event that ends a stream which broke after its first byte."""

@@ -259,4 +259,8 @@ def _anthropic(payload: dict[str, Any], ask: Reasoning, api: str) -> dict[str, A
 def rejected(body: bytes) -> bool:
     """Does an upstream's 400 say it refused a reasoning field (not the request)?"""
     lowered = body[:4096].lower()
+    if lowered.find(b"signature") != -1:
+        # An altered or missing signature on a thinking block the client sent back: the
+        # request is at fault (Anthropic's "Invalid `signature` in `thinking` block").
+        return False
     return any(lowered.find(word) != -1 for word in _FIELD_WORDS)

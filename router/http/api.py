@@ -271,6 +271,8 @@ class Api:
             headers["x-router-endpoint"] = opened.endpoint.id
             headers["x-router-attempts"] = str(attempts.count)
             headers["x-router-affinity"] = affinity.verdict(opened.endpoint.id) if affinity else OFF
+            if opened.dropped:
+                headers["x-router-dropped"] = ", ".join(opened.dropped)
             ttft = opened.lease.first_token_at
             if ttft is not None:
                 record.ttft_ms = (ttft - opened.lease.started) * 1000.0

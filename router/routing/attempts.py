@@ -31,11 +31,13 @@ from providers.errors import (
     UpstreamHTTPError,
     UpstreamProtocolError,
 )
-from router.apis.base import ClientApi, Inspector, Transform
+from router.apis import BY_NAME
+from router.apis.base import Chained, ClientApi, Inspector, Transform
 from router.apis.reasoning import Reasoning, form_for
 from router.apis.reasoning import apply as apply_reasoning
 from router.apis.reasoning import rejected as reasoning_refused
 from router.apis.thoughts import Thoughts
+from router.apis.translate import Translation
 from router.config import HedgeSection
 from router.errors import CLIENT_FAULT_STATUSES
 from router.requestlog.records import AttemptRecord, Usage
@@ -188,6 +190,7 @@ class Opened:
     hedged: bool
     transform: Transform | None = None  # rewrites the answer for the client (None: as it came)
     delivered: bool = False  # a stream's end has gone to the client (relay)
+    dropped: list[str] | None = None  # what a translation could not carry (x-router-dropped)
 
     def abandon(self) -> None:
         self.response.close()
@@ -235,22 +238,17 @@ class Attempts:
         ttft = timeouts.ttft_s
         bound_by_total = budget < ttft
         streamed = self.stream
-        payload = dict(self.payload)
-        payload["model"] = ep.spec.model
-        if self.reasoning is not None:
-            spec = ep.spec.provider
-            form = form_for(spec.kind, getattr(spec.section, "reasoning", None), ep.spec.model)
-            apply_reasoning(payload, self.reasoning, form, self.api.name)
+        api, payload, json, translation, dropped = self._way(ep)
         # An HTTP provider's own timer holds ttft_s (to the first token, or a non-streamed
         # answer's head) and total_s as deadlines from sending, whatever the upstream's
         # pace. Only other providers need a timer of ours (an asyncio.timeout per attempt).
         native = ep.provider.native_timeouts
         request = UpstreamRequest(
-            operation=self.operation,
+            operation=api.operation,
             payload=payload,
             stream=self.stream,
             request_id=self.request_id,
-            headers=self.headers,
+            headers=self.headers if translation is None else None,
             connect_s=timeouts.connect_s,
             read_s=max(ttft, timeouts.idle_s) if streamed and not native else ttft,
             first_s=ttft,
@@ -263,12 +261,15 @@ class Attempts:
                 async with _NO_TIMER if native else asyncio.timeout(max(0.0, min(ttft, budget))):
                     response = await ep.provider.send(request)
                     if streamed:
+                        # A translated stream's usage feeds the translation, not the client.
+                        wants_usage = self.client_wants_usage or translation is not None
+                        inspector = api.inspector(payload, wants_usage, json)
                         opened = await self._first_token(
-                            route, ep, lease, response, hedged, lease.started + ttft
+                            route, ep, lease, response, hedged, lease.started + ttft, inspector
                         )
                     else:
                         body = await response.read()
-                        usage, tools_ok, broken = self.api.inspect_body(body, self.json)
+                        usage, tools_ok, broken = api.inspect_body(body, json)
                         lease.succeed(usage, 0, tools_ok, broken)
                         opened = Opened(ep, route, lease, response, body, None, None, usage, hedged)
             except TimeoutError as exc:
@@ -278,6 +279,8 @@ class Attempts:
             except ProtocolViolation as exc:
                 raise UpstreamProtocolError(str(exc)) from exc
         except UpstreamError as exc:
+            if translation is not None and isinstance(exc, UpstreamHTTPError) and exc.body:
+                exc.body = translation.error(exc.status or 500, exc.body)  # the client's shape
             if self.reasoning is not None and _refused_reasoning(exc):
                 # The host lacks the reasoning field it was sent: its failure, not the
                 # client's, so the request fails over rather than ending in a 400.
@@ -299,9 +302,39 @@ class Attempts:
             self._record(route, ep, lease, None, "hedge_lost" if lost else "cancelled", hedged)
             raise
         self._record(route, ep, lease, response.status, None, hedged)
+        if translation is not None:
+            opened.transform = translation.transform(self.client_wants_usage)
+            opened.dropped = dropped
         if self.reasoning is not None and not self.reasoning.show:
-            opened.transform = Thoughts(self.api.name)
+            thoughts: Transform = Thoughts(self.api.name)
+            if opened.transform is not None:
+                thoughts = Chained(opened.transform, thoughts)
+            opened.transform = thoughts
         return opened
+
+    def _way(
+        self, ep: Endpoint
+    ) -> tuple[ClientApi, dict[str, Any], bool, Translation | None, list[str] | None]:
+        """How this attempt speaks to ``ep``: the API its host is spoken to in (the
+        client's, or the one a translation goes to), the body it gets, whether its answer
+        must be JSON, the translation if any, and what that could not carry."""
+        if self.api.name in ep.speaks:
+            api, payload = self.api, dict(self.payload)
+            translation, dropped = None, None
+        else:  # the pipeline admits only endpoints that serve the API one way or the other
+            translation = ep.translations[self.api.name]
+            payload, dropped = translation.request(self.payload)
+            api = BY_NAME[translation.upstream]
+        payload["model"] = ep.spec.model
+        if self.reasoning is not None:
+            spec = ep.spec.provider
+            form = form_for(spec.kind, getattr(spec.section, "reasoning", None), ep.spec.model)
+            if translation is not None and form == "passthrough":
+                # The client's own form means nothing to a host of another API: its own.
+                form = "anthropic" if api.name == "messages" else "openai"
+            apply_reasoning(payload, self.reasoning, form, api.name)
+        json = self.json if translation is None else api.wants_json(payload)
+        return api, payload, json, translation, dropped
 
     async def _first_token(
         self,
@@ -311,9 +344,9 @@ class Attempts:
         response: UpstreamResponse,
         hedged: bool,
         limit: float,
+        inspector: Inspector,
     ) -> Opened:
         """Reads up to the first token, by ``limit`` on the clock."""
-        inspector = self.api.inspector(self.payload, self.client_wants_usage, self.json)
         chunks = response.chunks().__aiter__()
         held: list[bytes] = []
         try:

@@ -235,6 +235,16 @@ class Pipeline:
         if route is None:
             known = ", ".join(runtime.route_names)
             raise NotFound(f"unknown model {call.model!r}; known routes: {known}", param="model")
+        api = call.api.name
+        if api not in route.apis and not any(
+            api in runtime.routes[name].apis for name in route.spec.fallbacks
+        ):
+            raise BadRequest(
+                f"model {call.model!r} is not served through the {api} API: no endpoint of "
+                "its route speaks it or can be translated to it",
+                param="model",
+                code="unsupported_api",
+            )
         if (
             call.policy is not None
             and call.policy not in runtime.config.policies
@@ -326,8 +336,12 @@ class Pipeline:
 
     def _admitted(self, route: RouteRuntime, call: Call) -> list[Endpoint]:
         prefs = call.prefs
-        eps = route.usable
+        eps = route.serving[call.api.name]
         if not eps:
+            if route.usable:
+                raise _NoEndpoint(
+                    f"no usable endpoint of route {route.name!r} serves the {call.api.name} API"
+                )
             raise _NoEndpoint(f"route {route.name!r} has no usable endpoint (all disabled)")
         if prefs is not None:
             eps = [e for e in eps if prefs.admits(e)]

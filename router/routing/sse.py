@@ -50,7 +50,7 @@ def _events(block: bytes) -> list[bytes]:
     return [e for e in block.split(b"\n\n") if e.strip()]
 
 
-def _data(event: bytes) -> bytes | None:
+def data_of(event: bytes) -> bytes | None:
     """The payload of an event's data lines (joined), or None for comments/other fields."""
     if event.startswith(b"data:") and event.find(b"\n") == -1:  # the usual one-line event
         return event[5:].lstrip()
@@ -176,7 +176,7 @@ class SseInspector:
             if not event or event.isspace():
                 continue
             self.events += 1
-            payload = _data(event)
+            payload = data_of(event)
             if payload is None:
                 if keep is not None:
                     keep.append(event)
@@ -215,7 +215,7 @@ class SseInspector:
         dropped = False
         for event in _events(data[cut:]):
             self.events += 1
-            payload = _data(event)
+            payload = data_of(event)
             if payload is None:
                 keep.append(event)  # a comment, or a field other than data: valid SSE
                 continue

@@ -53,6 +53,7 @@ class Reply:
     cache_creation_tokens: int = 0
     stream_fault: str | None = None  # "error": an overloaded event mid-stream; "drop": cut it
     stall: bool = False  # stop mid-stream until ``FakeAnthropic.release()``
+    ttft_s: float = 0.0  # wait this long before answering at all (a slow first token)
 
 
 @dataclass
@@ -81,6 +82,13 @@ class FakeAnthropic:
         """Let stalled streams go on (called from any thread)."""
         if self._loop is not None and self._released is not None:
             self._loop.call_soon_threadsafe(self._released.set)
+
+    def reset(self) -> None:
+        """Back to a plain host: the default reply, no queued failures, nothing received."""
+        self.reply = Reply()
+        self.received.clear()
+        self._failures.clear()
+        self.disconnected.clear()
 
     def fail(self, status: int, *, times: int = 1, retry_after: str | None = None) -> None:
         """The next ``times`` requests get ``status`` (with ``retry-after`` when given)."""
@@ -151,6 +159,8 @@ class FakeAnthropic:
             return self._error(failure)
         if not body.get("messages") or not isinstance(body.get("max_tokens"), int):
             return self._error(_Failure(400, None), "messages and max_tokens are required")
+        if self.reply.ttft_s:
+            await asyncio.sleep(self.reply.ttft_s)
         if body.get("stream"):
             return await self._stream(request, body)
         return web.json_response(self._message(body, final=True))

@@ -429,3 +429,34 @@ routes: {r: {policy: u, endpoints: [{provider: p, model: m}]}}
     assert problems_of(text) == [
         "policies.u.weights: unknown key (not an option of strategy 'round_robin')"
     ]
+
+
+def test_the_apis_a_host_speaks_default_by_kind_and_can_be_set() -> None:
+    config = loads(
+        """
+providers:
+  oa: {kind: openai, base_url: "http://127.0.0.1:1/v1"}
+  an: {kind: anthropic, api_key_env: AK, headers: {anthropic-version: "2023-06-01"}}
+  sim: {kind: simulated}
+  gw: {kind: openai, base_url: "http://127.0.0.1:1/v1", apis: [chat, messages]}
+routes:
+  r:
+    endpoints: [{provider: oa, model: m}, {provider: an, model: m}, {provider: sim, model: m},
+                {provider: gw, model: m}]
+""",
+        env={"AK": "sk-ant"},
+    )
+    speaks = {name: p.section.speaks() for name, p in config.providers.items()}
+    assert speaks["oa"] == {"chat", "completions", "embeddings", "responses"}
+    assert speaks["an"] == {"messages"}
+    assert speaks["sim"] == {"chat", "completions", "embeddings", "responses", "messages"}
+    assert speaks["gw"] == {"chat", "messages"}
+    assert config.providers["an"].section.base_url == "https://api.anthropic.com/v1"
+
+
+def test_an_unknown_api_is_an_error_with_its_path() -> None:
+    found = problems_of(
+        "providers:\n  p: {kind: anthropic, apis: [messages, telepathy]}\n"
+        "routes:\n  r: {endpoints: [{provider: p, model: m}]}\n"
+    )
+    assert any(p.startswith("providers.p.apis") and "messages" in p for p in found), found
