@@ -36,13 +36,28 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import free_port, raise_nofile
 from perf import HERE, PY, STORAGE, Bench, router_cmd, router_config
 
+# --apis: what a client sends, (path, route). ``messages`` goes to hosts speaking the
+# Messages API (native pass-through); ``messages-via-chat`` to the chat hosts (translated).
+APIS = {
+    "chat": ("/v1/chat/completions", "bench"),
+    "messages": ("/v1/messages", "bench-msg"),
+    "messages-via-chat": ("/v1/messages", "bench"),
+}
+
 
 async def drive(
-    url: str, stream: bool, n: int, conns: int, tokens: int, headers: dict[str, str] | None = None
+    url: str,
+    stream: bool,
+    n: int,
+    conns: int,
+    tokens: int,
+    headers: dict[str, str] | None = None,
+    api: str = "chat",
 ) -> int:
     """Send exactly ``n`` requests over ``conns`` connections; the number that failed."""
+    path, route = APIS[api]
     body = {
-        "model": "bench",
+        "model": route,
         "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": tokens,
         "stream": stream,
@@ -57,7 +72,7 @@ async def drive(
             nonlocal left, failed
             while left > 0:
                 left -= 1
-                post = session.post(url + "/v1/chat/completions", json=body, headers=headers)
+                post = session.post(url + path, json=body, headers=headers)
                 async with post as resp:
                     await resp.read()
                     if resp.status != 200:
@@ -100,9 +115,12 @@ def measure(
     proc = bench.start(name, grind, url, ready, core=None, env=env, ready_timeout=300)
     results = {}
     try:
-        for mode in args.modes.split(","):
+        apis = args.apis.split(",") if name == "router" else ["chat"]  # bare: chat only
+        cells = [(m, a) for a in apis for m in args.modes.split(",")]
+        for mode, api in cells:
             stream = mode == "stream"
-            asyncio.run(drive(url, stream, args.warmup, args.conns, args.tokens, headers))
+            cell = mode if api == "chat" else f"{api} {mode}"
+            asyncio.run(drive(url, stream, args.warmup, args.conns, args.tokens, headers, api))
             subprocess.run(
                 ["callgrind_control", "--zero", str(proc.pid)], check=True, capture_output=True
             )
@@ -111,7 +129,7 @@ def measure(
             )
             t0 = time.perf_counter()
             failed = asyncio.run(
-                drive(url, stream, args.requests, args.conns, args.tokens, headers)
+                drive(url, stream, args.requests, args.conns, args.tokens, headers, api)
             )
             took = time.perf_counter() - t0
             before = set(glob.glob(f"{out}.{proc.pid}*"))
@@ -136,9 +154,9 @@ def measure(
                 ["callgrind_control", "--instr=off", str(proc.pid)], check=True, capture_output=True
             )
             time.sleep(0.5)
-            results[mode] = ir / args.requests
+            results[cell] = ir / args.requests
             print(
-                f"# {name:6} {mode:9} {ir / args.requests:12,.0f} instructions/request "
+                f"# {name:6} {cell:9} {ir / args.requests:12,.0f} instructions/request "
                 f"({args.requests} requests, {failed} failed, {took:.1f} s under valgrind)",
                 file=sys.stderr,
             )
@@ -158,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the callgrind files")
     ap.add_argument("--threads", action="store_true", help="also count per thread")
     ap.add_argument("--storage", default="", help="as perf.py's: '' (SQLite), 'off' or a URL")
+    ap.add_argument(
+        "--apis",
+        default="chat",
+        help=f"client APIs to send, router only: {', '.join(APIS)} (each measured per mode)",
+    )
     ap.add_argument(
         "--per-token",
         action="store_true",
@@ -186,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
                 ],
                 "/health",
             ),
-            "router": (router_cmd(router_config(tmp, upstream), free_port()), "/health/ready"),
+            "router": (
+                router_cmd(router_config(tmp, upstream, messages=True), free_port()),
+                "/health/ready",
+            ),
         }
         for name in args.only.split(","):
             cmd, ready = targets[name]
@@ -204,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
             bare = table.get("bare", {}).get(mode)
             ratio = f"{ir / bare:.2f}" if bare else "-"
             print(f"| {name} | {mode} | {ir:,.0f} | {ratio} |")
+    router = table.get("router", {})
+    if len(router) > 1:  # several APIs: each against chat in the same mode
+        print("\n| router cell | x chat (same mode) |\n|---|---|")
+        for cell, ir in router.items():
+            base = router.get(cell.rsplit(" ", 1)[-1])
+            if base and cell != cell.rsplit(" ", 1)[-1]:
+                print(f"| {cell} | {ir / base:.2f} |")
     return 0
 
 

@@ -171,7 +171,11 @@ def router_cmd(config: str, port: int, *extra: str) -> list[str]:
 STORAGE = {"url": ""}  # --storage: "" = SQLite in the temp dir (as shipped), "off", or a URL
 
 
-def router_config(tmp: str, upstream: str, max_connections: int | None = None) -> str:
+def router_config(
+    tmp: str, upstream: str, max_connections: int | None = None, messages: bool = False
+) -> str:
+    """The shipped feature set on the zero upstream; ``messages`` adds a route of two hosts
+    speaking Anthropic's Messages API natively (``bench-msg``) beside ``bench``."""
     path = os.path.join(tmp, "routes.yaml")
     db = os.path.join(tmp, "router.db")
     pool = f", max_connections: {max_connections}" if max_connections else ""
@@ -197,6 +201,17 @@ routes:
       - {{provider: up-a, model: bench-model}}
       - {{provider: up-b, model: bench-model}}
 """
+    if messages:
+        text = text.replace(
+            "policies:",
+            f'  msg-a: {{kind: anthropic, base_url: "{upstream}/v1"{pool}}}\n'
+            f'  msg-b: {{kind: anthropic, base_url: "{upstream}/v1"{pool}}}\npolicies:',
+        )
+        text += (
+            "  bench-msg:\n    policy: fastest\n    endpoints:\n"
+            "      - {provider: msg-a, model: bench-model}\n"
+            "      - {provider: msg-b, model: bench-model}\n"
+        )
     with open(path, "w") as f:
         f.write(text)
     return path

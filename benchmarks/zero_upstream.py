@@ -13,6 +13,9 @@ Why it exists: a gateway benchmark must measure the gateway, so the upstream has
   the fastest an upstream can be, and the same bytes for every target. ``--per-token``
   writes one event per write even then (no pause), as a token-by-token host does: the
   gateway then sees many small reads instead of one large one.
+- ``POST /v1/messages``: the same answer in Anthropic's Messages shape (a message, or
+  its event stream from ``message_start`` to ``message_stop``), for the Messages API's
+  native pass-through.
 - ``GET /health``, ``GET /v1/models``.
 
 Run: ``python benchmarks/zero_upstream.py --port 9001`` (uvloop when installed).
@@ -34,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import raise_nofile
 
 _CREATED = int(time.time())
-_Key = tuple[str, int, bool, bool, bool]
+_Key = tuple[str, int, bool, bool, str]
 
 
 def _usage(n: int) -> dict[str, int]:
@@ -92,6 +95,42 @@ def build_answer(model: str, n: int, stream: bool, usage: bool, chat: bool) -> l
     return events
 
 
+def build_messages_answer(model: str, n: int, stream: bool) -> list[bytes]:
+    """Anthropic's Messages answer as bytes: one item non-streamed, else one per event."""
+    text = [f"t{i} " for i in range(n)]
+    usage = {"input_tokens": 8, "output_tokens": n}
+    message: dict[str, Any] = {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": "".join(text)}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    if not stream:
+        return [orjson.dumps(message)]
+
+    def event(kind: str, **data: Any) -> bytes:
+        return b"event: %b\ndata: %b\n\n" % (kind.encode(), orjson.dumps({"type": kind, **data}))
+
+    start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    events = [event("message_start", message=start)]
+    events[0] += event("content_block_start", index=0, content_block={"type": "text", "text": ""})
+    for tok in text:
+        events.append(
+            event("content_block_delta", index=0, delta={"type": "text_delta", "text": tok})
+        )
+    delta = {"stop_reason": "end_turn", "stop_sequence": None}
+    events.append(
+        event("content_block_stop", index=0)
+        + event("message_delta", delta=delta, usage={"output_tokens": n})
+        + event("message_stop")
+    )
+    return events
+
+
 class Upstream:
     def __init__(
         self, tokens: int, ttft_ms: float, interval_ms: float, per_token: bool = False
@@ -107,7 +146,12 @@ class Upstream:
         if found is None:
             if len(self._cache) > 256:  # bounded: model names come from clients
                 self._cache.clear()
-            found = self._cache[key] = build_answer(*key)
+            model, n, stream, usage, api = key
+            if api == "messages":
+                found = build_messages_answer(model, n, stream)
+            else:
+                found = build_answer(model, n, stream, usage, api == "chat")
+            self._cache[key] = found
         return found
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -132,8 +176,9 @@ class Upstream:
         stream = bool(payload.get("stream"))
         opts = payload.get("stream_options") or {}
         usage = bool(stream and isinstance(opts, dict) and opts.get("include_usage"))
-        chat = request.path.endswith("/chat/completions")
-        parts = self._answer((str(payload.get("model", "bench")), n, stream, usage, chat))
+        path = request.path
+        api = "messages" if path.endswith("/messages") else "chat" if "/chat/" in path else "text"
+        parts = self._answer((str(payload.get("model", "bench")), n, stream, usage, api))
         if not stream:
             if self.ttft:
                 await asyncio.sleep(self.ttft)
@@ -175,6 +220,7 @@ def make_app(
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", up.completions)
     app.router.add_post("/v1/completions", up.completions)
+    app.router.add_post("/v1/messages", up.completions)
     app.router.add_get("/v1/models", up.models)
     app.router.add_get("/health", up.health)
     return app
