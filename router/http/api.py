@@ -329,6 +329,8 @@ class Api:
             if record.route:
                 headers.setdefault("x-router-route", record.route)
             return _error_response(exc, headers, api)
+        except ConnectionResetError:
+            raise  # the client left mid-stream (a 499, recorded above): no bug of ours
         except Exception:  # a bug of ours: a 500 in the API's shape, and the process serves on
             log.exception("internal_error", request_id=request_id)
             record.status = 500
