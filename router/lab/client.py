@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from providers.errors import UpstreamError
 from router.apis import BY_NAME
 from router.errors import RouterError
-from router.lab.trace import TraceRequest
+from router.lab.trace import REPLAYED_AS, TraceRequest
 from router.requestlog.records import Usage
 from router.routing.affinity import Affinity
 from router.routing.affinity import plan as plan_affinity
@@ -69,6 +69,7 @@ class Clients:
         }
         self._payloads: dict[tuple[str, bool], dict[str, Any]] = {}
         self._turns = _turns(requests)
+        self._apis = {api: BY_NAME[REPLAYED_AS[api]] for api in REPLAYED_AS}
         self._written: asyncio.Future[None] | None = None  # made on the loop, at first use
 
     async def serve(self, i: int) -> None:
@@ -78,7 +79,7 @@ class Clients:
         clock = runtime.clock
         start = clock()
         call = Call(
-            api=BY_NAME[req.replayed_as],
+            api=self._apis[req.api],
             payload=self._payload(i, req),
             model=req.route,
             stream=req.stream,

@@ -9,9 +9,10 @@ live stats, breaker, retries with backoff, hedging, fallbacks), relay the stream
 end. So whatever the pipeline does, the lab does, with no second model of it to keep in
 step.
 
-Determinism: the runtime's rng, every behaviour's rng and the process-wide ``random``
-(tenacity draws its backoff jitter from it) are seeded from ``seed``, the virtual loop
-runs callbacks in a fixed order, and nothing reads the wall clock.
+Determinism: the runtime's rng (the policies' and the retry backoff's), every
+behaviour's rng and, for anything that still draws from it, the process-wide ``random``
+(restored afterwards) are seeded from ``seed``; the virtual loop runs callbacks in a fixed
+order, and nothing reads the wall clock.
 """
 
 from __future__ import annotations

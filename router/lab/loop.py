@@ -25,42 +25,32 @@ import itertools
 import sys
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
+from contextvars import copy_context
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
 
-class _Handle:
-    """A callback scheduled to run (``asyncio.Handle``'s public face: cancel, cancelled,
-    when), without the debug bookkeeping the loop never needs."""
+class _Handle(list[Any]):
+    """A callback scheduled to run, with ``asyncio.Handle``'s public face (cancel,
+    cancelled, when, get_context). A list (cancelled, context, callback, args, when) made
+    in C, not an object with an ``__init__``: the loop makes several per request."""
 
-    __slots__ = ("_args", "_callback", "_cancelled", "_context", "_when")
-
-    def __init__(
-        self,
-        when: float,
-        callback: Callable[..., object],
-        args: tuple[Any, ...],
-        context: contextvars.Context | None,
-    ) -> None:
-        self._when = when
-        self._callback = callback
-        self._args = args
-        self._context = context if context is not None else contextvars.copy_context()
-        self._cancelled = False
+    __slots__ = ()
 
     def cancel(self) -> None:
-        self._cancelled = True
-        self._args = ()
+        self[0] = True
+        self[3] = ()  # drop the references now, as asyncio does
 
     def cancelled(self) -> bool:
-        return self._cancelled
+        return bool(self[0])
 
     def when(self) -> float:
-        return self._when
+        return float(self[4])
 
     def get_context(self) -> contextvars.Context:
-        return self._context
+        context: contextvars.Context = self[1]
+        return context
 
 
 class LoopStalled(RuntimeError):
@@ -102,7 +92,7 @@ class VirtualLoop(asyncio.AbstractEventLoop):
         *args: Any,
         context: contextvars.Context | None = None,
     ) -> _Handle:
-        handle = _Handle(self._now, callback, args, context)
+        handle = _Handle((False, context or copy_context(), callback, args, self._now))
         self._ready.append(handle)
         return handle
 
@@ -121,7 +111,7 @@ class VirtualLoop(asyncio.AbstractEventLoop):
         *args: Any,
         context: contextvars.Context | None = None,
     ) -> _Handle:
-        handle = _Handle(when, callback, args, context)
+        handle = _Handle((False, context or copy_context(), callback, args, when))
         heapq.heappush(self._timers, (when, next(self._seq), handle))
         return handle
 
@@ -183,23 +173,23 @@ class VirtualLoop(asyncio.AbstractEventLoop):
         while not self._stopping:
             # Like asyncio, a stop() takes effect once the callbacks ready now have run.
             while ready:
-                handle = pop()
-                if handle._cancelled:
+                cancelled, context, callback, args, _ = pop()
+                if cancelled:
                     continue
                 try:
-                    handle._context.run(handle._callback, *handle._args)
+                    context.run(callback, *args)
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as exc:
                     self.call_exception_handler(
-                        {"message": "exception in callback", "exception": exc, "handle": handle}
+                        {"message": "exception in callback", "exception": exc, "callback": callback}
                     )
             if self._stopping:
                 return
             # Idle: the clock jumps to the earliest live timer.
             while timers:
                 when, _, handle = heappop(timers)
-                if not handle._cancelled:
+                if not handle[0]:
                     if when > self._now:
                         self._now = when
                     ready.append(handle)
