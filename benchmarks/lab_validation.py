@@ -111,26 +111,31 @@ def rows_for(
     name: str,
     real: dict[str, Any],
     again: dict[str, Any] | None,
-    lab: dict[str, Any],
+    labs: list[dict[str, Any]],
     logged: dict[str, float],
 ) -> list[list[str]]:
     """One policy's rows: the real run, the real run again (the noise floor: how far two
-    real runs of the same policy land apart), the router's own TTFT, and the lab."""
+    real runs of the same policy land apart), the router's own TTFT, the lab (its first
+    seed, compared) and the range the lab's seeds span."""
     rows = []
+    lab = labs[0]
     for key in ("ttft_p50", "ttft_p95"):
         r, m = real[key], lab[key]
+        spread = [x[key] for x in labs]
         rows.append(
             [name, key.replace("_", " ") + " ms", f"{r:.1f}",
              "" if again is None else f"{again[key]:.1f}", f"{logged.get(key, 0):.1f}",
-             f"{m:.1f}", f"{(m - r) / r:+.1%}", "yes" if within(m, r) else "NO"]
+             f"{m:.1f}", f"{min(spread):.1f}-{max(spread):.1f}", f"{(m - r) / r:+.1%}",
+             "yes" if within(m, r) else "NO"]
         )  # fmt: skip
     for e in ENDPOINTS:
         r, m = real["share"][e], lab["share"][e]
+        spread = [x["share"][e] for x in labs]
         rel = f"{(m - r) / r:+.1%}" if r else "-"
         rows.append(
             [name, f"share {e}", f"{r:.1%}", "" if again is None else f"{again['share'][e]:.1%}",
-             "", f"{m:.1%}", f"{rel} ({(m - r) * 100:+.1f} pt)",
-             "yes" if within(m, r, 0.01) else "NO"]
+             "", f"{m:.1%}", f"{min(spread):.1%}-{max(spread):.1%}",
+             f"{rel} ({(m - r) * 100:+.1f} pt)", "yes" if within(m, r, 0.01) else "NO"]
         )  # fmt: skip
     return rows
 
@@ -171,7 +176,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--policy", default="score_p2c", help="policy A, replayed")
     ap.add_argument("--predict", default="round_robin,lowest_ttft", help="policies predicted")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the lab's (first) seed")
+    ap.add_argument("--lab-seeds", type=int, default=5, help="lab runs, seeds from --seed on")
     ap.add_argument(
         "--no-again", dest="again", action="store_false",
         help="skip the second real run of each policy (the noise floor)",
@@ -216,21 +222,23 @@ def main() -> None:
         f"of real-{args.policy}",
         file=sys.stderr,
     )
-    lab: dict[str, dict[str, Any]] = {}
+    lab: dict[str, list[dict[str, Any]]] = {}
     fleet: dict[str, Any] = {}
     route = f"real-{args.policy}"
     for policy in [args.policy, *predict]:
         cfg = loads(config(urls, None, {route: policy}), path=f"lab-{policy}.yaml", env={})
-        run = simulate_config(cfg, recorded, seed=args.seed)
-        summary = summarise(run, policy)
-        lab[policy] = lab_figures(summary, route)
-        fleet = summary["fleet"]
-        print(f"  lab {policy}: {run.cpu_s:.2f} s CPU", file=sys.stderr)
+        lab[policy] = []
+        for seed in range(args.seed, args.seed + args.lab_seeds):
+            run = simulate_config(cfg, recorded, seed=seed)
+            summary = summarise(run, policy)
+            lab[policy].append(lab_figures(summary, route))
+            fleet = summary["fleet"]
+        print(f"  lab {policy}: {args.lab_seeds} seeds", file=sys.stderr)
 
     logged = asyncio.run(logged_ttft(log_url))
     header = [
-        "policy", "figure", "real", "real again", "router's log", "lab", "lab vs real",
-        "within 10%",
+        "policy", "figure", "real", "real again", "router's log", "lab",
+        f"lab, {args.lab_seeds} seeds", "lab vs real", "within 10%",
     ]  # fmt: skip
 
     def rows(policy: str) -> list[list[str]]:
@@ -253,6 +261,7 @@ def main() -> None:
         "\nreal: what the clients saw; real again: a second real run of the same policy (how"
         " far two real runs land apart); router's log: the serving attempt's TTFT as the"
         " router logged it (no client or transport time); lab: the replay or prediction"
+        " (its first seed), and the range its seeds span"
     )
     dump(
         args.json,

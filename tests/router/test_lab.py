@@ -9,6 +9,7 @@ Speed is not asserted here (``benchmarks/lab_speed.py`` measures it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -23,7 +24,10 @@ import pytest
 
 from providers.simulated import SimParams, Simulator
 from router.cli import main as cli
+from router.lab.fit import Fleet
 from router.lab.fleet import Simulated
+from router.lab.loop import LoopStalled, VirtualLoop
+from router.lab.trace import OK, Observation, Trace, TraceRequest
 from tests.support import ROOT, RouterProcess
 
 FLEET = """
@@ -336,3 +340,47 @@ def test_the_lab_plays_a_simulated_host_on_the_simulators_own_law() -> None:
             assert answer.first_s == pytest.approx(plan.ttft_s)
         else:
             assert (answer.outcome, answer.status) == ("http", plan.status)
+
+
+def test_the_fit_replays_drift_where_it_happened() -> None:
+    """A host that went slow halfway through the trace is slow in the second half only."""
+    t0 = 1_750_000_000.0
+    requests = [TraceRequest(t0 + i, "chat", "chat", True, 100, 20) for i in range(600)]
+    attempts = [
+        Observation(t0 + i, "chat", "fast", True, OK, 200, 0.05 if i < 300 else 0.5,
+                    ttft_s=0.05 if i < 300 else 0.5, tokens_per_s=100.0)
+        for i in range(600)
+    ]  # fmt: skip
+    fleet = Fleet(Trace("drift", requests, attempts), seed=1)
+    fast = fleet.behaviour("chat", "fast")
+    assert fast.describe()["source"] == "fitted"
+    early = [fast.answer(t0 + 100, True, 20, False).first_s for _ in range(50)]
+    late = [fast.answer(t0 + 500, True, 20, False).first_s for _ in range(50)]
+    assert max(early) == pytest.approx(0.05) and min(late) == pytest.approx(0.5)
+    never = fleet.behaviour("chat", "other")  # never tried: its route's pooled behaviour
+    assert never.describe()["source"].startswith("prior")
+
+
+def test_the_virtual_loop_runs_timers_in_virtual_time() -> None:
+    loop = VirtualLoop.make(100.0)
+
+    async def main() -> list[float]:
+        seen = [loop.time()]
+        await asyncio.sleep(30)  # no real waiting
+        seen.append(loop.time())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await asyncio.sleep(3600)
+        seen.append(loop.time())
+        slow = asyncio.ensure_future(asyncio.sleep(5))
+        done, pending = await asyncio.wait({slow}, timeout=1)
+        seen.append(loop.time())
+        assert not done and pending == {slow}
+        slow.cancel()
+        return seen
+
+    assert loop.run_until_complete(main()) == [100.0, 130.0, 132.0, 133.0]
+    stuck = loop.create_future()
+    with pytest.raises(LoopStalled):  # waits for what never comes: fails, never hangs
+        loop.run_until_complete(stuck)
+    loop.close()
