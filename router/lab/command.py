@@ -70,10 +70,8 @@ def main(args: argparse.Namespace) -> int:
         print("router simulate: --requests must be at least 1", file=sys.stderr)
         return 2
     try:
-        # A longer replay than the trace repeats it: read it all; a shorter one, its start.
-        trace = read(args.trace)
-        if args.requests is not None and args.requests < len(trace.requests):
-            trace = read(args.trace, args.requests)
+        # The trace's first N requests; a trace of fewer is read whole and repeated.
+        trace = read(args.trace, args.requests)
         paths = [args.config] + ([args.compare] if args.compare else [])
         runs = [_run(path, trace, args) for path in paths]
     except ConfigError as exc:
