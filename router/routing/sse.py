@@ -139,7 +139,7 @@ class SseInspector:
             # Every data event ends in "}" (but [DONE]), or one is no JSON object: for the
             # usual read of one event its last bytes say it, else one more count.
             if events == 1 and not start:
-                framed = data[-3:] == b"}\n\n" or self.done
+                framed = data[-3] == 0x7D or self.done  # "}", then the blank line
             else:
                 framed = events == data.count(b"}\n\n", start) + (1 if self.done else 0)
             if not framed:
