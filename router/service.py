@@ -26,7 +26,7 @@ from router.config import Config, ConfigError, load
 from router.obs.logs import REDACTOR
 from router.obs.series import SeriesBook, recent
 from router.requestlog.records import RequestRecord
-from router.runtime import SCOPE_SEP, Runtime, build_runtime
+from router.runtime import SCOPE_SEP, RouteRuntime, Runtime, build_runtime
 from router.state.clock import Clock
 from router.state.shared import SharedState, make_state
 from router.state.shared.memory import MemoryState
@@ -237,60 +237,16 @@ class Service:
     def health(self) -> tuple[int, dict[str, Any]]:
         """The /health body and its status code."""
         rt = self.runtime
-        cfg_view: dict[str, Any] = {
-            "path": self.config_path,
-            "version": rt.config.version if rt else None,
-            "loaded_at": rt.config.loaded_at.isoformat() if rt else None,
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
-            # An edit that failed validation while the config above keeps serving.
-            "rejected": None
-            if self.last_error is None
-            else {
-                "at": self.last_error_at.isoformat() if self.last_error_at else None,
-                "errors": self.last_error,
-            },
-        }
+        cfg_view = self._config_view()
         if rt is None:
             return 503, {"status": "down", "pid": os.getpid(), "config": cfg_view, "routes": {}}
         now = self.clock()
-        wall = time.time()
-        book = self.series.routes if self.series is not None else None
         routes: dict[str, Any] = {}
         without = []
         served = 0
         for name in rt.route_names:
             route = rt.routes[name]
-            usable = [e for e in route.endpoints if e.usable]
-            candidates = route.candidates(usable, now) if usable else []
-            scores = route.strategy.scores(candidates) if candidates else {}
-            eps = []
-            for e in route.endpoints:
-                if not e.usable:
-                    state, reason, left = "disabled", e.spec.disabled_reason, None
-                else:
-                    state, reason, left = e.breaker.view(now)
-                view = {
-                    "id": e.id,
-                    "provider": e.spec.provider.name,
-                    "kind": e.spec.provider.kind,
-                    "model": e.spec.model,
-                    "state": state,
-                    "reason": reason,
-                    "score": scores.get(e.id),
-                }
-                view.update(e.stats.view())
-                # error_rate is decayed (half-life stats.halflife_s); this is a plain count.
-                errors_5m = None
-                if book is not None:
-                    series = book.get(name, {}).get(e.id)
-                    errors_5m = 0 if series is None else round(recent(series, wall, 300, "errors"))
-                view["errors_last_5m"] = errors_5m
-                view["cooldown_left_s"] = round(left, 1) if left else None
-                view["cooldown_until"] = (
-                    datetime.fromtimestamp(wall + left, UTC).isoformat() if left else None
-                )
-                eps.append(view)
+            usable = any(e.usable for e in route.endpoints)
             # A route whose every endpoint is disabled by config (no key set) is the
             # operator's choice, not a failure: shown, but it does not degrade the service.
             _, available = route.availability(now)
@@ -304,7 +260,7 @@ class Service:
                 "fallbacks": list(route.spec.fallbacks),
                 "available": available,
                 "disabled": not usable,
-                "endpoints": eps,
+                "endpoints": self._endpoint_views(route, now),
             }
         if served == 0 or len(without) == served:
             status = "down"
@@ -321,6 +277,59 @@ class Service:
             if view["state"] == "failing" and status == "ok":
                 body["status"] = status = "degraded"
         return (200 if status == "ok" else 503), body
+
+    def _config_view(self) -> dict[str, Any]:
+        rt = self.runtime
+        return {
+            "path": self.config_path,
+            "version": rt.config.version if rt else None,
+            "loaded_at": rt.config.loaded_at.isoformat() if rt else None,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
+            # An edit that failed validation while the config above keeps serving.
+            "rejected": None
+            if self.last_error is None
+            else {
+                "at": self.last_error_at.isoformat() if self.last_error_at else None,
+                "errors": self.last_error,
+            },
+        }
+
+    def _endpoint_views(self, route: RouteRuntime, now: float) -> list[dict[str, Any]]:
+        """Each endpoint of ``route`` as /health shows it: state, score, live stats."""
+        wall = time.time()
+        book = self.series.routes if self.series is not None else None
+        usable = [e for e in route.endpoints if e.usable]
+        candidates = route.candidates(usable, now) if usable else []
+        scores = route.strategy.scores(candidates) if candidates else {}
+        eps = []
+        for e in route.endpoints:
+            if not e.usable:
+                state, reason, left = "disabled", e.spec.disabled_reason, None
+            else:
+                state, reason, left = e.breaker.view(now)
+            view = {
+                "id": e.id,
+                "provider": e.spec.provider.name,
+                "kind": e.spec.provider.kind,
+                "model": e.spec.model,
+                "state": state,
+                "reason": reason,
+                "score": scores.get(e.id),
+            }
+            view.update(e.stats.view())
+            # error_rate is decayed (half-life stats.halflife_s); this is a plain count.
+            errors_5m = None
+            if book is not None:
+                series = book.get(route.name, {}).get(e.id)
+                errors_5m = 0 if series is None else round(recent(series, wall, 300, "errors"))
+            view["errors_last_5m"] = errors_5m
+            view["cooldown_left_s"] = round(left, 1) if left else None
+            view["cooldown_until"] = (
+                datetime.fromtimestamp(wall + left, UTC).isoformat() if left else None
+            )
+            eps.append(view)
+        return eps
 
     def readiness(self) -> tuple[bool, list[str]]:
         rt = self.runtime

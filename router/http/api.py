@@ -41,7 +41,7 @@ from router.errors import (
 )
 from router.http import limits
 from router.http.server import Answer, Request, Response, Stream
-from router.obs.logs import REDACTOR, info_line
+from router.obs.logs import REDACTOR, bind_request, info_line
 from router.requestlog.records import RequestRecord
 from router.routing.affinity import OFF, Affinity
 from router.routing.affinity import plan as plan_affinity
@@ -221,6 +221,7 @@ class Api:
         started = time.perf_counter()
         request_id = request.headers.get("x-request-id") or f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
         headers = {"x-request-id": request_id}
+        context = bind_request(request_id)  # every event of this request carries its fields
         record = RequestRecord(request_id=request_id, operation=operation, key_name=None)
         opened: Opened | None = None
         attempts: Attempts | None = None
@@ -241,7 +242,7 @@ class Api:
                 limits.check_route(key.routes, call.model)
                 call.routes = key.routes
             route = pipeline.resolve(runtime, call)
-            record.route = route.name
+            record.route = context.route = route.name
             affinity = call.affinity = self._affinity(route, call, request, len(body))
             if key is not None and key.quota is not None:
                 # The key's limits and the conversation's binding: one round trip.
@@ -263,6 +264,7 @@ class Api:
                 clock=runtime.clock,
                 headers=call.headers,
                 reasoning=call.reasoning,
+                context=context,
             )
             opened = await pipeline.run(runtime, route, call, attempts)
             record.route = opened.route
@@ -364,6 +366,7 @@ class Api:
                 record.error = record.error or "client_closed"
             _log_request(record)
             service.emit(record)
+            context.end()
 
     def _affinity(
         self, route: RouteRuntime, call: Call, request: Request, size: int

@@ -1,8 +1,17 @@
 """structlog set-up: JSON events (or a console view), levels that cost nothing when off,
-and redaction of every configured secret from every event.
+redaction of every configured secret from every event, and the request's fields on every
+event logged while it is served.
 
 Redaction is a processor, so it runs only on events that pass the level filter; secrets
 are swapped in by the service when a config loads (``Redactor.update``).
+
+The request's fields (``request_id``, then ``route``, ``endpoint`` and ``attempt`` as they
+become known) live on one ``RequestContext`` per request, held by a context variable and
+added to each event by the ``request_fields`` processor, beside structlog's
+``merge_contextvars``. One context variable set per request, where binding each field
+with ``structlog.contextvars.bind_contextvars`` and resetting them cost about 42,000
+instructions per request under callgrind (8% of a whole request); a hedge's attempt gets
+its own copy, so concurrent attempts each log their own endpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import logging
 import os
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -58,6 +68,53 @@ class Redactor:
 
 
 REDACTOR = Redactor()
+
+
+class RequestContext:
+    """The fields every event of one request carries; filled in as the request goes."""
+
+    __slots__ = ("attempt", "endpoint", "request_id", "route")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.route: str | None = None
+        self.endpoint: str | None = None
+        self.attempt: int | None = None
+
+    def end(self) -> None:
+        """The request is served: its fields go on no later event."""
+        self.request_id = ""
+
+    def fork(self) -> RequestContext:
+        """A copy for one of several attempts running at once (a hedging race)."""
+        ctx = RequestContext(self.request_id)
+        ctx.route = self.route
+        return ctx
+
+
+REQUEST: ContextVar[RequestContext | None] = ContextVar("router_request", default=None)
+
+
+def bind_request(request_id: str) -> RequestContext:
+    """A new request's context, bound for the rest of the task that serves it; ``end`` it
+    when the request is served (cheaper than a reset: one context variable set per
+    request), so that what the task logs next is not taken for the request's."""
+    ctx = RequestContext(request_id)
+    REQUEST.set(ctx)
+    return ctx
+
+
+def request_fields(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Processor: the current request's fields, unless the event names them itself."""
+    ctx = REQUEST.get()
+    if ctx is not None and ctx.request_id:
+        event.setdefault("request_id", ctx.request_id)
+        if ctx.route is not None:
+            event.setdefault("route", ctx.route)
+        if ctx.endpoint is not None:
+            event.setdefault("endpoint", ctx.endpoint)
+            event.setdefault("attempt", ctx.attempt)
+    return event
 
 
 class BufferedLogger:
@@ -175,6 +232,7 @@ def configure(level: int | None = None, fmt: str | None = None) -> None:
     fmt = fmt or os.environ.get("LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        request_fields,
         structlog.processors.add_log_level,
         _timestamp,
         structlog.processors.format_exc_info,

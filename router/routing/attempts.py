@@ -1,9 +1,7 @@
 """One upstream attempt, from sending to its first token, and the race that hedges it.
 
-An attempt holds a ``Lease`` on its endpoint for as long as it lives: the in-flight
-count, the breaker's half-open probe slot and the stats token. The lease ends exactly
-once, with the outcome, whichever way the attempt ends: answered, failed, timed out,
-cancelled by a hedge winner or by a client that went away (tower's ``Handle::drop``).
+An attempt holds a ``Lease`` on its endpoint for as long as it lives (``lease.py``),
+which ends once with the outcome, whichever way the attempt ends.
 
 An attempt is *open* once it has a first token (streams) or its whole body (non-streams):
 only then may the pipeline commit it to the client. ``race`` runs one attempt and, when
@@ -22,11 +20,9 @@ from typing import Any
 from providers.base import UpstreamRequest, UpstreamResponse
 from providers.errors import (
     IdleTimeout,
-    StreamBroken,
     TotalTimeout,
     TTFTTimeout,
     UnsupportedField,
-    UpstreamConnectError,
     UpstreamError,
     UpstreamHTTPError,
     UpstreamProtocolError,
@@ -40,139 +36,15 @@ from router.apis.thoughts import Thoughts
 from router.apis.translate import Translation
 from router.config import HedgeSection
 from router.errors import CLIENT_FAULT_STATUSES
+from router.obs.logs import REQUEST, RequestContext
 from router.requestlog.records import AttemptRecord, Usage
+from router.routing.lease import RATE_LIMIT_DEFAULT_S, Lease
 from router.routing.sse import ProtocolViolation
-from router.runtime import RATE_LIMITED, Endpoint
+from router.runtime import Endpoint
 from router.state.clock import Clock
 
 HEDGE_LOST = "hedge_lost"
-# How long a 429 without a Retry-After sets its endpoint aside (docs/limits.md): about
-# what OpenAI's SDKs wait before their first retry, doubled.
-RATE_LIMIT_DEFAULT_S = 1.0
 _NO_TIMER = contextlib.nullcontext()
-
-
-class Lease:
-    """An attempt's claim on an endpoint; ``end`` runs once, whatever the outcome."""
-
-    __slots__ = (
-        "_done",
-        "_token",
-        "clock",
-        "ended",
-        "endpoint",
-        "first_token_at",
-        "output_error",
-        "started",
-        "tool_calls_valid",
-    )
-
-    def __init__(self, endpoint: Endpoint, clock: Clock) -> None:
-        self.endpoint = endpoint
-        self.clock = clock
-        self.started = clock()
-        self.first_token_at: float | None = None
-        self.ended: float | None = None  # when it succeeded: a stream's whole span with started
-        self.output_error: str | None = None  # why a 200 answer was broken, once it ended
-        self.tool_calls_valid: bool | None = None
-        self._token = endpoint.stats.start()
-        endpoint.breaker.acquire(self.started)
-        self._done = False
-
-    def first_token(self) -> None:
-        """A stream's first token arrived. A non-streamed answer has none: its first byte
-        comes after the whole generation, so it gives no TTFT anywhere (stats, log, metrics)."""
-        if self.first_token_at is None:
-            self.first_token_at = now = self.clock()
-            self.endpoint.stats.first_token(self._token, now)
-
-    def succeed(
-        self,
-        usage: Usage | None,
-        events: int,
-        tool_calls_valid: bool | None,
-        output_error: str | None = None,
-    ) -> None:
-        if self._done:
-            return
-        self._done = True
-        self.output_error = output_error
-        self.tool_calls_valid = tool_calls_valid
-        now = self.ended = self.clock()
-        ep = self.endpoint
-        first = self.first_token_at
-        tokens = usage.completion_tokens if usage and usage.completion_tokens else events
-        # Tokens per second after the first token for a stream; for a non-streamed answer
-        # (no first token) over the whole answer, the only span it shows.
-        ep.stats.finish(
-            self._token,
-            ok=True,
-            latency_s=now - self.started,
-            completion_tokens=tokens,
-            generation_s=(now - first) if first is not None and now > first else now - self.started,
-            tool_calls_valid=tool_calls_valid,
-            output_ok=output_error is None,
-        )
-        ep.breaker.success(now)
-        ep.wake_one()
-
-    def fail(self, exc: UpstreamError) -> None:
-        if self._done:
-            return
-        self._done = True
-        now = self.clock()
-        ep = self.endpoint
-        status = exc.status
-        if status in CLIENT_FAULT_STATUSES:
-            # The request was at fault, not the endpoint: no verdict on its health.
-            ep.stats.finish(self._token, ok=None)
-            ep.breaker.release_probe()
-        else:
-            # A 200 that broke (cut short, not the protocol) is an output error too.
-            broken = isinstance(exc, StreamBroken | UpstreamProtocolError)
-            if broken:
-                self.output_error = exc.reason
-            ep.stats.finish(
-                self._token, ok=False, error=exc.reason, output_ok=False if broken else None
-            )
-            if status in (401, 403):
-                ep.hard_cooldown(now, "auth", ep.spec.breaker.cooldown_s)
-            elif isinstance(exc, UpstreamConnectError) and exc.refused:
-                # Nothing listens at that address: waiting for more failures would only
-                # send more requests to a host that is certainly down.
-                ep.breaker.failure(now, exc.reason)
-                ep.breaker.trip(now, "connect: connection refused", ep.spec.breaker.cooldown_s)
-            elif status == 429:
-                # "Not now", not "broken": set aside for its Retry-After, no breaker verdict
-                # (a 429 counted as a failure escalated the cooldown to minutes).
-                wait = exc.retry_after_s if isinstance(exc, UpstreamHTTPError) else None
-                ep.hard_cooldown(now, RATE_LIMITED, RATE_LIMIT_DEFAULT_S if wait is None else wait)
-            elif isinstance(exc, UpstreamHTTPError) and exc.retry_after_s:
-                ep.breaker.failure(now, exc.reason)  # a 503 asking for time: both
-                ep.hard_cooldown(now, RATE_LIMITED, exc.retry_after_s)
-            else:
-                ep.breaker.failure(now, exc.reason)
-        ep.wake_one()
-
-    def cancel(self, *, censored: bool = False) -> None:
-        """Ended without a verdict: a hedge lost, or the client went away.
-
-        A hedge loser still waiting for its first token has shown that its TTFT is at
-        least its age: that lower bound goes into the stats (``censored``), so the peak
-        rule marks the slow endpoint as slow.
-        """
-        if self._done:
-            return
-        self._done = True
-        if censored and self.first_token_at is None:
-            self.endpoint.stats.first_token(self._token, self.clock())
-        self.endpoint.stats.finish(self._token, ok=None)
-        self.endpoint.breaker.release_probe()
-        self.endpoint.wake_one()
-
-    @property
-    def done(self) -> bool:
-        return self._done
 
 
 @dataclass(slots=True)
@@ -212,6 +84,7 @@ class Attempts:
         clock: Clock,
         headers: dict[str, str] | None = None,
         reasoning: Reasoning | None = None,
+        context: RequestContext | None = None,
     ) -> None:
         self.api = api
         self.reasoning = reasoning  # the request's reasoning ask, sent in each host's form
@@ -227,15 +100,23 @@ class Attempts:
         self.records: list[AttemptRecord] = []
         self.count = 0
         self.hedges = 0
+        self.context = context  # the request's log fields: this attempt's endpoint and number
 
-    async def open(self, route: str, ep: Endpoint, *, hedged: bool = False) -> Opened:
-        """Send to ``ep`` and wait for its first token (or whole body)."""
+    async def open(
+        self, route: str, ep: Endpoint, *, hedged: bool = False, racing: bool = False
+    ) -> Opened:
+        """Send to ``ep`` and wait for its first token (or whole body); ``racing``: as one
+        of several attempts at once, in a task of its own."""
         assert ep.provider is not None
         self.count += 1
-        timeouts = ep.spec.timeouts
-        now = self.clock()
-        budget = self.deadline - now
-        ttft = timeouts.ttft_s
+        ctx = self.context
+        if ctx is not None:
+            if racing:  # its own fields, in its own task's context
+                ctx = ctx.fork()
+                REQUEST.set(ctx)
+            ctx.route, ctx.endpoint, ctx.attempt = route, ep.id, self.count
+        ttft = ep.spec.timeouts.ttft_s
+        budget = self.deadline - self.clock()
         bound_by_total = budget < ttft
         streamed = self.stream
         api, payload, json, translation, dropped = self._way(ep)
@@ -243,17 +124,7 @@ class Attempts:
         # answer's head) and total_s as deadlines from sending, whatever the upstream's
         # pace. Only other providers need a timer of ours (an asyncio.timeout per attempt).
         native = ep.provider.native_timeouts
-        request = UpstreamRequest(
-            operation=api.operation,
-            payload=payload,
-            stream=self.stream,
-            request_id=self.request_id,
-            headers=self.headers if translation is None else None,
-            connect_s=timeouts.connect_s,
-            read_s=max(ttft, timeouts.idle_s) if streamed and not native else ttft,
-            first_s=ttft,
-            total_s=max(0.0, budget),
-        )
+        request = self._request(ep, api, payload, translation is None, budget, native)
         lease = Lease(ep, self.clock)
         response: UpstreamResponse | None = None
         try:
@@ -279,20 +150,10 @@ class Attempts:
             except ProtocolViolation as exc:
                 raise UpstreamProtocolError(str(exc)) from exc
         except UpstreamError as exc:
-            if translation is not None and isinstance(exc, UpstreamHTTPError) and exc.body:
-                exc.body = translation.error(exc.status or 500, exc.body)  # the client's shape
-            if self.reasoning is not None and _refused_reasoning(exc):
-                # The host lacks the reasoning field it was sent: its failure, not the
-                # client's, so the request fails over rather than ending in a 400.
-                refused = UnsupportedField(f"{ep.id} refused the reasoning field (HTTP 400)")
-                refused.__cause__ = exc
-                exc = refused
-            exc.endpoint = ep.id
             if response is not None:
                 response.close()
-            lease.fail(exc)
-            self._record(route, ep, lease, exc.status, exc.reason, hedged)
-            raise exc
+            # exc itself, or what it became (chained to it): no new cause to name
+            raise self._failed(route, ep, lease, exc, hedged, translation)  # noqa: B904
         except BaseException as exc:
             # Cancelled (a hedge won, the client left) or a bug: never leak the slot.
             if response is not None:
@@ -302,6 +163,15 @@ class Attempts:
             self._record(route, ep, lease, None, "hedge_lost" if lost else "cancelled", hedged)
             raise
         self._record(route, ep, lease, response.status, None, hedged)
+        if translation is not None or (self.reasoning is not None and not self.reasoning.show):
+            self._transform(opened, translation, dropped)
+        return opened
+
+    def _transform(
+        self, opened: Opened, translation: Translation | None, dropped: list[str] | None
+    ) -> None:
+        """What rewrites the answer for the client: the translation back to its API, and
+        the reasoning text left out when it asked so."""
         if translation is not None:
             opened.transform = translation.transform(self.client_wants_usage)
             opened.dropped = dropped
@@ -310,7 +180,53 @@ class Attempts:
             if opened.transform is not None:
                 thoughts = Chained(opened.transform, thoughts)
             opened.transform = thoughts
-        return opened
+
+    def _request(
+        self,
+        ep: Endpoint,
+        api: ClientApi,
+        payload: dict[str, Any],
+        native_api: bool,
+        budget: float,
+        native: bool,
+    ) -> UpstreamRequest:
+        """What ``ep`` is sent, in ``api`` (the client's own when ``native_api``)."""
+        timeouts = ep.spec.timeouts
+        ttft = timeouts.ttft_s
+        return UpstreamRequest(
+            operation=api.operation,
+            payload=payload,
+            stream=self.stream,
+            request_id=self.request_id,
+            headers=self.headers if native_api else None,
+            connect_s=timeouts.connect_s,
+            read_s=max(ttft, timeouts.idle_s) if self.stream and not native else ttft,
+            first_s=ttft,
+            total_s=max(0.0, budget),
+        )
+
+    def _failed(
+        self,
+        route: str,
+        ep: Endpoint,
+        lease: Lease,
+        exc: UpstreamError,
+        hedged: bool,
+        translation: Translation | None,
+    ) -> UpstreamError:
+        """The attempt's failure, as the endpoint's (recorded, and its lease ended)."""
+        if translation is not None and isinstance(exc, UpstreamHTTPError) and exc.body:
+            exc.body = translation.error(exc.status or 500, exc.body)  # the client's shape
+        if self.reasoning is not None and _refused_reasoning(exc):
+            # The host lacks the reasoning field it was sent: its failure, not the
+            # client's, so the request fails over rather than ending in a 400.
+            refused = UnsupportedField(f"{ep.id} refused the reasoning field (HTTP 400)")
+            refused.__cause__ = exc
+            exc = refused
+        exc.endpoint = ep.id
+        lease.fail(exc)
+        self._record(route, ep, lease, exc.status, exc.reason, hedged)
+        return exc
 
     def _way(
         self, ep: Endpoint
@@ -409,7 +325,7 @@ class Attempts:
         if hedge is None:
             return await self.open(route, first)
         delay = hedge_delay(hedge, first)
-        tasks: set[asyncio.Task[Opened]] = {asyncio.ensure_future(self.open(route, first))}
+        tasks = {asyncio.ensure_future(self.open(route, first, racing=True))}
         extra = 0
         last: BaseException | None = None
         won = False
@@ -426,7 +342,9 @@ class Attempts:
                     extra += 1
                     if ep is not None:
                         self.hedges += 1
-                        tasks.add(asyncio.ensure_future(self.open(route, ep, hedged=True)))
+                        tasks.add(
+                            asyncio.ensure_future(self.open(route, ep, hedged=True, racing=True))
+                        )
                     continue
                 for task in done:
                     tasks.discard(task)
@@ -470,3 +388,6 @@ def hedge_delay(hedge: HedgeSection, ep: Endpoint) -> float:
         if live is not None and ep.stats.ttft_window_size() >= 20:
             return live
     return hedge.after_ms / 1000.0
+
+
+__all__ = ["HEDGE_LOST", "RATE_LIMIT_DEFAULT_S", "Attempts", "Lease", "Opened", "hedge_delay"]

@@ -18,18 +18,16 @@ before that fails over; after it, ``relay`` turns a failure into an SSE error ev
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from policies import SORTS, STRATEGIES
-from providers.errors import StreamBroken, TotalTimeout, UpstreamError, UpstreamHTTPError
-from router.apis.base import ClientApi, Transform
+from policies import SORTS, STRATEGIES, Candidate, Strategy
+from providers.errors import UpstreamError, UpstreamHTTPError
+from router.apis.base import ClientApi
 from router.apis.reasoning import Reasoning
 from router.config import HedgeSection
 from router.errors import (
@@ -44,95 +42,12 @@ from router.errors import (
 )
 from router.routing.affinity import Affinity
 from router.routing.attempts import Attempts, Opened
-from router.routing.sse import ProtocolViolation
+from router.routing.prefs import RoutingPrefs
+from router.routing.relay import relay as relay_stream
+from router.routing.walk import Budget, Walk, full_jitter
 from router.runtime import Endpoint, RouteRuntime, Runtime
-from router.state.clock import Clock
 
 log = structlog.get_logger("router.pipeline")
-
-
-@dataclass(frozen=True, slots=True)
-class RoutingPrefs:
-    """OpenRouter's per-request ``provider`` object."""
-
-    order: tuple[str, ...] = ()
-    only: frozenset[str] | None = None
-    ignore: frozenset[str] = frozenset()
-    allow_fallbacks: bool = True
-    sort: str | None = None
-    max_prompt: float | None = None
-    max_completion: float | None = None
-
-    @classmethod
-    def parse(cls, raw: Any) -> RoutingPrefs:
-        if not isinstance(raw, dict):
-            raise BadRequest("'provider' must be an object", param="provider")
-        known = {"order", "only", "ignore", "allow_fallbacks", "sort", "max_price"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise BadRequest(
-                f"unknown field(s) in 'provider': {', '.join(unknown)}", param="provider"
-            )
-
-        def ids(name: str) -> tuple[str, ...] | None:
-            v = raw.get(name)
-            if v is None:
-                return None
-            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-                raise BadRequest(
-                    f"'provider.{name}' must be a list of endpoint ids", param=f"provider.{name}"
-                )
-            return tuple(v)
-
-        allow = raw.get("allow_fallbacks", True)
-        if not isinstance(allow, bool):
-            raise BadRequest(
-                "'provider.allow_fallbacks' must be a boolean", param="provider.allow_fallbacks"
-            )
-        sort = raw.get("sort")
-        if sort is not None and sort not in SORTS:
-            raise BadRequest(
-                f"'provider.sort' must be one of {', '.join(SORTS)}; got {sort!r}",
-                param="provider.sort",
-            )
-        max_prompt = max_completion = None
-        mp = raw.get("max_price")
-        if mp is not None:
-            if not isinstance(mp, dict) or set(mp) - {"prompt", "completion"}:
-                raise BadRequest(
-                    "'provider.max_price' must be an object with 'prompt' and/or 'completion'",
-                    param="provider.max_price",
-                )
-            for k, v in mp.items():
-                if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
-                    raise BadRequest(
-                        f"'provider.max_price.{k}' must be a number >= 0",
-                        param="provider.max_price",
-                    )
-            max_prompt, max_completion = mp.get("prompt"), mp.get("completion")
-        only = ids("only")
-        return cls(
-            order=ids("order") or (),
-            only=frozenset(only) if only is not None else None,
-            ignore=frozenset(ids("ignore") or ()),
-            allow_fallbacks=allow,
-            sort=sort,
-            max_prompt=max_prompt,
-            max_completion=max_completion,
-        )
-
-    def named(self) -> set[str]:
-        return set(self.order) | set(self.only or ()) | set(self.ignore)
-
-    def admits(self, ep: Endpoint) -> bool:
-        if self.only is not None and ep.id not in self.only:
-            return False
-        if ep.id in self.ignore:
-            return False
-        p_in, p_out = ep.price
-        if self.max_prompt is not None and p_in > self.max_prompt:
-            return False
-        return not (self.max_completion is not None and p_out > self.max_completion)
 
 
 @dataclass(slots=True)
@@ -151,55 +66,6 @@ class Call:
     reasoning: Reasoning | None = None  # what it asks of reasoning, in any of its forms
     affinity: Affinity | None = None  # prompt-cache affinity, when its policy has it
     routes: frozenset[str] | None = None  # the routes the client's key may use (None: all)
-
-
-class _Budget:
-    __slots__ = ("left",)
-
-    def __init__(self, n: int) -> None:
-        self.left = n
-
-    def spend(self) -> bool:
-        if self.left <= 0:
-            return False
-        self.left -= 1
-        return True
-
-
-class _Walk:
-    """The ranking as a failover path: onwards, skipping endpoints that became
-    unavailable meanwhile, and over from the top when it runs out."""
-
-    __slots__ = ("_clock", "_pos", "ranking")
-
-    def __init__(self, ranking: list[Endpoint], clock: Clock) -> None:
-        self.ranking = ranking
-        self._pos = 0
-        self._clock = clock
-
-    def next(self) -> Endpoint:
-        now = self._clock()
-        n = len(self.ranking)
-        for k in range(n):
-            ep = self.ranking[(self._pos + k) % n]
-            if ep.breaker.available(now) and not ep.full():
-                self._pos += k + 1
-                return ep
-        # All cooling down or rate limited: the one that is due first.
-        ep = min(self.ranking, key=lambda e: e.breaker.free_at())
-        self._pos = self.ranking.index(ep) + 1
-        return ep
-
-    def skip_head(self) -> None:
-        """The head was tried already (by the first attempt): go on from the next."""
-        self._pos = 1
-
-    def hold(self) -> float:
-        """Seconds until some endpoint of the ranking may be tried (0 if one may now)."""
-        now = self._clock()
-        if any(ep.breaker.available(now) for ep in self.ranking):
-            return 0.0
-        return max(0.0, min(ep.breaker.free_at() for ep in self.ranking) - now)
 
 
 class _NoEndpoint(Exception):
@@ -385,38 +251,13 @@ class Pipeline:
             endpoints = route.endpoints
             ranking = [endpoints[c.index] for c in ranked]
             if self.debug:
-                log.debug(
-                    "route_decision",
-                    route=route.name,
-                    strategy=strategy.name,
-                    order=[c.id for c in ranked],
-                    loads={
-                        c.id: {
-                            "ttft_ms": round(c.ttft_s * 1000, 1),
-                            "latency_ms": round(c.latency_s * 1000, 1),
-                            "tokens_per_s": round(c.tokens_per_s, 1),
-                            "error_rate": round(c.error_rate, 3),
-                            "in_flight": c.in_flight,
-                            "explore": c.explore,
-                            "probing": c.probing,
-                        }
-                        for c in candidates
-                    },
-                    skipped=[e.id for e in eps if e not in avail],
-                )
+                _log_decision(route, strategy, ranked, candidates, eps, avail)
             affinity = call.affinity
             ordered = prefs is not None and bool(prefs.order)  # provider.order wins over it
             if affinity is not None and affinity.route == route.name and not ordered:
                 ranking = affinity.order(route, ranking, candidates)
-        if prefs is not None and prefs.order:
-            first = [
-                route.by_id[i]
-                for i in prefs.order
-                if i in route.by_id and route.by_id[i] in ranking
-            ]
-            ranking = first + [e for e in ranking if e not in first]
-        if prefs is not None and not prefs.allow_fallbacks:
-            ranking = ranking[:1]
+        if prefs is not None:
+            ranking = prefs.reorder(route.by_id, ranking)
         return ranking, hedge
 
     async def _wait_for_slot(
@@ -463,12 +304,13 @@ class Pipeline:
         hedge: HedgeSection | None,
         failure: UpstreamError | None,
     ) -> Opened:
-        """Races on the ranking under tenacity, after the first try's ``failure`` if any."""
-        retry = route.spec.retry
-        budget = _Budget(
-            1 if call.prefs is not None and not call.prefs.allow_fallbacks else retry.attempts
+        """Races on the ranking, after the first try's ``failure`` if any."""
+        budget = Budget(
+            1
+            if call.prefs is not None and not call.prefs.allow_fallbacks
+            else route.spec.retry.attempts
         )
-        walk = _Walk(ranking, runtime.clock)
+        walk = Walk(ranking, runtime.clock)
 
         async def one_race() -> Opened:
             budget.spend()
@@ -491,10 +333,24 @@ class Pipeline:
             or attempts.clock() >= attempts.deadline
         ):
             raise failure
-        pending: UpstreamError | None = failure
+        return await self._retry(runtime, route, attempts, walk, budget, one_race, failure)
 
+    async def _retry(
+        self,
+        runtime: Runtime,
+        route: RouteRuntime,
+        attempts: Attempts,
+        walk: Walk,
+        budget: Budget,
+        one_race: Callable[[], Awaitable[Opened]],
+        failure: UpstreamError,
+    ) -> Opened:
+        """Races after ``failure`` under tenacity: backoff (never sooner than the ranking
+        frees up), until the budget or ``total_s`` is spent."""
+        retry = route.spec.retry
         clock = runtime.clock
         backoff = full_jitter(runtime.rng, retry.backoff_s, retry.backoff_max_s)
+        pending: UpstreamError | None = failure
 
         def wait(state: RetryCallState) -> float:
             return max(0.0, min(max(backoff(state), walk.hold()), attempts.deadline - clock()))
@@ -522,118 +378,37 @@ class Pipeline:
                 return await one_race()
         raise AssertionError("unreachable: tenacity reraises the last failure")
 
-    async def relay(
-        self,
-        opened: Opened,
-        deadline: float,
-        clock: Clock,
-        write: Callable[[bytes], Awaitable[None]],
-        finish: Callable[[bytes], Awaitable[None]],
-    ) -> None:
-        """Writes the committed stream: what was held up to the first token, then the rest.
-
-        The bytes that hold ``[DONE]`` go out through ``finish``, with the end of the
-        client's response in the same write (a whole short answer, held up to its first
-        token, is then one write). A coroutine that writes, not an async generator that
-        yields: no generator protocol per chunk, and the lease still ends in ``finally``
-        however it stops.
-        """
-        lease = opened.lease
-        inspector = opened.inspector
-        assert inspector is not None and opened.chunks is not None
-        if opened.transform is not None:
-            # Rewritten on the way (translated, or reasoning left out): the inspector
-            # read the upstream's events, the client gets the transform's.
-            write, finish = _through(opened.transform, write, finish)
-        try:
-            if inspector.done:
-                await finish(opened.body)
-            else:
-                if opened.body:
-                    await write(opened.body)
-                async for data in opened.chunks:
-                    try:
-                        out = inspector.feed(data)
-                    except ProtocolViolation as exc:
-                        await write(exc.forward)  # the valid events before the bad one
-                        raise
-                    if inspector.done:
-                        await finish(out)
-                        break
-                    if out:
-                        await write(out)
-                    if clock() > deadline:
-                        raise TotalTimeout("total_s ran out mid-stream")
-                else:
-                    tail = inspector.leftover()
-                    if tail:
-                        await write(tail)
-                    if not inspector.done:
-                        raise StreamBroken("upstream closed the stream before [DONE]")
-            # The client has the whole answer: whatever happens next (it hangs up while
-            # the upstream's end is read) does not make it less than delivered.
-            opened.delivered = True
-            lease.succeed(
-                inspector.usage,
-                inspector.events,
-                inspector.tool_calls_valid(),
-                inspector.output_error(),
-            )
-            try:
-                with contextlib.suppress(UpstreamError):
-                    # Nothing follows [DONE]: read on to the body's end, so that the
-                    # connection goes back to the pool (the idle timer bounds this).
-                    async for _ in opened.chunks:
-                        pass
-            except BaseException:  # cancelled meanwhile: the client hung up
-                opened.response.close()
-                raise
-        except ProtocolViolation as exc:
-            err = StreamBroken(str(exc))
-            opened.response.close()
-            lease.fail(err)
-            raise err from exc
-        except UpstreamError as exc:
-            # Close the upstream too: after an idle or total timeout it is still open.
-            opened.response.close()
-            lease.fail(exc)
-            raise
-        finally:
-            if not lease.done:
-                if inspector.done:
-                    lease.succeed(
-                        inspector.usage,
-                        inspector.events,
-                        inspector.tool_calls_valid(),
-                        inspector.output_error(),
-                    )
-                else:
-                    opened.abandon()  # the client went away: stop the upstream at once
+    relay = staticmethod(relay_stream)  # the committed stream, after its first token
 
 
-def full_jitter(rng: random.Random, base: float, cap: float) -> Callable[[RetryCallState], float]:
-    """Exponential backoff with full jitter (tenacity's ``wait_random_exponential``),
-    drawn from ``rng``: the runtime's, seeded in tests, never the global ``random``.
-    Before retry n: uniform in [0, min(cap, base * 2 ** (n - 1))]."""
+def _log_decision(
+    route: RouteRuntime,
+    strategy: Strategy,
+    ranked: list[Candidate],
+    candidates: Sequence[Candidate],
+    eps: list[Endpoint],
+    avail: list[Endpoint],
+) -> None:
+    """The debug ``route_decision`` event: the order and the loads compared."""
+    log.debug(
+        "route_decision",
+        route=route.name,
+        strategy=strategy.name,
+        order=[c.id for c in ranked],
+        loads={
+            c.id: {
+                "ttft_ms": round(c.ttft_s * 1000, 1),
+                "latency_ms": round(c.latency_s * 1000, 1),
+                "tokens_per_s": round(c.tokens_per_s, 1),
+                "error_rate": round(c.error_rate, 3),
+                "in_flight": c.in_flight,
+                "explore": c.explore,
+                "probing": c.probing,
+            }
+            for c in candidates
+        },
+        skipped=[e.id for e in eps if e not in avail],
+    )
 
-    def wait(state: RetryCallState) -> float:
-        n = min(state.attempt_number, 64)  # 2 ** 64 * base: past any cap, and no overflow
-        return rng.uniform(0.0, min(cap, base * 2.0 ** (n - 1)))
 
-    return wait
-
-
-def _through(
-    transform: Transform,
-    write: Callable[[bytes], Awaitable[None]],
-    finish: Callable[[bytes], Awaitable[None]],
-) -> tuple[Callable[[bytes], Awaitable[None]], Callable[[bytes], Awaitable[None]]]:
-    async def write_through(data: bytes) -> None:
-        out = transform.feed(data)
-        if out:
-            await write(out)
-
-    async def finish_through(data: bytes) -> None:
-        await finish(transform.feed(data))
-
-    return write_through, finish_through
+__all__ = ["Call", "Pipeline", "RoutingPrefs"]

@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from providers.base import UpstreamRequest, UpstreamResponse
 from providers.errors import UpstreamConnectError, UpstreamHTTPError
@@ -25,6 +27,7 @@ from providers.mock import MockProvider, json_answer
 from router.apis import BY_PATH
 from router.config import loads
 from router.errors import AllAttemptsFailed
+from router.obs.logs import REQUEST, bind_request, request_fields
 from router.routing.attempts import Attempts, Opened
 from router.routing.pipeline import Call, Pipeline
 from router.runtime import build_runtime
@@ -139,9 +142,10 @@ class World:
             clock=self.clock,
             provider_factory=lambda spec: self.hosts[spec.name].provider,  # type: ignore[arg-type,return-value]
         )
-        self.pipeline = Pipeline()  # asyncio.sleep: virtual on this loop
+        self.pipeline = Pipeline(debug=True)  # asyncio.sleep: virtual on this loop
 
     def attempts(self, route: str) -> Attempts:
+        context = REQUEST.get()
         return Attempts(
             api=CHAT,
             payload={"model": route, "messages": [{"role": "user", "content": "hi"}]},
@@ -150,6 +154,7 @@ class World:
             request_id="req-1",
             deadline=self.clock() + self.runtime.routes[route].spec.timeouts.total_s,
             clock=self.clock,
+            context=context,
         )
 
     async def serve(self, route: str, attempts: Attempts) -> Opened:
@@ -299,3 +304,50 @@ def test_a_request_cancelled_mid_attempt_releases_its_endpoint() -> None:
     assert stats.in_flight == 0 and stats.requests == 0  # no verdict on the endpoint
     breaker = world.runtime.routes["one"].by_id["a"].breaker
     assert breaker.state == "healthy" and breaker.consecutive == 0
+
+
+def logged(event: str) -> Step:
+    """Answers at once, logging ``event`` from inside the attempt (as a provider might)."""
+
+    async def step(request: UpstreamRequest) -> UpstreamResponse:
+        structlog.get_logger("test").info(event)
+        return json_answer(ANSWER)
+
+    return step
+
+
+def test_every_event_of_a_request_carries_its_id_route_endpoint_and_attempt() -> None:
+    world = World(a=[status(500)], b=[logged("upstream_answered")])
+    context = bind_request("req-42")
+    with capture_logs(processors=[request_fields]) as events:
+        outcome, _, _ = world.request("three")
+    context.end()
+    assert isinstance(outcome, Opened)
+    decision = next(e for e in events if e["event"] == "route_decision")
+    assert decision["request_id"] == "req-42" and decision["route"] == "three"
+    answered = next(e for e in events if e["event"] == "upstream_answered")
+    assert (answered["request_id"], answered["route"]) == ("req-42", "three")
+    assert (answered["endpoint"], answered["attempt"]) == ("b", 2)  # after a failed
+    with capture_logs(processors=[request_fields]) as events:
+        structlog.get_logger("test").info("between_requests")
+    assert "request_id" not in events[0]  # the binding ended with its request
+
+
+def test_a_hedging_races_attempts_each_log_their_own_endpoint() -> None:
+    async def slow_then_log(request: UpstreamRequest) -> UpstreamResponse:
+        structlog.get_logger("test").info("slow_sent")
+        await asyncio.sleep(1.0)
+        structlog.get_logger("test").info("slow_answered")  # never: the hedge wins
+        return json_answer(ANSWER)
+
+    world = World(a=[slow_then_log], b=[logged("fast_answered")])
+    context = bind_request("req-7")
+    with capture_logs(processors=[request_fields]) as events:
+        outcome, _, _ = world.request("hedged")
+    context.end()
+    assert isinstance(outcome, Opened) and outcome.endpoint.id == "b"
+    slow = next(e for e in events if e["event"] == "slow_sent")
+    fast = next(e for e in events if e["event"] == "fast_answered")
+    assert (slow["request_id"], slow["endpoint"], slow["attempt"]) == ("req-7", "a", 1)
+    assert (fast["request_id"], fast["endpoint"], fast["attempt"]) == ("req-7", "b", 2)
+    assert not any(e["event"] == "slow_answered" for e in events)

@@ -1,0 +1,129 @@
+"""Relaying a committed stream to the client, after its first token.
+
+Before the first token every failure fails over (``attempts``, ``pipeline``); after it
+the stream is the client's, and a failure ends it: the caller writes the client API's
+error event. The lease on the endpoint ends here, with the stream's outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from providers.errors import StreamBroken, TotalTimeout, UpstreamError
+from router.apis.base import Inspector, Transform
+from router.routing.attempts import Opened
+from router.routing.sse import ProtocolViolation
+from router.state.clock import Clock
+
+Write = Callable[[bytes], Awaitable[None]]
+
+
+async def relay(opened: Opened, deadline: float, clock: Clock, write: Write, finish: Write) -> None:
+    """Writes the committed stream: what was held up to the first token, then the rest.
+
+    The bytes that hold ``[DONE]`` go out through ``finish``, with the end of the
+    client's response in the same write (a whole short answer, held up to its first
+    token, is then one write). A coroutine that writes, not an async generator that
+    yields: no generator protocol per chunk, and the lease still ends in ``finally``
+    however it stops.
+    """
+    lease = opened.lease
+    inspector = opened.inspector
+    assert inspector is not None and opened.chunks is not None
+    if opened.transform is not None:
+        # Rewritten on the way (translated, or reasoning left out): the inspector
+        # read the upstream's events, the client gets the transform's.
+        write, finish = _through(opened.transform, write, finish)
+    try:
+        await _deliver(opened, inspector, deadline, clock, write, finish)
+        # The client has the whole answer: whatever happens next (it hangs up while
+        # the upstream's end is read) does not make it less than delivered.
+        opened.delivered = True
+        _succeed(opened, inspector)
+        await _drain(opened)
+    except ProtocolViolation as exc:
+        err = StreamBroken(str(exc))
+        opened.response.close()
+        lease.fail(err)
+        raise err from exc
+    except UpstreamError as exc:
+        # Close the upstream too: after an idle or total timeout it is still open.
+        opened.response.close()
+        lease.fail(exc)
+        raise
+    finally:
+        if not lease.done:
+            if inspector.done:
+                _succeed(opened, inspector)
+            else:
+                opened.abandon()  # the client went away: stop the upstream at once
+
+
+async def _deliver(
+    opened: Opened,
+    inspector: Inspector,
+    deadline: float,
+    clock: Clock,
+    write: Write,
+    finish: Write,
+) -> None:
+    """Everything up to and including ``[DONE]``; raises if the stream ends without it."""
+    if inspector.done:
+        await finish(opened.body)
+        return
+    if opened.body:
+        await write(opened.body)
+    assert opened.chunks is not None
+    async for data in opened.chunks:
+        try:
+            out = inspector.feed(data)
+        except ProtocolViolation as exc:
+            await write(exc.forward)  # the valid events before the bad one
+            raise
+        if inspector.done:
+            await finish(out)
+            return
+        if out:
+            await write(out)
+        if clock() > deadline:
+            raise TotalTimeout("total_s ran out mid-stream")
+    tail = inspector.leftover()
+    if tail:
+        await write(tail)
+    if not inspector.done:
+        raise StreamBroken("upstream closed the stream before [DONE]")
+
+
+def _succeed(opened: Opened, inspector: Inspector) -> None:
+    opened.lease.succeed(
+        inspector.usage,
+        inspector.events,
+        inspector.tool_calls_valid(),
+        inspector.output_error(),
+    )
+
+
+async def _drain(opened: Opened) -> None:
+    """Nothing follows [DONE]: read on to the body's end, so that the connection goes
+    back to the pool (the idle timer bounds this)."""
+    assert opened.chunks is not None
+    try:
+        with contextlib.suppress(UpstreamError):
+            async for _ in opened.chunks:
+                pass
+    except BaseException:  # cancelled meanwhile: the client hung up
+        opened.response.close()
+        raise
+
+
+def _through(transform: Transform, write: Write, finish: Write) -> tuple[Write, Write]:
+    async def write_through(data: bytes) -> None:
+        out = transform.feed(data)
+        if out:
+            await write(out)
+
+    async def finish_through(data: bytes) -> None:
+        await finish(transform.feed(data))
+
+    return write_through, finish_through
