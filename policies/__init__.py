@@ -3,7 +3,8 @@
 A strategy is one class (in a module here) plus one line in ``STRATEGIES``. Its
 constructor's keyword parameters are its options in routes.yaml (``policies.<name>``):
 the config validates them against the parameters' type hints and reports an
-``OptionError`` the constructor raises at the option's path.
+``OptionError`` the constructor raises at the option's path. A class attribute
+``OPTIONS_HELP`` ({option: one line}) describes them in docs/configuration.md.
 """
 
 from __future__ import annotations

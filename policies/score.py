@@ -63,6 +63,12 @@ _METRICS = {
 
 class Score:
     name = "score"
+    OPTIONS_HELP: Mapping[str, str] = {
+        "weights": "Weight of each live metric in the sum (default: ttft 1, error_rate 4, "
+        "throughput 0.3).",
+        "pick": "How the first is picked: `best` (the default), `p2c` among near-equals, or "
+        "`weighted` by cost.",
+    }
 
     def __init__(
         self, weights: Mapping[Metric, float] | None = None, pick: Pick | None = None

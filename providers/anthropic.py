@@ -57,11 +57,28 @@ class AnthropicSettings(ProviderSettings):
 
     kind: Literal["anthropic"]
     DEFAULT_APIS: ClassVar[frozenset[str]] = frozenset({"messages"})
-    base_url: str = "https://api.anthropic.com/v1"
-    api_key_env: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    max_connections: int = Field(4096, ge=1, le=100_000)
-    max_answer_mb: float = Field(MAX_ANSWER_BYTES / (1 << 20), gt=0, le=4096)
+    base_url: str = Field(
+        "https://api.anthropic.com/v1", description=("The API's base URL, without credentials.")
+    )
+    api_key_env: str | None = Field(
+        None,
+        description=(
+            "Variable holding the key (sent as `x-api-key`); unset: its endpoints are disabled."
+        ),
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description=("Extra headers sent upstream (`anthropic-version`, `anthropic-beta`)."),
+    )
+    max_connections: int = Field(
+        4096, ge=1, le=100_000, description=("Pooled connections to the host at most.")
+    )
+    max_answer_mb: float = Field(
+        MAX_ANSWER_BYTES / (1 << 20),
+        gt=0,
+        le=4096,
+        description=("Largest non-streamed answer in MB; a larger one fails over."),
+    )
 
     _url = field_validator("base_url")(http_base_url)
 

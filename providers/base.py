@@ -97,11 +97,22 @@ class ProviderSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: str
     # The client APIs the host speaks natively, when not its kind's (``DEFAULT_APIS``).
-    apis: tuple[ApiName, ...] | None = Field(None, min_length=1)
+    apis: tuple[ApiName, ...] | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Client APIs the host speaks natively (`chat`, `completions`,"
+            " `embeddings`, `responses`, `messages`); default: its "
+            "kind's. Others are translated."
+        ),
+    )
     DEFAULT_APIS: ClassVar[frozenset[str]] = frozenset({"chat", "completions", "embeddings"})
     # The host keeps a prompt cache (prompt-cache affinity applies to its endpoints even
     # without a ``cache_read`` price below ``input``).
-    prompt_cache: bool = False
+    prompt_cache: bool = Field(
+        False,
+        description="The host caches prompts: affinity applies even without a `cache_read` price.",
+    )
 
     def key_env(self) -> str | None:
         """The environment variable that holds this provider's key, if it takes one."""

@@ -88,10 +88,18 @@ class LiteLLMSettings(ProviderSettings):
     """``kind: litellm``: a host that litellm translates to (Anthropic, Bedrock, Gemini...)."""
 
     kind: Literal["litellm"]
-    base_url: str | None = None
-    api_key_env: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    params: dict[str, Any] = Field(default_factory=dict)
+    base_url: str | None = Field(
+        None, description="litellm's `api_base`, where not the provider's own."
+    )
+    api_key_env: str | None = Field(
+        None, description="Variable holding the key; unset: its endpoints are disabled."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra headers sent upstream."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Further litellm parameters (`aws_region_name`, ...)."
+    )
 
     @field_validator("base_url")
     @classmethod

@@ -197,14 +197,33 @@ class OpenAISettings(ProviderSettings):
     DEFAULT_APIS: ClassVar[frozenset[str]] = frozenset(
         {"chat", "completions", "embeddings", "responses"}
     )
-    base_url: str
-    api_key_env: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    reasoning: ReasoningForm = "passthrough"
-    max_connections: int = Field(4096, ge=1, le=100_000)
+    base_url: str = Field(description="The API's base URL (`.../v1`), without credentials.")
+    api_key_env: str | None = Field(
+        None,
+        description=(
+            "Variable holding the key (sent as a Bearer token); unset: its endpoints are disabled."
+        ),
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description=("Extra headers sent upstream.")
+    )
+    reasoning: ReasoningForm = Field(
+        "passthrough",
+        description=(
+            "How the host takes reasoning requests; `passthrough` leaves the body as sent."
+        ),
+    )
+    max_connections: int = Field(
+        4096, ge=1, le=100_000, description=("Pooled connections to the host at most.")
+    )
     # A non-streamed answer larger than this fails (and fails over): embeddings of a large
     # batch run to tens of MB, so the default is generous.
-    max_answer_mb: float = Field(MAX_ANSWER_BYTES / (1 << 20), gt=0, le=4096)
+    max_answer_mb: float = Field(
+        MAX_ANSWER_BYTES / (1 << 20),
+        gt=0,
+        le=4096,
+        description=("Largest non-streamed answer in MB; a larger one fails over."),
+    )
 
     _url = field_validator("base_url")(http_base_url)
 

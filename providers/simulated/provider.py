@@ -52,9 +52,11 @@ class PromptCacheSettings(BaseModel):
     """The simulated host's prompt cache (``providers.simulated.prompt_cache``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    ttl_s: float = Field(300.0, gt=0, le=86400)
-    min_tokens: int = Field(1024, ge=0)
-    ttft_factor: float = Field(0.3, ge=0, le=1)
+    ttl_s: float = Field(300.0, gt=0, le=86400, description="A cached prefix lives this long.")
+    min_tokens: int = Field(1024, ge=0, description="Shortest prefix cached.")
+    ttft_factor: float = Field(
+        0.3, ge=0, le=1, description=("TTFT of a cached prompt, as a share of the uncached one.")
+    )
 
 
 class SimulatedProvider:
@@ -99,21 +101,34 @@ class SimulatedSettings(ProviderSettings):
     DEFAULT_APIS: ClassVar[frozenset[str]] = frozenset(
         {"chat", "completions", "embeddings", "responses", "messages"}
     )
-    ttft_ms: float = Field(50.0, ge=0)
-    tokens_per_s: float = Field(100.0, gt=0)
-    tokens: int = Field(16, ge=1, le=100_000)
-    error_rate: float = Field(0.0, ge=0, le=1)
-    jitter: float = Field(0.0, ge=0, le=10)
-    tail_prob: float = Field(0.0, ge=0, le=1)
-    tail_ms: float = Field(0.0, ge=0)
-    seed: int | None = None
-    hang: bool = False
-    disconnect_mid_stream: bool = False
-    status: int | None = Field(None, ge=400, le=599)
-    retry_after_s: float | None = Field(None, ge=0)
-    reasoning: ReasoningForm = "passthrough"
-    capacity: int | None = Field(None, ge=1)  # past this many at once: 429 with Retry-After
-    prompt_cache: PromptCacheSettings | None = None  # type: ignore[assignment]  # a model here
+    ttft_ms: float = Field(50.0, ge=0, description="Milliseconds to the first token.")
+    tokens_per_s: float = Field(100.0, gt=0, description="Tokens per second after it.")
+    tokens: int = Field(
+        16, ge=1, le=100_000, description=("Answer length in tokens (at most `max_tokens`).")
+    )
+    error_rate: float = Field(0.0, ge=0, le=1, description="Share of requests answered 500.")
+    jitter: float = Field(0.0, ge=0, le=10, description="Log-normal sigma of the TTFT.")
+    tail_prob: float = Field(0.0, ge=0, le=1, description="Chance of a tail TTFT.")
+    tail_ms: float = Field(0.0, ge=0, description="The tail TTFT in milliseconds.")
+    seed: int | None = Field(None, description="Random seed; none: random.")
+    hang: bool = Field(False, description="Never answer.")
+    disconnect_mid_stream: bool = Field(False, description="Drop streams halfway.")
+    status: int | None = Field(
+        None, ge=400, le=599, description=("Answer every request with this status.")
+    )
+    retry_after_s: float | None = Field(None, ge=0, description="`Retry-After` sent with `status`.")
+    reasoning: ReasoningForm = Field(
+        "passthrough",
+        description=(
+            "How the host takes reasoning requests; `passthrough` leaves the body as sent."
+        ),
+    )
+    capacity: int | None = Field(
+        None, ge=1, description=("Answers at once at most; past it, 429 with `Retry-After`.")
+    )  # past this many at once: 429 with Retry-After
+    prompt_cache: PromptCacheSettings | None = Field(
+        None, description=("A prompt cache: `{ttl_s, min_tokens, ttft_factor}`.")
+    )  # type: ignore[assignment]  # a model here
 
     def build(self, name: str, api_key: str | None) -> SimulatedProvider:
         mine = type(self).model_fields

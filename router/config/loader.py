@@ -281,7 +281,7 @@ class _Builder:
             self.problems.append(f"{yaml_path(where)}: must be a mapping with 'endpoints'")
             return None
         head = {k: v for k, v in body.items() if k != "endpoints"}
-        route: RouteHead = self._valid(RouteHead, head, where) or RouteHead()
+        route: RouteHead = self._valid(RouteHead, head, where) or RouteHead.model_validate({})
         raw_eps = body.get("endpoints")
         if not isinstance(raw_eps, list) or not raw_eps:
             self.problems.append(

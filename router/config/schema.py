@@ -15,7 +15,7 @@ complete block (``BLOCKS``) once per endpoint.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, field_validator
@@ -31,20 +31,44 @@ class _Strict(BaseModel):
 
 
 class Timeouts(_Strict):
-    connect_s: float = Field(5.0, gt=0, le=3600)
-    ttft_s: float = Field(60.0, gt=0, le=3600)
-    idle_s: float = Field(60.0, gt=0, le=3600)
-    total_s: float = Field(600.0, gt=0, le=86400)
+    connect_s: float = Field(
+        5.0, gt=0, le=3600, description="Seconds to open a connection to the upstream."
+    )
+    ttft_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds to a stream's first token, or to a whole answer's first byte.",
+    )
+    idle_s: float = Field(
+        60.0, gt=0, le=3600, description="Seconds of silence allowed between streamed chunks."
+    )
+    total_s: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="Seconds for the whole request, retries and the stream included.",
+    )
 
 
 RetryClass = Literal["timeout", "connect"]
 
 
 class Retry(_Strict):
-    attempts: int = Field(3, ge=1, le=20)
-    backoff_s: float = Field(0.05, ge=0, le=60)
-    backoff_max_s: float = Field(2.0, ge=0, le=600)
-    on: tuple[int | RetryClass, ...] = (429, 500, 502, 503, 504, "timeout", "connect")
+    attempts: int = Field(
+        3, ge=1, le=20, description="Upstream attempts per request: the first, retries and hedges."
+    )
+    backoff_s: float = Field(
+        0.05,
+        ge=0,
+        le=60,
+        description="Base of the exponential backoff between attempts (full jitter).",
+    )
+    backoff_max_s: float = Field(2.0, ge=0, le=600, description="Longest backoff between attempts.")
+    on: tuple[int | RetryClass, ...] = Field(
+        (429, 500, 502, 503, 504, "timeout", "connect"),
+        description="What is retried: HTTP statuses, `timeout`, `connect`.",
+    )
 
     @field_validator("on", mode="before")
     @classmethod
@@ -66,24 +90,50 @@ class Retry(_Strict):
 
 
 class Breaker(_Strict):
-    consecutive_failures: int = Field(5, ge=1, le=10_000)
-    error_rate: float = Field(0.5, gt=0, le=1)
-    min_requests: int = Field(20, ge=1, le=1_000_000)
-    window_s: float = Field(60.0, gt=0, le=86400)
-    cooldown_s: float = Field(30.0, gt=0, le=86400)
+    consecutive_failures: int = Field(
+        5, ge=1, le=10_000, description="Failures in a row that open the breaker."
+    )
+    error_rate: float = Field(
+        0.5, gt=0, le=1, description="Error rate over `window_s` that opens the breaker."
+    )
+    min_requests: int = Field(
+        20, ge=1, le=1_000_000, description="Answers within `window_s` before `error_rate` counts."
+    )
+    window_s: float = Field(
+        60.0, gt=0, le=86400, description="The window the error rate is measured over."
+    )
+    cooldown_s: float = Field(
+        30.0,
+        gt=0,
+        le=86400,
+        description=(
+            "How long an open breaker keeps the endpoint out; doubles after a failed probe."
+        ),
+    )
 
 
 class Stats(_Strict):
-    halflife_s: float = Field(30.0, gt=0, le=86400)
+    halflife_s: float = Field(
+        30.0,
+        gt=0,
+        le=86400,
+        description="Seconds for live stats to lose half their weight: how fast they forget.",
+    )
 
 
 class Price(_Strict):
     """USD per million tokens."""
 
-    input: float = Field(0.0, ge=0)
-    output: float = Field(0.0, ge=0)
-    cache_read: float | None = Field(None, ge=0)
-    cache_write: float | None = Field(None, ge=0)
+    input: float = Field(0.0, ge=0, description="USD per million input tokens.")
+    output: float = Field(
+        0.0, ge=0, description="USD per million output tokens (reasoning included)."
+    )
+    cache_read: float | None = Field(
+        None, ge=0, description="USD per million cached input tokens read."
+    )
+    cache_write: float | None = Field(
+        None, ge=0, description="USD per million input tokens written to the cache."
+    )
 
 
 BLOCKS: dict[str, type[_Strict]] = {
@@ -106,24 +156,63 @@ class Overrides(_Strict):
 
 
 class ServerSection(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    api_keys_env: str | None = "ROUTER_API_KEYS"
-    admin_key_env: str | None = "ROUTER_ADMIN_KEY"
-    max_body_mb: float = Field(20.0, gt=0, le=1024)
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port to listen on.")
+    api_keys_env: str | None = Field(
+        "ROUTER_API_KEYS",
+        description=(
+            "Variable holding client keys (`name:key`, comma-separated); "
+            "unset or empty: no client auth."
+        ),
+    )
+    admin_key_env: str | None = Field(
+        "ROUTER_ADMIN_KEY",
+        description="Variable holding the admin key for `/admin/*`; unset: those paths answer 404.",
+    )
+    max_body_mb: float = Field(
+        20.0,
+        gt=0,
+        le=1024,
+        description="Largest request body in MB, after decompression (413 past it).",
+    )
     # A client that has not sent a whole request head (the first one included), or stops
     # sending its body, for this long (to twice this) is cut off: nginx's 60 s.
-    client_timeout_s: float = Field(60.0, gt=0, le=3600)
+    client_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="A client that stalls mid-head or mid-body this long (up to twice) is cut off.",
+    )
     # Open client connections at most; unset: half the process's descriptor limit.
-    max_connections: int | None = Field(None, ge=1, le=1_000_000)
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Open client connections at most; unset: half the descriptor limit.",
+    )
 
 
 class StorageSection(_Strict):
-    url: str | None = "sqlite+aiosqlite:///router.db"
-    retention_days: float = Field(30.0, gt=0)
-    queue_size: int = Field(10_000, ge=10, le=10_000_000)
-    batch_size: int = Field(500, ge=1, le=100_000)
-    flush_interval_s: float = Field(1.0, gt=0, le=3600)
+    url: str | None = Field(
+        "sqlite+aiosqlite:///router.db",
+        description=(
+            "The request log's database (async SQLAlchemy URL); null: no "
+            "log. `ROUTER_DATABASE_URL` overrides it."
+        ),
+    )
+    retention_days: float = Field(30.0, gt=0, description="Rows older than this are deleted.")
+    queue_size: int = Field(
+        10_000,
+        ge=10,
+        le=10_000_000,
+        description=(
+            "Records waiting to be written at most; past it the oldest are dropped and counted."
+        ),
+    )
+    batch_size: int = Field(500, ge=1, le=100_000, description="Rows per write.")
+    flush_interval_s: float = Field(
+        1.0, gt=0, le=3600, description="Longest wait before a partial batch is written."
+    )
 
 
 class DefaultsSection(Overrides):
@@ -142,25 +231,52 @@ ProviderSection = TypeAdapter[Any](
 
 
 class HedgeSection(_Strict):
-    after: Literal["p50", "p90", "p95", "p99"] | None = None
-    after_ms: float = Field(1000.0, gt=0)
-    max_extra: int = Field(1, ge=1, le=4)
+    after: Literal["p50", "p90", "p95", "p99"] | None = Field(
+        None,
+        description=(
+            "Hedge after this live TTFT percentile of the first endpoint "
+            "(`after_ms` until it has 20 samples)."
+        ),
+    )
+    after_ms: float = Field(
+        1000.0, gt=0, description="Hedge after this many milliseconds without a first token."
+    )
+    max_extra: int = Field(
+        1,
+        ge=1,
+        le=4,
+        description="Extra attempts a hedge may start (each counts in `retry.attempts`).",
+    )
 
 
 class AffinitySection(_Strict):
     """Prompt-cache affinity (``policies.affinity`` has the stay-or-move rule)."""
 
-    ttl_s: float = Field(600.0, gt=0, le=86400)  # a binding lives this long after its last use
-    usd_per_s: float = Field(0.05, ge=0, le=1000)  # what a second of waiting is worth
+    ttl_s: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="A conversation's binding lives this long after its last use.",
+    )  # a binding lives this long after its last use
+    usd_per_s: float = Field(
+        0.05,
+        ge=0,
+        le=1000,
+        description="What a second of waiting is worth against the cache's saving: when to move.",
+    )  # what a second of waiting is worth
 
 
 _NOT_OPTIONS = ("strategy", "hedge", "affinity")  # what every policy may say, beside options
 
 
-class _PolicyBase(_Strict):
-    strategy: str
-    hedge: HedgeSection | None = None
-    affinity: AffinitySection | None = None
+class PolicyCommon(_Strict):
+    strategy: str = Field(description="The strategy that ranks the endpoints (the table above).")
+    hedge: HedgeSection | None = Field(
+        None, description="Start the next endpoint too when the first is slow (below)."
+    )
+    affinity: AffinitySection | None = Field(
+        None, description="Keep a conversation where its prompt cache is (below); off when absent."
+    )
 
     def options(self) -> dict[str, Any]:
         """The strategy's own options, as its constructor takes them."""
@@ -170,20 +286,21 @@ class _PolicyBase(_Strict):
 def _options(factory: Callable[..., Any]) -> dict[str, Any]:
     """A strategy's options: its constructor's keyword parameters, typed by their hints."""
     fields: dict[str, Any] = {}
+    helps: Mapping[str, str] = getattr(factory, "OPTIONS_HELP", {})  # for the reference docs
     # eval_str: the strategies' modules use postponed annotations (strings).
     for name, param in inspect.signature(factory, eval_str=True).parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         hint = Any if param.annotation is inspect.Parameter.empty else param.annotation
         default = None if param.default is inspect.Parameter.empty else param.default
-        fields[name] = (hint, default)
+        fields[name] = (hint, Field(default, description=helps.get(name)))
     return fields
 
 
-POLICY_SECTIONS: dict[str, type[_PolicyBase]] = {
+POLICY_SECTIONS: dict[str, type[PolicyCommon]] = {
     name: create_model(
         f"{name.title().replace('_', '')}Policy",
-        __base__=_PolicyBase,
+        __base__=PolicyCommon,
         strategy=(Literal[name], ...),  # type: ignore[arg-type]  # a Literal made at run time
         **_options(factory),
     )
@@ -196,21 +313,32 @@ PolicySection = TypeAdapter[Any](
 
 
 class EndpointSection(Overrides):
-    provider: str
-    model: str
-    id: str | None = None
-    weight: float = Field(1.0, gt=0)
-    price: Price | None = None
-    max_concurrency: int | None = Field(None, ge=1)
-    disabled: bool = False
+    provider: str = Field(description="The provider (under `providers`) that reaches the endpoint.")
+    model: str = Field(description="The model name sent upstream.")
+    id: str | None = Field(
+        None,
+        description=(
+            "The endpoint's name in its route (headers, logs, "
+            "`provider.order`); default: the provider's name."
+        ),
+    )
+    weight: float = Field(1.0, gt=0, description="Its share under `weighted`.")
+    price: Price | None = Field(None, description="USD per million tokens (below).")
+    max_concurrency: int | None = Field(
+        None, ge=1, description="Requests in flight at most; a full endpoint is skipped."
+    )
+    disabled: bool = Field(False, description="Keep the endpoint out of service.")
 
 
 class RouteHead(Overrides):
     """A route without its endpoints: each endpoint is validated on its own, so one bad
     endpoint hides no other problem of the file."""
 
-    policy: str = "priority"
-    fallbacks: list[str] = Field(default_factory=list)
+    policy: str = Field("priority", description="A policy under `policies`, or a strategy's name.")
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Other routes tried, in order, when every endpoint here failed.",
+    )
 
 
 class RouteSection(RouteHead):
@@ -221,28 +349,47 @@ class RouteSection(RouteHead):
 
 
 class KeyLimits(_Strict):
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    concurrent: int | None = Field(None, ge=1)
+    rpm: int | None = Field(None, ge=1, description="Requests per minute.")
+    tpm: int | None = Field(None, ge=1, description="Tokens per minute, prompt and completion.")
+    concurrent: int | None = Field(None, ge=1, description="Requests in flight at once.")
 
 
 class KeyBudget(_Strict):
-    day: float | None = Field(None, ge=0)
-    month: float | None = Field(None, ge=0)
+    day: float | None = Field(None, ge=0, description="USD per UTC day.")
+    month: float | None = Field(None, ge=0, description="USD per UTC month.")
 
 
 class KeySection(_Strict):
-    key_env: str = Field(min_length=1)  # the key itself lives in the environment
-    routes: list[str] | None = None  # None: every route
-    limits: KeyLimits = Field(default_factory=lambda: KeyLimits.model_validate({}))
-    budget_usd: KeyBudget = Field(default_factory=lambda: KeyBudget.model_validate({}))
+    key_env: str = Field(
+        min_length=1, description="Variable holding the key."
+    )  # the key itself lives in the environment
+    routes: list[str] | None = Field(
+        None, description="Routes the key may use; default: all."
+    )  # None: every route
+    limits: KeyLimits = Field(
+        default_factory=lambda: KeyLimits.model_validate({}), description="Rate limits (below)."
+    )
+    budget_usd: KeyBudget = Field(
+        default_factory=lambda: KeyBudget.model_validate({}),
+        description="Spending limits in USD (below).",
+    )
 
 
 class StateSection(_Strict):
-    url_env: str | None = None  # redis://...; unset: in-process state (one node)
-    on_error: Literal["open", "closed"] = "open"  # Redis unreachable: count locally, or 503
-    prefix: str = Field("router:", min_length=1)  # several deployments on one Redis
-    timeout_ms: float = Field(250.0, gt=0, le=10_000)  # every Redis call's bound
+    url_env: str | None = Field(
+        None,
+        description="Variable holding a Redis URL for state shared by replicas; unset: in-process.",
+    )  # redis://...; unset: in-process state (one node)
+    on_error: Literal["open", "closed"] = Field(
+        "open",
+        description="Redis unreachable: `open` serves and counts locally, `closed` answers 503.",
+    )  # Redis unreachable: count locally, or 503
+    prefix: str = Field(
+        "router:", min_length=1, description="Key prefix, for several deployments on one Redis."
+    )  # several deployments on one Redis
+    timeout_ms: float = Field(
+        250.0, gt=0, le=10_000, description="Bound on every Redis call."
+    )  # every Redis call's bound
 
 
 class FileSection(_Strict):

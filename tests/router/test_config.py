@@ -460,3 +460,27 @@ def test_an_unknown_api_is_an_error_with_its_path() -> None:
         "routes:\n  r: {endpoints: [{provider: p, model: m}]}\n"
     )
     assert any(p.startswith("providers.p.apis") and "messages" in p for p in found), found
+
+
+def test_the_configuration_reference_is_current() -> None:
+    """docs/configuration.md's tables are made from the schema; a field added, renamed or
+    re-bounded must show there (run ``python -m router.config.reference --write``)."""
+    from router.config import reference
+
+    assert reference.current(reference.DOC.read_text()) == reference.render(), (
+        "docs/configuration.md is stale: run `python -m router.config.reference --write`"
+    )
+
+
+def test_the_docs_link_only_to_files_in_the_repository() -> None:
+    import re
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            resolved = (page.parent / target).resolve()
+            assert resolved.is_relative_to(ROOT), (page.name, target)
+            assert resolved.exists(), (page.name, target)
+        assert "../shared" not in page.read_text(), page.name
