@@ -36,12 +36,7 @@ async def relay(opened: Opened, deadline: float, clock: Clock, write: Write, fin
         # read the upstream's events, the client gets the transform's.
         write, finish = _through(opened.transform, write, finish)
     try:
-        await _deliver(opened, inspector, deadline, clock, write, finish)
-        # The client has the whole answer: whatever happens next (it hangs up while
-        # the upstream's end is read) does not make it less than delivered.
-        opened.delivered = True
-        _succeed(opened, inspector)
-        await _drain(opened)
+        await _pass_on(opened, inspector, deadline, clock, write, finish)
     except ProtocolViolation as exc:
         err = StreamBroken(str(exc))
         opened.response.close()
@@ -60,7 +55,7 @@ async def relay(opened: Opened, deadline: float, clock: Clock, write: Write, fin
                 opened.abandon()  # the client went away: stop the upstream at once
 
 
-async def _deliver(
+async def _pass_on(
     opened: Opened,
     inspector: Inspector,
     deadline: float,
@@ -68,31 +63,45 @@ async def _deliver(
     write: Write,
     finish: Write,
 ) -> None:
-    """Everything up to and including ``[DONE]``; raises if the stream ends without it."""
+    """Everything up to and including ``[DONE]`` (raises if the stream ends without it),
+    then the upstream's end, read and dropped so its connection goes back to the pool."""
+    chunks = opened.chunks
+    assert chunks is not None
     if inspector.done:
         await finish(opened.body)
-        return
-    if opened.body:
-        await write(opened.body)
-    assert opened.chunks is not None
-    async for data in opened.chunks:
-        try:
-            out = inspector.feed(data)
-        except ProtocolViolation as exc:
-            await write(exc.forward)  # the valid events before the bad one
-            raise
-        if inspector.done:
-            await finish(out)
-            return
-        if out:
-            await write(out)
-        if clock() > deadline:
-            raise TotalTimeout("total_s ran out mid-stream")
-    tail = inspector.leftover()
-    if tail:
-        await write(tail)
-    if not inspector.done:
-        raise StreamBroken("upstream closed the stream before [DONE]")
+    else:
+        if opened.body:
+            await write(opened.body)
+        async for data in chunks:
+            try:
+                out = inspector.feed(data)
+            except ProtocolViolation as exc:
+                await write(exc.forward)  # the valid events before the bad one
+                raise
+            if inspector.done:
+                await finish(out)
+                break
+            if out:
+                await write(out)
+            if clock() > deadline:
+                raise TotalTimeout("total_s ran out mid-stream")
+        else:
+            tail = inspector.leftover()
+            if tail:
+                await write(tail)
+            if not inspector.done:
+                raise StreamBroken("upstream closed the stream before [DONE]")
+    # The client has the whole answer: whatever happens next (it hangs up while the
+    # upstream's end is read) does not make it less than delivered.
+    opened.delivered = True
+    _succeed(opened, inspector)
+    try:
+        with contextlib.suppress(UpstreamError):  # the idle timer bounds this read
+            async for _ in chunks:
+                pass
+    except BaseException:  # cancelled meanwhile: the client hung up
+        opened.response.close()
+        raise
 
 
 def _succeed(opened: Opened, inspector: Inspector) -> None:
@@ -102,19 +111,6 @@ def _succeed(opened: Opened, inspector: Inspector) -> None:
         inspector.tool_calls_valid(),
         inspector.output_error(),
     )
-
-
-async def _drain(opened: Opened) -> None:
-    """Nothing follows [DONE]: read on to the body's end, so that the connection goes
-    back to the pool (the idle timer bounds this)."""
-    assert opened.chunks is not None
-    try:
-        with contextlib.suppress(UpstreamError):
-            async for _ in opened.chunks:
-                pass
-    except BaseException:  # cancelled meanwhile: the client hung up
-        opened.response.close()
-        raise
 
 
 def _through(transform: Transform, write: Write, finish: Write) -> tuple[Write, Write]:
