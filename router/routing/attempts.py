@@ -173,7 +173,7 @@ class Attempts:
         """What rewrites the answer for the client: the translation back to its API, and
         the reasoning text left out when it asked so."""
         if translation is not None:
-            opened.transform = translation.transform(self.client_wants_usage)
+            opened.transform = translation.transform(self.payload, self.client_wants_usage)
             opened.dropped = dropped
         if self.reasoning is not None and not self.reasoning.show:
             thoughts: Transform = Thoughts(self.api.name)

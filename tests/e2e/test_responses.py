@@ -95,6 +95,7 @@ def router(
 ) -> Iterator[RouterProcess]:
     providers = f"""
   sim: {{kind: simulated, ttft_ms: 1, tokens_per_s: 5000}}
+  sim-chat: {{kind: simulated, ttft_ms: 1, tokens_per_s: 5000, apis: [chat]}}
   sim-hidden: {{kind: simulated, ttft_ms: 1, tokens_per_s: 5000, reasoning: openai}}
   sim-down: {{kind: simulated, status: 503}}
   sim-broken: {{kind: simulated, ttft_ms: 1, tokens_per_s: 2000, tokens: 40,
@@ -107,6 +108,8 @@ def router(
     routes = """
   native:
     endpoints: [{provider: sim, model: m1}]
+  viachat:
+    endpoints: [{provider: sim-chat, model: m1}]
   hidden:
     endpoints: [{provider: sim-hidden, model: m1}]
   failover:
@@ -170,6 +173,44 @@ def test_tools_and_a_tool_loop(client: openai.OpenAI) -> None:
     stream = client.responses.create(model="native", input=follow, tools=[TOOL], stream=True)
     kinds = [event.type for event in stream]
     assert "response.output_text.delta" in kinds and kinds[-1] == "response.completed"
+
+
+def test_a_chat_only_host_serves_responses_translated(
+    client: openai.OpenAI, router: RouterProcess
+) -> None:
+    raw = client.responses.with_raw_response.create(model="viachat", input="hi", truncation="auto")
+    assert raw.headers["x-router-dropped"] == "truncation"
+    answer = raw.parse()
+    assert answer.status == "completed" and answer.output_text
+    assert answer.usage and answer.usage.output_tokens > 0
+    # A tool loop, streamed: the chat host's tool call comes back as a function_call
+    # item, and the call and its output go to the host as chat's tool messages.
+    with client.responses.stream(
+        model="viachat", input="weather?", tools=[TOOL], tool_choice="required"
+    ) as stream:
+        kinds = [event.type for event in stream]
+        first = stream.get_final_response()
+    call = first.output[0]
+    assert call.type == "function_call" and call.name == "weather"
+    assert isinstance(json.loads(call.arguments)["city"], str)
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "response.function_call_arguments.delta" in kinds
+    follow: Any = [
+        {"role": "user", "content": "weather?"},
+        {"type": "function_call", "call_id": call.call_id, "name": "weather",
+         "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+    ]  # fmt: skip
+    with client.responses.stream(model="viachat", input=follow, tools=[TOOL]) as stream:
+        final = stream.get_final_response()
+    assert final.output_text and final.usage and final.usage.input_tokens > 0
+
+    def logged() -> list[dict[str, Any]]:
+        return [e for e in router.logs() if e.get("event") == "request" and e["route"] == "viachat"]
+
+    assert poll(lambda: len(logged()) == 3)  # written once the answer has gone
+    assert all(e["operation"] == "responses" and e["status"] == 200 for e in logged())
+    assert all(e["completion_tokens"] > 0 for e in logged())
 
 
 def test_reasoning_stream_and_usage(client: openai.OpenAI) -> None:

@@ -7,6 +7,9 @@ or event by event as the stream arrives (a ``router.apis.base.Transform``), and
 ``error`` turns the host's error body into the client's shape. Each pair is a module of
 pure functions, tested on recorded examples both ways.
 
+Responses -> chat is ours too: litellm's bridge costs ~200x ours on a 256-token stream
+(``benchmarks/responses_translation.py``).
+
 Messages <-> chat is ours rather than litellm's Anthropic adapter, which builds pydantic
 objects per chunk: on a 256-token stream it takes ~30 ms of CPU to our ~0.4 ms (77x),
 and 8x ours on a tool-loop request (``benchmarks/messages_translation.py``); through the
@@ -22,8 +25,9 @@ from types import MappingProxyType
 from typing import Any
 
 from router.apis.base import Transform
-from router.apis.translate import chat_via_messages, messages_via_chat
+from router.apis.translate import chat_via_messages, messages_via_chat, responses_via_chat
 from router.apis.translate.common import chat_error_to_messages, messages_error_to_chat
+from router.apis.translate.responses_events import ResponsesFromChat
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +35,8 @@ class Translation:
     client: str  # the client's API (``router.apis`` names)
     upstream: str  # the host's
     request: Callable[[dict[str, Any]], tuple[dict[str, Any], list[str]]]
-    transform: Callable[[bool], Transform]  # given whether the client wants stream usage
+    # Given the client's body and whether it wants stream usage.
+    transform: Callable[[Mapping[str, Any], bool], Transform]
     error: Callable[[int, bytes], bytes]  # the host's error body (status, body) as the client's
 
 
@@ -41,15 +46,22 @@ TRANSLATIONS: Mapping[tuple[str, str], Translation] = MappingProxyType(
             "messages",
             "chat",
             messages_via_chat.messages_to_chat,
-            lambda _usage: messages_via_chat.MessagesFromChat(),
+            lambda _request, _usage: messages_via_chat.MessagesFromChat(),
             chat_error_to_messages,
         ),
         ("chat", "messages"): Translation(
             "chat",
             "messages",
             chat_via_messages.chat_to_messages,
-            chat_via_messages.ChatFromMessages,
+            lambda _request, usage: chat_via_messages.ChatFromMessages(usage),
             messages_error_to_chat,
+        ),
+        ("responses", "chat"): Translation(
+            "responses",
+            "chat",
+            responses_via_chat.responses_to_chat,
+            lambda request, _usage: ResponsesFromChat(request),
+            lambda _status, body: body,  # both speak OpenAI's error shape
         ),
     }
 )
