@@ -1,2 +1,3 @@
-"""The request log: records (``records``), the batched writer (``writer``), the database layer
-(``store``), the tables and their migrations (``schema``, ``migrations``), and usage totals."""
+"""The request log: records (``records``), the row each becomes (``rows``), the batched writer
+(``writer``, ``batches``), the database layer (``store``; ``sqlite``, ``postgres``), the tables
+and their migrations (``schema``, ``migrations``), and usage totals (``usage``)."""

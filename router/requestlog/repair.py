@@ -1,6 +1,6 @@
 """Rows a database refused, made to fit its columns: the writer's last resort for one row.
 
-The event loop builds rows without checking their values (``writer.entry``): a check per
+The event loop builds rows without checking their values (``rows.entry``): a check per
 value per request would cost every request for what almost never happens. A value a
 column cannot hold (a token count past 2^63 - 1, a NaN where NULL is not allowed, text
 no driver encodes) fails the whole batch instead; the writer then finds the row by
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from router.requestlog.store import (
+from router.requestlog.rows import (
     ATTEMPT_COLUMNS,
     PG_TYPES,
     REQUEST_COLUMNS,

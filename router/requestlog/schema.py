@@ -8,7 +8,8 @@ wherever it runs. Several processes may start together against one database, so 
 upgrade runs under a lock: a PostgreSQL advisory lock, or SQLite's ``BEGIN IMMEDIATE``.
 
 Only the upgrade child (``python -m router.requestlog.migrations``) and ``/admin/usage`` import
-this module; the serving path writes through ``store.py`` and never loads SQLAlchemy.
+this module; the serving path writes through ``store.py`` (``sqlite.py``, ``postgres.py``)
+and never loads SQLAlchemy.
 Indexes are the ones a query of ours uses: every index is paid for on each insert.
 On SQLite, ``ts`` is Unix seconds (REAL, revision 0004), which ``UnixTime`` turns into
 and out of datetimes, so queries read the same on both backends.
@@ -25,7 +26,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from router.requestlog import store
+from router.requestlog.postgres import PG_CONNECT_TIMEOUT_S
+from router.requestlog.sqlite import SQLITE_BUSY_MS
 from router.requestlog.store import HEAD
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -89,7 +91,7 @@ REQUESTS = sa.Table(
     sa.Column("attempt_ttft_ms", sa.Float(), nullable=True),
 )
 # The attempts that are not a request's one attempt that served it. No index on ts:
-# pruned by id (store.py), and joined to requests on (ts, request_id).
+# pruned by id (sqlite.py, postgres.py), and joined to requests on (ts, request_id).
 ATTEMPT_ROWS = sa.Table(
     "attempt_rows",
     METADATA,
@@ -139,7 +141,7 @@ def make_engine(url: str) -> AsyncEngine:
     if parsed.get_backend_name() != "sqlite":
         kwargs["pool_pre_ping"] = True  # a restarted server leaves dead pooled connections
     if parsed.drivername == "postgresql+asyncpg":
-        kwargs["connect_args"] = {"timeout": store.PG_CONNECT_TIMEOUT_S}
+        kwargs["connect_args"] = {"timeout": PG_CONNECT_TIMEOUT_S}
     try:
         engine = create_async_engine(parsed, **kwargs)
     except (sa.exc.ArgumentError, sa.exc.InvalidRequestError, ImportError) as exc:
@@ -161,7 +163,7 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         # WAL: readers (usage queries) never block the writer, and other processes'
         # writers queue on the lock instead of failing at once.
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={store.SQLITE_BUSY_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; fsync per checkpoint
         cursor.close()
 

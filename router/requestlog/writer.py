@@ -12,8 +12,9 @@ meanwhile the oldest records are dropped and *counted* (``dropped``, ``on_drop``
 A batch the database refuses for its values is not retried as it is: the writer halves
 it until it finds the rows at fault, writes the others, and writes those clamped to
 what the columns hold or, failing that, drops them (``bad_rows``), so one bad row never
-stops the log. A database found without its tables (recreated empty, the file replaced)
-is migrated again and written to, without a restart and without losing the queue.
+stops the log (``batches.py``). A database found without its tables (recreated empty,
+the file replaced) is migrated again and written to, without a restart and without
+losing the queue.
 
 The writer talks to the driver directly (``router.requestlog.store``): the serving
 process never imports SQLAlchemy. Before its first write it reads the database's schema
@@ -24,7 +25,6 @@ upgrades an old log in place. ``usage()`` loads SQLAlchemy on first use: only ad
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -33,17 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from router.requestlog.records import AttemptRecord, RequestRecord, Usage
-from router.requestlog.store import (
-    HEAD,
-    Record,
-    Row,
-    Store,
-    Target,
-    open_store,
-    parse_target,
-    upgrade_in_child,
-)
+from router.requestlog.batches import Batches
+from router.requestlog.records import RequestRecord
+from router.requestlog.rows import NULL, Record, entry, learn_names
+from router.requestlog.store import HEAD, Store, Target, open_store, parse_target, upgrade_in_child
 
 State = str  # "starting", "ok", "failing", "stopped"
 
@@ -56,116 +49,10 @@ PRUNE_EVERY_S = 3600.0
 PRUNE_RETRY_S = 60.0
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 30.0
-MAX_TEXT = 256  # client-chosen strings (request ids) are cut here
-MAX_NAMES = 4096  # distinct names kept made storable (see entry())
-NULL = math.nan  # a NULL as both stores bind it cheaply (see store.REQUEST_COLUMNS)
-
-# A queued record is one flat tuple (``store.Record``) of str, int and float and the
-# attempt rows, which the garbage collector stops tracking (a queue of thousands of
-# dataclasses would be rescanned by every young-generation collection).
-_NO_USAGE = Usage()
 
 
 class RequestLogDisabled(RuntimeError):
     """The request log is off (no ``storage.url``) or not started: nothing to query."""
-
-
-def _text(value: str) -> str:
-    """Text made storable and cut to MAX_TEXT: a NUL (PostgreSQL) or a lone surrogate
-    (any UTF-8 driver) would fail its whole batch on every retry."""
-    if len(value) > MAX_TEXT:
-        value = value[:MAX_TEXT]
-    if "\x00" in value:
-        value = value.replace("\x00", "\ufffd")
-    if not value.isascii():  # O(1) for the usual ASCII string
-        value = value.encode("utf-8", "replace").decode("utf-8")
-    return value
-
-
-def entry(rec: RequestRecord, names: dict[str | None, Any]) -> Record:
-    """``rec`` as a ``store.Record``: its attempt rows, then its row; rows end before
-    their ``store.DEFAULTS`` when those are all they have there.
-
-    The usual request, served by its one attempt, is one row: it carries that attempt's
-    duration and TTFT, and its other fields are the attempt's too (revision 0005). Any
-    other request's attempts get rows of their own, its ``attempt_*`` fields NULL.
-
-    This runs on the event loop for every request, so it does little more than read each
-    field once: ``ts`` is the start in Unix seconds as both stores take it (attempts,
-    which carry monotonic durations only, get their request's); NULL is NaN; flags go
-    as 0/1, since sqlite3 sends a bool through its slow adapter path (PostgreSQL reads
-    '0'/'1' as booleans). Names from the configuration (routes, endpoints, client keys,
-    error classes, attempt reasons) come storable from ``names``, None as NULL: the
-    same few come with every record, and a hit is a dictionary lookup instead of a call
-    of ``_text``. A name not in it raises KeyError: see ``learn_names``."""
-    ts = rec.started
-    rid = rec.request_id
-    if len(rid) > MAX_TEXT or not rid.isascii() or "\x00" in rid:
-        rid = _text(rid)
-    u = rec.usage or _NO_USAGE
-    ttft = rec.ttft_ms
-    attempts = rec.attempts
-    rows: tuple[Row, ...] = ()
-    a = attempts[0] if len(attempts) == 1 else None
-    # The attempt served the request, unhedged, at its route, endpoint and status: the
-    # request's row says all the rest of it.
-    if (
-        a is not None and a.reason is None and not a.hedged and a.status == rec.status
-        and a.route == rec.route and a.endpoint == rec.endpoint
-    ):  # fmt: skip
-        attempt_ms, attempt_ttft = a.duration_ms, NULL if a.ttft_ms is None else a.ttft_ms
-    else:
-        attempt_ms = attempt_ttft = NULL
-        rows = _attempt_rows(ts, rid, attempts, names)
-    record: Record = (
-        rows, names[rec.route], names[rec.endpoint], rec.operation, 1 if rec.stream else 0,
-        rec.status, names[rec.key_name], len(attempts),
-        ts, rid, rec.latency_ms, NULL if ttft is None else ttft, u.prompt_tokens,
-        u.completion_tokens, rec.cost, attempt_ms, attempt_ttft,
-    )  # fmt: skip
-    # The columns at their defaults in most rows go only when they are not (DEFAULTS).
-    if (
-        rec.hedges or u.reasoning_tokens or u.cached_tokens or u.cache_write_tokens
-        or rec.error is not None or rec.output_error is not None
-    ):  # fmt: skip
-        record += (
-            rec.hedges, u.reasoning_tokens, u.cached_tokens, u.cache_write_tokens,
-            names[rec.error], names[rec.output_error],
-        )  # fmt: skip
-    return record
-
-
-def _attempt_rows(
-    ts: float, rid: str, attempts: list[AttemptRecord], names: dict[str | None, Any]
-) -> tuple[Row, ...]:
-    rows: list[Row] = []
-    tails = False
-    for a in attempts:  # a loop, not a comprehension: no function object per record
-        # An attempt's route is its own: a fallback route's attempts differ from the
-        # request's.
-        rows.append((
-            ts, rid, names[a.route], names[a.endpoint], NULL if a.status is None else a.status,
-            a.duration_ms, NULL if a.ttft_ms is None else a.ttft_ms,
-        ))  # fmt: skip
-        if a.reason is not None or a.hedged:
-            tails = True
-    if tails:  # all or none: a request's attempts share a width, and so stay in order
-        rows = [
-            (*row, names[a.reason], 1 if a.hedged else 0)
-            for row, a in zip(rows, attempts, strict=True)
-        ]
-    return tuple(rows)
-
-
-def learn_names(rec: RequestRecord, names: dict[str | None, Any]) -> None:
-    """Add ``rec``'s names to ``names``, which starts over when full (it is a cache)."""
-    if len(names) >= MAX_NAMES:
-        names.clear()
-    names[None] = NULL
-    attempts = [name for a in rec.attempts for name in (a.route, a.endpoint, a.reason)]
-    for name in (rec.key_name, rec.route, rec.endpoint, rec.error, rec.output_error, *attempts):
-        if name is not None:
-            names[name] = _text(name)
 
 
 class RequestLog:
@@ -190,10 +77,17 @@ class RequestLog:
         self._batch_size = batch_size
         self._flush_interval = flush_interval_s
         self._retention_s = retention_days * 86400.0
-        self._on_drop = on_drop
-        self._names: dict[str | None, Any] = {None: NULL}  # see entry()
-        self._queue: deque[Record] = deque()
-        self._inflight = 0  # records taken off the queue by a write not yet committed
+        self._names: dict[str | None, Any] = {None: NULL}  # see rows.entry()
+        self._batches = Batches(
+            size=queue_size,
+            batch_size=batch_size,
+            on_drop=on_drop,
+            log=self._log,
+            safe_url=self.safe_url,
+            redact=self._redact,
+        )
+        # The batches' queue, which record() appends to directly (one lookup less).
+        self._queue: deque[Record] = self._batches.queue
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -203,9 +97,6 @@ class RequestLog:
         self._flushed = 0  # ... and the newest one a pass has honoured
         self._started = False
         self._closed = False
-        self._dropped = 0
-        self._written = 0
-        self.bad_rows = {"clamped": 0, "dropped": 0}  # rows the database refused as they were
         self.state: State = "starting"
         self.last_error: str | None = None  # why the last failed write failed (redacted)
         self.last_error_at: datetime | None = None
@@ -242,15 +133,20 @@ class RequestLog:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue) + self._inflight
+        return len(self._queue) + self._batches.inflight
 
     @property
     def dropped(self) -> int:
-        return self._dropped
+        return self._batches.dropped
 
     @property
     def written(self) -> int:
-        return self._written
+        return self._batches.written
+
+    @property
+    def bad_rows(self) -> dict[str, int]:
+        """Rows the database refused as they were: ``clamped`` and written, or ``dropped``."""
+        return self._batches.bad_rows
 
     def health(self) -> dict[str, Any]:
         """For ``/health``: whether the log is writing, and why not."""
@@ -258,8 +154,8 @@ class RequestLog:
             "state": self.state,
             "url": self.safe_url,
             "queued": self.queue_depth,
-            "written": self._written,
-            "dropped": self._dropped,
+            "written": self.written,
+            "dropped": self.dropped,
             "bad_rows": dict(self.bad_rows),
             "last_error": self.last_error,
             "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
@@ -273,7 +169,7 @@ class RequestLog:
         if self._store is None:
             return
         if self._closed:  # nothing will ever write it
-            self._drop(1)
+            self._batches.drop(1)
             return
         try:
             try:
@@ -282,13 +178,13 @@ class RequestLog:
                 learn_names(rec, self._names)
                 item = entry(rec, self._names)
         except Exception:  # a malformed record must not fail the request that made it
-            self._drop(1)
+            self._batches.drop(1)
             self._log.exception("request_log.bad_record")
             return
         queue = self._queue
         if len(queue) >= self._queue_size:
             queue.popleft()
-            self._drop(1)
+            self._batches.drop(1)
         queue.append(item)
         # On reaching a batch, not past it: under load the queue stays deeper than one
         # batch while one is written, and the writer looks for more full batches anyway.
@@ -370,7 +266,7 @@ class RequestLog:
         lost = len(self._queue)
         if lost:
             self._queue.clear()
-            self._drop(lost)
+            self._batches.drop(lost)
             self._log.warning("request_log.lost_on_stop", records=lost, url=self.safe_url)
         if self._store is not None and self._started:
             self._started = False  # a second stop() finds nothing to shut
@@ -401,7 +297,7 @@ class RequestLog:
                 if not self.migrated:
                     await self._migrate(store)
                 await self._prune_if_due(store)
-                await self._drain(store, len(self._queue) if everything else None)
+                await self._batches.write(store, len(self._queue) if everything else None)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -416,7 +312,7 @@ class RequestLog:
                     error=type(exc).__name__,
                     detail=detail,
                     queued=self.queue_depth,
-                    dropped=self._dropped,
+                    dropped=self.dropped,
                     retry_in_s=round(backoff, 3),
                 )
                 await store.close()  # the next try reconnects: the old one may be broken
@@ -516,100 +412,10 @@ class RequestLog:
                 before=datetime.fromtimestamp(cutoff, UTC).isoformat(),
             )
 
-    async def _drain(self, store: Store, count: int | None) -> None:
-        """Write ``count`` records from the head (None: every full batch there is)."""
-        queue, size = self._queue, self._batch_size
-        while queue and (len(queue) >= size if count is None else count > 0):
-            n = min(len(queue), size if count is None else min(size, count))
-            if count is not None:
-                count -= n
-            batch = [queue.popleft() for _ in range(n)]
-            self._inflight = len(batch)
-            try:
-                # All or nothing: a batch that failed is retried whole, unless the
-                # database refused its rows, which are then looked at one by one.
-                await store.insert(batch)
-            except Exception as exc:
-                if not store.refused(exc):
-                    self._requeue(batch)
-                    raise
-                await self._isolate(store, batch)
-                continue
-            except BaseException:
-                self._requeue(batch)
-                raise
-            finally:
-                self._inflight = 0
-            self._written += len(batch)
-
-    async def _isolate(self, store: Store, batch: list[Record]) -> None:
-        """Write what the database takes of a ``batch`` it refused: halves, then halves
-        of the half that failed, in order, down to the rows at fault (about 2 log2(n)
-        statements for one bad row in n). Such a row goes again clamped (``repair``) or
-        is dropped; both are counted. A failure that is not about the rows puts what is
-        left back at the head of the queue and ends the pass, as for any batch."""
-        from router.requestlog.repair import clamp  # rare: not loaded until needed
-
-        # (records, clamped): a row refused alone is tried once more, clamped.
-        parts: deque[tuple[list[Record], bool]] = deque()
-        if len(batch) == 1:
-            parts.append(([clamp(batch[0])], True))
-        else:
-            half = len(batch) // 2
-            parts += [(batch[:half], False), (batch[half:], False)]
-        while parts:
-            part, clamped = parts.popleft()
-            try:
-                await store.insert(part)
-            except BaseException as exc:
-                if not (isinstance(exc, Exception) and store.refused(exc)):
-                    self._requeue([r for p, _ in ((part, clamped), *parts) for r in p])
-                    raise
-                if len(part) > 1:
-                    half = len(part) // 2
-                    parts.extendleft([(part[half:], False), (part[:half], False)])
-                elif not clamped:
-                    parts.appendleft(([clamp(part[0])], True))
-                else:
-                    self._bad_row("dropped", exc)
-                    self._drop(1)
-                continue
-            if clamped:
-                self._bad_row("clamped", None)
-            self._written += len(part)
-
-    def _bad_row(self, outcome: str, exc: BaseException | None) -> None:
-        self.bad_rows[outcome] += 1
-        self._log.warning(
-            "request_log.bad_row",
-            outcome=outcome,
-            url=self.safe_url,
-            error=type(exc).__name__ if exc else None,
-            detail=self._redact(exc) if exc else None,
-        )
-
     def _failed(self, why: str) -> None:
         self.state = "failing"
         self.last_error = why
         self.last_error_at = datetime.now(UTC)
-
-    def _requeue(self, batch: list[Record]) -> None:
-        """Put a failed batch back at the head; keep the bound by dropping the oldest."""
-        queue = self._queue
-        queue.extendleft(reversed(batch))
-        over = len(queue) - self._queue_size
-        if over > 0:
-            for _ in range(over):
-                queue.popleft()
-            self._drop(over)
-
-    def _drop(self, n: int) -> None:
-        self._dropped += n
-        if self._on_drop is not None:
-            try:
-                self._on_drop(n)
-            except Exception:
-                self._log.exception("request_log.on_drop_failed")
 
     def _redact(self, exc: BaseException) -> str:
         assert self._target is not None

@@ -32,9 +32,10 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
 
-from router.requestlog import schema, store
-from router.requestlog import writer as requestlog
+from router.requestlog import postgres, schema, sqlite
+from router.requestlog import rows as layout
 from router.requestlog.records import AttemptRecord, RequestRecord, Usage
+from router.requestlog.rows import NULL
 from router.requestlog.schema import (
     ATTEMPT_ROWS,
     ATTEMPTS,
@@ -45,7 +46,7 @@ from router.requestlog.schema import (
 )
 from router.requestlog.store import HEAD, parse_target
 from router.requestlog.usage import parse_time, usage
-from router.requestlog.writer import NULL, RequestLog, RequestLogDisabled
+from router.requestlog.writer import RequestLog, RequestLogDisabled
 
 T = TypeVar("T")
 DAY = 86400.0
@@ -602,8 +603,8 @@ _OLD_REQUEST_COLUMNS = (
     "hedges", "reasoning_tokens", "cached_tokens", "cache_write_tokens", "error",
 )  # fmt: skip
 _OLD_PG_INSERT = (
-    f"WITH r AS ({store._pg_insert('requests', _OLD_REQUEST_COLUMNS, '$1')}) "
-    f"{store._pg_insert('attempts', store.ATTEMPT_COLUMNS, '$2')}"
+    f"WITH r AS ({postgres._pg_insert('requests', _OLD_REQUEST_COLUMNS, '$1')}) "
+    f"{postgres._pg_insert('attempts', layout.ATTEMPT_COLUMNS, '$2')}"
 )
 
 
@@ -621,14 +622,14 @@ def test_an_older_router_writes_through_the_view_and_leaves_pruning(url: str) ->
         if target.backend == "sqlite":
             with contextlib.closing(sqlite3.connect(target.path, isolation_level=None)) as conn:
                 conn.execute("BEGIN IMMEDIATE")
-                store._SQLiteInserts("requests", (), _OLD_REQUEST_COLUMNS, 999).run(
+                sqlite._SQLiteInserts("requests", (), _OLD_REQUEST_COLUMNS, 999).run(
                     conn, [old_request]
                 )
-                store._SQLiteInserts("attempts", (), store.ATTEMPT_COLUMNS, 999).run(
+                sqlite._SQLiteInserts("attempts", (), layout.ATTEMPT_COLUMNS, 999).run(
                     conn, old_attempts
                 )
                 conn.execute("COMMIT")
-                prune = store._SQLITE_PRUNE_ATTEMPTS.replace("attempt_rows", "attempts")
+                prune = sqlite._SQLITE_PRUNE_ATTEMPTS.replace("attempt_rows", "attempts")
                 with pytest.raises(sqlite3.OperationalError, match="view"):
                     conn.execute(prune, (NOW + DAY, "9999"))
             return
@@ -639,7 +640,7 @@ def test_an_older_router_writes_through_the_view_and_leaves_pruning(url: str) ->
                 json.dumps([old_request]).replace("NaN", "null"),
                 json.dumps(old_attempts).replace("NaN", "null"),
             )
-            prune = store._PG_PRUNE_ATTEMPTS.replace("attempt_rows", "attempts")
+            prune = postgres._PG_PRUNE_ATTEMPTS.replace("attempt_rows", "attempts")
             with pytest.raises(asyncpg.PostgresError, match="view"):
                 await pg.execute(prune, NOW + DAY)
         finally:
@@ -706,7 +707,7 @@ def test_names_are_made_storable_once_and_kept_within_a_bound(
     """Names from the configuration are cleaned once and looked up after; the cache of
     them starts over when full, and every row still gets its own name."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'log.db'}"
-    monkeypatch.setattr(requestlog, "MAX_NAMES", 8)
+    monkeypatch.setattr(layout, "MAX_NAMES", 8)
     routes = [f"route-{i}" for i in range(20)] + ["nul\x00here"] * 2
 
     async def scenario() -> None:
@@ -840,7 +841,7 @@ def test_sqlite_locked_by_another_process_delays_but_loses_nothing(
 ) -> None:
     path = tmp_path / "log.db"
     url = f"sqlite+aiosqlite:///{path}"
-    monkeypatch.setattr(store, "SQLITE_BUSY_MS", 20)  # give up on the lock fast: fail, retry
+    monkeypatch.setattr(sqlite, "SQLITE_BUSY_MS", 20)  # give up on the lock fast: fail, retry
 
     async def scenario() -> None:
         with capture_logs() as logs:
@@ -1061,17 +1062,17 @@ def test_head_constant_matches_the_shipped_revisions() -> None:
 def test_the_writers_columns_are_the_tables_columns() -> None:
     """``store`` names the columns it inserts; ``schema`` is the one definition."""
     tables = (
-        (REQUESTS, store.REQUEST_SHARED, store.REQUEST_COLUMNS),
-        (ATTEMPT_ROWS, (), store.ATTEMPT_COLUMNS),
+        (REQUESTS, layout.REQUEST_SHARED, layout.REQUEST_COLUMNS),
+        (ATTEMPT_ROWS, (), layout.ATTEMPT_COLUMNS),
     )
     for table, shared, columns in tables:
         names = sorted(c.name for c in table.columns if c.name != "id")
         assert names == sorted(shared + columns)
         # A row may end before its defaulted columns: they come last.
-        tail = [c for c in columns if c in store.DEFAULTS]
+        tail = [c for c in columns if c in layout.DEFAULTS]
         assert tail == list(columns[len(columns) - len(tail) :])
         for name in tail:
-            assert table.c[name].nullable == (store.DEFAULTS[name] == "NULL"), name
+            assert table.c[name].nullable == (layout.DEFAULTS[name] == "NULL"), name
     kinds = {
         sa.String: "text",
         sa.Integer: "integer",
@@ -1082,7 +1083,7 @@ def test_the_writers_columns_are_the_tables_columns() -> None:
     }
     for column in [*REQUESTS.columns, *ATTEMPT_ROWS.columns]:
         if column.name != "id":
-            assert store.PG_TYPES[column.name] == kinds[type(column.type)], column.name
+            assert layout.PG_TYPES[column.name] == kinds[type(column.type)], column.name
 
 
 @given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1)))
@@ -1101,23 +1102,23 @@ _KINDS = [("demo", 200), ("demo", 200), ("other", 200), (NULL, 502)]  # NULL bes
 
 @given(
     rows=st.integers(min_value=0, max_value=300),
-    max_params=st.integers(min_value=len(_SHARED) + len(store.ATTEMPT_COLUMNS), max_value=2000),
+    max_params=st.integers(min_value=len(_SHARED) + len(layout.ATTEMPT_COLUMNS), max_value=2000),
 )
 def test_multi_row_inserts_write_any_batch_within_the_parameter_bound(
     rows: int, max_params: int
 ) -> None:
     """Any number of rows goes in whole, each with its shared values, in order among the
     rows that share them and their width, in statements SQLite accepts."""
-    inserts = store._SQLiteInserts("attempts", _SHARED, store.ATTEMPT_COLUMNS, max_params)
+    inserts = sqlite._SQLiteInserts("attempts", _SHARED, layout.ATTEMPT_COLUMNS, max_params)
     for width in (7, 9):
         statements = inserts.statements(width)
         assert all(len(_SHARED) + size * width <= max_params for size, _ in statements)
         assert statements[-1][0] == 1  # so that every remainder has a statement
     conn = sqlite3.connect(":memory:")
-    conn.execute(f"CREATE TABLE attempts ({', '.join(_SHARED + store.ATTEMPT_COLUMNS)})")
+    conn.execute(f"CREATE TABLE attempts ({', '.join(_SHARED + layout.ATTEMPT_COLUMNS)})")
     conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, max_params)
     # Every third row with its tail (reason, hedged), the others without.
-    batch: list[store.Row] = [
+    batch: list[layout.Row] = [
         (
             *_KINDS[i % len(_KINDS)],
             *(float(i), f"r{i}", "demo", "a", 200, 1.0, NULL, *(("timeout", 1) if i % 3 else ())),
@@ -1177,7 +1178,7 @@ def test_every_column_round_trips(url: str) -> None:
         engine = make_engine(url)
         try:
             async with engine.connect() as conn:
-                # Rows of a width go together (store.DEFAULTS): order by request.
+                # Rows of a width go together (layout.DEFAULTS): order by request.
                 by = (REQUESTS.c.request_id, REQUESTS.c.id)
                 requests = (await conn.execute(sa.select(REQUESTS).order_by(*by))).all()
                 by = (ATTEMPTS.c.request_id, ATTEMPTS.c.id)

@@ -3,5 +3,6 @@
 
 ``env.py`` and ``versions/`` are read by Alembic through ``schema.alembic_config()``, which
 points ``script_location`` here; no ``alembic.ini``. The tables themselves are defined in
-``router/requestlog/schema.py``; the serving process imports only ``store.py`` (no SQLAlchemy).
+``router/requestlog/schema.py``; the serving process imports only ``store.py`` and its
+backends (no SQLAlchemy).
 """
