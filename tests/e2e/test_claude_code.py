@@ -1,8 +1,7 @@
 """Claude Code, the real CLI, through the router in print mode (``claude -p``), offline.
 
-Claude Code is installed from npm into a cache directory the first time (the platform's
-binary comes in ``@anthropic-ai/claude-code-<platform>``: npm 11 skips the postinstall
-that would link it); the test is skipped, with the reason, when that cannot be done.
+Claude Code is installed from npm into a cache directory the first time
+(``tests.npm_tools``); the test is skipped, with the reason, when that cannot be done.
 ``ANTHROPIC_BASE_URL`` points at the router; simulated endpoints answer, natively in the
 Messages API or through chat (the router translating). The CLI is kept offline: no
 telemetry, no update checks, no error reports, a throwaway home, and its one tool
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,42 +19,17 @@ from typing import Any
 
 import pytest
 
+from tests.npm_tools import npm_binary
 from tests.support import RouterProcess, poll, routes_yaml
 
-PACKAGE = "@anthropic-ai/claude-code"
-CACHE = Path(os.environ.get("ROUTER_TEST_CACHE", Path.home() / ".cache" / "llm-router-tests"))
-INSTALL_S = 300
 RUN_S = 120
-
-
-def _binary(prefix: Path) -> Path | None:
-    found = sorted(prefix.glob("node_modules/@anthropic-ai/claude-code-*/claude"))
-    return found[0] if found else None
 
 
 @pytest.fixture(scope="module")
 def claude() -> Path:
-    prefix = CACHE / "claude-code"
-    binary = _binary(prefix)
-    if binary is not None:
-        return binary
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed: cannot install Claude Code")
-    prefix.mkdir(parents=True, exist_ok=True)
-    try:
-        done = subprocess.run(
-            [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", PACKAGE],
-            capture_output=True,
-            timeout=INSTALL_S,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"npm install {PACKAGE} took over {INSTALL_S} s")
-    binary = _binary(prefix)
-    if done.returncode != 0 or binary is None:
-        tail = done.stderr.decode(errors="replace")[-300:]
-        pytest.skip(f"npm install {PACKAGE} failed (exit {done.returncode}): {tail}")
-    return binary
+    return npm_binary(
+        "@anthropic-ai/claude-code", "claude-code", "@anthropic-ai/claude-code-*/claude"
+    )
 
 
 @pytest.fixture(scope="module")
