@@ -5,18 +5,34 @@ the session's environment as a coding agent's does, then turns that each add a t
 result of about 1.7k tokens and a short answer) run 8 at a time through a real
 router over three ``router sim-upstream`` hosts with prompt caching (``prompt_cache``):
 ``fast`` (TTFT 80 ms), ``medium`` (150 ms) and ``slow`` (300 ms), all at the same prices
-(TokenLX's: $3 input, $0.30 cache read, $15 output per million tokens). Halfway through,
-``fast`` turns slow (TTFT 1,200 ms). Each policy runs the same seeded conversations:
+(TokenLX's: $3 input, $0.30 cache read, $15 output per million tokens). Halfway through
+(when the middle conversation starts), ``fast`` turns slow (TTFT 1,200 ms). Each policy
+runs the same seeded conversations:
 
 - ``none``: the shipped score policy, no affinity;
 - ``affinity``: the same policy with ``affinity: {ttl_s: 600}``;
-- ``oracle``: each turn pinned to the host that is fastest at that moment (``fast``, then
-  ``medium``), its cost counted as if every resent prefix were cached (a perfect cache).
+- ``oracle``: each conversation pinned to the host that is fastest for it, knowing the
+  slowdown the moment it happens: ``fast`` until then, ``medium`` after (a conversation
+  under way at the switch moves once, as it should). Its cost is counted as if every
+  resent prefix were cached (a perfect cache: the move and each first turn re-buy
+  nothing but what is new); its TTFT is measured for real, so a first turn is uncached
+  there as everywhere (only the tools, shared by all conversations, are cached).
+
+Each host's cache is the simulator's (``providers.simulated.prompt_cache``): a prefix
+lives 300 s after its last use (Anthropic's five minutes) and a cached prompt's TTFT is
+scaled towards 0.3 of the uncached one by its cached share. The run lasts about 30 s a
+policy, so the TTL never expires a conversation under way here (turns follow each other
+without a user's or a tool's think time); ``--cache-tokens`` bounds each host's cache in
+tokens, least recently used out first, as a host shared with other tenants is.
+
+TTFT is wall-clock, measured by the client on loopback sockets, so it moves with the
+machine's load: compare the policies within one run.
 
 Reported per policy: cost per conversation, cache-hit rate (cached / prompt tokens), TTFT
 p50/p95, client-visible errors. Then a rate-limited fleet: three hosts that each take 3
 requests at a time and answer 429 with ``Retry-After`` beyond that, under a load of 6 at a
-time: the client should see no 429 and no 5xx.
+time: the client should see no 429 and no 5xx. ``--turns FILE`` writes every turn (which
+host, cached tokens, TTFT, the affinity verdict) to read the tail.
 
     python benchmarks/conversations.py [--conversations 200] [--concurrency 8] [--json out.json]
 """
@@ -41,7 +57,7 @@ from scenario import Router, Sim, dump, pct, table
 PRICE = {"input": 3.0, "cache_read": 0.3, "cache_write": 3.0, "output": 15.0}
 HOSTS = {"fast": 80, "medium": 150, "slow": 300}
 SLOW_TTFT_MS = 1200
-CACHE = "{ttl_s: 600, min_tokens: 1024, ttft_factor: 0.3}"
+CACHE: dict[str, Any] = {"ttl_s": 300, "min_tokens": 1024, "ttft_factor": 0.3}
 SYSTEM = " ".join(f"Rule {i}: keep the repository tidy and explain each change." for i in range(500))
 TOOLS = [
     {
@@ -90,6 +106,9 @@ class Turn:
     cached: int = 0
     completion: int = 0
     affinity: str | None = None
+    cid: int = -1  # the conversation, its turn, and whether the slowdown had happened
+    index: int = -1
+    after: bool = False
 
 
 @dataclass
@@ -154,7 +173,7 @@ async def one_turn(
 
 async def conversation(
     session: aiohttp.ClientSession, url: str, cid: int, turns: int, tally: Tally,
-    pin: Any = None,
+    pin: Any = None, switched: asyncio.Event | None = None,
 ) -> None:
     rng = random.Random(cid)
     # As a coding agent's, the system prompt opens with the session's environment (its
@@ -173,7 +192,9 @@ async def conversation(
         }
         if pin is not None:
             body["provider"] = {"order": [pin()], "allow_fallbacks": False}
+        after = switched is not None and switched.is_set()
         turn, answer = await one_turn(session, url, body)
+        turn.cid, turn.index, turn.after = cid, t, after
         tally.turns.append(turn)
         cost += turn_cost(turn.prompt, turn.cached, turn.completion)
         # A perfect cache holds all that this turn resent from the last one (and at least
@@ -208,7 +229,7 @@ async def run_policy(
                 if started == half and not switched.is_set():
                     await sims["fast"].control(s, ttft_ms=SLOW_TTFT_MS)
                     switched.set()
-                await conversation(s, url, cid, turns, tally, pin)
+                await conversation(s, url, cid, turns, tally, pin, switched)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return tally
@@ -274,6 +295,10 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--json")
+    ap.add_argument("--cache-tokens", type=int, default=None,
+                    help="each host's cache size in tokens (default: unbounded)")
+    ap.add_argument("--turns", help="write every turn (policy, conversation, endpoint, "
+                    "cached, TTFT) to this file, one JSON object a line: to read the tail")
     ap.add_argument(
         "--usd-per-s", nargs="*", default=["0.5"],
         help="further affinity runs with these values of usd_per_s (the default is 0.05)",
@@ -291,12 +316,17 @@ async def main() -> None:
         try:
             async with aiohttp.ClientSession() as s:
                 for sim in sims.values():
-                    await sim.control(s, prompt_cache={"ttl_s": 600, "min_tokens": 1024,
-                                                       "ttft_factor": 0.3})
+                    await sim.control(s, prompt_cache={**CACHE, "max_tokens": args.cache_tokens})
             router = Router(config(sims, policy)).start()
             t0 = time.perf_counter()
             tally = await run_policy(router.url, sims, plan, args.concurrency, policy == "oracle")
             results[policy] = summary(tally, perfect=False)
+            if args.turns:
+                lines = b"".join(
+                    orjson.dumps({"policy": policy, **vars(t)}) + b"\n" for t in tally.turns
+                )
+                with Path(args.turns).open("ab") as f:  # noqa: ASYNC230 - between runs
+                    f.write(lines)
             if policy == "oracle":
                 results[policy]["cost_per_conversation"] = summary(tally, True)["cost_per_conversation"]
             results[policy]["wall_s"] = round(time.perf_counter() - t0, 1)

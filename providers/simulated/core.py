@@ -38,7 +38,8 @@ class SimParams:
     disconnect_mid_stream: bool = False
     status: int | None = None
     retry_after_s: float | None = None
-    # A host's prompt cache ({ttl_s, min_tokens, ttft_factor}); None: every prompt is new.
+    # A host's prompt cache ({ttl_s, min_tokens, ttft_factor, max_tokens}); None: every
+    # prompt is new.
     prompt_cache: dict[str, Any] | None = None
     # Requests the host serves at once; past that it answers 429 with ``retry_after_s``
     # (or 1 s), as a provider's capacity or rate limit does.

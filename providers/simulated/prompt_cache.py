@@ -8,8 +8,13 @@ named by a running BLAKE2 digest and remembered with its token count for ``ttl_s
 it was last used. A prompt's cached tokens are those of its longest remembered prefix, if
 that reaches ``min_tokens`` (hosts cache nothing shorter: Anthropic 1,024, OpenAI 1,024).
 
-The cache is bounded (least recently used prefixes go first) and takes its clock, so the
-policy lab can play it in virtual time.
+A prefix stays ``ttl_s`` after its last use (Anthropic: 5 minutes, refreshed by each hit;
+OpenAI: 5 to 10 minutes idle). A host's cache also has a size: with ``max_tokens``, the
+least recently used prefixes go first once the prefixes held (each counted for the tokens
+its last segment adds, as a KV cache stores a shared prefix once) exceed it, so a
+conversation that wandered off and comes back late may find its prefix pushed out by
+others'. Without it only an entry count bounds the memory. The cache takes its clock, so
+the policy lab can play it in virtual time.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class CacheSettings:
     ttl_s: float = 300.0
     min_tokens: int = 1024
     ttft_factor: float = 0.3  # TTFT of a fully cached prompt, as a share of an uncached one
+    max_tokens: int | None = None  # the host's cache size in tokens; None: unbounded
 
 
 def prefixes(segments: Iterable[object]) -> list[tuple[bytes, int]]:
@@ -47,7 +53,9 @@ def prefixes(segments: Iterable[object]) -> list[tuple[bytes, int]]:
 
 
 class PromptCache:
-    """The prefixes a host has seen, each kept ``ttl_s`` after its last use."""
+    """The prefixes a host has seen, each kept ``ttl_s`` after its last use, the least
+    recently used pushed out past ``max_tokens``. All share one TTL, so the order of use
+    is the order of expiry: expired prefixes are dropped from the front."""
 
     def __init__(
         self,
@@ -58,7 +66,8 @@ class PromptCache:
         self.settings = settings
         self.clock = clock
         self.max_entries = max_entries
-        self._seen: OrderedDict[bytes, float] = OrderedDict()  # digest -> expiry
+        self._seen: OrderedDict[bytes, tuple[float, int]] = OrderedDict()  # -> expiry, own
+        self.held = 0  # tokens held: each prefix's own (its last segment's)
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -67,22 +76,34 @@ class PromptCache:
         """The prompt's cached tokens; then every prefix of it is cached (refreshed)."""
         now = self.clock()
         seen = self._seen
+        while seen:  # expired prefixes first: the front is the oldest use
+            digest, (expiry, own) = next(iter(seen.items()))
+            if expiry > now:
+                break
+            del seen[digest]
+            self.held -= own
         cached = 0
         for digest, tokens in reversed(prompt):
-            expiry = seen.get(digest)
-            if expiry is not None and expiry > now:
+            if digest in seen:
                 cached = tokens
                 break
         if cached < self.settings.min_tokens:
             cached = 0
         expiry = now + self.settings.ttl_s
+        before = 0
         for digest, tokens in prompt:
+            own, before = tokens - before, tokens
             if tokens < self.settings.min_tokens:
                 continue  # a host does not cache what is too short to pay
-            seen[digest] = expiry
-            seen.move_to_end(digest)
-        while len(seen) > self.max_entries:
-            seen.popitem(last=False)
+            old = seen.pop(digest, None)
+            if old is not None:
+                self.held -= old[1]
+            seen[digest] = (expiry, own)
+            self.held += own
+        cap = self.settings.max_tokens
+        while seen and (len(seen) > self.max_entries or (cap is not None and self.held > cap)):
+            _, (_, own) = seen.popitem(last=False)
+            self.held -= own
         return cached
 
     def ttft_scale(self, cached: int, prompt_tokens: int) -> float:

@@ -57,6 +57,11 @@ class PromptCacheSettings(BaseModel):
     ttft_factor: float = Field(
         0.3, ge=0, le=1, description=("TTFT of a cached prompt, as a share of the uncached one.")
     )
+    max_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="The cache's size in tokens: past it, the least recently used prefixes go.",
+    )
 
 
 class SimulatedProvider:
@@ -127,7 +132,7 @@ class SimulatedSettings(ProviderSettings):
         None, ge=1, description=("Answers at once at most; past it, 429 with `Retry-After`.")
     )  # past this many at once: 429 with Retry-After
     prompt_cache: PromptCacheSettings | None = Field(
-        None, description=("A prompt cache: `{ttl_s, min_tokens, ttft_factor}`.")
+        None, description=("A prompt cache: `{ttl_s, min_tokens, ttft_factor, max_tokens}`.")
     )  # type: ignore[assignment]  # a model here
 
     def build(self, name: str, api_key: str | None) -> SimulatedProvider:

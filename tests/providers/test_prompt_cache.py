@@ -47,6 +47,36 @@ def test_entries_expire_and_short_prompts_are_not_cached() -> None:
     assert cache.use(short) == 0
 
 
+def test_a_cache_full_in_tokens_pushes_out_the_least_recently_used() -> None:
+    clock = FakeClock()
+    cache = PromptCache(CacheSettings(ttl_s=300, min_tokens=1024, max_tokens=5000), clock)
+    a = prefixes([{"role": "system", "content": "a" * 8000}])  # 2,000 tokens each
+    b = prefixes([{"role": "system", "content": "b" * 8000}])
+    c = prefixes([{"role": "system", "content": "c" * 8000}])
+    cache.use(a)
+    cache.use(b)
+    assert cache.use(a) == a[-1][1]  # a is the most recent use now; b the oldest
+    cache.use(c)  # 6,000 tokens held > 5,000: b goes
+    assert cache.held <= 5000
+    assert cache.use(b) == 0
+    assert cache.use(c) == c[-1][1]
+    # A shared prefix counts once: a conversation's growth holds only what each turn adds.
+    grown = prefixes([{"role": "system", "content": "c" * 8000}, {"role": "user", "content": "u"}])
+    before = cache.held
+    cache.use(grown)
+    assert cache.held - before == grown[-1][1] - c[-1][1]  # the new message alone
+
+
+def test_expired_prefixes_free_their_room() -> None:
+    clock = FakeClock()
+    cache = PromptCache(CacheSettings(ttl_s=10, min_tokens=1024, max_tokens=10_000), clock)
+    cache.use(prefixes(["x" * 8000]))
+    assert cache.held > 0
+    clock.advance(11)
+    cache.use(prefixes(["y" * 8000]))
+    assert len(cache) == 1 and cache.held == 2000
+
+
 def test_apis_put_tools_and_system_first() -> None:
     msg = {"tools": [{"name": "t"}], "system": "s", "messages": [{"role": "user", "content": "u"}]}
     assert segments("messages", msg) == [[{"name": "t"}], "s", {"role": "user", "content": "u"}]
