@@ -1,6 +1,6 @@
 """The clients' side of a replay: each request as the service's HTTP handler serves it.
 
-``Clients.serve`` makes for one trace request the calls ``router.http.api.Api.proxy``
+``Clients.serve`` makes for one trace request the calls ``router.http.proxy.Proxy.serve``
 makes for a client's: resolve the route, plan prompt-cache affinity (its bindings in an
 in-process state on the virtual clock), run the pipeline, relay the stream to its end,
 settle the affinity; then records what the client saw (``Outcome``). HTTP parsing, client
@@ -73,7 +73,7 @@ class Clients:
         self._written: asyncio.Future[None] | None = None  # made on the loop, at first use
 
     async def serve(self, i: int) -> None:
-        """One client request, as ``router.http.api.Api.proxy`` serves it."""
+        """One client request, as ``router.http.proxy.Proxy.serve`` serves it."""
         req = self.requests[i]
         runtime, pipeline = self.runtime, self.pipeline
         clock = runtime.clock

@@ -3,7 +3,7 @@
 The runtime is built by ``router.runtime.build_runtime`` from the config, with the lab's
 providers (``router.lab.upstream``) in place of HTTP ones and the virtual loop's ``time``
 as its clock. Each request of the trace becomes, at its arrival time (scaled by
-``rate``), a task making the same calls ``router.http.api`` makes for a client's request
+``rate``), a task making the same calls ``router.http.proxy`` makes for a client's request
 (``router.lab.client``): resolve the route, plan affinity, run the pipeline (ranking,
 live stats, breaker, retries with backoff, hedging, fallbacks), relay the stream to its
 end. So whatever the pipeline does, the lab does, with no second model of it to keep in
