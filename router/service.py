@@ -24,7 +24,8 @@ import structlog
 from providers.base import Provider
 from router.config import Config, ConfigError, load
 from router.obs.logs import REDACTOR
-from router.obs.series import SeriesBook, recent
+from router.obs.minutes import recent
+from router.obs.series import SeriesBook
 from router.requestlog.records import RequestRecord
 from router.runtime import SCOPE_SEP, RouteRuntime, Runtime, build_runtime
 from router.state.clock import Clock

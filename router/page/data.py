@@ -2,8 +2,8 @@
 
 It joins what lives in three places: the live state of the route's endpoints (breaker,
 in-flight, the loads a ranking reads and the policy's score of them), the in-memory
-series (``router.obs.series``: minute buckets, recent failures, reloads) and the request
-log (effective prices over 7 days, activity per day over 30 days). The request log's
+series (``router.obs.series`` and ``minutes``: minute buckets, recent failures, reloads)
+and the request log (effective prices over 7 days, activity per day over 30 days). The request log's
 figures are queried off the hot path, on this admin request, and kept for
 ``LOG_CACHE_S`` so that a page refreshing every few seconds costs the database one
 query a minute. The format is documented in docs/page.md.
@@ -16,7 +16,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from router.obs.series import SeriesBook, points, recent
+from router.obs.minutes import points, recent
+from router.obs.series import SeriesBook
 from router.requestlog.usage import cache_savings
 from router.state.breaker import RATE_LIMITED
 

@@ -7,7 +7,8 @@ import statistics
 import pytest
 
 from router.config import loads as load_config
-from router.obs.series import MINUTES, SAMPLES, EndpointSeries, SeriesBook, points, recent
+from router.obs.minutes import MINUTES, SAMPLES, EndpointSeries, points, recent
+from router.obs.series import SeriesBook
 from router.page.data import _timeline
 from router.requestlog.records import AttemptRecord, RequestRecord, Usage
 from router.runtime import build_runtime
