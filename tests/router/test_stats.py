@@ -34,7 +34,7 @@ from router.state.blend import EXPLORE_BELOW, PROBE_BELOW, Prior, loads
 from router.state.breaker import CircuitBreaker
 from router.state.live import LiveLoads
 from router.state.loads import RouteLoads
-from router.state.stats import DecayedMean, EndpointStats, Window
+from router.state.stats import _WINDOW, DecayedMean, EndpointStats, Window
 from tests.support import FakeUpstream, chat_body, chunk, open_stream, poll, routes_yaml
 
 
@@ -1053,3 +1053,20 @@ def test_non_streamed_answers_give_a_sane_throughput(
     assert tps is not None and tps <= 15.0
     # A non-streamed answer shows no TTFT: its first byte comes after the whole answer.
     assert view["ttft_ms"]["ewma"] is None
+
+
+def test_a_quantile_read_on_every_request_follows_the_window_as_it_slides() -> None:
+    """The hedge's reader keeps a sorted copy that each add updates: it must give what a
+    fresh sort of the window gives, before and after the window is full."""
+    rng = random.Random(7)
+    w, fresh = Window(), Window()
+    assert w.quantile(0.9) is None
+    for i in range(3 * _WINDOW):
+        x = round(rng.random(), 2)  # repeats, so the oldest out is one of several equal
+        w.add(x)
+        fresh.samples.append(x)
+        if i % 37 == 0 or i > 3 * _WINDOW - 5:
+            for q in (0.0, 0.5, 0.9, 0.99, 1.0):
+                assert w.quantile(q) == fresh.percentile(q)
+    assert w.percentile(0.5, stamp=1) == fresh.percentile(0.5)  # the view reads it too
+    assert len(w._sorted) == _WINDOW
