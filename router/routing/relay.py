@@ -7,7 +7,6 @@ error event. The lease on the endpoint ends here, with the stream's outcome.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 
 from providers.errors import StreamBroken, TotalTimeout, UpstreamError
@@ -96,9 +95,10 @@ async def _pass_on(
     opened.delivered = True
     _succeed(opened, inspector)
     try:
-        with contextlib.suppress(UpstreamError):  # the idle timer bounds this read
-            async for _ in chunks:
-                pass
+        async for _ in chunks:  # the idle timer bounds this read
+            pass
+    except UpstreamError:
+        pass
     except BaseException:  # cancelled meanwhile: the client hung up
         opened.response.close()
         raise
