@@ -1,23 +1,30 @@
 """Prompt-cache affinity: when to keep a conversation where its cache is, and when to move.
 
 A conversation resends its whole prefix every turn. The endpoint that served the last
-turn holds that prefix in its cache and bills it at ``cache_read``; any other endpoint
-bills it at ``input`` once, then caches it in turn. Staying is worth
-``prefix_tokens * (input - cache_read)`` dollars on the next turn. Moving to the ranking's
-best endpoint is worth its lead in expected wait (TTFT for a stream, latency otherwise),
-on this turn and on the turns still to come, since the conversation stays where it moves.
+turn holds that prefix in its cache: it bills it at ``cache_read`` and answers sooner
+(the host skips the prefill). Any other endpoint bills the prefix at ``input`` once and
+answers that turn without the cache, then caches it in turn. So moving re-buys the prefix
+once, ``prefix_tokens * (input - cache_read)`` dollars, and is worth it when the wait it
+saves over the turns still to come, valued at ``usd_per_s`` (what a second of waiting is
+worth to the operator), is more::
 
-The rule, with ``usd_per_s`` what a second of waiting is worth to the operator::
+    stay_s = horizon * bound.cached
+    move_s = best.fresh + (horizon - 1) * best.cached
+    move  iff  (stay_s - move_s) * usd_per_s  >  prefix_tokens * (input - cache_read) / 1e6
 
-    move  iff  lead_s * usd_per_s * horizon  >  prefix_tokens * (input - cache_read) / 1e6
-
-``horizon`` is the number of turns expected to follow: as many as the conversation has
-had so far (a conversation that has lasted n turns is, as a rule of thumb, about halfway
-through), at least 1. Without prices (a provider that says ``prompt_cache: true`` and an
-endpoint with no ``price``) the saving cannot be valued: the conversation then stays while
-its endpoint's expected wait is at most twice the best's. An unavailable bound endpoint
-(cooldown, full, filtered out) is never kept: that is the breaker's call, made before this
-one. Pure: no clock, no I/O.
+``cached`` and ``fresh`` are an endpoint's expected waits for a turn whose prompt its
+cache holds and for one it does not (``Wait``; TTFT for a stream, latency otherwise, each
+inflated by the error rate: an error costs a retry). ``best`` is the ranking's best
+endpoint with evidence (an endpoint being explored is no place to move a conversation to
+on the strength of an optimistic prior). ``horizon`` is the turns expected from this one
+on: as many as the conversation has had so far (one that has lasted n turns is, as a rule
+of thumb, about halfway through), and at least ``MIN_HORIZON``: an agent's conversation is
+a tool loop that seldom ends within a few turns, so a young one is not judged on a one-turn
+future. Without prices (a provider that says ``prompt_cache: true`` and an endpoint with
+no ``price``) the saving cannot be valued: the conversation then stays while its
+endpoint's expected wait is at most twice the best's. An unavailable bound endpoint
+(cooldown, full, filtered out) is never kept: that is the breaker's call, made before
+this one. Pure: no clock, no I/O.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from policies.base import Candidate
+
+MIN_HORIZON = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,24 +47,40 @@ class Stay:
     stream: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """An endpoint's expected wait for one turn, in seconds: with the prompt in its cache
+    (``cached``) and without (``fresh``)."""
+
+    cached: float
+    fresh: float
+
+
+def wait_of(
+    c: Candidate, stream: bool, cached_share: float = 1.0, fresh_share: float = 1.0
+) -> Wait:
+    """``c``'s waits: its live TTFT (a stream) or latency, inflated by its error rate, times
+    the share that a cached and an uncached answer take of it (as observed; 1.0 unknown)."""
+    wait = (c.ttft_s if stream else c.latency_s) * (1.0 + c.error_rate)
+    return Wait(wait * cached_share, wait * fresh_share)
+
+
 def cache_saving_usd(stay: Stay) -> float:
     """What the next turn saves by finding its prefix cached."""
     return max(0.0, stay.prefix_tokens * (stay.price_in - stay.price_cache_read) / 1e6)
 
 
-def keep_bound(bound: Candidate, best: Candidate, stay: Stay, usd_per_s: float) -> bool:
-    """Whether the bound endpoint should serve this turn rather than the ranking's best."""
-    if bound.id == best.id:
-        return True
-    wait_bound = bound.ttft_s if stay.stream else bound.latency_s
-    wait_best = best.ttft_s if stay.stream else best.latency_s
-    # An error costs a retry: roughly one more wait on the next endpoint.
-    wait_bound *= 1.0 + bound.error_rate
-    wait_best *= 1.0 + best.error_rate
-    lead_s = wait_bound - wait_best
-    if lead_s <= 0.0:
-        return True
+def horizon(turns: int) -> int:
+    """The turns expected from this one on."""
+    return max(MIN_HORIZON, turns)
+
+
+def keep_bound(bound: Wait, best: Wait, stay: Stay, usd_per_s: float) -> bool:
+    """Whether the bound endpoint should serve this turn rather than ``best``."""
     if stay.price_in <= 0.0:
-        return wait_bound <= 2.0 * wait_best
-    horizon = max(1, stay.turns)
-    return lead_s * usd_per_s * horizon <= cache_saving_usd(stay)
+        return bound.cached <= 2.0 * best.cached
+    h = horizon(stay.turns)
+    gain_s = h * bound.cached - (best.fresh + (h - 1) * best.cached)
+    if gain_s <= 0.0:
+        return True
+    return gain_s * usd_per_s <= cache_saving_usd(stay)

@@ -26,6 +26,7 @@ from policies.base import (
 
 class _ByMetric:
     name = ""
+    explores = True  # endpoints with stale evidence go first, once (``Candidate``)
 
     def costs(self, loads: Loads) -> Sequence[float]:
         raise NotImplementedError

@@ -63,6 +63,7 @@ _METRICS = {
 
 class Score:
     name = "score"
+    explores = True  # endpoints with stale evidence go first, once (``Candidate``)
     OPTIONS_HELP: Mapping[str, str] = {
         "weights": "Weight of each live metric in the sum (default: ttft 1, error_rate 4, "
         "throughput 0.3).",

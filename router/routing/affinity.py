@@ -3,10 +3,18 @@
 A policy with ``affinity: {ttl_s}`` binds each conversation (``router.routing.sessions``)
 to the endpoint that last served it, in the shared state (Redis across replicas, else this
 process), read in the request's one admission round trip. The bound endpoint, when it is
-available and ``policies.affinity.keep_bound`` says the cache is worth more than the
-ranking's lead, goes first and the ranking follows as the failover path. A success binds
-the conversation to the endpoint that served it (refreshing the TTL); a request that failed
-everywhere drops the binding. Writes are queued by the state store: none is awaited.
+available and ``policies.affinity.keep_bound`` says the cache is worth more than moving to
+the ranking's best endpoint with evidence, goes first and the ranking follows as the
+failover path; else that best endpoint goes first. The rule's waits come from the live
+stats: each endpoint's TTFT estimate split by the shares that cached and uncached answers
+took of it there (``EndpointStats.cache_ratios``).
+
+A success binds the conversation to the endpoint that served it (refreshing the TTL),
+unless that endpoint was the ranking's exploration pick for a conversation with no
+binding: exploring costs one turn, and the next is placed by a ranking that knows more,
+rather than the whole conversation staying where an experiment put it. A request that
+failed everywhere drops the binding. Writes are queued by the state store: none is
+awaited.
 
 Affinity applies only to endpoints where a cache pays: ``price.cache_read`` below
 ``price.input``, or a provider that says ``prompt_cache: true``. ``provider.order`` in a
@@ -19,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from policies.affinity import Stay, keep_bound
+from policies.affinity import Stay, Wait, keep_bound, wait_of
 from policies.base import Candidate
 from router.routing.sessions import prefix_tokens, session_of, user_turns
 
@@ -42,25 +50,54 @@ class Affinity:
     caching: frozenset[int] = frozenset()  # the route's endpoints where a cache pays
     bound: str | None = None  # the endpoint id the conversation is bound to
     first: str | None = None  # the endpoint this request's ranking put first
+    trial: str | None = None  # the exploration pick that placed a conversation with no binding
 
     def order(
-        self, route: RouteRuntime, ranking: list[Endpoint], candidates: Sequence[Candidate]
+        self,
+        route: RouteRuntime,
+        ranking: list[Endpoint],
+        candidates: Sequence[Candidate],
+        explores: bool = False,
     ) -> list[Endpoint]:
-        """The ranking with the bound endpoint first when staying is worth it."""
+        """The ranking with the bound endpoint first when staying is worth it, else with
+        the best endpoint with evidence first. ``explores``: the strategy puts endpoints
+        with stale evidence first (``policies.score``), so such a head is an experiment."""
+        by_index = {c.index: c for c in candidates}
         bound = route.by_id.get(self.bound) if self.bound is not None else None
         if bound is None or bound not in ranking or bound.spec.index not in route.caching:
+            head = by_index.get(ranking[0].spec.index)
+            if explores and head is not None and head.explore:
+                self.trial = ranking[0].id  # served there, it does not bind (settle)
             return ranking
-        if ranking[0] is not bound:
-            by_index = {c.index: c for c in candidates}
-            mine, best = by_index.get(bound.spec.index), by_index.get(ranking[0].spec.index)
+        mine = by_index.get(bound.spec.index)
+        best = next(
+            (
+                e
+                for e in ranking
+                if e is not bound
+                and (c := by_index.get(e.spec.index)) is not None
+                and not (c.explore or c.probing)
+            ),
+            None,
+        )
+        if mine is not None and best is not None:
             price_in, _ = bound.price
             cache_read = route.cache_read[bound.spec.index]
             stay = replace(self.stay, price_in=price_in, price_cache_read=cache_read)
-            if mine is None or best is None or not keep_bound(mine, best, stay, self.usd_per_s):
-                return ranking
-            ranking = [bound, *(e for e in ranking if e is not bound)]
+            if not keep_bound(
+                self._wait(bound, mine),
+                self._wait(best, by_index[best.spec.index]),
+                stay,
+                self.usd_per_s,
+            ):
+                return [best, *(e for e in ranking if e is not best)]
         self.first = bound.id
-        return ranking
+        return [bound, *(e for e in ranking if e is not bound)]
+
+    def _wait(self, endpoint: Endpoint, candidate: Candidate) -> Wait:
+        if not self.stay.stream:
+            return wait_of(candidate, False)
+        return wait_of(candidate, True, *endpoint.stats.cache_ratios())
 
     def verdict(self, served: str | None) -> str:
         """``hit`` when the bound endpoint served; ``new`` otherwise."""
@@ -68,8 +105,11 @@ class Affinity:
 
     def settle(self, state: SharedState, served: Endpoint | None) -> None:
         """Bind the conversation where this route served it, if a cache pays there (a
-        fallback route's endpoint is not bound); drop the binding when nothing served."""
+        fallback route's endpoint is not bound, nor an exploration pick that placed a
+        conversation with no binding); drop the binding when nothing served."""
         if served is not None:
+            if served.id == self.trial:
+                return
             if served.spec.route == self.route and served.spec.index in self.caching:
                 state.bind(self.key, served.id, self.ttl_s)
         elif self.bound is not None:

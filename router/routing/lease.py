@@ -86,6 +86,9 @@ class Lease:
             tool_calls_valid=tool_calls_valid,
             output_ok=output_error is None,
         )
+        if first is not None and usage is not None and usage.prompt_tokens:
+            cached = 2 * usage.cached_tokens >= usage.prompt_tokens
+            ep.stats.cache_split(first - self.started, cached, now)
         ep.breaker.success(now)
         ep.wake_one()
 

@@ -255,7 +255,8 @@ class Pipeline:
             affinity = call.affinity
             ordered = prefs is not None and bool(prefs.order)  # provider.order wins over it
             if affinity is not None and affinity.route == route.name and not ordered:
-                ranking = affinity.order(route, ranking, candidates)
+                explores = getattr(strategy, "explores", False)
+                ranking = affinity.order(route, ranking, candidates, explores)
         if prefs is not None:
             ranking = prefs.reorder(route.by_id, ranking)
         return ranking, hedge

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import pytest
 
-from policies.affinity import Stay, cache_saving_usd, keep_bound
+from policies.affinity import (
+    MIN_HORIZON,
+    Stay,
+    Wait,
+    cache_saving_usd,
+    horizon,
+    keep_bound,
+    wait_of,
+)
 from policies.base import Candidate
 
 
 def cand(id_: str, ttft: float, error_rate: float = 0.0, latency: float = 1.0) -> Candidate:
     return Candidate(id=id_, index=0, ttft_s=ttft, latency_s=latency, error_rate=error_rate)
+
+
+def same(wait: float) -> Wait:
+    """A host whose cache does not shorten the wait (or not known to)."""
+    return Wait(wait, wait)
 
 
 def stay(prefix: int = 8000, turns: int = 1, stream: bool = True) -> Stay:
@@ -26,36 +39,61 @@ def test_saving_is_the_prefix_at_the_price_difference() -> None:
     assert cache_saving_usd(no_discount) == 0.0
 
 
-def test_a_bound_endpoint_that_is_the_best_is_kept() -> None:
-    a = cand("a", 0.5)
-    assert keep_bound(a, a, stay(), usd_per_s=1000.0)
+def test_waits_come_from_ttft_or_latency_with_errors_and_the_observed_cache_shares() -> None:
+    c = cand("a", 0.2, error_rate=0.5, latency=2.0)
+    w = wait_of(c, False)
+    assert w.cached == pytest.approx(3.0) and w.fresh == pytest.approx(3.0)
+    w = wait_of(c, True, cached_share=0.5, fresh_share=1.5)
+    assert w.cached == pytest.approx(0.15) and w.fresh == pytest.approx(0.45)
+
+
+def test_a_bound_endpoint_as_fast_as_the_best_is_kept() -> None:
+    assert keep_bound(same(0.5), same(0.5), stay(), usd_per_s=1000.0)
 
 
 def test_a_small_lead_does_not_pay_for_the_cache() -> None:
-    # 8k tokens at 2.7 $/M = $0.0216 saved; 0.1 s lead at $0.05/s over 1 turn = $0.005
-    assert keep_bound(cand("slow", 0.2), cand("fast", 0.1), stay(), usd_per_s=0.05)
+    # 8k tokens at 2.7 $/M = $0.0216 saved; 0.02 s a turn over 4 turns at $0.05/s = $0.004
+    assert keep_bound(same(0.12), same(0.1), stay(), usd_per_s=0.05)
 
 
 def test_a_large_lead_moves_the_conversation() -> None:
-    # 2 s lead at $0.05/s = $0.10 > $0.0216
-    assert not keep_bound(cand("slow", 2.1), cand("fast", 0.1), stay(), usd_per_s=0.05)
+    # 2 s a turn over 4 turns at $0.05/s = $0.40 > $0.0216
+    assert not keep_bound(same(2.1), same(0.1), stay(), usd_per_s=0.05)
 
 
-def test_the_horizon_grows_with_the_conversation() -> None:
-    bound, best = cand("b", 0.3), cand("a", 0.1)  # 0.2 s lead = $0.01 a turn at $0.05/s
-    assert keep_bound(bound, best, stay(turns=1), usd_per_s=0.05)
-    assert not keep_bound(bound, best, stay(turns=3), usd_per_s=0.05)
+def test_the_horizon_grows_with_the_conversation_from_a_floor() -> None:
+    assert horizon(1) == MIN_HORIZON and horizon(3 * MIN_HORIZON) == 3 * MIN_HORIZON
+    bound, best = same(0.2), same(0.1)  # 0.1 s lead = $0.005 a turn at $0.05/s
+    assert keep_bound(bound, best, stay(turns=1), usd_per_s=0.05)  # 4 turns: $0.02 < $0.0216
+    assert not keep_bound(bound, best, stay(turns=5), usd_per_s=0.05)  # 5 turns: $0.025
+
+
+def test_moving_pays_one_turn_without_the_cache() -> None:
+    # The bound host answers a cached turn in 0.1 s; the other 0.05 s cached but 0.6 s
+    # uncached: over 4 turns staying waits 0.4 s, moving 0.6 + 3 x 0.05 = 0.75 s.
+    bound, best = Wait(cached=0.1, fresh=0.3), Wait(cached=0.05, fresh=0.6)
+    assert keep_bound(bound, best, stay(prefix=0), usd_per_s=1000.0)
+    # A longer future pays it back: 20 turns, 2 s staying against 1.55 s moving.
+    assert not keep_bound(bound, best, stay(prefix=0, turns=20), usd_per_s=1000.0)
+
+
+def test_a_bound_host_that_turned_slow_is_left_at_once() -> None:
+    # Its cached turns now take 0.4 s (they took 0.03); the other host: 0.13 s uncached,
+    # 0.05 cached. Even a 60k-token prefix ($0.16 to re-buy) does not hold it at turn 1.
+    slowed, medium = Wait(cached=0.4, fresh=1.2), Wait(cached=0.05, fresh=0.13)
+    assert not keep_bound(slowed, medium, stay(prefix=60_000, turns=1), usd_per_s=0.2)
+    assert not keep_bound(slowed, medium, stay(prefix=20_000, turns=1), usd_per_s=0.05)
 
 
 def test_errors_count_as_waiting_and_non_streams_compare_latency() -> None:
-    assert not keep_bound(cand("b", 1.0, error_rate=0.9), cand("a", 0.6), stay(prefix=100), 0.05)
-    quick_ttft_slow_total = cand("b", 0.1, latency=9.0)
-    assert not keep_bound(
-        quick_ttft_slow_total, cand("a", 0.5, latency=1.0), stay(stream=False), 0.05
-    )
+    flaky = wait_of(cand("b", 1.0, error_rate=0.9), True)
+    assert not keep_bound(flaky, wait_of(cand("a", 0.6), True), stay(prefix=100), 0.05)
+    quick_ttft_slow_total = wait_of(cand("b", 0.1, latency=9.0), False)
+    fine = wait_of(cand("a", 0.5, latency=1.0), False)
+    assert not keep_bound(quick_ttft_slow_total, fine, stay(stream=False), 0.05)
 
 
 def test_without_prices_a_conversation_stays_unless_twice_as_slow() -> None:
     unpriced = Stay(prefix_tokens=8000, price_in=0.0, price_cache_read=0.0, turns=5, stream=True)
-    assert keep_bound(cand("b", 0.19), cand("a", 0.1), unpriced, usd_per_s=0.05)
-    assert not keep_bound(cand("b", 0.21), cand("a", 0.1), unpriced, usd_per_s=0.05)
+    assert keep_bound(same(0.19), same(0.1), unpriced, usd_per_s=0.05)
+    assert not keep_bound(same(0.21), same(0.1), unpriced, usd_per_s=0.05)

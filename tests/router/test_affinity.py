@@ -45,9 +45,15 @@ providers:
   c: {{kind: openai, base_url: "http://127.0.0.1:9/v1", prompt_cache: true}}
 policies:
   sticky: {{strategy: priority, affinity: {{ttl_s: 600, usd_per_s: 0.05}}}}
+  scored: {{strategy: score, affinity: {{ttl_s: 600, usd_per_s: 0.05}}}}
 routes:
   r:
     policy: sticky
+    endpoints:
+      - {{provider: a, model: m, price: {PRICE}}}
+      - {{provider: b, model: m, price: {PRICE}}}
+  explored:
+    policy: scored
     endpoints:
       - {{provider: a, model: m, price: {PRICE}}}
       - {{provider: b, model: m, price: {PRICE}}}
@@ -223,3 +229,46 @@ def test_bindings_expire_with_their_ttl() -> None:
     assert served(world.turn("r")[0]) == "b"  # a use refreshes the binding's TTL
     world.clock.advance(601.0)
     assert served(world.turn("r")[0]) == "a"  # forgotten: the ranking decides again
+
+
+def test_an_exploration_pick_serves_a_new_conversation_but_does_not_bind_it() -> None:
+    world = World()
+    # Neither endpoint has evidence: the score ranking explores one, then the other.
+    outcome, plan = world.turn("explored")
+    first = served(outcome)
+    assert plan is not None and plan.trial == first
+    assert asyncio.run(world.state.get(plan.key)) is None  # an experiment placed it
+    outcome, plan = world.turn("explored")
+    assert served(outcome) != first and plan is not None and plan.trial == served(outcome)
+    # Both have evidence now: the ranking places the conversation, and it binds.
+    outcome, plan = world.turn("explored")
+    assert plan is not None and plan.trial is None
+    assert asyncio.run(world.state.get(plan.key)) == served(outcome)
+
+
+def test_a_bound_endpoint_whose_cached_turns_turned_slow_is_left_on_the_next_turn() -> None:
+    world = World()
+    route = world.runtime.routes["r"]
+    world.turn("r", prefs=RoutingPrefs(order=("b",)))  # bound to b
+    a, b = route.by_id["a"].stats, route.by_id["b"].stats
+    for stats, cached_ttft, fresh_ttft in ((a, 0.05, 0.13), (b, 0.03, 0.08)):
+        for ttft, cached in ((fresh_ttft, False), (cached_ttft, True), (cached_ttft, True)):
+            token = stats.start()
+            world.clock.advance(ttft)
+            stats.first_token(token)
+            stats.finish(token, ok=True, latency_s=ttft + 0.1)
+            stats.cache_split(ttft, cached, world.clock())
+    plan = affinity_mod.plan(
+        route, route.affinity_for(None), "chat", {"messages": []}, {}, 80_000, True
+    )
+    assert plan is not None
+    plan.bound = "b"
+    ranking = [route.by_id["a"], route.by_id["b"]]  # the ranking says a; the cache says b
+    assert plan.order(route, ranking, route.candidates(ranking, world.clock()))[0].id == "b"
+    # b turns slow: one cached turn takes 0.4 s (the peak rule believes it at once).
+    token = b.start()
+    world.clock.advance(0.4)
+    b.first_token(token)
+    b.finish(token, ok=True, latency_s=0.5)
+    b.cache_split(0.4, True, world.clock())
+    assert plan.order(route, ranking, route.candidates(ranking, world.clock()))[0].id == "a"
