@@ -7,7 +7,7 @@ available and ``policies.affinity.keep_bound`` says the cache is worth more than
 the ranking's best endpoint with evidence, goes first and the ranking follows as the
 failover path; else that best endpoint goes first. The rule's waits come from the live
 stats: each endpoint's TTFT estimate split by the shares that cached and uncached answers
-took of it there (``EndpointStats.cache_ratios``).
+took of it there (``cache_shares``).
 
 A success binds the conversation to the endpoint that served it (refreshing the TTL),
 unless that endpoint was the ranking's exploration pick for a conversation with no
@@ -34,6 +34,7 @@ from router.routing.sessions import prefix_tokens, session_of, user_turns
 if TYPE_CHECKING:
     from router.runtime import Endpoint, RouteRuntime
     from router.state.shared import SharedState
+    from router.state.stats import EndpointStats
 
 HIT, NEW, OFF = "hit", "new", "off"
 
@@ -97,7 +98,7 @@ class Affinity:
     def _wait(self, endpoint: Endpoint, candidate: Candidate) -> Wait:
         if not self.stay.stream:
             return wait_of(candidate, False)
-        return wait_of(candidate, True, *endpoint.stats.cache_ratios())
+        return wait_of(candidate, True, *cache_shares(endpoint.stats))
 
     def verdict(self, served: str | None) -> str:
         """``hit`` when the bound endpoint served; ``new`` otherwise."""
@@ -114,6 +115,16 @@ class Affinity:
                 state.bind(self.key, served.id, self.ttl_s)
         elif self.bound is not None:
             state.unbind(self.key)
+
+
+def cache_shares(stats: EndpointStats) -> tuple[float, float]:
+    """(cached, uncached) TTFT at an endpoint, each as a share of the TTFT mean its
+    rankings read: 1.0 where that kind of answer has not been seen there."""
+    mean = stats.ttft.mean
+    if not mean:
+        return 1.0, 1.0
+    cached, fresh = stats.ttft_cached.mean, stats.ttft_fresh.mean
+    return 1.0 if cached is None else cached / mean, 1.0 if fresh is None else fresh / mean
 
 
 def plan(

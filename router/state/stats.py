@@ -191,9 +191,8 @@ class EndpointStats:
         self._report: Callable[[EndpointStats], None] | None = None  # the feed's append
         self.latency = DecayedMean(peak=True)
         self.ttft = DecayedMean(peak=True)
-        # The same TTFTs apart by whether the host read the prompt from its cache: what
-        # prompt-cache affinity weighs (a conversation that stays finds its prefix cached
-        # there; one that moves pays a whole prefill once). Rankings do not read them.
+        # TTFTs apart by whether the prompt was read from the host's cache, for affinity
+        # (staying finds the prefix cached, moving pays one whole prefill); not ranked on.
         self.ttft_cached = DecayedMean(peak=True)
         self.ttft_fresh = DecayedMean(peak=True)
         self.tokens_per_s = DecayedMean()
@@ -277,18 +276,6 @@ class EndpointStats:
         """A streamed answer's TTFT once its usage said whether most of the prompt was
         read from the host's cache (``cached``)."""
         (self.ttft_cached if cached else self.ttft_fresh).add(ttft, now, self._halflife)
-
-    def cache_ratios(self) -> tuple[float, float]:
-        """(cached, uncached) TTFT, each as a share of the TTFT mean that rankings read:
-        1.0 where that kind of answer has not been seen."""
-        mean = self.ttft.mean
-        if not mean:
-            return 1.0, 1.0
-        cached, fresh = self.ttft_cached.mean, self.ttft_fresh.mean
-        return (
-            1.0 if cached is None else cached / mean,
-            1.0 if fresh is None else fresh / mean,
-        )
 
     def finish(
         self,

@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 
 from providers.base import BufferedResponse, UpstreamRequest
 from providers.errors import UpstreamHTTPError
@@ -258,6 +259,9 @@ def test_a_bound_endpoint_whose_cached_turns_turned_slow_is_left_on_the_next_tur
             stats.first_token(token)
             stats.finish(token, ok=True, latency_s=ttft + 0.1)
             stats.cache_split(ttft, cached, world.clock())
+    shares = affinity_mod.cache_shares(b)
+    assert b.ttft.mean is not None and shares[0] * b.ttft.mean == pytest.approx(0.03)
+    assert shares[1] * b.ttft.mean == pytest.approx(0.08)  # the TTFT split by kind
     plan = affinity_mod.plan(
         route, route.affinity_for(None), "chat", {"messages": []}, {}, 80_000, True
     )

@@ -804,7 +804,6 @@ def test_a_streamed_answers_ttft_is_kept_apart_by_whether_its_prompt_was_cached(
     endpoint: tuple[Endpoint, FakeClock],
 ) -> None:
     ep, clock = endpoint
-    assert ep.stats.cache_ratios() == (1.0, 1.0)  # nothing seen: no split
     for ttft, cached in ((0.3, 0), (0.1, 900)):  # a first turn, then one mostly cached
         lease = Lease(ep, clock)
         clock.advance(ttft)
@@ -813,9 +812,7 @@ def test_a_streamed_answers_ttft_is_kept_apart_by_whether_its_prompt_was_cached(
         lease.succeed(Usage(prompt_tokens=1000, cached_tokens=cached, completion_tokens=5), 5, None)
     assert ep.stats.ttft_fresh.value == pytest.approx(0.3)
     assert ep.stats.ttft_cached.value == pytest.approx(0.1)
-    cached_share, fresh_share = ep.stats.cache_ratios()
-    assert cached_share * ep.stats.ttft.value == pytest.approx(0.1)  # type: ignore[operator]
-    assert fresh_share * ep.stats.ttft.value == pytest.approx(0.3)  # type: ignore[operator]
+    assert ep.stats.ttft.value is not None and ep.stats.ttft.value > 0.1  # both, mixed
     Lease(ep, clock).succeed(Usage(prompt_tokens=1000, cached_tokens=1000), 1, None)
     assert ep.stats.ttft_cached.value == pytest.approx(0.1)  # no first token: no TTFT
 
