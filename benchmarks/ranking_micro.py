@@ -3,7 +3,7 @@
 Why it exists: the routing decision runs on every request (and again on every failover),
 so it has to stay cheap when a route has hundreds of endpoints: the target is under 50 us
 at 100 endpoints, growing no faster than linearly. This times the code path the router
-runs per request (``Pipeline._ranking`` without its logging): the usable / not-full /
+runs per request (``router.routing.ranking.rank`` without its logging): the usable / not-full /
 breaker filters, ``RouteRuntime.candidates`` (``router.state.stats.loads``: live stats read,
 decayed and blended into ``Candidate`` objects), the strategy's ``rank`` and the mapping
 back to endpoints, over 2 to 1,000 endpoints whose stats hold recent samples and a few
@@ -94,7 +94,7 @@ routes:
 
 
 def rank_once(runtime: Runtime, route: RouteRuntime, policy: str) -> list[Endpoint]:
-    """One routing decision, as ``Pipeline._ranking`` makes it (logging left out)."""
+    """One routing decision, as ``router.routing.ranking.rank`` makes it (logging left out)."""
     now = runtime.clock()
     eps = [e for e in route.endpoints if e.usable]
     open_now = [e for e in eps if not e.full()]

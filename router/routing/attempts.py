@@ -156,16 +156,28 @@ class Attempts:
             raise self._failed(route, ep, lease, exc, hedged, translation)  # noqa: B904
         except BaseException as exc:
             # Cancelled (a hedge won, the client left) or a bug: never leak the slot.
-            if response is not None:
-                response.close()
-            lost = isinstance(exc, asyncio.CancelledError) and exc.args == (HEDGE_LOST,)
-            lease.cancel(censored=lost)
-            self._record(route, ep, lease, None, "hedge_lost" if lost else "cancelled", hedged)
+            self._cancelled(route, ep, lease, response, exc, hedged)
             raise
         self._record(route, ep, lease, response.status, None, hedged)
         if translation is not None or (self.reasoning is not None and not self.reasoning.show):
             self._transform(opened, translation, dropped)
         return opened
+
+    def _cancelled(
+        self,
+        route: str,
+        ep: Endpoint,
+        lease: Lease,
+        response: UpstreamResponse | None,
+        exc: BaseException,
+        hedged: bool,
+    ) -> None:
+        """An attempt given up (a hedge lost, the client left) or broken by a bug."""
+        if response is not None:
+            response.close()
+        lost = isinstance(exc, asyncio.CancelledError) and exc.args == (HEDGE_LOST,)
+        lease.cancel(censored=lost)
+        self._record(route, ep, lease, None, "hedge_lost" if lost else "cancelled", hedged)
 
     def _transform(
         self, opened: Opened, translation: Translation | None, dropped: list[str] | None

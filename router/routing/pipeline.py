@@ -5,7 +5,8 @@ For each route in the chain (the requested one, then its ``fallbacks``):
 1. Health filtering, separate from scoring: endpoints that are disabled, in cooldown or
    at ``max_concurrency`` are set aside; if that leaves nothing, the ones whose cooldown
    ends first are tried anyway (Envoy's panic threshold) rather than failing outright.
-2. The policy ranks what is left from live loads; the ranking is the failover path.
+2. The policy ranks what is left from live loads; the ranking is the failover path
+   (both in ``ranking.py``).
 3. The first attempt runs (hedged if the policy says so). On a retryable failure the rest
    run under tenacity: exponential backoff with full jitter, never sooner than a
    ``Retry-After``, walking the ranking and starting over from the top, until
@@ -18,14 +19,14 @@ before that fails over; after it, ``relay`` turns a failure into an SSE error ev
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from policies import SORTS, STRATEGIES, Candidate, Strategy
+from policies import STRATEGIES
 from providers.errors import UpstreamError, UpstreamHTTPError
 from router.apis.base import ClientApi
 from router.apis.reasoning import Reasoning
@@ -43,6 +44,7 @@ from router.errors import (
 from router.routing.affinity import Affinity
 from router.routing.attempts import Attempts, Opened
 from router.routing.prefs import RoutingPrefs
+from router.routing.ranking import NoEndpoint, RateLimited, rank, wait_for_ranking
 from router.routing.relay import relay as relay_stream
 from router.routing.walk import Budget, Walk, full_jitter
 from router.runtime import Endpoint, RouteRuntime, Runtime
@@ -66,16 +68,6 @@ class Call:
     reasoning: Reasoning | None = None  # what it asks of reasoning, in any of its forms
     affinity: Affinity | None = None  # prompt-cache affinity, when its policy has it
     routes: frozenset[str] | None = None  # the routes the client's key may use (None: all)
-
-
-class _NoEndpoint(Exception):
-    def __init__(self, reason: str, *, filtered: bool = False) -> None:
-        super().__init__(reason)
-        self.filtered = filtered
-
-
-class _RateLimited(Exception):
-    """Every endpoint of a route with a free slot is rate limited past the deadline."""
 
 
 def _rested(chain: list[RouteRuntime], now: float) -> float:
@@ -149,7 +141,7 @@ class Pipeline:
                 for name in route.spec.fallbacks
                 if allowed is None or name in allowed
             ]
-        nothing: _NoEndpoint | None = None
+        nothing: NoEndpoint | None = None
         limited = False
         for i, r in enumerate(chain):
             try:
@@ -159,10 +151,10 @@ class Pipeline:
                     raise UpstreamClientError(exc) from exc
                 if not self._retryable(r, exc):
                     break
-            except _NoEndpoint as exc:
+            except NoEndpoint as exc:
                 if i == 0:
                     nothing = exc
-            except _RateLimited:
+            except RateLimited:
                 limited = True
             if attempts.clock() >= attempts.deadline:
                 break
@@ -180,114 +172,17 @@ class Pipeline:
         retry_on = ep.spec.retry_on if ep else frozenset(route.spec.retry.on)
         return retryable(exc, retry_on)
 
-    async def _ranking(
-        self, runtime: Runtime, route: RouteRuntime, call: Call, attempts: Attempts
-    ) -> tuple[list[Endpoint], HedgeSection | None]:
-        """The ranking, after waiting for a free slot if every endpoint is full."""
-        while True:
-            ranked = self._rank(runtime, route, call)
-            if ranked is not None:
-                return ranked
-            eps = self._admitted(route, call)
-            open_now = [e for e in eps if not e.full()]
-            if not open_now:
-                await self._wait_for_slot(eps, attempts, route)
-                continue
-            # Each of them asked for rest (a 429): wait for the first to be free, unless
-            # that is past what this request can wait.
-            free = min(e.breaker.free_at() for e in open_now)
-            if free >= attempts.deadline:
-                raise _RateLimited
-            await self._sleep(free - runtime.clock())
-
-    def _admitted(self, route: RouteRuntime, call: Call) -> list[Endpoint]:
-        prefs = call.prefs
-        eps = route.serving[call.api.name]
-        if not eps:
-            if route.usable:
-                raise _NoEndpoint(
-                    f"no usable endpoint of route {route.name!r} serves the {call.api.name} API"
-                )
-            raise _NoEndpoint(f"route {route.name!r} has no usable endpoint (all disabled)")
-        if prefs is not None:
-            eps = [e for e in eps if prefs.admits(e)]
-            if not eps:
-                raise _NoEndpoint(
-                    f"no endpoint of route {route.name!r} matches the 'provider' filters",
-                    filtered=True,
-                )
-        return eps
-
-    def _rank(
-        self, runtime: Runtime, route: RouteRuntime, call: Call
-    ) -> tuple[list[Endpoint], HedgeSection | None] | None:
-        """The ranking now, or None when every admitted endpoint is at max_concurrency or
-        rate limited (sync: no coroutine per request for the usual case, which never waits)."""
-        prefs = call.prefs
-        eps = self._admitted(route, call)
-        now = runtime.clock()
-        open_now = [e for e in eps if not e.full()] if route.limited else eps
-        if not open_now:
-            return None
-        avail = [e for e in open_now if e.breaker.available(now)]
-        if prefs is not None and prefs.sort is not None:
-            strategy, hedge = route.strategy_for(SORTS[prefs.sort])
-        elif call.policy is not None:
-            strategy, hedge = route.strategy_for(call.policy)
-        else:
-            strategy, hedge = route.strategy, route.hedge
-        if not avail:
-            # Every endpoint cooling down: try the one due first rather than fail now, but
-            # not one set aside by a rate limit: it said when to come back (_ranking).
-            ready = [e for e in open_now if not e.breaker.is_rate_limited(now)]
-            if not ready:
-                return None
-            ranking = sorted(ready, key=lambda e: e.breaker.until)
-            if self.debug:
-                log.debug("route_panic", route=route.name, order=[e.id for e in ranking])
-        else:
-            candidates = route.candidates(avail, now)
-            ranked = strategy.rank(candidates, runtime.rng)
-            endpoints = route.endpoints
-            ranking = [endpoints[c.index] for c in ranked]
-            if self.debug:
-                _log_decision(route, strategy, ranked, candidates, eps, avail)
-            affinity = call.affinity
-            ordered = prefs is not None and bool(prefs.order)  # provider.order wins over it
-            if affinity is not None and affinity.route == route.name and not ordered:
-                explores = getattr(strategy, "explores", False)
-                ranking = affinity.order(route, ranking, candidates, explores)
-        if prefs is not None:
-            ranking = prefs.reorder(route.by_id, ranking)
-        return ranking, hedge
-
-    async def _wait_for_slot(
-        self, eps: list[Endpoint], attempts: Attempts, route: RouteRuntime
-    ) -> None:
-        """Every endpoint is at max_concurrency: wait for a slot, up to ttft_s."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        for e in eps:
-            e.state.waiters.append(fut)
-        limit = min(route.spec.timeouts.ttft_s, attempts.deadline - attempts.clock())
-        try:
-            await asyncio.wait_for(fut, max(0.0, limit))
-        except TimeoutError:
-            raise _NoEndpoint(
-                f"every endpoint of route {route.name!r} is at max_concurrency"
-            ) from None
-
     async def _serve(
         self, runtime: Runtime, route: RouteRuntime, call: Call, attempts: Attempts
     ) -> Opened:
-        ranked = self._rank(runtime, route, call)
+        ranked = rank(runtime, route, call, self.debug)
         if ranked is None:
-            ranked = await self._ranking(runtime, route, call, attempts)
+            ranked = await wait_for_ranking(runtime, route, call, attempts, self._sleep, self.debug)
         ranking, hedge = ranked
         if hedge is not None and len(ranking) > 1:
             return await self._retrying(runtime, route, call, attempts, ranking, hedge, None)
         # The usual case: one attempt on the best endpoint, with nothing allocated for
-        # retries until it fails. The ranking's head is available and not full: _rank
+        # retries until it fails. The ranking's head is available and not full: rank
         # kept only such endpoints (or, all cooling down, put the one due first there).
         try:
             return await attempts.open(route.name, ranking[0])
@@ -380,36 +275,6 @@ class Pipeline:
         raise AssertionError("unreachable: tenacity reraises the last failure")
 
     relay = staticmethod(relay_stream)  # the committed stream, after its first token
-
-
-def _log_decision(
-    route: RouteRuntime,
-    strategy: Strategy,
-    ranked: list[Candidate],
-    candidates: Sequence[Candidate],
-    eps: list[Endpoint],
-    avail: list[Endpoint],
-) -> None:
-    """The debug ``route_decision`` event: the order and the loads compared."""
-    log.debug(
-        "route_decision",
-        route=route.name,
-        strategy=strategy.name,
-        order=[c.id for c in ranked],
-        loads={
-            c.id: {
-                "ttft_ms": round(c.ttft_s * 1000, 1),
-                "latency_ms": round(c.latency_s * 1000, 1),
-                "tokens_per_s": round(c.tokens_per_s, 1),
-                "error_rate": round(c.error_rate, 3),
-                "in_flight": c.in_flight,
-                "explore": c.explore,
-                "probing": c.probing,
-            }
-            for c in candidates
-        },
-        skipped=[e.id for e in eps if e not in avail],
-    )
 
 
 __all__ = ["Call", "Pipeline", "RoutingPrefs"]
