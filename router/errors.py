@@ -24,6 +24,7 @@
         ├── UnsupportedMediaType      415       a Content-Encoding other than gzip or deflate
         ├── OverLimit                 429       a client key over its rate limit or budget
         ├── NoEndpointAvailable       503       nothing to try (disabled, or at max_concurrency)
+        ├── NoConfig                  503       no valid routes.yaml loaded (see /health)
         ├── UpstreamRateLimited       429       every endpoint asked to wait longer than we can
         ├── AllAttemptsFailed         502/504   every attempt failed; 504 when every one timed out
         └── UpstreamClientError       4xx       the upstream said the request itself is wrong
@@ -61,6 +62,7 @@ __all__ = [
     "ConnectTimeout",
     "Forbidden",
     "IdleTimeout",
+    "NoConfig",
     "NoEndpointAvailable",
     "NotFound",
     "OverLimit",
@@ -166,6 +168,19 @@ class NoEndpointAvailable(RouterError):
     status = 503
     type = "service_unavailable"
     code = "no_endpoint_available"
+
+
+class NoConfig(RouterError):
+    """No valid routes.yaml is loaded (it failed at start and no edit has fixed it yet):
+    the service is unavailable, not broken, and says where to look; it serves as soon as
+    a valid file is saved."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "no_config"
+
+    def __init__(self) -> None:
+        super().__init__("no valid configuration is loaded; see /health")
 
 
 class AllAttemptsFailed(RouterError):

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
-from router.errors import BadRequest, NoEndpointAvailable, NotFound, RouterError, error_body
+from router.errors import (
+    BadRequest,
+    NoConfig,
+    NoEndpointAvailable,
+    NotFound,
+    RouterError,
+    error_body,
+)
 from router.http import limits
 from router.http.auth import check_admin
 from router.http.replies import error_response, json_response
@@ -109,8 +116,9 @@ class Admin:
             )
         try:
             document = await page.document(route, window)
-        except LookupError as exc:
-            return error_response(RouterError(str(exc)), {})
+        except LookupError as exc:  # no config loaded (or the route went in a reload)
+            error = NoConfig() if self.service.runtime is None else RouterError(str(exc))
+            return error_response(error, {})
         return json_response(200, orjson.dumps(document), {"Cache-Control": "no-store"})
 
     async def usage(self, request: Request) -> Response:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from router.apis import BY_PATH
-from router.errors import NotFound, RouterError, error_body
+from router.errors import NoConfig, NotFound, RouterError, error_body
 from router.http.admin import PAGE_ASSETS, Admin
 from router.http.auth import client_key_name
 from router.http.proxy import Proxy
@@ -97,7 +97,7 @@ class Api:
         service = self.service
         runtime = service.runtime
         if runtime is None:
-            return error_response(RouterError("no valid configuration is loaded"), {})
+            return error_response(NoConfig(), {})
         try:
             name = client_key_name(runtime, request)
         except RouterError as exc:

@@ -27,7 +27,7 @@ from router.apis import BY_PATH, ClientApi
 from router.apis.base import decode
 from router.apis.reasoning import parse as parse_reasoning
 from router.config.specs import KeySpec
-from router.errors import RouterError
+from router.errors import NoConfig, RouterError
 from router.http import limits
 from router.http.auth import client_key_name
 from router.http.replies import JSON, error_response
@@ -103,7 +103,7 @@ class Proxy:
         service.in_flight += 1
         try:
             if runtime is None:
-                raise RouterError("no valid configuration is loaded; see /health")
+                raise NoConfig()
             record.key_name = name = client_key_name(runtime, request)
             key = runtime.keys.get(name) if name is not None else None
             # Decoded, bounded (413), its encoding gzip or deflate (415).

@@ -256,3 +256,29 @@ def test_sigterm_during_a_stream_keeps_its_rows(tmp_path: Path, pair: Any) -> No
         ).fetchone()
     assert rows == [(200, "a")]
     assert attempts == (1,)
+
+
+def test_started_on_a_broken_file_every_api_answers_503_until_it_is_fixed(
+    tmp_path: Path, pair: Any
+) -> None:
+    """No config is "unavailable, see /health", in each client API's error shape, never a
+    500 an SDK would report as a router bug; saving a valid file brings service back."""
+    broken = config(*pair).replace("policy: priority", "policy: [priority")
+    body = {"model": "r", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    with RouterProcess(broken, tmp_path) as router:
+        assert httpx.get(f"{router.url}/health", timeout=5).status_code == 503
+        for path in ("chat/completions", "completions", "embeddings", "responses", "models"):
+            method = "GET" if path == "models" else "POST"
+            r = httpx.request(method, f"{router.base_url}/{path}", json=body, timeout=5)
+            assert r.status_code == 503, (path, r.status_code, r.text)
+            error = r.json()["error"]
+            assert error["code"] == "no_config" and error["type"] == "service_unavailable"
+            assert "/health" in error["message"]
+        r = httpx.post(f"{router.base_url}/messages", json=body, timeout=5)
+        assert r.status_code == 503
+        assert r.json()["type"] == "error"
+        assert r.json()["error"]["type"] == "overloaded_error"  # Anthropic's shape for 503
+        assert '"status":500' not in router.log_text().replace(" ", "")
+        router.config_path.write_text(config(*pair))
+        wait_for(lambda: router.health()["status"] == "ok", what="the fixed file loaded")
+        assert served_by(router) == "a"
