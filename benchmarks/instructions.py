@@ -186,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the zero upstream writes one SSE event per write, as a host streaming tokens",
     )
+    ap.add_argument(
+        "--upstream-key",
+        action="store_true",
+        help="give the endpoints a key (as shipped hosts have): answers are searched for it",
+    )
     args = ap.parse_args(argv)
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         print("valgrind (callgrind) not found", file=sys.stderr)
@@ -214,15 +219,24 @@ def main(argv: list[str] | None = None) -> int:
                 "/health/ready",
             ),
         }
+        env = None
+        if args.upstream_key:
+            env = {"BENCH_UPSTREAM_KEY": "sk-bench-" + "0123456789abcdef" * 3}
+            path = targets["router"][0][targets["router"][0].index("--config") + 1]
+            with open(path) as fh:
+                text = fh.read().replace('/v1"', '/v1", api_key_env: BENCH_UPSTREAM_KEY')
+            with open(path, "w") as fh:
+                fh.write(text)
         for name in args.only.split(","):
             cmd, ready = targets[name]
-            table[name] = measure(bench, tmp, name, cmd, ready, args)
+            table[name] = measure(bench, tmp, name, cmd, ready, args, env=env)
     finally:
         bench.finish(args.keep)
     print(
         f"\n| target | mode | instructions / request | x bare |  (conns {args.conns}, "
         f"{args.tokens} tokens, storage {args.storage or 'sqlite'}"
-        f"{', upstream one event per write' if args.per_token else ''})"
+        f"{', upstream one event per write' if args.per_token else ''}"
+        f"{', endpoints with a key' if args.upstream_key else ''})"
     )
     print("|---|---|---|---|")
     for name, modes in table.items():

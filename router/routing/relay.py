@@ -63,19 +63,26 @@ async def _pass_on(
     finish: Write,
 ) -> None:
     """Everything up to and including ``[DONE]`` (raises if the stream ends without it),
-    then the upstream's end, read and dropped so its connection goes back to the pool."""
+    then the upstream's end, read and dropped so its connection goes back to the pool.
+
+    The endpoint's own key is redacted from what was held up to the first token (where a
+    host that echoes its request puts it), and from what goes out once a stream breaks,
+    as from a non-streamed answer: a search once per stream. Not from every read after
+    the first token: a search per read costs 4 to 6% of a token-per-read stream's
+    instructions (docs/limits.md)."""
     chunks = opened.chunks
     assert chunks is not None
+    secret = opened.endpoint.secret
     if inspector.done:
-        await finish(opened.body)
+        await finish(_clean(opened.body, secret))
     else:
         if opened.body:
-            await write(opened.body)
+            await write(_clean(opened.body, secret))
         async for data in chunks:
             try:
                 out = inspector.feed(data)
             except ProtocolViolation as exc:
-                await write(exc.forward)  # the valid events before the bad one
+                await write(_clean(exc.forward, secret))  # the valid events before the bad one
                 raise
             if inspector.done:
                 await finish(out)
@@ -87,7 +94,7 @@ async def _pass_on(
         else:
             tail = inspector.leftover()
             if tail:
-                await write(tail)
+                await write(_clean(tail, secret))
             if not inspector.done:
                 raise StreamBroken("upstream closed the stream before [DONE]")
     # The client has the whole answer: whatever happens next (it hangs up while the
@@ -123,3 +130,10 @@ def _through(transform: Transform, write: Write, finish: Write) -> tuple[Write, 
         await finish(transform.feed(data))
 
     return write_through, finish_through
+
+
+def _clean(data: bytes, secret: bytes | None) -> bytes:
+    """``data`` with ``secret`` replaced by ``***`` (a copy only when it is there)."""
+    if secret is not None and data.find(secret) != -1:  # find, not ``in``: see SseInspector
+        return data.replace(secret, b"***")
+    return data

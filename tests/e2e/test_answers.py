@@ -123,6 +123,34 @@ def test_router_made_errors_never_echo_a_key(env: Env, body: dict[str, Any]) -> 
     assert_no_secret(r.text)
 
 
+@pytest.mark.parametrize("path", ["messages", "responses"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": CLIENT_KEY, "max_tokens": 8, "messages": MESSAGES, "input": "hi"},  # 404
+        {"model": "chat", "max_tokens": 8, "messages": CLIENT_KEY, "input": 7},  # 400
+        {"model": "chat", "max_tokens": UPSTREAM_KEY, "messages": MESSAGES, "input": "hi"},
+        {"model": "chat", "max_output_tokens": UPSTREAM_KEY, "messages": MESSAGES, "input": "x"},
+        {"model": "chat", "messages": MESSAGES, "input": "hi", "provider": {"only": [ADMIN_KEY]}},
+        {"model": "chat", "messages": MESSAGES, "input": "hi", "stream": OTHER_CLIENT_KEY},
+    ],
+)
+def test_messages_and_responses_errors_never_echo_a_key(
+    env: Env, path: str, body: dict[str, Any]
+) -> None:
+    """The newer client APIs build their errors in their own shapes (Anthropic's for
+    Messages): the same redaction holds for them."""
+    r = httpx.post(f"{env.router.base_url}/{path}", json=body, headers=env.auth, timeout=15)
+    assert_no_secret(r.text)
+    if r.status_code == 200:  # a field the other API has is not this one's to refuse
+        assert ("max_tokens" in body) != ("max_output_tokens" in body), r.text
+        return
+    assert 400 <= r.status_code < 500, r.text
+    error = r.json()["error"]
+    if path == "messages":
+        assert r.json()["type"] == "error" and error["type"].endswith("_error")
+
+
 def test_a_key_in_a_header_the_router_echoes_is_not_echoed(env: Env) -> None:
     r = env.post({"model": "chat", "messages": MESSAGES}, {"x-router-policy": UPSTREAM_KEY})
     assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_policy"
@@ -151,6 +179,72 @@ def test_an_upstream_answer_quoting_its_own_key_reaches_the_client_redacted(env:
         assert_no_secret(r.text)
     finally:
         env.up.behaviour = ok_json
+
+
+async def quoting_stream(fake: FakeUpstream, request: web.Request, body: dict[str, Any]) -> Any:
+    """A stream that quotes the upstream's own key in its opening events (as a host that
+    echoes its request would) and its first token, then goes on in later reads."""
+    key = request.headers.get("Authorization", "")[7:]
+    if request.path.endswith("/responses"):
+        return await _quoting_responses_stream(request, key)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(chunk(delta={"role": "assistant", "content": ""}, model=f"echo-{key}"))
+    await resp.write(chunk(f"first {key} "))
+    await asyncio.sleep(0.05)  # separate reads, after the first token
+    await resp.write(chunk("middle "))
+    await asyncio.sleep(0.05)
+    await resp.write(chunk("last", finish="stop") + b"data: [DONE]\n\n")
+    return resp
+
+
+def _responses_event(kind: str, **fields: Any) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n".encode()
+
+
+async def _quoting_responses_stream(request: web.Request, key: str) -> web.StreamResponse:
+    """The same quotes in Responses events (passed on natively)."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    done = {"id": "resp_1", "status": "completed", "output": [], "usage": {
+        "input_tokens": 3, "output_tokens": 4, "total_tokens": 7}}  # fmt: skip
+    await resp.write(_responses_event("response.created", response={"id": "r", "user": key}))
+    await resp.write(_responses_event("response.output_text.delta", delta=f"first {key} "))
+    await asyncio.sleep(0.05)
+    await resp.write(_responses_event("response.output_text.delta", delta="middle "))
+    await asyncio.sleep(0.05)
+    last = _responses_event("response.output_text.delta", delta="last")
+    await resp.write(last + _responses_event("response.completed", response=done))
+    return resp
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        ("chat/completions", "chat"),  # passed through as the host sent it
+        ("messages", "chat"),  # translated from chat, event by event
+        ("responses", "chat"),  # passed through
+    ],
+)
+def test_a_stream_quoting_the_upstreams_own_key_up_to_its_first_token_is_redacted(
+    env: Env, path: str, route: str
+) -> None:
+    """What the router holds up to the first token is searched for the key once; later
+    reads are not (a search per read is 4-6% of a stream's work: docs/limits.md)."""
+    env.up.behaviour = quoting_stream
+    body: dict[str, Any] = {"model": route, "stream": True}
+    body.update({"input": "hi"} if path == "responses" else {"messages": MESSAGES, "max_tokens": 8})
+    try:
+        with httpx.stream(
+            "POST", f"{env.router.base_url}/{path}", json=body, headers=env.auth, timeout=15
+        ) as r:
+            text = "".join(r.iter_text())
+            assert r.status_code == 200, text
+    finally:
+        env.up.behaviour = ok_json
+    assert_no_secret(text)
+    assert "first *** " in text, text  # redacted in place, nothing else lost
+    assert "middle" in text and "last" in text
 
 
 # -- a stream that turns to garbage after its first token ----------------------------------
