@@ -27,7 +27,7 @@ from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from providers.errors import UpstreamError
 from router.apis.base import Body, ClientApi, Inspector
 from router.requestlog.records import Usage
-from router.routing.sse import EMPTY, NOT_JSON, ProtocolViolation
+from router.routing.sse import EMPTY, NOT_JSON, ProtocolViolation, data_of
 
 _NUMBER = "a number"
 _MAX_HELD = 1 << 20  # bytes before the first token, then the upstream is sending garbage
@@ -160,8 +160,35 @@ class ResponsesInspector:
                 if self.first_token:
                     break
         if self.first_token and not self.done:
+            self._check(data)
             self._final(data)
         return data
+
+    def _check(self, data: bytes) -> None:
+        """After the first token events pass unparsed, unless the read may hold one not to
+        pass on: a data event that does not end in ``}`` (garbage, an HTML page, a cut
+        event; one count per read, and one more when it holds several events) or an
+        ``"error"`` (a host's error event or ``response.failed``; the final event's
+        ``"error": null`` too, so the last read is parsed). Those end the stream as broken
+        (``ProtocolViolation``, carrying the valid events before them), as for chat."""
+        events = data.count(b"data:")
+        framed = data[-3] == 0x7D if events == 1 else events == data.count(b"}\n\n")
+        if framed and data.find(b'"error"') == -1:
+            return
+        pos = 0
+        for event in data.split(b"\n\n"):
+            if event.strip() and data_of(event) != b"[DONE]":
+                try:
+                    obj = _parse(event)
+                except ProtocolViolation as exc:
+                    exc.forward = data[:pos]
+                    raise
+                if obj is not None and obj.get("type") in ("error", "response.failed"):
+                    message = obj.get("message") or (obj.get("response") or {}).get("error")
+                    raise ProtocolViolation(
+                        f"upstream sent an error event: {str(message)[:200]}", data[:pos]
+                    )
+            pos += len(event) + 2
 
     def _before_first_token(self, event: bytes) -> None:
         obj = _parse(event)
