@@ -251,6 +251,34 @@ def test_redis_settles_budgets_bindings_and_cooldowns_across_stores() -> None:
     run(main())
 
 
+@needs_redis
+def test_redis_settlements_ride_the_next_admission() -> None:
+    """A key with one concurrency slot, one request after the other: each request's
+    release goes ahead of the next admission in the same write, so none is refused (a
+    release left to a timer would still hold the slot when the next one asks)."""
+
+    async def main() -> None:
+        from router.state.shared.redis_store import RedisState
+
+        assert REDIS_URL is not None
+        prefix = f"test-{secrets.token_hex(4)}:"
+        store = RedisState(REDIS_URL, prefix=prefix)
+        await store.start()
+        try:
+            quota = Quota("team", concurrent=1, tpm=1_000_000, day_usd=100.0)
+            for _ in range(20):
+                admission = await store.admit(quota, tokens=100)
+                assert admission.admitted, admission.code
+                store.settle(admission, 10, 0.01)
+            await store.flush()
+            assert (await store.spent(["team"]))["team"].day == pytest.approx(0.2)
+        finally:
+            await store.aclose()
+            await _drop(prefix)
+
+    run(main())
+
+
 def test_unreachable_redis_open_serves_locally_and_closed_refuses() -> None:
     from router.state.shared.redis_store import RedisState
     from tests.support import free_port

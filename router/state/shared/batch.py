@@ -11,14 +11,11 @@ concurrency slots expire by themselves, and corrections and bindings are hints.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import orjson
 
-from router.state.shared import Quota
 from router.state.shared.resp import bulk, encode
 
-BATCH_S = 0.002  # how long a write waits for company when no admission comes to carry it
+BATCH_S = 0.01  # how long a batch waits for an admission to carry it before it goes alone
 _DAY_TTL_S = 2 * 86400  # a day's spend outlives its day a little, for /admin/usage
 _MONTH_TTL_S = 32 * 86400
 _TTLS = bulk(_DAY_TTL_S) + bulk(_MONTH_TTL_S)
@@ -27,18 +24,19 @@ _TTLS = bulk(_DAY_TTL_S) + bulk(_MONTH_TTL_S)
 Settlement = tuple[str, int, int, str | None, float]
 
 
-@dataclass(slots=True)
 class Batch:
-    settles: list[Settlement] = field(default_factory=list)
-    binds: dict[str, tuple[str | None, float]] = field(default_factory=dict)
-    cools: list[tuple[str, float, str]] = field(default_factory=list)
-    owed: dict[str, float] = field(default_factory=dict)  # USD not yet written, per key
+    """What waits to be written. A plain class: a new one is made per write."""
+
+    __slots__ = ("binds", "cools", "owed", "settles")
+
+    def __init__(self) -> None:
+        self.settles: list[Settlement] = []
+        self.binds: dict[str, tuple[str | None, float]] = {}
+        self.cools: list[tuple[str, float, str]] = []
+        self.owed: dict[str, float] = {}  # USD not yet written, per key
 
     def __bool__(self) -> bool:
         return bool(self.settles or self.binds or self.cools or self.owed)
-
-    def settle(self, quota: Quota, delta: int, lease: str | None, cost: float) -> None:
-        self.settles.append((quota.name, quota.tpm or 0, delta, lease, cost))
 
     def owe(self, name: str, cost: float) -> None:
         self.owed[name] = self.owed.get(name, 0.0) + cost
@@ -64,6 +62,8 @@ class Encoder:
 
     def commands(self, batch: Batch, settle_sha: bytes, day: str, month: str) -> list[bytes]:
         """The batch as commands; the settlement's EVALSHA first, when there is one."""
+        if batch.settles and not (batch.binds or batch.cools or batch.owed):  # the usual
+            return [self.settle_command(batch.settles, settle_sha, day, month)]
         out = []
         items = batch.settles + [(n, 0, 0, None, cost) for n, cost in batch.owed.items()]
         if items:

@@ -2,7 +2,7 @@
 
 One admission is one round trip: ``scripts.ADMIT`` checks and reserves every limit of
 the key and reads the request's binding atomically. What follows an answer (settlements,
-bindings, hard cooldowns) is queued in a ``batch.Batch`` and leaves in the same write as
+bindings, hard cooldowns) is queued (``writer.Writer``) and leaves in the same write as
 the next admission, or on a short timer when none comes: under load, one write carries
 many requests' worth, and no request waits for it.
 
@@ -40,15 +40,15 @@ from router.state.shared import (
     feed,
     make_window,
 )
-from router.state.shared.batch import BATCH_S, Batch, Encoder
+from router.state.shared.batch import Encoder
 from router.state.shared.breaker import StoreBreaker
 from router.state.shared.memory import MemoryState
-from router.state.shared.resp import Connection, RespClient, RespError, bulk, encode
+from router.state.shared.resp import RespClient, RespError, bulk, encode
 from router.state.shared.scripts import ADMIT, SETTLE
+from router.state.shared.writer import FAILURES as _FAILURES
+from router.state.shared.writer import Writer
 
 log = structlog.get_logger("router.state")
-
-_FAILURES = (RespError, OSError, TimeoutError)
 
 
 class RedisState(SharedState):
@@ -76,43 +76,40 @@ class RedisState(SharedState):
         self.fallbacks = 0
         self._leases = itertools.count(1)
         self._url = url
-        self._resp = RespClient(url, timeout_s=timeout_s)
+        self.client = RespClient(url, timeout_s=timeout_s)
         self._admit_sha = b""
-        self._settle_sha = b""
+        self.settle_sha = b""
         self._admit_head = b""
         self._static: dict[Quota, tuple[str, bytes]] = {}  # a key's unchanging arguments
         self._channel = f"{prefix}cooldowns"
-        self._batch = Batch()
-        self._encoder = Encoder(prefix, self._channel, self.replica)
-        self._timer: asyncio.TimerHandle | None = None
-        self._flushing: asyncio.Future[None] | None = None
+        self._writer = Writer(self, Encoder(prefix, self._channel, self.replica))
         self._cools: dict[str, tuple[float, str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- calls --------------------------------------------------------------------------
 
-    async def _load_scripts(self) -> None:
-        admit, settle = await self._resp.pipeline(
+    async def load_scripts(self) -> None:
+        admit, settle = await self.client.pipeline(
             [encode("SCRIPT", "LOAD", ADMIT), encode("SCRIPT", "LOAD", SETTLE)]
         )
         for reply in (admit, settle):
             if isinstance(reply, BaseException):
                 raise reply
-        self._admit_sha, self._settle_sha = admit, settle
+        self._admit_sha, self.settle_sha = admit, settle
         # EVALSHA, the script, 6 keys, then 11 arguments: 20 elements in all.
         self._admit_head = b"*20\r\n$7\r\nEVALSHA\r\n" + bulk(admit) + b"$1\r\n6\r\n"
 
     async def _call(self, command: bytes) -> Any:
         """One command; the client's watchdog bounds the wait by the timeout."""
-        return await self._resp.call(command)
+        return await self.client.call(command)
 
-    def _failed(self, what: str, exc: BaseException) -> None:
+    def failed(self, what: str, exc: BaseException) -> None:
         first = not self.breaker.open
         self.breaker.failure()
         if first:  # once per outage, not once per request
             log.warning("state_unreachable", op=what, error=type(exc).__name__, detail=str(exc))
 
-    def _recovered(self) -> None:
+    def recovered(self) -> None:
         if self.breaker.open:
             log.info("state_reachable", fallbacks=self.fallbacks)
         self.breaker.success()
@@ -127,9 +124,9 @@ class RedisState(SharedState):
             self.breaker.release()
             raise
         except _FAILURES as exc:
-            self._failed(what, exc)
+            self.failed(what, exc)
             return False, None
-        self._recovered()
+        self.recovered()
         return True, reply
 
     # -- admission ----------------------------------------------------------------------
@@ -142,28 +139,31 @@ class RedisState(SharedState):
             if binding_key is not None:
                 out.binding = await self.get(binding_key)
             return out
-        if not self.breaker.allows():
+        if self.breaker.open and not self.breaker.allows():
             return self._fallback(quota, tokens, binding_key)
         lease = f"{self.replica}:{next(self._leases)}" if quota.concurrent is not None else ""
         try:
             if not self._admit_sha:
-                await self._load_scripts()
+                await self.load_scripts()
             try:
                 # Straight on the open connection: no coroutine layers per request.
-                proto = self._resp.connected() or await self._resp.connection()
+                proto = self.client.connected() or await self.client.connection()
+                if self._writer.waiting:
+                    self._writer.ride(proto)  # settlements ahead of the admission, one write
                 reply = await proto.send(self._admit_command(quota, tokens, binding_key, lease))
             except RespError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
-                await self._load_scripts()  # Redis restarted and forgot them
+                await self.load_scripts()  # Redis restarted and forgot them
                 reply = await self._call(self._admit_command(quota, tokens, binding_key, lease))
         except asyncio.CancelledError:
             self.breaker.release()
             raise
         except _FAILURES as exc:
-            self._failed("admit", exc)
+            self.failed("admit", exc)
             return self._fallback(quota, tokens, binding_key)
-        self._recovered()
+        if self.breaker.open:
+            self.recovered()
         return self._admission(reply, quota, lease)
 
     def _admit_command(
@@ -241,34 +241,32 @@ class RedisState(SharedState):
         if admission.local:
             self.local.settle(admission, tokens_used, cost_usd)
             if cost_usd > 0 and quota.budgeted:
-                self._batch.owe(quota.name, cost_usd)  # written when Redis is back
-                self._queued()
+                self._writer.batch.owe(quota.name, cost_usd)  # written when Redis is back
+                self._writer.queued()
             return
-        delta = 0
-        if quota.tpm is not None and tokens_used is not None:
-            delta = tokens_used - admission.reserved
-        if not quota.budgeted:
+        tpm = quota.tpm
+        delta = 0 if tpm is None or tokens_used is None else tokens_used - admission.reserved
+        if quota.day_usd is None and quota.month_usd is None:
             cost_usd = 0.0
         lease, admission.lease = admission.lease, None  # settled once
         if delta or lease or cost_usd > 0:
-            self._batch.settle(quota, delta, lease, cost_usd)
-            self._queued()
+            self._writer.settle((quota.name, tpm or 0, delta, lease, cost_usd))
 
     def bind(self, key: str, value: str, ttl_s: float) -> None:
         if self.breaker.open:
             self.local.bind(key, value, ttl_s)
-        self._batch.binds[key] = (value, ttl_s)
-        self._queued()
+        self._writer.batch.binds[key] = (value, ttl_s)
+        self._writer.queued()
 
     def unbind(self, key: str) -> None:
         self.local.unbind(key)
-        self._batch.binds[key] = (None, 0.0)
-        self._queued()
+        self._writer.batch.binds[key] = (None, 0.0)
+        self._writer.queued()
 
     def cool(self, scope: str, until: float, reason: str) -> None:
         self._cools[scope] = (until, reason)
-        self._batch.cools.append((scope, until, reason))
-        self._queued()
+        self._writer.batch.cools.append((scope, until, reason))
+        self._writer.queued()
 
     def cooldowns(self) -> dict[str, tuple[float, str]]:
         now = self.clock()
@@ -276,104 +274,9 @@ class RedisState(SharedState):
             del self._cools[scope]
         return dict(self._cools)
 
-    # -- writing batches ----------------------------------------------------------------
-
-    def _queued(self, delay: float = BATCH_S) -> None:
-        """Something waits to be written: in ``delay`` (BATCH_S), with whatever else
-        came meanwhile, as one write."""
-        if self._timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return  # no loop (a test's sync use): written by the next flush
-            self._timer = loop.call_later(delay, self._due)
-
-    def _due(self) -> None:
-        """The timer: send on the open connection straight away (no task, no wake-up:
-        the replies are checked as they arrive), or connect first in a task."""
-        self._timer = None
-        if not self._batch:
-            return
-        proto = self._resp.connected()
-        if proto is not None and self.breaker.allows():
-            self._send(proto)
-        elif self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.ensure_future(self.flush())
-
     async def flush(self) -> None:
         """Write what is queued now; returns when Redis answered (bounded by the timeout)."""
-        if not self._batch:
-            return
-        if not self.breaker.allows():
-            self._queued(max(0.05, self.breaker.until - self.breaker.clock()))
-            return
-        try:
-            proto = await self._resp.connection()
-        except asyncio.CancelledError:
-            self.breaker.release()
-            raise
-        except _FAILURES as exc:
-            self._failed("write", exc)
-            self._queued(max(0.05, self.breaker.until - self.breaker.clock()))
-            return
-        last = self._send(proto)
-        with contextlib.suppress(asyncio.CancelledError, *_FAILURES):
-            await last
-
-    def _send(self, proto: Connection) -> asyncio.Future[Any]:
-        """Send the batch on ``proto`` without waiting; its replies are checked when the
-        last one comes (``_sent``: Redis answers in order). Returns that last one."""
-        batch, self._batch = self._batch, Batch()
-        day, _, month, _ = self.local.windows(self.clock())
-        commands = self._encoder.commands(batch, self._settle_sha, day, month)
-        try:
-            futures = [proto.send(c) for c in commands]
-        except ConnectionError as exc:
-            self._lost(batch, exc)
-            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            failed.set_exception(exc)
-            return failed
-        futures[-1].add_done_callback(lambda _: self._sent(futures, batch))
-        return futures[-1]
-
-    def _lost(self, batch: Batch, exc: BaseException) -> None:
-        self._failed("write", exc)
-        self._batch.keep(batch, self.clock())
-        self._queued(max(0.05, self.breaker.until - self.breaker.clock()))
-
-    def _sent(self, futures: list[asyncio.Future[Any]], batch: Batch) -> None:
-        errors = [
-            fut.exception() if not fut.cancelled() else TimeoutError("cancelled") for fut in futures
-        ]
-        lost = next((e for e in errors if isinstance(e, OSError)), None)
-        if lost is not None:  # the connection went (or timed out): nothing is known written
-            self._lost(batch, lost)
-            return
-        self._recovered()
-        first = errors[0]
-        if (
-            (batch.settles or batch.owed)
-            and isinstance(first, RespError)
-            and "NOSCRIPT" in str(first)
-        ):
-            # Redis restarted and forgot the script: write the settlements again after
-            # loading it (the rest of the batch went through).
-            self._settle_sha = b""
-            self._batch.settles.extend(batch.settles)
-            for name, cost in batch.owed.items():
-                self._batch.owe(name, cost)
-            self._flushing = asyncio.ensure_future(self._reload_then_flush())
-            return
-        for error in errors:
-            if error is not None:
-                log.warning("state_write_failed", error=type(error).__name__, detail=str(error))
-
-    async def _reload_then_flush(self) -> None:
-        try:
-            await self._load_scripts()
-        except _FAILURES as exc:
-            self._failed("load", exc)
-        await self.flush()
+        await self._writer.flush()
 
     # -- bindings -----------------------------------------------------------------------
 
@@ -405,7 +308,7 @@ class RedisState(SharedState):
         done, values = await self._guarded("spent", encode("MGET", *keys))
         if not done:
             raise StateUnavailable("the shared state store (Redis) is unreachable")
-        owed = self._batch.owed
+        owed = self._writer.batch.owed
         return {
             n: Spend(
                 float(values[2 * i] or 0) + owed.get(n, 0.0),
@@ -430,14 +333,14 @@ class RedisState(SharedState):
     async def start(self) -> None:
         try:
             async with asyncio.timeout(self.timeout_s * 4):
-                await self._load_scripts()
+                await self.load_scripts()
         except _FAILURES as exc:
-            self._failed("start", exc)  # not fatal: the breaker probes again later
+            self.failed("start", exc)  # not fatal: the breaker probes again later
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(
                 feed.follow(
-                    self._resp,
+                    self.client,
                     self._channel,
                     self.replica,
                     self._heard,
@@ -453,16 +356,8 @@ class RedisState(SharedState):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._batch:
-            self.breaker.success()  # one last try, bounded by the timeout
-            await self.flush()
-        if self._flushing is not None and not self._flushing.done():
-            with contextlib.suppress(asyncio.CancelledError, *_FAILURES):
-                await asyncio.wait_for(self._flushing, self.timeout_s * 2)
-        self._resp.close()
+        await self._writer.close()
+        self.client.close()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -471,5 +366,5 @@ class RedisState(SharedState):
             "reachable": not self.breaker.open,
             "errors": self.breaker.failures,
             "local_admissions": self.fallbacks,
-            "owed_usd": round(sum(self._batch.owed.values()), 6),
+            "owed_usd": round(sum(self._writer.batch.owed.values()), 6),
         }

@@ -19,11 +19,13 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-__all__ = ["Connection", "RespClient", "RespError", "bulk", "encode"]
+__all__ = ["Connection", "RespClient", "RespError", "Sink", "bulk", "encode"]
 
+Sink = Callable[[Any], None]  # takes a reply, an error reply or the connection's loss
 _MAX_BUFFER = 64 << 20  # a reply larger than this is not one of ours: drop the connection
 
 
@@ -82,7 +84,7 @@ class Connection(asyncio.Protocol):
         self.loop = loop
         self.timeout_s = timeout_s
         self.transport: asyncio.Transport | None = None
-        self.waiters: deque[tuple[asyncio.Future[Any], float]] = deque()  # (caller, sent at)
+        self.waiters: deque[tuple[asyncio.Future[Any] | Sink, float]] = deque()  # (caller, sent at)
         self._watchdog: asyncio.TimerHandle | None = None
         self.buf = bytearray()
         self.out: list[bytes] = []
@@ -94,6 +96,8 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue ``command`` for this turn's write; its reply comes in the future (an
+        error reply, or the connection's loss, raised)."""
         if self.closed:
             raise ConnectionError("the Redis connection is closed")
         if not self.out:
@@ -104,6 +108,18 @@ class Connection(asyncio.Protocol):
             self._watchdog = self.loop.call_later(self.timeout_s / 2, self._check)
         self.waiters.append((fut, self.loop.time()))
         return fut
+
+    def post(self, command: bytes, sink: Sink) -> None:
+        """``send`` for a reply nobody awaits: ``sink`` gets it as it arrives, error
+        replies and the connection's loss as values (no future, no task wakes up)."""
+        if self.closed:
+            raise ConnectionError("the Redis connection is closed")
+        if not self.out:
+            self.loop.call_soon(self._flush)
+        self.out.append(command)
+        if not self.waiters and self._watchdog is None:
+            self._watchdog = self.loop.call_later(self.timeout_s / 2, self._check)
+        self.waiters.append((sink, self.loop.time()))
 
     def _check(self) -> None:
         """The oldest unanswered command waits at most ``timeout_s`` (plus half of it):
@@ -137,7 +153,9 @@ class Connection(asyncio.Protocol):
                     self.pushes.put_nowait(reply)  # QueueFull: a reader that fell behind
                     continue
                 fut = self.waiters.popleft()[0]
-                if not fut.done():  # a caller that was cancelled has gone
+                if not isinstance(fut, asyncio.Future):
+                    fut(reply)  # a sink: takes error replies as values
+                elif not fut.done():  # a caller that was cancelled has gone
                     if isinstance(reply, RespError):
                         fut.set_exception(reply)
                     else:
@@ -164,7 +182,9 @@ class Connection(asyncio.Protocol):
             self._watchdog = None
         while self.waiters:
             fut = self.waiters.popleft()[0]
-            if not fut.done():
+            if not isinstance(fut, asyncio.Future):
+                fut(exc)
+            elif not fut.done():
                 fut.set_exception(exc)
         if self.pushes is not None:
             with contextlib.suppress(asyncio.QueueFull):
