@@ -8,8 +8,10 @@ moderate load for ``--minutes`` (30 by default) and checks both:
 - the mix, at ``--rate`` requests per second over ``--conns`` connections: streams and
   non-streamed answers from a fast upstream (``zero_upstream.py``, tokens paced), both
   through a flaky upstream (``router sim-upstream --error-rate``) that fails over to the
-  fast one, a one-endpoint route on the flaky upstream (502s), legacy completions, and
-  requests the router refuses (unknown model: 404, broken JSON: 400);
+  fast one, a one-endpoint route on the flaky upstream (502s), legacy completions,
+  Anthropic's Messages (translated to the chat hosts, and passed to hosts speaking it),
+  OpenAI's Responses (from the flaky simulator), and requests the router refuses
+  (unknown model: 404, broken JSON: 400);
 - a reload every ``--reload-s``: the routes file rewritten (a weight flips) and
   ``POST /admin/reload`` in turn;
 - the router's RSS sampled every ``--sample-s``; reported at minute 5 and at the end
@@ -55,6 +57,13 @@ MIX: list[tuple[int, str, Any]] = [
     (10, "/v1/chat/completions", {"model": "flaky", "max_tokens": 16}),
     (5, "/v1/chat/completions", {"model": "lonely", "max_tokens": 16}),
     (10, "/v1/completions", {"model": "steady", "prompt": "hi", "max_tokens": 16}),
+    # The newer client APIs: Messages translated to the chat hosts and passed to hosts
+    # speaking it, Responses from the simulator (errors included).
+    (5, "/v1/messages", {"model": "steady", "stream": True, "max_tokens": 16}),
+    (3, "/v1/messages", {"model": "native", "max_tokens": 16}),
+    (3, "/v1/messages", {"model": "native", "stream": True, "max_tokens": 16}),
+    (3, "/v1/responses", {"model": "lonely", "stream": True, "input": "hi"}),
+    (2, "/v1/responses", {"model": "lonely", "input": "hi"}),
     (5, "/v1/chat/completions", {"model": "no-such-route"}),
     (5, "/v1/chat/completions", b'{"model": "steady", "messages": [{"role": '),
 ]
@@ -73,6 +82,8 @@ providers:
   zero-a: {{kind: openai, base_url: "{zero}/v1"}}
   zero-b: {{kind: openai, base_url: "{zero}/v1"}}
   flaky: {{kind: openai, base_url: "{flaky}/v1"}}
+  msg-a: {{kind: anthropic, base_url: "{zero}/v1"}}
+  msg-b: {{kind: anthropic, base_url: "{zero}/v1"}}
 policies:
   fastest: {{strategy: score, weights: {{ttft: 1.0, error_rate: 4.0}}, pick: p2c}}
 routes:
@@ -87,6 +98,9 @@ routes:
   lonely:
     retry: {{attempts: 1}}
     endpoints: [{{provider: flaky, model: m}}]
+  native:
+    policy: fastest
+    endpoints: [{{provider: msg-a, model: m}}, {{provider: msg-b, model: m}}]
 """
 
 
@@ -101,6 +115,7 @@ class Load:
         self.weights = [w for w, _, _ in MIX]
         self.answered = 0  # answers received whole: each must be one row in the log
         self.statuses: Counter[int] = Counter()
+        self.by_path: Counter[str] = Counter()  # "path status": what each API got
         self.failures: Counter[str] = Counter()  # no answer (connection errors, timeouts)
 
     async def run(self, seconds: float) -> None:
@@ -116,13 +131,17 @@ class Load:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at += self.interval
             _, path, body = self.rng.choices(MIX, self.weights)[0]
-            data = body if isinstance(body, bytes) else json.dumps({"messages": MESSAGES, **body})
+            if isinstance(body, bytes):
+                data = body
+            else:
+                data = json.dumps(body if "input" in body else {"messages": MESSAGES, **body})
             try:
                 async with session.post(
                     self.url + path, data=data, headers={"Content-Type": "application/json"}
                 ) as resp:
                     await resp.read()  # a stream to its end
                     self.statuses[resp.status] += 1
+                    self.by_path[f"{path} {resp.status}"] += 1
                     self.answered += 1
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.failures[type(exc).__name__] += 1
@@ -233,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "rate": args.rate,
         "answered": load.answered,
         "statuses": dict(sorted(load.statuses.items())),
+        "by_path": dict(sorted(load.by_path.items())),
         "no_answer": dict(load.failures),
         "reloads": reloaded,
         "log_rows": rows,
@@ -245,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n## Soak: {args.minutes:g} min of mixed load through one router worker "
           f"({time.strftime('%Y-%m-%d %H:%M')})\n")  # fmt: skip
     print(f"- answers: {load.answered} ({summary['statuses']}); no answer: {dict(load.failures)}")
+    print(f"- by path: {summary['by_path']}")
     print(f"- reloads: {reloaded}")
     print(f"- request log rows: {rows}; lost rows (answers without a row): "
           f"{summary['lost_rows']} (target 0)")  # fmt: skip
