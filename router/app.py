@@ -12,6 +12,7 @@ import gc
 import importlib
 import signal
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -21,6 +22,9 @@ from router.obs import logs
 from router.obs.workers import Workers
 from router.requestlog.records import RequestRecord
 from router.service import Service
+
+if TYPE_CHECKING:
+    from router.obs.series import SeriesBook
 
 DRAIN_S = 30.0
 log = structlog.get_logger("router")
@@ -102,6 +106,26 @@ async def _publish_worker(api: Api) -> None:
             seen, quiet = now, 0.0
 
 
+def _mark_reloads(service: Service, book: SeriesBook) -> None:
+    """The page's series: the start's config and every reload marked, and the series of
+    endpoints a reload removed dropped."""
+
+    def reloaded(ok: bool) -> None:
+        runtime = service.runtime
+        book.reloaded(ok, runtime.config.version if ok and runtime else None, service.last_error)
+        if ok and runtime is not None:
+            book.keep_only(
+                (r, e.id) for r, route in runtime.routes.items() for e in route.endpoints
+            )
+
+    book.reloaded(
+        service.runtime is not None,
+        service.config.version if service.config else None,
+        service.last_error,
+    )
+    service.on_reload.append(reloaded)
+
+
 def _attach_extras(api: Api, service: Service) -> Callable[[], Awaitable[None]]:
     """Metrics and the request log: sinks fed one record per request, off the hot path.
 
@@ -122,21 +146,7 @@ def _attach_extras(api: Api, service: Service) -> Callable[[], Awaitable[None]]:
     api.metrics = metrics
     api.page = PageData(service, book)
     service.series = book
-
-    def reloaded(ok: bool) -> None:
-        runtime = service.runtime
-        book.reloaded(ok, runtime.config.version if ok and runtime else None, service.last_error)
-        if ok and runtime is not None:
-            book.keep_only(
-                (r, e.id) for r, route in runtime.routes.items() for e in route.endpoints
-            )
-
-    book.reloaded(
-        service.runtime is not None,
-        service.config.version if service.config else None,
-        service.last_error,
-    )
-    service.on_reload.append(reloaded)
+    _mark_reloads(service, book)
 
     async def start_request_log() -> None:
         if storage is None or not storage.url:

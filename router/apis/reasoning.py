@@ -110,24 +110,7 @@ def parse(payload: dict[str, Any]) -> Reasoning | None:
     show = True
     summary: str | None = None
     if thinking is not None:
-        if not isinstance(thinking, dict):
-            raise _bad("thinking", "must be an object")
-        kind = thinking.get("type")
-        if kind is not None:  # Anthropic's form
-            if kind not in ("enabled", "disabled", "adaptive"):
-                raise _bad("thinking.type", "must be 'enabled', 'disabled' or 'adaptive'")
-            on, adaptive = kind != "disabled", kind == "adaptive"
-        elif "enabled" in thinking:  # TokenLX's form
-            if not isinstance(thinking["enabled"], bool):
-                raise _bad("thinking.enabled", "must be a boolean")
-            on = thinking["enabled"]
-        budget = _count(thinking, "budget_tokens", "thinking.budget_tokens")
-        if on is None:
-            on = budget is not None
-        shown = thinking.get("return_thoughts")
-        if shown is not None and not isinstance(shown, bool):
-            raise _bad("thinking.return_thoughts", "must be a boolean")
-        show = shown is not False
+        on, adaptive, budget, show = _thinking(thinking)
     if reasoning is not None:
         if not isinstance(reasoning, dict):
             raise _bad("reasoning", "must be an object")
@@ -158,6 +141,31 @@ def parse(payload: dict[str, Any]) -> Reasoning | None:
         show=show,
         summary=summary,
     )
+
+
+def _thinking(thinking: Any) -> tuple[bool, bool, int | None, bool]:
+    """``thinking`` in Anthropic's form (``type``) or TokenLX's (``enabled``): whether it is
+    on, adaptive, its budget, and whether the thoughts are shown."""
+    if not isinstance(thinking, dict):
+        raise _bad("thinking", "must be an object")
+    on: bool | None = None
+    adaptive = False
+    kind = thinking.get("type")
+    if kind is not None:  # Anthropic's form
+        if kind not in ("enabled", "disabled", "adaptive"):
+            raise _bad("thinking.type", "must be 'enabled', 'disabled' or 'adaptive'")
+        on, adaptive = kind != "disabled", kind == "adaptive"
+    elif "enabled" in thinking:  # TokenLX's form
+        if not isinstance(thinking["enabled"], bool):
+            raise _bad("thinking.enabled", "must be a boolean")
+        on = thinking["enabled"]
+    budget = _count(thinking, "budget_tokens", "thinking.budget_tokens")
+    if on is None:
+        on = budget is not None
+    shown = thinking.get("return_thoughts")
+    if shown is not None and not isinstance(shown, bool):
+        raise _bad("thinking.return_thoughts", "must be a boolean")
+    return on, adaptive, budget, shown is not False
 
 
 def _bad(param: str, why: str) -> BadRequest:

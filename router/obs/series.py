@@ -34,6 +34,7 @@ NO_VERDICT = frozenset({"hedge_lost", "cancelled", "client_closed"})
 # Failures that are answers which came back 200 but broken: output errors too.
 OUTPUT_FAILURES = frozenset({"stream_broken", "bad_response"})
 
+
 class SeriesBook:
     """Every endpoint's series, the recent failures and the reloads; a service sink."""
 

@@ -151,14 +151,36 @@ async def usage(
     per key here. Days are in order; other groups by cost, highest first. A key is
     ``None`` for rows without one (no client key configured, or no endpoint reached).
     """
-    import sqlalchemy as sa
-
-    from router.requestlog.schema import REQUESTS
-
     if since.tzinfo is None or until.tzinfo is None:
         raise ValueError("since and until must be aware datetimes (UTC)")
     if since > until:
         raise ValueError("since is after until")
+    query = _query(engine, since, until, group_by, route)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    by_key, total = _fold(rows, savings or {})
+    groups = [_finish(g) for g in by_key.values()]
+    if group_by == "day":
+        groups.sort(key=lambda g: str(g["key"]))
+    else:
+        groups.sort(key=lambda g: (-g["cost"], str(g["key"])))
+    return {
+        "since": since.astimezone(UTC).isoformat(),
+        "until": until.astimezone(UTC).isoformat(),
+        "group_by": group_by,
+        "groups": groups,
+        "total": _finish(total),
+    }
+
+
+def _query(
+    engine: AsyncEngine, since: datetime, until: datetime, group_by: str, route: str | None
+) -> sa.Select[Any]:
+    """The totals per (key, route, endpoint) in ``[since, until)``, summed by the database."""
+    import sqlalchemy as sa
+
+    from router.requestlog.schema import REQUESTS
+
     key = _key(engine, group_by).label("key")
     c = REQUESTS.c
     failed = sa.or_(c.status >= 400, c.error.is_not(None))
@@ -178,12 +200,15 @@ async def usage(
     )
     if route is not None:
         query = query.where(c.route == route)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
+    return query
 
+
+def _fold(
+    rows: Iterable[Any], saving: CacheSavings
+) -> tuple[dict[Any, dict[str, Any]], dict[str, Any]]:
+    """The database's rows folded per key, and the total of them all."""
     by_key: dict[Any, dict[str, Any]] = {}
     total = _empty()
-    saving = savings or {}
     for row in rows:
         group = by_key.get(row.key)
         if group is None:
@@ -201,18 +226,7 @@ async def usage(
         for field, value in part.items():
             group[field] += value
             total[field] += value
-    groups = [_finish(g) for g in by_key.values()]
-    if group_by == "day":
-        groups.sort(key=lambda g: str(g["key"]))
-    else:
-        groups.sort(key=lambda g: (-g["cost"], str(g["key"])))
-    return {
-        "since": since.astimezone(UTC).isoformat(),
-        "until": until.astimezone(UTC).isoformat(),
-        "group_by": group_by,
-        "groups": groups,
-        "total": _finish(total),
-    }
+    return by_key, total
 
 
 def budgets(quotas: Iterable[Quota], spent: Mapping[str, Spend], now: float) -> dict[str, Any]:

@@ -49,6 +49,15 @@ class Prior:
     tokens_per_s: float = 0.0
     error_rate: float = 0.0
 
+    def leave(
+        self, latency_s: float, ttft_s: float, tokens_per_s: float, error_rate: float
+    ) -> None:
+        """The bests a ranking found, infinite where no endpoint had evidence (then 0)."""
+        self.latency_s = 0.0 if latency_s == _INF else latency_s
+        self.ttft_s = 0.0 if ttft_s == _INF else ttft_s
+        self.tokens_per_s = tokens_per_s
+        self.error_rate = 0.0 if error_rate == _INF else error_rate
+
 
 def flags(conf: float, busy: int) -> tuple[bool, bool]:
     """(explore, probing) of an endpoint with this confidence and this many in flight."""
@@ -66,21 +75,13 @@ def blend(
     busy: list[int],
     broken: list[float],
 ) -> tuple[Blend, Gains, float]:
-    """The rule, computed directly for the endpoints ``keys`` of ``stats``.
-
-    Fills each key's confidence (``conf``), in-flight count (``busy``) and blended output
-    error rate (``broken``). Returns the prior it blended with; g = confidence * (x -
-    prior) per decayed metric (0 where x is unknown: prior + g is the blended estimate);
-    and the least confidence. Leaves the bests of the endpoints with evidence behind as
-    the new ``prior``. One pass of plain attribute reads, no calls: this runs over a small
-    route on every request.
-    """
-    blend_with = p_lat, p_ttft, p_tps, p_err = (
-        prior.latency_s,
-        prior.ttft_s,
-        prior.tokens_per_s,
-        prior.error_rate,
-    )
+    """The rule for the endpoints ``keys`` of ``stats``: fills their confidence (``conf``),
+    in-flight count (``busy``) and blended output error rate (``broken``); returns the
+    prior blended with, g = confidence * (x - prior) per metric (0 where x is unknown:
+    prior + g is the estimate) and the least confidence; leaves the bests of endpoints with
+    evidence in ``prior``. One pass of attribute reads: this runs on every request."""
+    blend_with = (prior.latency_s, prior.ttft_s, prior.tokens_per_s, prior.error_rate)
+    p_lat, p_ttft, p_tps, p_err = blend_with
     n = len(stats)
     g_lat, g_ttft, g_tps, g_err = [0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n
     best_lat = best_ttft = best_err = least = _INF
@@ -88,13 +89,12 @@ def blend(
     for k in keys:
         st = stats[k]
         # stats.confidence, inlined: this is the hot loop.
+        c = st.sample_conf
         last = st.last_sample
         if last is None:
             c = 0.0
         elif now > last:
-            c = st.sample_conf * 0.5 ** ((now - last) / st.halflife)
-        else:
-            c = st.sample_conf
+            c *= 0.5 ** ((now - last) / st.halflife)
         conf[k] = c
         if c < least:
             least = c
@@ -125,10 +125,7 @@ def blend(
             g_err[k] = c * (x - p_err)
             if seen and x < best_err:
                 best_err = x
-    prior.latency_s = 0.0 if best_lat == _INF else best_lat
-    prior.ttft_s = 0.0 if best_ttft == _INF else best_ttft
-    prior.tokens_per_s = best_tps
-    prior.error_rate = 0.0 if best_err == _INF else best_err
+    prior.leave(best_lat, best_ttft, best_tps, best_err)
     return blend_with, (g_lat, g_ttft, g_tps, g_err), least
 
 

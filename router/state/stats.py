@@ -289,11 +289,9 @@ class EndpointStats:
         output_ok: bool | None = None,
         error: str | None = None,
     ) -> None:
-        """An attempt ended. ``ok=None`` means it ended without a verdict (cancelled).
-
-        ``output_ok`` judges an answer that came back 200: False when it was broken (a
-        stream without its end marker, no content and no tool call, not the JSON that
-        ``response_format`` asked for); None for an attempt that got no such answer."""
+        """An attempt ended (``ok=None``: without a verdict, cancelled). ``output_ok`` judges
+        an answer that came back 200: False when broken (a stream without its end marker, no
+        content and no tool call, not the JSON asked for); None for no such answer."""
         self.in_flight -= 1
         self.version += 1
         report = self._report
@@ -318,12 +316,10 @@ class EndpointStats:
         errors.add(0.0 if ok else 1.0, now, h, decay if errors._t == last else None)
         if output_ok is not None:
             self.output_answers += 1
-            mean = self.output_errors
-            if output_ok:
-                mean.add(0.0, now, h, decay if mean._t == last else None)
-            else:
+            if not output_ok:
                 self.output_failures += 1
-                mean.add(1.0, now, h, decay if mean._t == last else None)
+            mean = self.output_errors
+            mean.add(0.0 if output_ok else 1.0, now, h, decay if mean._t == last else None)
         if not ok:
             self.failures += 1
             self.last_error = error
