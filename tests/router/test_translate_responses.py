@@ -21,8 +21,9 @@ from openai.types.chat import completion_create_params
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from router.apis.translate.responses_answer import chat_answer_to_responses
 from router.apis.translate.responses_events import ResponsesFromChat
-from router.apis.translate.responses_via_chat import chat_answer_to_responses, responses_to_chat
+from router.apis.translate.responses_via_chat import responses_to_chat
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "responses"
 EVENT = TypeAdapter(ResponseStreamEvent)

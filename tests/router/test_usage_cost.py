@@ -8,7 +8,7 @@ import pytest
 
 from router.apis.chat import inspect_body
 from router.apis.responses import usage_of
-from router.apis.translate.responses_via_chat import usage_from_chat
+from router.apis.translate.responses_answer import usage_from_chat
 from router.config.schema import Price
 from router.requestlog.records import Usage
 

@@ -23,14 +23,14 @@ from typing import Any
 
 import orjson
 
-from router.apis.translate.responses_via_chat import (
+from router.apis.translate.responses_answer import (
     INCOMPLETE,
     chat_answer_to_responses,
-    custom_tools,
     function_item,
     response_object,
     usage_from_chat,
 )
+from router.apis.translate.responses_via_chat import custom_tools
 
 _DONE = b"[DONE]"
 
