@@ -31,6 +31,7 @@ import structlog
 from router.errors import BadRequest, error_body
 from router.http.answers import CLOSE, KEEP, Answer, Response, Stream
 from router.http.flow import BODY, PIPELINE, FlowControl
+from router.http.head import MAX_FIELD, MAX_FIELDS, MAX_HEAD, MAX_TARGET, HttpError, http11
 from router.http.request import Body, Headers, Request
 
 if TYPE_CHECKING:
@@ -38,10 +39,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("router.http")
 
-MAX_TARGET = 8190  # bytes of the request target (nginx and aiohttp: 8 KiB lines)
-MAX_FIELD = 8190  # bytes of one header field, name and value
-MAX_FIELDS = 128  # header fields in one head
-MAX_HEAD = 1 << 16  # bytes of one head, all told
 # After an answer that ends a connection while the client may still be sending (a body
 # refused before its end, a malformed request), we stop writing and read and drop what
 # comes for this long before closing: closing with unread bytes would send a reset, and
@@ -49,15 +46,16 @@ MAX_HEAD = 1 << 16  # bytes of one head, all told
 LINGER_S = 2.0
 
 Handler = Callable[[Request], Awaitable[Answer]]
-
-
-class HttpError(Exception):
-    """A request refused from its head or framing: answered in turn, then the connection closes."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+# A connection past the server's cap, answered and closed at once.
+TOO_MANY = Response(
+    503,
+    error_body(
+        "the router has too many open connections; retry shortly",
+        "service_unavailable",
+        "too_many_connections",
+    ),
+    headers={"Retry-After": "1"},
+)
 
 
 class Connection(asyncio.Protocol):
@@ -131,13 +129,7 @@ class Connection(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if not self._server.admit(self):
             self._stopped = True
-            body = error_body(
-                "the router has too many open connections; retry shortly",
-                "service_unavailable",
-                "too_many_connections",
-            )
-            answer = Response(503, body, headers={"Retry-After": "1"})
-            transport.write(answer.render(CLOSE, False, self._server.date))
+            transport.write(TOO_MANY.render(CLOSE, False, self._server.date))
             transport.close()
             return
         self._task = self._loop.create_task(self._serve())
@@ -220,23 +212,11 @@ class Connection(asyncio.Protocol):
         parser = self._parser
         url, fields = self._url, self._fields
         self._url, self._fields, self._count = b"", {}, 0
-        version = parser.get_http_version()
-        if version == "1.1":
-            http11 = True
-            if "host" not in fields:
-                raise HttpError(400, "the request has no Host header (RFC 9112 3.2)")
-        elif version == "1.0":
-            http11 = False
-        else:
-            raise HttpError(505, f"HTTP/{version} is not supported; use HTTP/1.1")
-        coding = fields.get("transfer-encoding")
-        if coding is not None and coding.strip().lower() != "chunked":
-            raise HttpError(400, f"Transfer-Encoding {coding!r} is not supported; use chunked")
         request = Request(
             parser.get_method().decode("ascii"),
             url.decode("utf-8", "replace"),
             Headers(fields),
-            http11,
+            http11(parser.get_http_version(), fields),
             parser.should_keep_alive(),
             self,
             Body(self.flow),

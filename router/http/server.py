@@ -26,7 +26,8 @@ from email.utils import formatdate
 import structlog
 
 from router.http.answers import Answer, Response, Stream
-from router.http.connection import Connection, Handler, HttpError
+from router.http.connection import Connection, Handler
+from router.http.head import HttpError
 from router.http.request import Request
 
 __all__ = [
