@@ -308,6 +308,7 @@ def _finish(
     if affinity is not None:
         served = opened.endpoint if opened is not None and record.status == 200 else None
         affinity.settle(service.state, served)
+        record.session = affinity.session
     record.latency_ms = (time.perf_counter() - started) * 1000.0
     if attempts is not None:
         record.attempts = attempts.records

@@ -218,20 +218,25 @@ async def read_requestlog(url: str, limit: int | None = None) -> Trace:
     except ValueError as exc:
         raise TraceError(str(exc)) from exc
     r = REQUESTS.c
-    query = (
-        sa.select(
-            r.ts, r.request_id, r.route, r.endpoint, r.operation, r.stream, r.status,
-            r.attempts, r.latency_ms, r.prompt_tokens, r.completion_tokens, r.cached_tokens,
-            r.error,
-        )
-        .where(r.route.is_not(None))
-        .order_by(r.ts, r.id)
-    )  # fmt: skip
-    if limit is not None:
-        query = query.limit(limit)
     a = ATTEMPTS.c
     try:
         async with engine.connect() as conn:
+            # A log written before revision 0008 has no sessions: they read as NULL.
+            columns = await conn.run_sync(
+                lambda c: {col["name"] for col in sa.inspect(c).get_columns("requests")}
+            )
+            session = r.session if "session" in columns else sa.null().label("session")
+            query = (
+                sa.select(
+                    r.ts, r.request_id, r.route, r.endpoint, r.operation, r.stream, r.status,
+                    r.attempts, r.latency_ms, r.prompt_tokens, r.completion_tokens,
+                    r.cached_tokens, r.error, session,
+                )
+                .where(r.route.is_not(None))
+                .order_by(r.ts, r.id)
+            )  # fmt: skip
+            if limit is not None:
+                query = query.limit(limit)
             rows = (await conn.execute(query)).all()
             if not rows:
                 raise TraceError(f"{_safe(url)}: the request log holds no routed requests")
@@ -289,6 +294,7 @@ def _assemble(source: str, rows: Iterable[Any], attempt_rows: Iterable[Any]) -> 
                 completion_tokens=row.completion_tokens
                 or (0 if api == "embeddings" else median_out.get(row.route, 16)),
                 cached_tokens=row.cached_tokens or 0,
+                session=row.session,
             )
         )
     attempts: list[Observation] = []

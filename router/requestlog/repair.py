@@ -33,6 +33,7 @@ REQUEST_NULLABLE = frozenset(
         "ttft_ms",
         "error",
         "output_error",
+        "session",
         "attempt_duration_ms",
         "attempt_ttft_ms",
     }

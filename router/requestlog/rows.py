@@ -25,7 +25,7 @@ REQUEST_SHARED = ("route", "endpoint", "operation", "stream", "status", "key_nam
 REQUEST_COLUMNS = (
     "ts", "request_id", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "cost",
     "attempt_duration_ms", "attempt_ttft_ms", "hedges", "reasoning_tokens", "cached_tokens",
-    "cache_write_tokens", "error", "output_error",
+    "cache_write_tokens", "error", "output_error", "session",
 )  # fmt: skip
 # Of ``attempt_rows``: the attempts that are not a request's one attempt that served it,
 # which its request's row carries (``attempt_*``, revision 0005). Few: they share nothing.
@@ -39,7 +39,8 @@ ATTEMPT_COLUMNS = (
 # their defaults saves about 1,900 per request and attempt, writer and loop together.
 DEFAULTS = {
     "hedges": "0", "reasoning_tokens": "0", "cached_tokens": "0", "cache_write_tokens": "0",
-    "error": "NULL", "output_error": "NULL", "reason": "NULL", "hedged": "FALSE",
+    "error": "NULL", "output_error": "NULL", "session": "NULL", "reason": "NULL",
+    "hedged": "FALSE",
 }  # fmt: skip
 # Rows carry ``ts`` as Unix seconds (SQLite keeps them so, PostgreSQL converts) and NaN
 # for NULL: sqlite3 binds a float NaN as NULL directly, where None takes its adapter
@@ -52,8 +53,8 @@ PG_TYPES = {
     "attempts": "integer", "hedges": "integer", "latency_ms": "float8", "ttft_ms": "float8",
     "prompt_tokens": "bigint", "completion_tokens": "bigint", "reasoning_tokens": "bigint",
     "cached_tokens": "bigint", "cache_write_tokens": "bigint", "cost": "float8",
-    "error": "text", "output_error": "text", "reason": "text", "duration_ms": "float8",
-    "hedged": "boolean",
+    "error": "text", "output_error": "text", "session": "text", "reason": "text",
+    "duration_ms": "float8", "hedged": "boolean",
     "attempt_duration_ms": "float8", "attempt_ttft_ms": "float8",
 }  # fmt: skip
 
@@ -137,15 +138,21 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> Record:
         ts, rid, rec.latency_ms, NULL if ttft is None else ttft, u.prompt_tokens,
         u.completion_tokens, rec.cost, attempt_ms, attempt_ttft,
     )  # fmt: skip
-    # The columns at their defaults in most rows go only when they are not (DEFAULTS).
+    # The columns at their defaults in most rows go only when they are not (DEFAULTS);
+    # the session, set only under affinity, last of all.
+    session = rec.session
     if (
         rec.hedges or u.reasoning_tokens or u.cached_tokens or u.cache_write_tokens
-        or rec.error is not None or rec.output_error is not None
+        or rec.error is not None or rec.output_error is not None or session is not None
     ):  # fmt: skip
         record += (
             rec.hedges, u.reasoning_tokens, u.cached_tokens, u.cache_write_tokens,
             names[rec.error], names[rec.output_error],
         )  # fmt: skip
+        if session is not None:
+            if len(session) > MAX_TEXT or not session.isascii() or "\x00" in session:
+                session = _text(session)  # a client's header: made storable
+            record += (session,)
     return record
 
 

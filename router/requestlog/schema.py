@@ -89,6 +89,8 @@ REQUESTS = sa.Table(
     # (revision 0005), and these are its figures.
     sa.Column("attempt_duration_ms", sa.Float(), nullable=True),
     sa.Column("attempt_ttft_ms", sa.Float(), nullable=True),
+    # The conversation, as prompt-cache affinity named it (0008); NULL without affinity.
+    sa.Column("session", sa.String(), nullable=True),
 )
 # The attempts that are not a request's one attempt that served it. No index on ts:
 # pruned by id (sqlite.py, postgres.py), and joined to requests on (ts, request_id).

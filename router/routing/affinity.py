@@ -52,6 +52,7 @@ class Affinity:
     bound: str | None = None  # the endpoint id the conversation is bound to
     first: str | None = None  # the endpoint this request's ranking put first
     trial: str | None = None  # the exploration pick that placed a conversation with no binding
+    session: str | None = None  # the conversation (routing.sessions), for the request log
 
     def order(
         self,
@@ -155,4 +156,5 @@ def plan(
         usd_per_s=settings.usd_per_s,
         stay=stay,
         caching=route.caching,
+        session=session,
     )

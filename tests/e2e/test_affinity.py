@@ -4,7 +4,9 @@ the client sends, and a route without a paying cache says off."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -107,3 +109,30 @@ def test_a_route_without_affinity_says_off(router_factory: Callable[..., RouterP
         timeout=10,
     )
     assert resp.status_code == 200 and resp.headers["x-router-affinity"] == "off"
+
+
+def test_the_request_log_keeps_the_session_affinity_named(
+    router_factory: Callable[..., RouterProcess], tmp_path: Path
+) -> None:
+    """What the policy lab replays conversations from: the session of each request whose
+    policy has affinity, NULL where it has none (no session is computed there)."""
+    db = tmp_path / "log.db"
+    config = CONFIG.replace(
+        "storage: {url: null}",
+        f"storage: {{url: 'sqlite+aiosqlite:///{db}', flush_interval_s: 0.05}}",
+    )
+    router = router_factory(config)
+    conversation(router, "fix the parser", 2, {"x-session-id": "s-9"})
+    conversation(router, "fix the lexer", 1)  # no id: the conversation's fingerprint
+    plain = httpx.post(
+        f"{router.base_url}/chat/completions",
+        json={"model": "plain", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=10,
+    )
+    assert plain.status_code == 200
+    router.stop()  # the log is flushed before the process exits
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT route, session FROM requests ORDER BY id").fetchall()
+    assert rows[:2] == [("agent", "h:s-9"), ("agent", "h:s-9")]
+    assert rows[2][0] == "agent" and rows[2][1].startswith("f:") and len(rows[2][1]) == 34
+    assert rows[3] == ("plain", None)

@@ -1161,6 +1161,7 @@ def test_every_column_round_trips(url: str) -> None:
     )
     full.hedges = 1
     full.output_error = "not_json"
+    full.session = "k:conv-\x00é"  # a client's, made storable (no NUL for PostgreSQL)
     bare = make_record(2, key=None, endpoint=None, status=502, started=started, attempts=[])
     bare.usage, bare.ttft_ms, bare.cost = None, None, 0.0
     # Served by its one attempt: the request's row carries it (revision 0005).
@@ -1191,13 +1192,15 @@ def test_every_column_round_trips(url: str) -> None:
             (when, "req-1", "team-a", "demo", "fast", "chat",
              False, 200, 2, 1, 101.0, 20.0, u.prompt_tokens, u.completion_tokens,
              u.reasoning_tokens, u.cached_tokens, u.cache_write_tokens, full.cost,
-             "UpstreamTimeout", "not_json", None, None),
+             "UpstreamTimeout", "not_json", None, None, "k:conv-\ufffdé"),
             (when, "req-2", None, "demo", None, "chat",
-             True, 502, 0, 0, 102.0, None, 0, 0, 0, 0, 0, 0.0, None, None, None, None),
+             True, 502, 0, 0, 102.0, None, 0, 0, 0, 0, 0, 0.0, None, None, None, None, None),
             (when, "req-3", "team-a", "demo", "fast", "chat",
-             False, 200, 1, 0, 103.0, 20.0, 13, 8, 0, 3, 1, plain.cost, None, None, 12.5, 3.0),
+             False, 200, 1, 0, 103.0, 20.0, 13, 8, 0, 3, 1, plain.cost, None, None, 12.5, 3.0,
+             None),
             (when, "req-4", "team-a", "demo", "fast", "chat",
-             True, 499, 1, 0, 104.0, 20.0, 14, 9, 1, 0, 1, gone.cost, None, None, None, None),
+             True, 499, 1, 0, 104.0, 20.0, 14, 9, 1, 0, 1, gone.cost, None, None, None, None,
+             None),
         ]  # fmt: skip
         # The view: every attempt, the one a request's row carries with a NULL id.
         assert [(r.id is None, *tuple(r)[1:]) for r in attempts] == [
