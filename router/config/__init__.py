@@ -6,19 +6,9 @@
 - ``specs``: the resolved, frozen objects the runtime is built from.
 """
 
+from router.config.blocks import BLOCKS, Breaker, Price, Retry, Stats, Timeouts
 from router.config.loader import load, loads, parse_client_keys
-from router.config.schema import (
-    BLOCKS,
-    AffinitySection,
-    Breaker,
-    HedgeSection,
-    Price,
-    Retry,
-    ServerSection,
-    Stats,
-    StorageSection,
-    Timeouts,
-)
+from router.config.schema import AffinitySection, HedgeSection, ServerSection, StorageSection
 from router.config.specs import (
     Config,
     ConfigError,

@@ -28,9 +28,9 @@ from pydantic import BaseModel, SecretStr, ValidationError
 import policies
 from providers import KINDS
 from providers.base import ProviderSettings
+from router.config.blocks import BLOCKS
 from router.config.keys import resolve_keys, resolve_state
 from router.config.schema import (
-    BLOCKS,
     POLICY_SECTIONS,
     DefaultsSection,
     EndpointSection,

@@ -24,8 +24,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from providers import KINDS
+from router.config.blocks import BLOCKS, Price
 from router.config.schema import (
-    BLOCKS,
     POLICY_SECTIONS,
     AffinitySection,
     EndpointSection,
@@ -35,7 +35,6 @@ from router.config.schema import (
     KeySection,
     Overrides,
     PolicyCommon,
-    Price,
     RouteHead,
     ServerSection,
     StateSection,

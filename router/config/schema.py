@@ -9,7 +9,7 @@ new module plus one registry line, and nothing here changes.
 
 The four override blocks (``timeouts``, ``retry``, ``breaker``, ``stats``) appear at
 every level as partial dicts; the loader merges them field by field and validates the
-complete block (``BLOCKS``) once per endpoint.
+complete block (``blocks.py``) once per endpoint.
 """
 
 from __future__ import annotations
@@ -18,135 +18,16 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, field_validator
+from pydantic import BaseModel, Field, TypeAdapter, create_model
 
 from policies import STRATEGIES
 from providers import KINDS
-
-# -- complete blocks (what every endpoint ends up with) ---------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Timeouts(_Strict):
-    connect_s: float = Field(
-        5.0, gt=0, le=3600, description="Seconds to open a connection to the upstream."
-    )
-    ttft_s: float = Field(
-        60.0,
-        gt=0,
-        le=3600,
-        description="Seconds to a stream's first token, or to a whole answer's first byte.",
-    )
-    idle_s: float = Field(
-        60.0, gt=0, le=3600, description="Seconds of silence allowed between streamed chunks."
-    )
-    total_s: float = Field(
-        600.0,
-        gt=0,
-        le=86400,
-        description="Seconds for the whole request, retries and the stream included.",
-    )
-
-
-RetryClass = Literal["timeout", "connect"]
-
-
-class Retry(_Strict):
-    attempts: int = Field(
-        3, ge=1, le=20, description="Upstream attempts per request: the first, retries and hedges."
-    )
-    backoff_s: float = Field(
-        0.05,
-        ge=0,
-        le=60,
-        description="Base of the exponential backoff between attempts (full jitter).",
-    )
-    backoff_max_s: float = Field(2.0, ge=0, le=600, description="Longest backoff between attempts.")
-    on: tuple[int | RetryClass, ...] = Field(
-        (429, 500, 502, 503, 504, "timeout", "connect"),
-        description="What is retried: HTTP statuses, `timeout`, `connect`.",
-    )
-
-    @field_validator("on", mode="before")
-    @classmethod
-    def _classes(cls, v: Any) -> Any:
-        # One clear message instead of pydantic's one per member of the int | Literal union.
-        if isinstance(v, list | tuple):
-            for item in v:
-                if isinstance(item, str) and item not in ("timeout", "connect"):
-                    raise ValueError(f"{item!r} is not an HTTP status, 'timeout' or 'connect'")
-        return v
-
-    @field_validator("on")
-    @classmethod
-    def _statuses(cls, v: tuple[int | str, ...]) -> tuple[int | str, ...]:
-        for item in v:
-            if isinstance(item, int) and not 400 <= item <= 599:
-                raise ValueError(f"{item} is not an HTTP error status (400-599)")
-        return v
-
-
-class Breaker(_Strict):
-    consecutive_failures: int = Field(
-        5, ge=1, le=10_000, description="Failures in a row that open the breaker."
-    )
-    error_rate: float = Field(
-        0.5, gt=0, le=1, description="Error rate over `window_s` that opens the breaker."
-    )
-    min_requests: int = Field(
-        20, ge=1, le=1_000_000, description="Answers within `window_s` before `error_rate` counts."
-    )
-    window_s: float = Field(
-        60.0, gt=0, le=86400, description="The window the error rate is measured over."
-    )
-    cooldown_s: float = Field(
-        30.0,
-        gt=0,
-        le=86400,
-        description=(
-            "How long an open breaker keeps the endpoint out; doubles after a failed probe."
-        ),
-    )
-
-
-class Stats(_Strict):
-    halflife_s: float = Field(
-        30.0,
-        gt=0,
-        le=86400,
-        description="Seconds for live stats to lose half their weight: how fast they forget.",
-    )
-
-
-class Price(_Strict):
-    """USD per million tokens."""
-
-    input: float = Field(0.0, ge=0, description="USD per million input tokens.")
-    output: float = Field(
-        0.0, ge=0, description="USD per million output tokens (reasoning included)."
-    )
-    cache_read: float | None = Field(
-        None, ge=0, description="USD per million cached input tokens read."
-    )
-    cache_write: float | None = Field(
-        None, ge=0, description="USD per million input tokens written to the cache."
-    )
-
-
-BLOCKS: dict[str, type[_Strict]] = {
-    "timeouts": Timeouts,
-    "retry": Retry,
-    "breaker": Breaker,
-    "stats": Stats,
-}
+from router.config.blocks import Price, Strict
 
 # -- the file's sections -----------------------------------------------------------------
 
 
-class Overrides(_Strict):
+class Overrides(Strict):
     """Overrides of the blocks: any subset of fields, each checked when merged."""
 
     timeouts: dict[str, Any] | None = None
@@ -155,7 +36,7 @@ class Overrides(_Strict):
     stats: dict[str, Any] | None = None
 
 
-class ServerSection(_Strict):
+class ServerSection(Strict):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8080, ge=0, le=65535, description="Port to listen on.")
     api_keys_env: str | None = Field(
@@ -192,7 +73,7 @@ class ServerSection(_Strict):
     )
 
 
-class StorageSection(_Strict):
+class StorageSection(Strict):
     url: str | None = Field(
         "sqlite+aiosqlite:///router.db",
         description=(
@@ -230,7 +111,7 @@ ProviderSection = TypeAdapter[Any](
 )
 
 
-class HedgeSection(_Strict):
+class HedgeSection(Strict):
     after: Literal["p50", "p90", "p95", "p99"] | None = Field(
         None,
         description=(
@@ -249,7 +130,7 @@ class HedgeSection(_Strict):
     )
 
 
-class AffinitySection(_Strict):
+class AffinitySection(Strict):
     """Prompt-cache affinity (``policies.affinity`` has the stay-or-move rule)."""
 
     ttl_s: float = Field(
@@ -269,7 +150,7 @@ class AffinitySection(_Strict):
 _NOT_OPTIONS = ("strategy", "hedge", "affinity")  # what every policy may say, beside options
 
 
-class PolicyCommon(_Strict):
+class PolicyCommon(Strict):
     strategy: str = Field(description="The strategy that ranks the endpoints (the table above).")
     hedge: HedgeSection | None = Field(
         None, description="Start the next endpoint too when the first is slow (below)."
@@ -348,18 +229,18 @@ class RouteSection(RouteHead):
 # -- client keys with limits, and where they are kept (docs/teams.md) --------------------
 
 
-class KeyLimits(_Strict):
+class KeyLimits(Strict):
     rpm: int | None = Field(None, ge=1, description="Requests per minute.")
     tpm: int | None = Field(None, ge=1, description="Tokens per minute, prompt and completion.")
     concurrent: int | None = Field(None, ge=1, description="Requests in flight at once.")
 
 
-class KeyBudget(_Strict):
+class KeyBudget(Strict):
     day: float | None = Field(None, ge=0, description="USD per UTC day.")
     month: float | None = Field(None, ge=0, description="USD per UTC month.")
 
 
-class KeySection(_Strict):
+class KeySection(Strict):
     key_env: str = Field(
         min_length=1, description="Variable holding the key."
     )  # the key itself lives in the environment
@@ -375,7 +256,7 @@ class KeySection(_Strict):
     )
 
 
-class StateSection(_Strict):
+class StateSection(Strict):
     url_env: str | None = Field(
         None,
         description="Variable holding a Redis URL for state shared by replicas; unset: in-process.",
@@ -392,7 +273,7 @@ class StateSection(_Strict):
     )  # every Redis call's bound
 
 
-class FileSection(_Strict):
+class FileSection(Strict):
     """The whole file, for its list of top-level keys and for the reference docs."""
 
     server: ServerSection = Field(default_factory=lambda: ServerSection.model_validate({}))

@@ -16,17 +16,13 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from providers.base import ProviderSettings
+from router.config.blocks import Breaker, Price, Retry, Stats, Timeouts
 from router.config.schema import (
     AffinitySection,
-    Breaker,
     HedgeSection,
-    Price,
-    Retry,
     ServerSection,
     StateSection,
-    Stats,
     StorageSection,
-    Timeouts,
 )
 from router.state.shared import Quota
 

@@ -9,7 +9,7 @@ import pytest
 from router.apis.chat import inspect_body
 from router.apis.responses import usage_of
 from router.apis.translate.responses_answer import usage_from_chat
-from router.config.schema import Price
+from router.config.blocks import Price
 from router.requestlog.records import Usage
 
 PRICE = Price(input=3.0, output=15.0, cache_read=0.3, cache_write=3.75)
