@@ -11,11 +11,12 @@ of 400 or more, or that ended with an error class.
 
 SQLAlchemy is imported by the query, not by this module: the server imports
 ``parse_time`` on the event loop, and serving processes never load SQLAlchemy unless an
-admin asks for usage (``RequestLog.usage`` loads it in a thread first).
+admin asks for usage (``Reader`` loads it in a thread first).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -40,6 +41,34 @@ _SUMMED = (
     "cached_tokens",
     "cache_write_tokens",
 )
+
+
+class Reader:
+    """The log as ``/admin/usage`` and the model page read it: a SQLAlchemy engine, made on
+    first use in a thread (SQLAlchemy's import takes the better part of a second)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._engine: AsyncEngine | None = None
+        self._lock = asyncio.Lock()
+
+    async def usage(self, **query: Any) -> dict[str, Any]:
+        """``usage`` (below) of this log."""
+        async with self._lock:
+            if self._engine is None:
+                self._engine = await asyncio.to_thread(_make_engine, self._url)
+        return await usage(self._engine, **query)
+
+    async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispose()
+
+
+def _make_engine(url: str) -> AsyncEngine:
+    from router.requestlog.schema import make_engine
+
+    return make_engine(url)
 
 
 def parse_time(value: str | None, default: datetime | float) -> datetime:

@@ -37,12 +37,11 @@ from router.requestlog.batches import Batches
 from router.requestlog.records import RequestRecord
 from router.requestlog.rows import NULL, Record, entry, learn_names
 from router.requestlog.store import HEAD, Store, Target, open_store, parse_target, upgrade_in_child
+from router.requestlog.usage import Reader
 
 State = str  # "starting", "ok", "failing", "stopped"
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
-
     from router.config import StorageSection
 
 PRUNE_EVERY_S = 3600.0
@@ -101,8 +100,7 @@ class RequestLog:
         self.last_error: str | None = None  # why the last failed write failed (redacted)
         self.last_error_at: datetime | None = None
         self._next_prune = 0.0
-        self._reader: AsyncEngine | None = None  # SQLAlchemy, for usage() only
-        self._reader_lock = asyncio.Lock()
+        self._reader = Reader(url) if url else None  # SQLAlchemy, for usage() only
         self.migrated = False  # the database is at head (or newer): writes may start
         self.upgraded = False  # this log ran the upgrade child to get it there
         self._newer: set[str] = set()  # revisions of a newer router found in the database
@@ -203,14 +201,9 @@ class RequestLog:
         """Totals from the log; see ``router.requestlog.usage.usage``."""
         if self.url is None or not self._started or self._closed:
             raise RequestLogDisabled("the request log is off (storage.url is not set)")
-        async with self._reader_lock:
-            if self._reader is None:
-                # SQLAlchemy's import takes the better part of a second: not on the loop.
-                self._reader = await asyncio.to_thread(_reader_engine, self.url)
-        from router.requestlog.usage import usage
-
-        return await usage(
-            self._reader, since=since, until=until, group_by=group_by, route=route, savings=savings
+        assert self._reader is not None
+        return await self._reader.usage(
+            since=since, until=until, group_by=group_by, route=route, savings=savings
         )
 
     # -- life cycle -------------------------------------------------------------------
@@ -271,9 +264,8 @@ class RequestLog:
         if self._store is not None and self._started:
             self._started = False  # a second stop() finds nothing to shut
             await self._store.shutdown()
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            await reader.dispose()
+        if self._reader is not None:
+            await self._reader.close()
 
     # -- the writer -------------------------------------------------------------------
 
@@ -420,9 +412,3 @@ class RequestLog:
     def _redact(self, exc: BaseException) -> str:
         assert self._target is not None
         return self._target.redact(" ".join(str(exc).split()))[:500]
-
-
-def _reader_engine(url: str) -> AsyncEngine:
-    from router.requestlog.schema import make_engine
-
-    return make_engine(url)
