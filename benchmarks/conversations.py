@@ -4,10 +4,11 @@ Agent conversations (a system prompt and tools of about 8k tokens, the prompt op
 the session's environment as a coding agent's does, then turns that each add a tool
 result of about 1.7k tokens and a short answer) run 8 at a time through a real
 router over three ``router sim-upstream`` hosts with prompt caching (``prompt_cache``):
-``fast`` (TTFT 80 ms), ``medium`` (150 ms) and ``slow`` (300 ms), all at the same prices
-(TokenLX's: $3 input, $0.30 cache read, $15 output per million tokens). Halfway through
-(when the middle conversation starts), ``fast`` turns slow (TTFT 1,200 ms). Each policy
-runs the same seeded conversations:
+``fast`` (TTFT 80 ms), ``medium`` (150 ms) and ``slow`` (300 ms; ``--hosts`` sets the
+three, e.g. ``80,90,300``: two near-equal hosts a ranking spreads load over), all at the
+same prices (TokenLX's: $3 input, $0.30 cache read, $15 output per million tokens).
+Halfway through (when the middle conversation starts), ``fast`` turns slow (TTFT 1,200
+ms). Each policy runs the same seeded conversations:
 
 - ``none``: the shipped score policy, no affinity;
 - ``affinity``: the same policy with ``affinity: {ttl_s: 600}``;
@@ -295,6 +296,12 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--json")
+    ap.add_argument(
+        "--hosts",
+        default="80,150,300",
+        help="TTFT in ms of fast, medium and slow (e.g. 80,90,300: two near-equal hosts, "
+        "which a ranking spreads load over)",
+    )
     ap.add_argument("--cache-tokens", type=int, default=None,
                     help="each host's cache size in tokens (default: unbounded)")
     ap.add_argument("--turns", help="write every turn (policy, conversation, endpoint, "
@@ -304,6 +311,7 @@ async def main() -> None:
         help="further affinity runs with these values of usd_per_s (the default is 0.05)",
     )
     args = ap.parse_args()
+    HOSTS.update(zip(HOSTS, map(int, args.hosts.split(",")), strict=True))
     rng = random.Random(args.seed)
     plan = [rng.randint(10, 30) for _ in range(args.conversations)]
     results: dict[str, Any] = {}
