@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +34,6 @@ from router.apis.reasoning import apply as apply_reasoning
 from router.apis.reasoning import rejected as reasoning_refused
 from router.apis.thoughts import Thoughts
 from router.apis.translate import Translation
-from router.config import HedgeSection
-from router.errors import CLIENT_FAULT_STATUSES
 from router.obs.logs import REQUEST, RequestContext
 from router.requestlog.records import AttemptRecord, Usage
 from router.routing.lease import RATE_LIMIT_DEFAULT_S, Lease
@@ -321,64 +319,6 @@ class Attempts:
             )
         )
 
-    async def race(
-        self,
-        route: str,
-        first: Endpoint,
-        next_endpoint: Callable[[], Endpoint | None],
-        hedge: HedgeSection | None,
-        spend: Callable[[], bool],
-    ) -> Opened:
-        """``first``, hedged by later endpoints when the policy says so.
-
-        ``next_endpoint`` yields the endpoint a hedge would go to; ``spend`` takes one
-        attempt from the budget, or says there is none left.
-        """
-        if hedge is None:
-            return await self.open(route, first)
-        delay = hedge_delay(hedge, first)
-        tasks = {asyncio.ensure_future(self.open(route, first, racing=True))}
-        extra = 0
-        last: BaseException | None = None
-        won = False
-        try:
-            while tasks:
-                can_hedge = extra < hedge.max_extra
-                done, _ = await asyncio.wait(
-                    tasks,
-                    timeout=delay if can_hedge else None,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if not done:
-                    ep = next_endpoint() if spend() else None
-                    extra += 1
-                    if ep is not None:
-                        self.hedges += 1
-                        tasks.add(
-                            asyncio.ensure_future(self.open(route, ep, hedged=True, racing=True))
-                        )
-                    continue
-                for task in done:
-                    tasks.discard(task)
-                    exc = task.exception()
-                    if exc is None:
-                        won = True
-                        return task.result()
-                    last = exc
-                    if isinstance(exc, UpstreamError) and exc.status in CLIENT_FAULT_STATUSES:
-                        raise exc
-            assert last is not None
-            raise last
-        finally:
-            for task in tasks:
-                task.cancel(HEDGE_LOST if won else None)
-            for task in tasks:
-                try:
-                    result = await task
-                except BaseException:
-                    continue
-                result.abandon()  # opened just as it was cancelled: close it
-
 
 def _refused_reasoning(exc: UpstreamError) -> bool:
     return (
@@ -392,14 +332,4 @@ def _no_first_token(ep: Endpoint) -> TTFTTimeout:
     return TTFTTimeout(f"no first token from {ep.id} within {ep.spec.timeouts.ttft_s}s")
 
 
-def hedge_delay(hedge: HedgeSection, ep: Endpoint) -> float:
-    """Seconds to wait for a first token before hedging; a percentile of live TTFT if asked."""
-    if hedge.after is not None:
-        q = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}[hedge.after]
-        live = ep.stats.ttft_percentile(q)
-        if live is not None and ep.stats.ttft_window_size() >= 20:
-            return live
-    return hedge.after_ms / 1000.0
-
-
-__all__ = ["HEDGE_LOST", "RATE_LIMIT_DEFAULT_S", "Attempts", "Lease", "Opened", "hedge_delay"]
+__all__ = ["HEDGE_LOST", "RATE_LIMIT_DEFAULT_S", "Attempts", "Lease", "Opened"]

@@ -43,6 +43,7 @@ from router.errors import (
 )
 from router.routing.affinity import Affinity
 from router.routing.attempts import Attempts, Opened
+from router.routing.hedging import race
 from router.routing.prefs import RoutingPrefs
 from router.routing.ranking import NoEndpoint, RateLimited, rank, wait_for_ranking
 from router.routing.relay import relay as relay_stream
@@ -210,7 +211,7 @@ class Pipeline:
 
         async def one_race() -> Opened:
             budget.spend()
-            return await attempts.race(route.name, walk.next(), walk.next, hedge, budget.spend)
+            return await race(attempts, route.name, walk.next(), walk.next, hedge, budget.spend)
 
         if failure is None:
             try:
