@@ -7,9 +7,11 @@ distributions of TTFT (streamed answers), tokens per second (streamed requests s
 one attempt: completion tokens over latency minus TTFT), whole-answer time (non-streamed
 answers) and time to a failure; and the chance that a served stream broke mid-way.
 Buckets are ``width_s`` wide (the trace's span over ``MAX_BUCKETS``, at least
-``MIN_WIDTH_S``); a bucket with fewer than ``MIN_SAMPLES`` of some quantity borrows its
+``MIN_WIDTH_S``: a host that slowed down mid-way through a short run is fast until then
+in the lab too); a bucket with fewer than ``MIN_SAMPLES`` of some quantity borrows its
 nearest neighbours' until it has enough, so drift shows where the evidence is dense and
-sparse stretches lean on nearby time rather than on nothing.
+sparse stretches lean on nearby time rather than on nothing. A prompt-cache hit's TTFT is
+counted as the miss it would have been (``Fleet._cache`` fits what a hit saves).
 
 What it cannot know, and the stated answers (docs/lab.md says more):
 
@@ -38,7 +40,7 @@ from router.lab.fleet import Bucket, Fitted, Quantiles
 from router.lab.trace import CENSORED, HANG, HTTP, OK, Observation, Trace
 
 MAX_BUCKETS = 48
-MIN_WIDTH_S = 10.0
+MIN_WIDTH_S = 1.0
 MIN_SAMPLES = 20
 PRIOR_TTFT_S = 0.5
 PRIOR_TOKENS_PER_S = 50.0
@@ -91,26 +93,68 @@ class Fleet:
         seed: int,
     ) -> Fitted:
         """``observations`` fitted; what they lack, taken from ``pool`` (the route's)."""
-        pooled = self._buckets(pool, None) if pool is not observations else None
+        pooled = self._buckets(pool, None, None) if pool is not observations else None
+        cache = self._cache(observations)
         return Fitted(
-            self._buckets(observations, pooled),
+            self._buckets(observations, pooled, cache),
             self.start,
             self.width_s,
             source=source,
             seed=seed,
             default_tokens_per_s=self.default_tps,
-            cache=_cache(observations),
+            cache=cache,
             summary=_summary(observations, self.buckets),
         )
 
-    def _buckets(
-        self, observations: Sequence[Observation], pooled: Sequence[Bucket] | None
-    ) -> list[Bucket]:
+    def _per_bucket(self, observations: Sequence[Observation]) -> list[list[Observation]]:
         n = self.buckets
         per: list[list[Observation]] = [[] for _ in range(n)]
         for obs in observations:
-            k = int((obs.ts - self.start) / self.width_s)
-            per[min(max(k, 0), n - 1)].append(obs)
+            per[self._bucket(obs)].append(obs)
+        return per
+
+    def _bucket(self, obs: Observation) -> int:
+        return min(max(int((obs.ts - self.start) / self.width_s), 0), self.buckets - 1)
+
+    def _cache(self, observations: Sequence[Observation]) -> CacheSettings | None:
+        """A host that served cached prompt tokens caches. How much a hit saves is
+        ``ttft_factor`` as the simulator applies it: TTFT times 1 - share * (1 - factor)
+        for a cached share of the prompt. Fitted as a line through (cached share, TTFT
+        over its time bucket's median TTFT), which the host's drift does not move:
+        intercept a, slope -a * (1 - factor). It needs ``MIN_SAMPLES`` answers whose
+        shares differ (a conversation's first turn and its later ones); else 1.0."""
+        if not any(o.cached for o in observations):
+            return None
+        answered = [o for o in observations if o.outcome == OK and o.stream and o.ttft_s]
+        per = self._per_bucket(answered)
+        medians: dict[int, float] = {}
+        xs, ys = [], []
+        for o in answered:
+            k = self._bucket(o)
+            if k not in medians:
+                medians[k] = statistics.median(m.ttft_s or 0.0 for m in _near(per, k))
+            if medians[k] > 0.0 and o.ttft_s is not None:
+                xs.append(o.cached_share)
+                ys.append(o.ttft_s / medians[k])
+        factor = 1.0
+        if len(xs) >= MIN_SAMPLES and statistics.pvariance(xs) >= 0.005:
+            slope, intercept = statistics.linear_regression(xs, ys)
+            if intercept > 0.0:
+                factor = min(1.0, max(0.0, 1.0 + slope / intercept))
+        return CacheSettings(ttft_factor=factor)
+
+    def _buckets(
+        self,
+        observations: Sequence[Observation],
+        pooled: Sequence[Bucket] | None,
+        cache: CacheSettings | None,
+    ) -> list[Bucket]:
+        """Per bucket: the outcome mix and the distributions. A cache hit's TTFT is
+        counted as the miss it would have been (``cache``'s factor undone): the lab
+        applies the factor again to the requests it replays as hits."""
+        n = self.buckets
+        per = self._per_bucket(observations)
+        factor = 1.0 if cache is None else cache.ttft_factor
         judged = [[o for o in b if o.outcome != CENSORED] for b in per]
         served = [[o for o in b if o.outcome == OK] for b in judged]
         streamed = [[o for o in b if o.stream] for b in served]
@@ -122,7 +166,13 @@ class Fleet:
             bucket = Bucket(
                 outcomes=outcomes,
                 cumulative=cumulative,
-                ttft=_quantiles([o.ttft_s for o in near_streamed if o.ttft_s is not None]),
+                ttft=_quantiles(
+                    [
+                        _uncached(o.ttft_s, o.cached_share, factor)
+                        for o in near_streamed
+                        if o.ttft_s is not None
+                    ]
+                ),
                 tokens_per_s=_quantiles(
                     [o.tokens_per_s for o in _near(served, k, _has_tps) if o.tokens_per_s]
                 ),
@@ -195,17 +245,9 @@ def _quantiles(samples: list[float]) -> Quantiles | None:
     return Quantiles(samples) if samples else None
 
 
-def _cache(observations: Sequence[Observation]) -> CacheSettings | None:
-    """A host that served cached prompt tokens caches; its TTFT on a hit, relative to a
-    miss, when the trace shows enough of both (else no change: 1.0)."""
-    hits = [o.ttft_s for o in observations if o.cached and o.ttft_s is not None]
-    if not any(o.cached for o in observations):
-        return None
-    misses = [o.ttft_s for o in observations if o.outcome == OK and not o.cached and o.ttft_s]
-    factor = 1.0
-    if len(hits) >= MIN_SAMPLES and len(misses) >= MIN_SAMPLES:
-        factor = statistics.median(hits) / statistics.median(misses)
-    return CacheSettings(ttft_factor=factor)
+def _uncached(ttft: float, share: float, factor: float) -> float:
+    """A hit's TTFT as a miss: the simulator's law, 1 - share * (1 - factor), undone."""
+    return ttft / (1.0 - share * (1.0 - factor)) if share and factor < 1.0 else ttft
 
 
 def _summary(observations: Sequence[Observation], buckets: int) -> dict[str, object]:

@@ -128,7 +128,14 @@ class Fitted:
         self.summary = summary or {}
 
     def describe(self) -> dict[str, object]:
-        return {"source": self.source, **self.summary}
+        cache = self.cache
+        if cache is None:
+            return {"source": self.source, **self.summary}
+        return {
+            "source": self.source,
+            **self.summary,
+            "cache_ttft_factor": round(cache.ttft_factor, 2),
+        }
 
     def done(self) -> None:
         """A fitted host's load is not modelled (docs/lab.md)."""

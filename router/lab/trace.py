@@ -97,6 +97,7 @@ class Observation:
     ttft_s: float | None = None
     tokens_per_s: float | None = None  # a served, single-attempt request's generation speed
     cached: bool = False  # served with cached prompt tokens
+    cached_share: float = 0.0  # of its request's prompt tokens, those read from a cache
     broken: bool = False  # served, then the stream broke
 
 
@@ -317,6 +318,8 @@ def _assemble(source: str, rows: Iterable[Any], attempt_rows: Iterable[Any]) -> 
             if generation > 0.0:
                 obs.tokens_per_s = req.completion_tokens / generation
         obs.cached = bool(req.cached_tokens)
+        if req.cached_tokens and req.prompt_tokens:
+            obs.cached_share = min(1.0, req.cached_tokens / req.prompt_tokens)
         obs.broken = req.status != 200 and req.error in _MID_STREAM
     return Trace(source, requests, attempts)
 

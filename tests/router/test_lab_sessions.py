@@ -1,13 +1,17 @@
-"""The lab reads each request's session from the request log (revision 0008), and a log
-written before it as one without sessions."""
+"""Conversations in the lab: each request's session read from the request log (revision
+0008; a log written before it has none), and what a prompt-cache hit saves, fitted."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 from pathlib import Path
 
-from router.lab.trace import read
+import pytest
+
+from router.lab.fit import Fleet
+from router.lab.trace import OK, Observation, Trace, TraceRequest, read
 from router.requestlog.records import AttemptRecord, RequestRecord, Usage
 from router.requestlog.writer import RequestLog
 
@@ -56,3 +60,26 @@ def test_sessions_come_back_from_the_request_log(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         conn.execute("ALTER TABLE requests DROP COLUMN session")
     assert [r.session for r in read(url).requests] == [None, None, None]
+
+
+def test_the_fit_learns_what_a_cache_hit_saves_and_undoes_it_in_the_ttft() -> None:
+    """A host whose hits (90% of the prompt cached) come back at the simulator's law,
+    TTFT x (1 - 0.9 x (1 - 0.3)): the fit finds the factor 0.3 and keeps the TTFT of a
+    miss, which the lab shortens again for the requests it replays as hits (not twice)."""
+    rng = random.Random(3)
+    requests, attempts = [], []
+    for i in range(400):
+        ttft = 0.3 * (1 + 0.1 * rng.random())  # a miss, 300 to 330 ms
+        hit = i % 4 != 0
+        if hit:
+            ttft *= 1 - 0.9 * (1 - 0.3)
+        requests.append(TraceRequest(NOW + i, "agent", "chat", True, 10_000, 20))
+        attempts.append(
+            Observation(NOW + i, "agent", "h", True, OK, 200, ttft + 0.1, ttft,
+                        cached=hit, cached_share=0.9 if hit else 0.0)
+        )  # fmt: skip
+    fitted = Fleet(Trace("t", requests, attempts), 0).behaviour("agent", "h")
+    assert fitted.cache is not None
+    assert fitted.cache.ttft_factor == pytest.approx(0.3, abs=0.03)
+    ttft = fitted.buckets[0].ttft
+    assert ttft is not None and ttft.quantile(0.05) >= 0.29 and ttft.quantile(0.95) <= 0.34
