@@ -109,11 +109,38 @@ class MessagesInspector(SseInspector):
 
     def _feed_to_the_end(self, data: bytes) -> bytes:
         """``feed`` once ``message_delta`` has come: after the first token events pass
-        unparsed, so ``message_stop`` is looked for in the bytes. Only the last read or
-        two of a stream pay for it (the usual ``feed`` is the base's, untouched)."""
+        unparsed, so ``message_stop`` is looked for in the bytes, and what follows its
+        event in the same read is never passed on (a ping, garbage: the stream is over).
+        Only the last read or two of a stream pay for it (the usual ``feed`` is the
+        base's, untouched)."""
+        if data.find(b"\r") != -1:
+            data = data.replace(b"\r\n", b"\n")
+        if self._carry:  # an event cut between reads: looked at whole
+            data, self._carry = self._carry + data, b""
+        at = data.find(b'"message_stop"')
+        if at != -1:
+            end = data.find(b"\n\n", at)
+            if end != -1:
+                data = data[: end + 2]
         out = SseInspector.feed(self, data)
-        if not self.done and out.find(b"message_stop", max(0, len(out) - 64)) != -1:
+        if not self.done and at != -1:
             self._check_end(out)
+        return out
+
+    def _before_first_token(self, block: bytes) -> bytes:
+        """The base's; when ``message_delta`` was the first token (a stop with nothing
+        said), what followed it in the read passed unparsed: its ``message_stop`` is
+        looked for as in later reads, and nothing after it passed on."""
+        out = super()._before_first_token(block)
+        if self.done or self.feed != self._feed_to_the_end:
+            return out
+        at = out.find(b'"message_stop"')
+        if at != -1:
+            end = out.find(b"\n\n", at)
+            out = out if end == -1 else out[: end + 2]
+            self._check_end(out)
+            if self.done:
+                self._carry = b""
         return out
 
     def leftover(self) -> bytes:

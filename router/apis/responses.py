@@ -31,7 +31,6 @@ from router.routing.sse import EMPTY, NOT_JSON, ProtocolViolation, data_of
 
 _NUMBER = "a number"
 _MAX_HELD = 1 << 20  # bytes before the first token, then the upstream is sending garbage
-_FINAL = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
 TOKEN_EVENTS = frozenset(
     {
         "response.output_text.delta",
@@ -160,8 +159,11 @@ class ResponsesInspector:
                 if self.first_token:
                     break
         if self.first_token and not self.done:
+            final = self._final(data)
+            if final is not None:  # the stream is over: nothing after its end passes on
+                data = data[:final]
+                self._carry = b""
             self._check(data)
-            self._final(data)
         return data
 
     def _check(self, data: bytes) -> None:
@@ -204,22 +206,22 @@ class ResponsesInspector:
         elif kind in FINAL_EVENTS:
             self.first_token = True  # finished without a token: judged empty below
 
-    def _final(self, data: bytes) -> None:
-        """Looks at the read's last event (the one before, when the last is a ``[DONE]``
-        or a comment some hosts add): the final event ends the stream, so it is there."""
-        end = len(data) - 2
-        for _ in range(2):
-            start = data.rfind(b"\n\n", 0, end)
+    def _final(self, data: bytes) -> int | None:
+        """Where the final event ends in ``data`` (None when it is not there): the one
+        event after the first token that holds a ``"response":`` object, found with one
+        search per read (``response.in_progress`` holds one too: it is parsed and passed)."""
+        at = data.find(b'"response":')
+        while at != -1:
+            start = data.rfind(b"\n\n", 0, at)
             start = 0 if start == -1 else start + 2
-            event = data[start:end]
-            if any(event.find(marker) != -1 for marker in _FINAL):
-                obj = _parse(event)
-                if obj is not None and obj.get("type") in FINAL_EVENTS:
-                    self._finish(obj)
-                return
-            if event.find(b"{") != -1 or start == 0:
-                return
-            end = start - 2
+            end = data.find(b"\n\n", at)
+            end = len(data) if end == -1 else end + 2
+            obj = _parse(data[start:end])
+            if obj is not None and obj.get("type") in FINAL_EVENTS:
+                self._finish(obj)
+                return end
+            at = data.find(b'"response":', end)
+        return None
 
     def _finish(self, obj: dict[str, Any]) -> None:
         self.done = True
@@ -236,7 +238,9 @@ class ResponsesInspector:
             return b""
         data += b"\n\n"
         if self.first_token and not self.done:
-            self._final(data)
+            end = self._final(data)
+            data = data if end is None else data[:end]
+            self._check(data)
         return data
 
     def tool_calls_valid(self) -> bool | None:

@@ -213,6 +213,7 @@ class SseInspector:
         cut = start if cut == -1 else cut + 2
         keep = []
         dropped = False
+        ended = self.done  # by the [DONE] that ends this read, whose event stops the loop
         for event in _events(data[cut:]):
             self.events += 1
             payload = data_of(event)
@@ -237,6 +238,9 @@ class SseInspector:
                 dropped = True
                 continue
             keep.append(event)
+            if self.done and not ended:  # the API's own end event (Messages' message_stop)
+                dropped = True  # nothing after it is passed on
+                break
         if self.usage is None or not self.usage.completion_tokens:
             self.events += data.count(b"data:", start, cut)
         if not dropped:

@@ -213,9 +213,16 @@ json_bodies = st.sampled_from(
 
 
 @st.composite
-def scripts(draw: st.DrawFn) -> Script:
+def scripts(
+    draw: st.DrawFn,
+    sse: st.SearchStrategy[bytes] | None = None,
+    json_answers: st.SearchStrategy[bytes] = json_bodies,
+) -> Script:
+    """An answer on the wire; ``sse`` and ``json_answers`` draw its body in a host API
+    (chat's by default; ``test_upstream_answers_apis`` passes Messages' and Responses')."""
     kind = draw(st.sampled_from(["json", "sse", "sse", "empty"]))
-    body = draw(sse_bodies()) if kind == "sse" else draw(json_bodies) if kind == "json" else b""
+    sse = sse if sse is not None else sse_bodies()
+    body = draw(sse) if kind == "sse" else draw(json_answers) if kind == "json" else b""
     # Mostly 200s: what a 200 carries is where most can go wrong after the first byte.
     others = [204, 301, 400, 401, 403, 404, 408, 413, 418, 422, 429, 500, 502, 503, 504, 599]
     status = draw(st.sampled_from([200] * 20 + others))
