@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from router.apis.base import ClientApi
 from router.errors import NoEndpointAvailable, NotFound, OverLimit
-from router.state.shared import Admission, Quota, SharedState, StateUnavailable
+from router.state.shared import Admission, Quota, SharedState, StateUnavailable, duration
 
 if TYPE_CHECKING:
     from router.runtime import Runtime
@@ -81,32 +81,17 @@ def rate_headers(admission: Admission, headers: dict[str, str]) -> None:
     if window is not None:
         headers["x-ratelimit-limit-requests"] = _text(window.limit)
         headers["x-ratelimit-remaining-requests"] = str(window.remaining)
-        headers["x-ratelimit-reset-requests"] = duration(window.reset_s)
+        headers["x-ratelimit-reset-requests"] = window.reset
     window = admission.tokens
     if window is not None:
         headers["x-ratelimit-limit-tokens"] = _text(window.limit)
         headers["x-ratelimit-remaining-tokens"] = str(window.remaining)
-        headers["x-ratelimit-reset-tokens"] = duration(window.reset_s)
+        headers["x-ratelimit-reset-tokens"] = window.reset
 
 
 @functools.lru_cache(maxsize=256)  # the limits' own numbers: a few, on every answer
 def _text(limit: int) -> str:
     return str(limit)
-
-
-def duration(seconds: float) -> str:
-    """A span as OpenAI writes it in ``x-ratelimit-reset-*``: ``20ms``, ``6s``, ``1m30s``
-    (in whole milliseconds: integer arithmetic, as this runs for every answer)."""
-    ms = int(seconds * 1000.0 + 0.5) if seconds > 0 else 0
-    if ms < 1000:
-        return f"{ms}ms"
-    secs, frac = divmod(ms, 1000)
-    text = f"{secs % 60}.{frac:03d}".rstrip("0").rstrip(".") + "s" if frac else f"{secs % 60}s"
-    if secs < 60:
-        return text
-    minutes = secs // 60
-    hours, minutes = divmod(minutes, 60)
-    return (f"{hours}h{minutes}m" if hours else f"{minutes}m") + text
 
 
 def _message(admission: Admission) -> str:

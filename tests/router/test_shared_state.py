@@ -44,7 +44,7 @@ def test_rpm_admits_the_limit_at_once_then_one_every_interval() -> None:
     assert refused.code == RATE_LIMITED and refused.limit == "rpm"
     assert refused.retry_after_s == pytest.approx(10.0)
     assert refused.requests is not None and refused.requests.remaining == 0
-    assert refused.requests.reset_s == pytest.approx(60.0)
+    assert refused.requests.reset == "1m0s"
     clock.advance(9.9)
     assert not store.admit_now(quota).admitted
     clock.advance(0.1)
@@ -277,6 +277,22 @@ def test_redis_settlements_ride_the_next_admission() -> None:
             await _drop(prefix)
 
     run(main())
+
+
+@needs_redis
+def test_the_admission_script_writes_resets_as_the_headers_do() -> None:
+    import redis
+
+    from router.state.shared import duration
+    from router.state.shared.scripts import SPAN
+
+    assert REDIS_URL is not None
+    values = [*range(0, 2001, 7), 59_999, 60_000, 60_001, 61_500, 90_010, 3_599_999]
+    values += [3_600_000, 3_661_001, 86_400_000]
+    script = SPAN + "local out = {} for i, v in ipairs(ARGV) do out[i] = span(tonumber(v)) end"
+    with redis.Redis.from_url(REDIS_URL) as client:
+        got = client.eval(script + " return out", 0, *values)
+    assert [g.decode() for g in got] == [duration(v / 1000) for v in values]
 
 
 def test_unreachable_redis_open_serves_locally_and_closed_refuses() -> None:

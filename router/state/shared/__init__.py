@@ -41,6 +41,7 @@ __all__ = [
     "StateUnavailable",
     "Window",
     "budget_windows",
+    "duration",
     "make_state",
 ]
 
@@ -80,11 +81,27 @@ class Window(NamedTuple):
 
     limit: int
     remaining: int
-    reset_s: float  # until the allowance is whole again
+    reset: str  # until the allowance is whole again, as the header writes it (``duration``)
 
 
-# Window((limit, remaining, reset_s)) without NamedTuple's Python-level __new__.
-make_window: Callable[[tuple[int, int, float]], Window] = partial(tuple.__new__, Window)
+# Window((limit, remaining, reset)) without NamedTuple's Python-level __new__.
+make_window: Callable[[tuple[int, int, str]], Window] = partial(tuple.__new__, Window)
+
+
+def duration(seconds: float) -> str:
+    """A span as OpenAI writes it in ``x-ratelimit-reset-*``: ``20ms``, ``6s``, ``1m30s``
+    (in whole milliseconds: integer arithmetic, as this runs for every answer).
+    ``scripts.SPAN`` is the same in Lua."""
+    ms = int(seconds * 1000.0 + 0.5) if seconds > 0 else 0
+    if ms < 1000:
+        return f"{ms}ms"
+    secs, frac = divmod(ms, 1000)
+    text = f"{secs % 60}.{frac:03d}".rstrip("0").rstrip(".") + "s" if frac else f"{secs % 60}s"
+    if secs < 60:
+        return text
+    minutes = secs // 60
+    hours, minutes = divmod(minutes, 60)
+    return (f"{hours}h{minutes}m" if hours else f"{minutes}m") + text
 
 
 class Admission:

@@ -18,7 +18,7 @@ from router.state.shared.resp import bulk, encode
 BATCH_S = 0.01  # how long a batch waits for an admission to carry it before it goes alone
 _DAY_TTL_S = 2 * 86400  # a day's spend outlives its day a little, for /admin/usage
 _MONTH_TTL_S = 32 * 86400
-_TTLS = bulk(_DAY_TTL_S) + bulk(_MONTH_TTL_S)
+TTLS = bulk(_DAY_TTL_S) + bulk(_MONTH_TTL_S)  # the spend keys' TTLs, after settlements
 
 # (key name, tpm, tokens to add to its bucket, concurrency slot to free, USD to charge)
 Settlement = tuple[str, int, int, str | None, float]
@@ -37,6 +37,12 @@ class Batch:
 
     def __bool__(self) -> bool:
         return bool(self.settles or self.binds or self.cools or self.owed)
+
+    def items(self) -> list[Settlement]:
+        """The settlements, costs owed from an outage included (as settlements of cost)."""
+        if not self.owed:
+            return self.settles
+        return self.settles + [(n, 0, 0, None, cost) for n, cost in self.owed.items()]
 
     def owe(self, name: str, cost: float) -> None:
         self.owed[name] = self.owed.get(name, 0.0) + cost
@@ -65,7 +71,7 @@ class Encoder:
         if batch.settles and not (batch.binds or batch.cools or batch.owed):  # the usual
             return [self.settle_command(batch.settles, settle_sha, day, month)]
         out = []
-        items = batch.settles + [(n, 0, 0, None, cost) for n, cost in batch.owed.items()]
+        items = batch.items()
         if items:
             out.append(self.settle_command(items, settle_sha, day, month))
         for key, (value, ttl_s) in batch.binds.items():
@@ -83,6 +89,15 @@ class Encoder:
     def settle_command(
         self, items: list[Settlement], settle_sha: bytes, day: str, month: str
     ) -> bytes:
+        """The EVALSHA of ``scripts.SETTLE`` for ``items``."""
+        keys, args = self.settle_parts(items, day, month)
+        n = len(items)
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n" % (5 + 5 * n) + bulk(settle_sha or b"0" * 40)
+        return b"".join((head, bulk(4 * n), keys, args, TTLS))
+
+    def settle_parts(self, items: list[Settlement], day: str, month: str) -> tuple[bytes, bytes]:
+        """``items``' KEYS and ARGV as the settle function of the scripts reads them (the
+        spend keys' TTLs, ``TTLS``, follow the ARGV)."""
         keys = []
         args = []
         cache = self._keys
@@ -95,7 +110,6 @@ class Encoder:
                 names = (p + "t", p + "c", f"{p}d:{day}", f"{p}m:{month}")
                 found = cache[name] = (day, b"".join(bulk(k) for k in names))
             keys.append(found[1])
-            args.append(bulk(f"{tpm} {delta} {cost!r} {lease or ''}"))
-        n = len(items)
-        head = b"*%d\r\n$7\r\nEVALSHA\r\n" % (5 + 5 * n) + bulk(settle_sha or b"0" * 40)
-        return b"".join((head, bulk(4 * n), *keys, *args, _TTLS))
+            arg = f"{tpm} {delta} {cost!r} {lease or ''}".encode()
+            args.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+        return b"".join(keys), b"".join(args)

@@ -24,6 +24,7 @@ from router.state.shared import (
     Spend,
     Window,
     budget_windows,
+    duration,
     make_window,
 )
 
@@ -45,10 +46,10 @@ def window(tat: float, now: float, limit: int) -> Window:
     """The bucket as headers show it: units left now, seconds until it is whole."""
     ahead = tat - now
     if ahead <= 0.0:
-        return make_window((limit, limit, 0.0))
+        return make_window((limit, limit, "0ms"))
     # + 0.01: a Unix time holds ~0.2 us, so "whole units" can come out a hair short.
     remaining = int((PERIOD_S - ahead) * limit / PERIOD_S + 0.01)  # int() floors: >= 0 here
-    return make_window((limit, remaining if remaining > 0 else 0, ahead))
+    return make_window((limit, remaining if remaining > 0 else 0, duration(ahead)))
 
 
 class MemoryState(SharedState):

@@ -38,12 +38,12 @@ from router.state.shared import (
     Spend,
     StateUnavailable,
     feed,
-    make_window,
 )
+from router.state.shared.admit import AdmitCodec
 from router.state.shared.batch import Encoder
 from router.state.shared.breaker import StoreBreaker
 from router.state.shared.memory import MemoryState
-from router.state.shared.resp import RespClient, RespError, bulk, encode
+from router.state.shared.resp import RespClient, RespError, encode
 from router.state.shared.scripts import ADMIT, SETTLE
 from router.state.shared.writer import FAILURES as _FAILURES
 from router.state.shared.writer import Writer
@@ -77,12 +77,11 @@ class RedisState(SharedState):
         self._leases = itertools.count(1)
         self._url = url
         self.client = RespClient(url, timeout_s=timeout_s)
-        self._admit_sha = b""
         self.settle_sha = b""
-        self._admit_head = b""
-        self._static: dict[Quota, tuple[str, bytes]] = {}  # a key's unchanging arguments
         self._channel = f"{prefix}cooldowns"
-        self._writer = Writer(self, Encoder(prefix, self._channel, self.replica))
+        encoder = Encoder(prefix, self._channel, self.replica)
+        self._codec = AdmitCodec(prefix, lease_s, encoder)
+        self._writer = Writer(self, encoder)
         self._cools: dict[str, tuple[float, str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -95,9 +94,8 @@ class RedisState(SharedState):
         for reply in (admit, settle):
             if isinstance(reply, BaseException):
                 raise reply
-        self._admit_sha, self.settle_sha = admit, settle
-        # EVALSHA, the script, 6 keys, then 11 arguments: 20 elements in all.
-        self._admit_head = b"*20\r\n$7\r\nEVALSHA\r\n" + bulk(admit) + b"$1\r\n6\r\n"
+        self._codec.loaded(admit)
+        self.settle_sha = settle
 
     async def _call(self, command: bytes) -> Any:
         """One command; the client's watchdog bounds the wait by the timeout."""
@@ -142,87 +140,40 @@ class RedisState(SharedState):
         if self.breaker.open and not self.breaker.allows():
             return self._fallback(quota, tokens, binding_key)
         lease = f"{self.replica}:{next(self._leases)}" if quota.concurrent is not None else ""
+        codec = self._codec
+        carried = None
         try:
-            if not self._admit_sha:
+            # Straight on the open connection: no coroutine layers per request.
+            proto = self.client.connected() or await self.client.connection()
+            if not codec.sha:
                 await self.load_scripts()
+            writer = self._writer
+            if writer.waiting:  # what the last requests left goes first, in the same call
+                carried = writer.carry(proto)
             try:
-                # Straight on the open connection: no coroutine layers per request.
-                proto = self.client.connected() or await self.client.connection()
-                if self._writer.waiting:
-                    self._writer.ride(proto)  # settlements ahead of the admission, one write
-                reply = await proto.send(self._admit_command(quota, tokens, binding_key, lease))
+                reply = await proto.send(
+                    codec.command(quota, tokens, binding_key, lease, self.clock(), carried)
+                )
             except RespError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
+                if carried is not None:  # not applied: the writer writes them after
+                    writer.again(carried)
+                    carried = None
                 await self.load_scripts()  # Redis restarted and forgot them
-                reply = await self._call(self._admit_command(quota, tokens, binding_key, lease))
+                command = codec.command(quota, tokens, binding_key, lease, self.clock())
+                reply = await self._call(command)
         except asyncio.CancelledError:
             self.breaker.release()
             raise
         except _FAILURES as exc:
             self.failed("admit", exc)
+            if carried is not None:
+                self._writer.lost(carried)
             return self._fallback(quota, tokens, binding_key)
         if self.breaker.open:
             self.recovered()
-        return self._admission(reply, quota, lease)
-
-    def _admit_command(
-        self, quota: Quota, tokens: int, binding_key: str | None, lease: str
-    ) -> bytes:
-        """The EVALSHA of ``scripts.ADMIT``: the key's unchanging part is encoded once a
-        day, so a request encodes only its binding key, tokens and slot id."""
-        day, day_end, month, month_end = self.local.windows(self.clock())
-        static = self._static.get(quota)
-        if static is None or static[0] != day:
-            if len(self._static) > 4096:  # quotas of configs reloaded away
-                self._static.clear()
-            p = f"{self.prefix}{{{quota.name}}}:"
-            parts = (
-                p + "r",
-                p + "t",
-                p + "c",
-                f"{p}d:{day}",
-                f"{p}m:{month}",
-                -1 if quota.rpm is None else quota.rpm,
-                -1 if quota.tpm is None else quota.tpm,
-                -1 if quota.concurrent is None else quota.concurrent,
-                -1 if quota.day_usd is None else quota.day_usd,
-                -1 if quota.month_usd is None else quota.month_usd,
-                self.lease_s,
-                day_end,
-                month_end,
-            )
-            static = self._static[quota] = (day, b"".join(bulk(x) for x in parts))
-        if binding_key is None:
-            binding, flag = b"$0\r\n\r\n", b"$1\r\n0\r\n"
-        else:
-            binding, flag = bulk(self.prefix + "b:" + binding_key), b"$1\r\n1\r\n"
-        return b"".join((self._admit_head, binding, static[1], bulk(tokens), bulk(lease), flag))
-
-    @staticmethod
-    def _admission(reply: bytes, quota: Quota, lease: str) -> Admission:
-        """``scripts.ADMIT``'s answer: nine numbers and words, then ``=binding`` or ``-``."""
-        ok, code, limit, retry_ms, req_left, req_reset, tok_left, tok_reset, reserved, bound = (
-            reply.split(b" ", 9)
-        )
-        out = Admission(quota)
-        if ok == b"1":
-            if lease:
-                out.lease = lease
-            if reserved != b"0":
-                out.reserved = int(reserved)
-        else:
-            out.admitted = False
-            out.code = code.decode()
-            out.limit = limit.decode()
-            out.retry_after_s = int(retry_ms) / 1000.0
-        if quota.rpm is not None:
-            out.requests = make_window((quota.rpm, int(req_left), int(req_reset) / 1000.0))
-        if quota.tpm is not None:
-            out.tokens = make_window((quota.tpm, int(tok_left), int(tok_reset) / 1000.0))
-        if bound[:1] == b"=":
-            out.binding = bound[1:].decode()
-        return out
+        return codec.answer(reply, quota, lease)
 
     def _fallback(self, quota: Quota, tokens: int, binding_key: str | None) -> Admission:
         if self.on_error == "closed":

@@ -7,19 +7,85 @@ the limits; the budget windows' ids come from the replica (Lua in Redis has no c
 The arithmetic is ``memory.gcra`` and ``memory.window``; -1 stands for "no limit".
 
 ``SETTLE`` applies a batch of settlements: tpm corrections, concurrency releases and cost
-charges, one call for everything the replica finished since its last batch.
+charges, one call for everything the replica finished since its last batch. An admission
+carries the batch waiting when it leaves (``ADMIT`` applies it first, in the same call):
+under steady traffic no settlement costs a command of its own.
+
+``ADMIT`` answers in one string, the rate windows' resets written as OpenAI's headers
+write them (``SPAN``, as ``duration`` in Python): the request only splits it.
 """
 
 from __future__ import annotations
 
-ADMIT = """
--- KEYS: 1 binding, 2 rpm arrival time, 3 tpm arrival time, 4 concurrency slots (zset),
---       5 day spend, 6 month spend
--- ARGV: 1 rpm, 2 tpm, 3 concurrent, 4 day usd, 5 month usd, 6 slot lifetime s,
---       7 day end, 8 month end (Unix times), 9 tokens, 10 slot id, 11 read binding
--- (what is the same for every request of a key comes first: the caller encodes it once)
+_NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
+# Settlements: per settlement, KEYS[k0 + 1..4]: tpm arrival time, concurrency slots, day
+# spend, month spend; ARGV[a0]: 'tpm correction cost slot'; then the spend keys' TTLs.
+_SETTLE_FN = """
+local function settle(k0, a0, n, day_ttl, month_ttl)
+  for i = 0, n - 1 do
+    local k = k0 + i * 4
+    local tpm, delta, cost, slot = string.match(ARGV[a0 + i], '^(%S+) (%S+) (%S+) ?(.*)$')
+    tpm, delta = tonumber(tpm), tonumber(delta)
+    if tpm > 0 and delta ~= 0 then
+      local tat = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+      if delta > 0 and tat < now then tat = now end
+      local new = tat + delta * 60 / tpm
+      if new > now then
+        redis.call('SET', KEYS[k + 1], string.format('%.6f', new), 'PX',
+                   math.ceil((new - now) * 1000) + 1000)
+      else
+        redis.call('DEL', KEYS[k + 1])
+      end
+    end
+    if slot ~= '' then redis.call('ZREM', KEYS[k + 2], slot) end
+    if tonumber(cost) > 0 then
+      redis.call('INCRBYFLOAT', KEYS[k + 3], cost)
+      redis.call('EXPIRE', KEYS[k + 3], day_ttl)
+      redis.call('INCRBYFLOAT', KEYS[k + 4], cost)
+      redis.call('EXPIRE', KEYS[k + 4], month_ttl)
+    end
+  end
+end
+"""
+
+# A span of whole milliseconds as OpenAI writes x-ratelimit-reset-*: 20ms, 6s, 1m30s.
+SPAN = """
+local function span(ms)
+  if ms < 1000 then return string.format('%dms', ms) end
+  local secs, frac = math.floor(ms / 1000), ms % 1000
+  local text
+  if frac > 0 then
+    text = (string.gsub(string.format('%d.%03d', secs % 60, frac), '0+$', '')) .. 's'
+  else
+    text = string.format('%ds', secs % 60)
+  end
+  if secs < 60 then return text end
+  local minutes = math.floor(secs / 60)
+  local hours = math.floor(minutes / 60)
+  if hours > 0 then return string.format('%dh%dm', hours, minutes % 60) .. text end
+  return string.format('%dm', minutes) .. text
+end
+"""
+
+ADMIT = (
+    _NOW
+    + _SETTLE_FN
+    + SPAN
+    + """
+-- KEYS: 1 binding, 2 rpm arrival time, 3 tpm arrival time, 4 concurrency slots (zset),
+--       5 day spend, 6 month spend, then 4 per settlement carried (_SETTLE_FN)
+-- ARGV: 1 rpm, 2 tpm, 3 concurrent, 4 day usd, 5 month usd, 6 slot lifetime s,
+--       7 day end, 8 month end (Unix times), 9 tokens, 10 slot id, 11 read binding,
+--       then 1 per settlement carried and, with any, the spend keys' TTLs
+-- (what is the same for every request of a key comes first: the caller encodes it once)
+local carried = (#KEYS - 6) / 4
+if carried > 0 then  -- first: a slot the last request freed is free for this one
+  settle(6, 12, carried, ARGV[12 + carried], ARGV[13 + carried])
+end
 local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local binding = false
 if ARGV[11] == '1' then binding = redis.call('GET', KEYS[1]) end
@@ -34,21 +100,20 @@ local function window(tat, limit)
   if ahead < 0 then ahead = 0 end
   local left = math.floor((60 - ahead) * limit / 60 + 0.01)
   if left < 0 then left = 0 elseif left > limit then left = limit end
-  return left, math.ceil(ahead * 1000)
+  return left, span(math.ceil(ahead * 1000))
 end
 local req_tat, tok_tat = 0, 0
 if rpm >= 0 then req_tat = arrival(KEYS[2]) end
 if tpm >= 0 then tok_tat = arrival(KEYS[3]) end
 local function answer(ok, code, limit, retry_s, reserved)
-  local rl, rr, tl, tr = -1, 0, -1, 0
+  local rl, rr, tl, tr = -1, '-', -1, '-'
   if rpm >= 0 then rl, rr = window(req_tat, rpm) end
   if tpm >= 0 then tl, tr = window(tok_tat, tpm) end
   -- One string, not an array: the client splits it in C instead of parsing ten replies.
-  local head = string.format('%d %s %s %d %d %d %d %d %d ', ok, code, limit,
+  local head = string.format('%d %s %s %d %d %s %d %s %d ', ok, code, limit,
                              math.ceil(retry_s * 1000), rl, rr, tl, tr, reserved)
   if binding then return head .. '=' .. binding end
   return head .. '-'
-
 end
 
 local day, month = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -93,36 +158,14 @@ if tpm >= 0 then
 end
 return answer(1, '-', '-', 0, cost)
 """
+)
 
-SETTLE = """
--- Per settlement, KEYS: tpm arrival time, concurrency slots, day spend, month spend;
--- ARGV: one 'tpm correction cost slot' string each, then the day and month keys' TTLs
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+SETTLE = (
+    _NOW
+    + _SETTLE_FN
+    + """
 local n = #KEYS / 4
-local day_ttl, month_ttl = ARGV[n + 1], ARGV[n + 2]
-for i = 0, n - 1 do
-  local k = i * 4
-  local tpm, delta, cost, slot = string.match(ARGV[i + 1], '^(%S+) (%S+) (%S+) ?(.*)$')
-  tpm, delta = tonumber(tpm), tonumber(delta)
-  if tpm > 0 and delta ~= 0 then
-    local tat = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
-    if delta > 0 and tat < now then tat = now end
-    local new = tat + delta * 60 / tpm
-    if new > now then
-      redis.call('SET', KEYS[k + 1], string.format('%.6f', new), 'PX',
-                 math.ceil((new - now) * 1000) + 1000)
-    else
-      redis.call('DEL', KEYS[k + 1])
-    end
-  end
-  if slot ~= '' then redis.call('ZREM', KEYS[k + 2], slot) end
-  if tonumber(cost) > 0 then
-    redis.call('INCRBYFLOAT', KEYS[k + 3], cost)
-    redis.call('EXPIRE', KEYS[k + 3], day_ttl)
-    redis.call('INCRBYFLOAT', KEYS[k + 4], cost)
-    redis.call('EXPIRE', KEYS[k + 4], month_ttl)
-  end
-end
+settle(0, 1, n, ARGV[n + 1], ARGV[n + 2])
 return 0
 """
+)

@@ -85,11 +85,37 @@ class Writer:
             return  # no loop (a test's sync use): written by the next flush
         self._timer = loop.call_later(delay, self._due)
 
-    def ride(self, proto: Connection) -> None:
-        """An admission is about to be sent on ``proto``: the batch goes just ahead of it.
+    def carry(self, proto: Connection) -> list[Settlement] | None:
+        """An admission is about to leave on ``proto``: the batch's settlements go inside
+        it (returned, for ``AdmitCodec``), its bindings and cooldowns just ahead of it.
         The timer stays: one timer per ``BATCH_S`` under load, not one per request."""
+        batch = self.batch
+        self.waiting = False
         self._carried = True
-        self._send(proto)
+        if not (batch.binds or batch.cools or batch.owed):  # settlements only: the usual
+            settles = batch.settles
+            batch.settles = []
+            return settles or None
+        self.batch = Batch()
+        if batch.binds or batch.cools:
+            rest = Batch()
+            rest.binds, rest.cools = batch.binds, batch.cools
+            self._send(proto, rest)
+        return batch.items() or None
+
+    def again(self, carried: list[Settlement]) -> None:
+        """Settlements an admission carried that Redis did not apply: queued again."""
+        self.batch.settles.extend(carried)
+        self.queued()
+
+    def lost(self, carried: list[Settlement]) -> None:
+        """Settlements an admission carried, not known applied: their costs are kept
+        (corrections are hints; a slot expires by itself)."""
+        for name, _, _, _, cost in carried:
+            if cost > 0:
+                self.batch.owe(name, cost)
+        self.waiting = bool(self.batch)
+        self._retry_later()
 
     def _due(self) -> None:
         """The timer: when admissions carry the batches, look again later; else send on
@@ -105,7 +131,7 @@ class Writer:
         store = self.store
         proto = store.client.connected()
         if proto is not None and store.breaker.allows():
-            self._send(proto)
+            self._send(proto, self._take())
         elif self._flushing is None or self._flushing.done():
             self._flushing = asyncio.ensure_future(self.flush())
 
@@ -126,7 +152,7 @@ class Writer:
             store.failed("write", exc)
             self._retry_later()
             return
-        sent = self._send(proto)
+        sent = self._send(proto, self._take())
         if sent is not None and sent.left:
             sent.done = asyncio.get_running_loop().create_future()
             with contextlib.suppress(asyncio.CancelledError):
@@ -136,10 +162,13 @@ class Writer:
         breaker = self.store.breaker
         self.queued(max(0.05, breaker.until - breaker.clock()))
 
-    def _send(self, proto: Connection) -> Sent | None:
-        """Send the batch on ``proto`` without waiting for its replies."""
+    def _take(self) -> Batch:
         batch, self.batch = self.batch, Batch()
         self.waiting = False
+        return batch
+
+    def _send(self, proto: Connection, batch: Batch) -> Sent | None:
+        """Send ``batch`` on ``proto`` without waiting for its replies."""
         day, _, month, _ = self.store.local.windows(self.store.clock())
         commands = self.encoder.commands(batch, self.store.settle_sha, day, month)
         sent = Sent(self, batch, len(commands))
