@@ -53,11 +53,14 @@ class Usage:
         ``prompt_tokens``)."""
         if not isinstance(usage, dict):
             return None
-        if "prompt_tokens" not in usage and "input_tokens" in usage:
+        prompt = usage.get("prompt_tokens")
+        if prompt is None and "prompt_tokens" not in usage and "input_tokens" in usage:
             return cls.parse_messages(usage)
+        completion = usage.get("completion_tokens")
+        # The usual counts are plain ints: checked inline, the odd one through _int.
         u = cls(
-            prompt_tokens=_int(usage.get("prompt_tokens")),
-            completion_tokens=_int(usage.get("completion_tokens")),
+            prompt if type(prompt) is int and prompt >= 0 else _int(prompt),
+            completion if type(completion) is int and completion >= 0 else _int(completion),
         )
         details = usage.get("completion_tokens_details")
         if isinstance(details, dict):
@@ -67,10 +70,10 @@ class Usage:
             u.cached_tokens = _int(pdetails.get("cached_tokens"))
             u.cache_write_tokens = _int(pdetails.get("cache_creation_tokens"))
         # Anthropic-style fields, as litellm passes them through.
-        u.cached_tokens = u.cached_tokens or _int(usage.get("cache_read_input_tokens"))
-        u.cache_write_tokens = u.cache_write_tokens or _int(
-            usage.get("cache_creation_input_tokens")
-        )
+        if not u.cached_tokens:
+            u.cached_tokens = _int(usage.get("cache_read_input_tokens"))
+        if not u.cache_write_tokens:
+            u.cache_write_tokens = _int(usage.get("cache_creation_input_tokens"))
         return u
 
     @classmethod
