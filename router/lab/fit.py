@@ -95,6 +95,10 @@ class Fleet:
         """``observations`` fitted; what they lack, taken from ``pool`` (the route's)."""
         pooled = self._buckets(pool, None, None) if pool is not observations else None
         cache = self._cache(observations)
+        if pooled is not None and sum(o.outcome == OK for o in observations) < MIN_SAMPLES:
+            # Too few answers to tell whether it caches (a host the policy avoided): its
+            # route's hosts' caching, a stated prior, as for its outcome mix.
+            cache = self._cache(pool)
         return Fitted(
             self._buckets(observations, pooled, cache),
             self.start,

@@ -83,3 +83,16 @@ def test_the_fit_learns_what_a_cache_hit_saves_and_undoes_it_in_the_ttft() -> No
     assert fitted.cache.ttft_factor == pytest.approx(0.3, abs=0.03)
     ttft = fitted.buckets[0].ttft
     assert ttft is not None and ttft.quantile(0.05) >= 0.29 and ttft.quantile(0.95) <= 0.34
+
+
+def test_a_host_tried_too_little_to_tell_caches_as_its_route_does() -> None:
+    """One uncached answer says nothing about a host's cache: it takes its route's."""
+    requests = [TraceRequest(NOW + i, "agent", "chat", True, 10_000, 20) for i in range(60)]
+    attempts = [
+        Observation(NOW + i, "agent", "h", True, OK, 200, 0.2, 0.1 if i % 3 else 0.3,
+                    cached=i % 3 != 0, cached_share=0.9 if i % 3 else 0.0)
+        for i in range(59)
+    ] + [Observation(NOW + 59, "agent", "rare", True, OK, 200, 0.5, 0.4)]  # fmt: skip
+    fleet = Fleet(Trace("t", requests, attempts), 0)
+    rare = fleet.behaviour("agent", "rare")
+    assert rare.cache is not None and rare.cache.ttft_factor < 0.5
