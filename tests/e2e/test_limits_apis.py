@@ -12,14 +12,17 @@ through; chat is in ``test_limits.py``. The cases:
 - a stream broken by its upstream ends with the API's own error ending, and a client that
   pools connections (aiohttp) loses none of its next requests;
 - invalid events after the first token end the stream as broken, logged as such;
-- header values that are not UTF-8 fail nothing, stream or not, and the request is logged.
+- header values that are not UTF-8 fail nothing, stream or not, and the request is logged;
+- a small compressed body that expands past ``max_body_mb`` is a 413 in the API's shape.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +36,7 @@ from tests.support import FakeUpstream, RouterProcess, poll
 
 TOTAL_S = 1.0
 IDLE_S = 0.5
+MAX_BODY_MB = 0.05
 
 
 # -- the router --------------------------------------------------------------------------------
@@ -67,6 +71,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     with FakeUpstream(behaviour=dispatch) as fake:
         config = (
             "storage: {url: null}\n"
+            f"server: {{max_body_mb: {MAX_BODY_MB}}}\n"
             "defaults:\n"
             f"  timeouts: {{connect_s: 1, ttft_s: 10, idle_s: {IDLE_S}, total_s: {TOTAL_S}}}\n"
             "  retry: {attempts: 1}\n"
@@ -221,3 +226,27 @@ def test_a_header_value_that_is_not_utf8_fails_nothing(env: Env, way: str, strea
     assert poll(lambda: env.log_record(shown) is not None, timeout=5)
     record = env.log_record(shown)
     assert record is not None and record["status"] == 200 and record["stream"] is stream
+
+
+# -- a compressed body past the limit once decoded ------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/responses"])
+def test_a_compressed_body_over_the_limit_once_decoded_is_a_413_in_the_apis_shape(
+    env: Env, path: str, encoding: str
+) -> None:
+    """200 times the limit from a few hundred bytes on the wire (a zip bomb)."""
+    size = int(200 * MAX_BODY_MB * 1024 * 1024)
+    field = b'"input": "' if path.endswith("responses") else b'"max_tokens": 8, "messages": "'
+    raw = b'{"model": "chat-ok", ' + field + b"x" * size + b'"}'
+    body = gzip.compress(raw) if encoding == "gzip" else zlib.compress(raw)
+    assert len(body) < 64 * 1024
+    with Conn(env.router.port) as c:
+        answer = c.exchange(request("POST", path, body, headers=[("Content-Encoding", encoding)]))
+    assert answer.status == 413, answer.body
+    obj = json.loads(answer.body)
+    if path == "/v1/messages":
+        assert obj["type"] == "error" and obj["error"]["type"] == "request_too_large"
+    else:
+        assert obj["error"]["code"] == "payload_too_large"

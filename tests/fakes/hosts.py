@@ -85,7 +85,8 @@ async def _open(request: web.Request, host: Host) -> web.StreamResponse:
 
 async def dispatch(fake: FakeUpstream, req: web.Request, body: dict[str, Any]) -> Any:
     """The answer in the host API of the path, by the upstream model the route asked for."""
-    host = HOSTS[req.path.rsplit("/", 1)[-1] if not req.path.endswith("completions") else "chat"]
+    api = req.path.rsplit("/", 1)[-1]
+    host = HOSTS.get(api, HOSTS["chat"])  # completions and embeddings: chat's shapes do
     model, stream = body.get("model"), body.get("stream") is True
     if model == "trickle" and not stream:
         data = json.dumps(host.answer("x" * 400)).encode()

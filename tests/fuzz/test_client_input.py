@@ -1,11 +1,13 @@
 """Fuzzing what clients send: bodies, headers and raw HTTP, at every endpoint.
 
 One router process serves the whole file, behind it a fake upstream that answers every
-request well, so any failure is the router's own. Whatever comes in, the answer is a
-success or a 4xx in the client API's error shape (OpenAI's; Anthropic's on /v1/messages),
-never a 5xx; every exchange ends within a bound (a hang fails the example), and the
-process is alive after each one. Example counts are kept small (the file runs in well
-under a minute on a loaded 2-core machine); hypothesis' database replays what failed.
+request well in the API it was sent (chat, Responses; Messages are translated to chat),
+streaming only for ``"stream": true`` as OpenAI reads it, so any failure is the router's
+own. Whatever comes in, the answer is a success or a 4xx in the client API's error shape
+(OpenAI's; Anthropic's on /v1/messages), never a 5xx; every exchange ends within a
+bound (a hang fails the example), and the process is alive after each one. Example
+counts are kept small (the file runs in well under a minute on a loaded 2-core machine);
+hypothesis' database replays what failed.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.apis import BY_PATH
-from tests.support import FakeUpstream, RouterProcess, chat_body, ok_stream
+from tests.fakes.hosts import dispatch
+from tests.support import FakeUpstream, RouterProcess
 
 ADMIN = "fuzz-admin-key-0123"
 BOUND_S = 10.0  # no exchange may take longer (the upstream answers at once)
@@ -48,18 +50,10 @@ SETTINGS = settings(
 )
 
 
-async def strict_ok(fake: FakeUpstream, request: web.Request, body: dict[str, Any]) -> Any:
-    """A host that streams only when asked with ``"stream": true``, as OpenAI reads it
-    (the shared fake streams for any truthy value, "0" included)."""
-    if body.get("stream") is True:
-        return await ok_stream(fake, request, body)
-    return web.json_response(chat_body(fake.text))
-
-
 @pytest.fixture(scope="module")
 def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
     tmp = tmp_path_factory.mktemp("fuzz-client")
-    with FakeUpstream(behaviour=strict_ok) as fake:
+    with FakeUpstream(behaviour=dispatch) as fake:
         config = tmp / "routes.yaml"
         config.write_text(
             "storage: {url: null}\n"
