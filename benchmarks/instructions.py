@@ -16,6 +16,7 @@ when the work changes.
 
     python benchmarks/instructions.py                       # router and bare, both modes
     python benchmarks/instructions.py --only router --modes nonstream --storage off
+    python benchmarks/instructions.py --agents --requests 300   # the agent APIs' table
 """
 
 from __future__ import annotations
@@ -36,13 +37,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import free_port, raise_nofile
 from perf import HERE, PY, STORAGE, Bench, router_cmd, router_config
 
-# --apis: what a client sends, (path, route). ``messages`` goes to hosts speaking the
-# Messages API (native pass-through); ``messages-via-chat`` to the chat hosts (translated).
+# --apis: what a client sends, (path, route). ``chat`` and ``responses`` go to the OpenAI
+# hosts (``bench``), which speak both; ``messages`` to hosts speaking the Messages API
+# (native pass-through); the ``-via-chat`` ones to hosts speaking only chat (translated).
 APIS = {
     "chat": ("/v1/chat/completions", "bench"),
+    "responses": ("/v1/responses", "bench"),
     "messages": ("/v1/messages", "bench-msg"),
     "messages-via-chat": ("/v1/messages", "bench"),
+    "responses-via-chat": ("/v1/responses", "bench-chat"),
 }
+NATIVE = {"messages-via-chat": "messages", "responses-via-chat": "responses"}
+
+
+def request_body(api: str, tokens: int, stream: bool) -> dict[str, object]:
+    path, route = APIS[api]
+    if path.endswith("/responses"):
+        return {"model": route, "input": "hi", "max_output_tokens": tokens, "stream": stream}
+    return {
+        "model": route,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": tokens,
+        "stream": stream,
+    }
 
 
 async def drive(
@@ -55,13 +72,8 @@ async def drive(
     api: str = "chat",
 ) -> int:
     """Send exactly ``n`` requests over ``conns`` connections; the number that failed."""
-    path, route = APIS[api]
-    body = {
-        "model": route,
-        "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": tokens,
-        "stream": stream,
-    }
+    path = APIS[api][0]
+    body = request_body(api, tokens, stream)
     failed = 0
     left = n
     connector = aiohttp.TCPConnector(limit=conns)
@@ -115,7 +127,7 @@ def measure(
     proc = bench.start(name, grind, url, ready, core=None, env=env, ready_timeout=300)
     results = {}
     try:
-        apis = args.apis.split(",") if name == "router" else ["chat"]  # bare: chat only
+        apis = args.apis.split(",") if name == "router" else ["chat"]  # direct, bare: chat
         cells = [(m, a) for a in apis for m in args.modes.split(",")]
         for mode, api in cells:
             stream = mode == "stream"
@@ -165,9 +177,38 @@ def measure(
     return results
 
 
+def print_table(table: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    """Each cell with its ratios in the same mode: to the direct call, to the bare hop, to
+    the router's chat, and a translated API's to the same API passed through natively."""
+    print(
+        f"\n| target | API | mode | instructions / request | x direct | x bare | x chat "
+        f"| x native |  (conns {args.conns}, {args.tokens} tokens, storage "
+        f"{args.storage or 'sqlite'}{', upstream one event per write' if args.per_token else ''}"
+        f"{', endpoints with a key' if args.upstream_key else ''})"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+
+    def ratio(ir: float, base: float | None) -> str:
+        return f"{ir / base:.2f}" if base else "-"
+
+    router = table.get("router", {})
+    for name, cells in table.items():
+        for cell, ir in cells.items():
+            api, _, mode = cell.rpartition(" ")
+            api = api or "chat"
+            native = router.get(f"{NATIVE[api]} {mode}") if api in NATIVE else None
+            print(
+                f"| {name} | {api if name == 'router' else '-'} | {mode} | {ir:,.0f} "
+                f"| {ratio(ir, table.get('direct', {}).get(mode))} "
+                f"| {ratio(ir, table.get('bare', {}).get(mode))} "
+                f"| {ratio(ir, router.get(mode)) if name == 'router' else '-'} "
+                f"| {ratio(ir, native)} |"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="instructions per request under callgrind")
-    ap.add_argument("--only", default="bare,router", help="targets: bare, router")
+    ap.add_argument("--only", default="bare,router", help="targets: direct, bare, router")
     ap.add_argument("--modes", default="nonstream,stream")
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=300)
@@ -191,7 +232,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="give the endpoints a key (as shipped hosts have): answers are searched for it",
     )
+    ap.add_argument(
+        "--agents",
+        action="store_true",
+        help="the agent APIs' table: direct, bare and every API of --apis, 256 tokens",
+    )
     args = ap.parse_args(argv)
+    if args.agents:
+        args.only, args.apis, args.tokens = "direct,bare,router", ",".join(APIS), 256
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         print("valgrind (callgrind) not found", file=sys.stderr)
         return 2
@@ -201,21 +249,34 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(tmp)
     table: dict[str, dict[str, float]] = {}
     try:
-        _, upstream = bench.zero_upstream(None, *(["--per-token"] if args.per_token else []))
+        upstream_args = ["--per-token"] if args.per_token else []
+        _, upstream = bench.zero_upstream(None, *upstream_args)
+        ports = [free_port() for _ in range(3)]
         targets = {
+            # The zero upstream itself, called directly: what serving one answer costs.
+            "direct": (
+                [
+                    PY,
+                    os.path.join(HERE, "zero_upstream.py"),
+                    "--port",
+                    str(ports[0]),
+                    *upstream_args,
+                ],
+                "/health",
+            ),
             "bare": (
                 [
                     PY,
                     os.path.join(HERE, "bare_proxy.py"),
                     "--port",
-                    str(free_port()),
+                    str(ports[1]),
                     "--upstream",
                     upstream,
                 ],
                 "/health",
             ),
             "router": (
-                router_cmd(router_config(tmp, upstream, messages=True), free_port()),
+                router_cmd(router_config(tmp, upstream, agents=True), ports[2]),
                 "/health/ready",
             ),
         }
@@ -232,25 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             table[name] = measure(bench, tmp, name, cmd, ready, args, env=env)
     finally:
         bench.finish(args.keep)
-    print(
-        f"\n| target | mode | instructions / request | x bare |  (conns {args.conns}, "
-        f"{args.tokens} tokens, storage {args.storage or 'sqlite'}"
-        f"{', upstream one event per write' if args.per_token else ''}"
-        f"{', endpoints with a key' if args.upstream_key else ''})"
-    )
-    print("|---|---|---|---|")
-    for name, modes in table.items():
-        for mode, ir in modes.items():
-            bare = table.get("bare", {}).get(mode)
-            ratio = f"{ir / bare:.2f}" if bare else "-"
-            print(f"| {name} | {mode} | {ir:,.0f} | {ratio} |")
-    router = table.get("router", {})
-    if len(router) > 1:  # several APIs: each against chat in the same mode
-        print("\n| router cell | x chat (same mode) |\n|---|---|")
-        for cell, ir in router.items():
-            base = router.get(cell.rsplit(" ", 1)[-1])
-            if base and cell != cell.rsplit(" ", 1)[-1]:
-                print(f"| {cell} | {ir / base:.2f} |")
+    print_table(table, args)
     return 0
 
 

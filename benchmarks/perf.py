@@ -172,10 +172,11 @@ STORAGE = {"url": ""}  # --storage: "" = SQLite in the temp dir (as shipped), "o
 
 
 def router_config(
-    tmp: str, upstream: str, max_connections: int | None = None, messages: bool = False
+    tmp: str, upstream: str, max_connections: int | None = None, agents: bool = False
 ) -> str:
-    """The shipped feature set on the zero upstream; ``messages`` adds a route of two hosts
-    speaking Anthropic's Messages API natively (``bench-msg``) beside ``bench``."""
+    """The shipped feature set on the zero upstream; ``agents`` adds, beside ``bench``, a
+    route of two hosts speaking Anthropic's Messages API natively (``bench-msg``) and one
+    of two OpenAI hosts speaking only chat (``bench-chat``: Responses translated)."""
     path = os.path.join(tmp, "routes.yaml")
     db = os.path.join(tmp, "router.db")
     pool = f", max_connections: {max_connections}" if max_connections else ""
@@ -201,17 +202,21 @@ routes:
       - {{provider: up-a, model: bench-model}}
       - {{provider: up-b, model: bench-model}}
 """
-    if messages:
+    if agents:
         text = text.replace(
             "policies:",
             f'  msg-a: {{kind: anthropic, base_url: "{upstream}/v1"{pool}}}\n'
-            f'  msg-b: {{kind: anthropic, base_url: "{upstream}/v1"{pool}}}\npolicies:',
+            f'  msg-b: {{kind: anthropic, base_url: "{upstream}/v1"{pool}}}\n'
+            f'  chat-a: {{kind: openai, base_url: "{upstream}/v1", apis: [chat]{pool}}}\n'
+            f'  chat-b: {{kind: openai, base_url: "{upstream}/v1", apis: [chat]{pool}}}\n'
+            "policies:",
         )
-        text += (
-            "  bench-msg:\n    policy: fastest\n    endpoints:\n"
-            "      - {provider: msg-a, model: bench-model}\n"
-            "      - {provider: msg-b, model: bench-model}\n"
-        )
+        for route, prefix in (("bench-msg", "msg"), ("bench-chat", "chat")):
+            text += (
+                f"  {route}:\n    policy: fastest\n    endpoints:\n"
+                f"      - {{provider: {prefix}-a, model: bench-model}}\n"
+                f"      - {{provider: {prefix}-b, model: bench-model}}\n"
+            )
     with open(path, "w") as f:
         f.write(text)
     return path

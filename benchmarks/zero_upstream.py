@@ -16,6 +16,10 @@ Why it exists: a gateway benchmark must measure the gateway, so the upstream has
 - ``POST /v1/messages``: the same answer in Anthropic's Messages shape (a message, or
   its event stream from ``message_start`` to ``message_stop``), for the Messages API's
   native pass-through.
+- ``POST /v1/responses``: the same answer in OpenAI's Responses shape (a response
+  object, or its event stream from ``response.created`` to ``response.completed``, one
+  ``response.output_text.delta`` per token), for the Responses API's native pass-through;
+  ``max_output_tokens`` sets the length.
 - ``GET /health``, ``GET /v1/models``.
 
 Run: ``python benchmarks/zero_upstream.py --port 9001`` (uvloop when installed).
@@ -131,6 +135,55 @@ def build_messages_answer(model: str, n: int, stream: bool) -> list[bytes]:
     return events
 
 
+def build_responses_answer(model: str, n: int, stream: bool) -> list[bytes]:
+    """OpenAI's Responses answer as bytes: one item non-streamed, else one per event
+    (the head and the tail grouped with the first and last token, as hosts send them)."""
+    text = [f"t{i} " for i in range(n)]
+    usage = {
+        "input_tokens": 8,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": n,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 8 + n,
+    }
+    part = {"type": "output_text", "text": "".join(text), "annotations": []}
+    item = {"id": "msg_bench", "type": "message", "status": "completed", "role": "assistant"}
+    done_item = {**item, "content": [part]}
+    response: dict[str, Any] = {
+        "id": "resp_bench",
+        "object": "response",
+        "created_at": _CREATED,
+        "status": "completed",
+        "model": model,
+        "output": [done_item],
+        "usage": usage,
+    }
+    if not stream:
+        return [orjson.dumps(response)]
+    seq = 0
+
+    def event(kind: str, **data: Any) -> bytes:
+        nonlocal seq
+        seq += 1
+        body = orjson.dumps({"type": kind, "sequence_number": seq - 1, **data})
+        return b"event: %b\ndata: %b\n\n" % (kind.encode(), body)
+
+    going = {**response, "status": "in_progress", "output": [], "usage": None}
+    where = {"item_id": "msg_bench", "output_index": 0, "content_index": 0}
+    head = event("response.created", response=going) + event("response.in_progress", response=going)
+    head += event("response.output_item.added", output_index=0, item={**item, "content": []})
+    head += event("response.content_part.added", **where, part={**part, "text": ""})
+    events = [event("response.output_text.delta", **where, delta=tok, logprobs=[]) for tok in text]
+    events[0] = head + events[0]
+    events[-1] += (
+        event("response.output_text.done", **where, text=part["text"], logprobs=[])
+        + event("response.content_part.done", **where, part=part)
+        + event("response.output_item.done", output_index=0, item=done_item)
+        + event("response.completed", response=response)
+    )
+    return events
+
+
 class Upstream:
     def __init__(
         self, tokens: int, ttft_ms: float, interval_ms: float, per_token: bool = False
@@ -149,6 +202,8 @@ class Upstream:
             model, n, stream, usage, api = key
             if api == "messages":
                 found = build_messages_answer(model, n, stream)
+            elif api == "responses":
+                found = build_responses_answer(model, n, stream)
             else:
                 found = build_answer(model, n, stream, usage, api == "chat")
             self._cache[key] = found
@@ -171,13 +226,20 @@ class Upstream:
                 },
                 status=400,
             )
-        n = payload.get("max_tokens") or payload.get("max_completion_tokens") or self.tokens
+        n = (
+            payload.get("max_tokens")
+            or payload.get("max_completion_tokens")
+            or payload.get("max_output_tokens")
+            or self.tokens
+        )
         n = max(1, min(int(n), 100_000))
         stream = bool(payload.get("stream"))
         opts = payload.get("stream_options") or {}
         usage = bool(stream and isinstance(opts, dict) and opts.get("include_usage"))
         path = request.path
-        api = "messages" if path.endswith("/messages") else "chat" if "/chat/" in path else "text"
+        api = path.rsplit("/", 1)[-1]  # completions (chat or text), messages, responses
+        if api == "completions":
+            api = "chat" if "/chat/" in path else "text"
         parts = self._answer((str(payload.get("model", "bench")), n, stream, usage, api))
         if not stream:
             if self.ttft:
@@ -221,6 +283,7 @@ def make_app(
     app.router.add_post("/v1/chat/completions", up.completions)
     app.router.add_post("/v1/completions", up.completions)
     app.router.add_post("/v1/messages", up.completions)
+    app.router.add_post("/v1/responses", up.completions)
     app.router.add_get("/v1/models", up.models)
     app.router.add_get("/health", up.health)
     return app

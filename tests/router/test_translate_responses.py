@@ -227,7 +227,10 @@ def test_any_chat_stream_makes_a_well_formed_responses_stream(
             texts[kind] += value
             delta = {kind: value}
             epoch += 1 if started else 0
-        chunks.append({"id": "c", "model": "m", "choices": [{"index": 0, "delta": delta}]})
+        choice: dict[str, Any] = {"index": 0, "delta": delta}
+        if seed % 2:  # OpenAI's exact form: most text chunks take the unparsed path
+            choice["finish_reason"] = None
+        chunks.append({"id": "c", "model": "m", "choices": [choice]})
     chunks.append(
         {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
     )
@@ -256,3 +259,5 @@ def test_any_chat_stream_makes_a_well_formed_responses_stream(
     final = events[-1].response  # type: ignore[union-attr]
     calls = {item.call_id: item.arguments for item in final.output if item.type == "function_call"}
     assert calls == {f"call_{i}": a for i, a in args.items()}
+    said = [part.text for item in final.output if item.type == "message" for part in item.content]
+    assert "".join(said) == texts["content"]

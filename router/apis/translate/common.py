@@ -7,6 +7,7 @@ Usage: Anthropic counts cache reads and writes apart from ``input_tokens``, Open
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -31,6 +32,17 @@ STOP_TO_CHAT = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+# A chat event that only adds text: one choice whose delta is exactly {"content": "..."},
+# no finish reason and no usage after it, in the compact JSON of OpenAI, vLLM and most
+# hosts; group 1 is the text's JSON string literal. One C-level match: most events of a
+# long answer skip the parse, which costs about as much again as the rest of their
+# translation. Any other event is parsed. (Usage is read from the choice-less last chunk
+# and after the choices, where hosts put it, not before them in a chunk with text.)
+PLAIN_TEXT = re.compile(
+    rb'"choices":\[\{"index":0,"delta":\{"content":("[^"\\\n]*(?:\\.[^"\\\n]*)*")\}'
+    rb'(?:,"logprobs":null)?,"finish_reason":null\}\](?:,"usage":null)?\}\Z'
+).search
+
 # Carried by router.apis.reasoning in each host's own form, so not listed as dropped.
 REASONING_FIELDS = frozenset({"thinking", "reasoning_effort", "reasoning"})
 

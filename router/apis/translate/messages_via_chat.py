@@ -9,12 +9,12 @@ Reasoning asks are left to ``router.apis.reasoning``, which sends each host its 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 
 from router.apis.translate.common import (
+    PLAIN_TEXT,
     REASONING_FIELDS,
     STOP_TO_MESSAGES,
     Dropped,
@@ -254,18 +254,6 @@ def _event(kind: str, body: dict[str, Any]) -> bytes:
     return _EVENT % (kind.encode(), orjson.dumps({"type": kind, **body}))
 
 
-# A chat event that only adds text: one choice whose delta is exactly {"content": "..."},
-# no finish reason and no usage after it, in the compact JSON of OpenAI, vLLM and most
-# hosts; group 1 is the text's JSON string literal. One C-level match: most events of a
-# long answer skip the parse, which costs about as much again as the rest of their
-# translation. Any other event is parsed. (Usage is read from the choice-less last chunk
-# and after the choices, where hosts put it, not before them in a chunk with text.)
-_PLAIN_TEXT = re.compile(
-    rb'"choices":\[\{"index":0,"delta":\{"content":("[^"\\\n]*(?:\\.[^"\\\n]*)*")\}'
-    rb'(?:,"logprobs":null)?,"finish_reason":null\}\](?:,"usage":null)?\}\Z'
-).search
-
-
 class MessagesFromChat:
     """Chat's answer as Messages' (a ``router.apis.base.Transform``): whole, or its stream
     of chunks (each read's whole events) as Messages events, block by block.
@@ -293,7 +281,7 @@ class MessagesFromChat:
             if self.open == "text" and event.startswith(b"data: "):
                 # Most events of a long answer: one more piece of the open text block,
                 # its JSON string copied as it came (no parse, no re-encoding).
-                plain = _PLAIN_TEXT(event)
+                plain = PLAIN_TEXT(event)
                 if plain is not None:
                     piece = plain[1]
                     if piece != b'""':

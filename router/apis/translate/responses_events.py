@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from router.apis.translate.common import PLAIN_TEXT
 from router.apis.translate.responses_answer import (
     INCOMPLETE,
     chat_answer_to_responses,
@@ -98,6 +99,18 @@ class ResponsesFromChat:
         for block in data.split(b"\n\n"):
             if not block:
                 continue
+            item = self.open
+            if item is not None and item.kind == "message" and block.startswith(b"data: "):
+                # Most events of a long answer: more text of the open message, its JSON
+                # string copied into the delta event as it came (no parse of the chunk).
+                plain = PLAIN_TEXT(block)
+                if plain is not None:
+                    piece = plain[1]
+                    if piece != b'""':
+                        item.parts.append(orjson.loads(piece))
+                        out.append(item.template % (self.seq, piece))
+                        self.seq += 1
+                    continue
             payload = _data(block)
             if payload is None:
                 continue
