@@ -4,7 +4,8 @@ translated, against real HTTP fake upstreams that fail on demand.
 The native drills are in ``test_messages.py`` and ``test_responses.py``; here the same
 four per API go through a translation, where a stream is rebuilt event by event and
 could end cleanly on a break: failover before the first byte, the client API's own
-error event after it (never its clean end), a client that leaves, and hedging. One
+error event after it (never its clean end), a client that leaves, and hedging; and a
+host's error event before the first token, which fails over like a status would. One
 router serves them all; each drill has its own route and fakes, reset per test. Waits
 are bounded polls, never sleeps.
 """
@@ -157,6 +158,29 @@ def test_failover_before_the_first_byte(
     assert whole.status_code == 200 and whole.headers["x-router-endpoint"] == "fo_b"
     assert "served by fo_b" in json.dumps(whole.json())
     assert len(fakes["fo_a"].received) == 2
+
+
+async def error_event_first(
+    fake: FakeUpstream, request: web.Request, body: dict[str, Any]
+) -> web.StreamResponse:
+    """A 200 stream whose first event, before any token, is the host's error."""
+    resp = await open_stream(request)
+    error = {"message": "overloaded", "type": "server_error", "code": None, "param": None}
+    await resp.write(b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
+    return resp
+
+
+@pytest.mark.parametrize("api", list(APIS))
+def test_an_error_event_before_the_first_token_fails_over(
+    router: RouterProcess, fakes: dict[str, FakeUpstream], api: str
+) -> None:
+    fakes["fo_a"].behaviour = error_event_first
+    resp, text = stream(router, api, "failover")
+    assert resp.headers["x-router-endpoint"] == "fo_b" and resp.headers["x-router-attempts"] == "2"
+    seen = events(text)
+    names = [name for name, _ in seen]
+    assert names[-1] == APIS[api][2] and "error" not in names  # the client saw none of it
+    assert text_of(api, seen).split() == ["served", "by", "fo_b"]
 
 
 @pytest.mark.parametrize("api", list(APIS))
