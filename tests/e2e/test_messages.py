@@ -352,3 +352,21 @@ def test_hedging_takes_the_first_to_answer(
     assert raw.headers["x-router-endpoint"] == "fast" and raw.headers["x-router-attempts"] == "2"
     assert "message_stop" in raw.text()
     assert poll(fakes["slow"].disconnected.is_set, timeout=10)
+
+
+def test_a_hosts_error_event_mid_stream_ends_the_stream_with_an_error_event(
+    router: RouterProcess, fakes: dict[str, FakeAnthropic]
+) -> None:
+    def logged() -> list[dict[str, Any]]:
+        return [e for e in router.logs() if e.get("event") == "request" and e["route"] == "drill"]
+
+    before = len(logged())
+    fakes["a"].reply.stream_fault = "error"
+    resp = post(router, {"model": "drill", "max_tokens": 16, "messages": HI, "stream": True})
+    seen = sse_events(resp.text)
+    names = [name for name, _ in seen]
+    assert "content_block_delta" in names and "message_stop" not in names
+    assert names[-1] == "error" and seen[-1][1]["type"] == "error"
+    assert not fakes["b"].received  # a stream that started cannot fail over
+    assert poll(lambda: len(logged()) == before + 1)
+    assert logged()[-1]["error"] is not None  # logged as the failure it was

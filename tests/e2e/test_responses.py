@@ -377,3 +377,41 @@ def test_get_model_by_id_and_unknown_model(client: openai.OpenAI, router: Router
     assert isinstance(error, dict) and error["code"] == "model_not_found"
     assert error["param"] == "model" and "native" in error["message"]
     assert httpx.head(f"{router.base_url}/models/native", timeout=5).status_code == 200
+
+
+async def _error_mid_stream(
+    fake: FakeUpstream, request: web.Request, body: dict[str, Any]
+) -> web.StreamResponse:
+    """A Responses stream that starts, then says it failed: a host's own error event."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for i, event in enumerate(
+        [
+            {"type": "response.output_text.delta", "delta": "partial "},
+            {"type": "error", "code": "server_error", "message": "host overloaded"},
+        ]
+    ):
+        data = json.dumps({**event, "sequence_number": i}).encode()
+        await resp.write(b"event: " + event["type"].encode() + b"\ndata: " + data + b"\n\n")
+    return resp
+
+
+def test_a_hosts_error_event_mid_stream_ends_with_response_failed(
+    router: RouterProcess, fakes: dict[str, FakeUpstream]
+) -> None:
+    fake = fakes["recording"]
+    fake.behaviour = _error_mid_stream
+    try:
+        r = httpx.post(
+            f"{router.base_url}/responses",
+            json={"model": "recorded", "input": "hi", "stream": True},
+            timeout=20,
+        )
+    finally:
+        fake.behaviour = _refuse_thinking
+    events = [e for e in r.content.split(b"\n\n") if e.strip()]
+    assert events[0].startswith(b"event: response.output_text.delta")
+    # The host's error ends the stream as broken: the API's error event, then failed.
+    assert events[-2].startswith(b"event: error")
+    assert events[-1].startswith(b"event: response.failed")
+    assert b"response.completed" not in r.content
