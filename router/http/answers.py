@@ -16,17 +16,28 @@ _LAST_CHUNK = b"0\r\n\r\n"
 _SIZE_LINES = [b"%x\r\n" % n for n in range(1 << 12)]
 _JOIN_BELOW = 1 << 14  # smaller pieces are joined into one write; larger go as writelines
 
+# The name in a handler's headers under which header lines written whole go (no header
+# can have an empty name): their values come from the router's own numbers, not a client.
+LINES = ""
 CLOSE = "Connection: close\r\n"
 KEEP = "Connection: keep-alive\r\n"  # HTTP/1.0 closes unless told otherwise
 
 
 def head(status: int, headers: dict[str, str] | None, fields: str, date: str) -> bytes:
     """An answer's head: the status line, the handler's ``headers``, then ``fields``, the
-    header lines the server adds (framing, Connection), each ending in CRLF, and ``date``."""
-    block = "".join([f"{name}: {value}\r\n" for name, value in headers.items()]) if headers else ""
-    lines = len(headers) if headers else 0
-    if block.count("\n") != lines or block.count("\r") != lines:  # would split the head
-        raise ValueError(f"a response header holds a line break: {list(headers or ())}")
+    header lines the server adds (framing, Connection), each ending in CRLF, and ``date``.
+    ``headers[LINES]``, taken out of ``headers`` here, is header lines the router wrote
+    whole from its own numbers (a key's x-ratelimit-*: six lines, rendered as one)."""
+    if not headers:
+        block, lines = "", 0
+    else:
+        written = headers.pop(LINES, "")
+        block = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        lines = len(headers)
+        if block.count("\n") != lines or block.count("\r") != lines:  # would split the head
+            raise ValueError(f"a response header holds a line break: {list(headers)}")
+        if written:
+            block += written
     return (
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n{block}{fields}"
         f"Date: {date}\r\n\r\n"

@@ -14,13 +14,13 @@ when the request sets none. The answer's usage corrects the reservation afterwar
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from typing import TYPE_CHECKING, Any
 
 from router.apis.base import ClientApi
 from router.errors import NoEndpointAvailable, NotFound, OverLimit
+from router.http.answers import LINES
 from router.state.shared import Admission, Quota, SharedState, StateUnavailable, duration
 
 if TYPE_CHECKING:
@@ -76,22 +76,10 @@ async def admit(
 
 
 def rate_headers(admission: Admission, headers: dict[str, str]) -> None:
-    """OpenAI's headers for the key's rpm and tpm windows."""
-    window = admission.requests
-    if window is not None:
-        headers["x-ratelimit-limit-requests"] = _text(window.limit)
-        headers["x-ratelimit-remaining-requests"] = str(window.remaining)
-        headers["x-ratelimit-reset-requests"] = window.reset
-    window = admission.tokens
-    if window is not None:
-        headers["x-ratelimit-limit-tokens"] = _text(window.limit)
-        headers["x-ratelimit-remaining-tokens"] = str(window.remaining)
-        headers["x-ratelimit-reset-tokens"] = window.reset
-
-
-@functools.lru_cache(maxsize=256)  # the limits' own numbers: a few, on every answer
-def _text(limit: int) -> str:
-    return str(limit)
+    """OpenAI's headers for the key's rpm and tpm windows: the store made them whole
+    (``Admission.rate``), so they go in as lines already written (``answers.LINES``)."""
+    if admission.rate:
+        headers[LINES] = admission.rate
 
 
 def _message(admission: Admission) -> str:

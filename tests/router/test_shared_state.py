@@ -14,6 +14,7 @@ from router.state.clock import FakeClock
 from router.state.shared import (
     BUDGET_EXCEEDED,
     RATE_LIMITED,
+    Admission,
     Quota,
     StateUnavailable,
     budget_windows,
@@ -31,6 +32,12 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
+def shown(admission: Admission, what: str) -> str:
+    """An x-ratelimit-* header's value in the admission's lines (``remaining-requests``)."""
+    lines = dict(line.split(": ", 1) for line in admission.rate.split("\r\n") if line)
+    return lines[f"x-ratelimit-{what}"]
+
+
 # -- the in-process store ------------------------------------------------------------------
 
 
@@ -43,16 +50,17 @@ def test_rpm_admits_the_limit_at_once_then_one_every_interval() -> None:
     refused = verdicts[-1]
     assert refused.code == RATE_LIMITED and refused.limit == "rpm"
     assert refused.retry_after_s == pytest.approx(10.0)
-    assert refused.requests is not None and refused.requests.remaining == 0
-    assert refused.requests.reset == "1m0s"
+    assert shown(refused, "remaining-requests") == "0"
+    assert shown(refused, "reset-requests") == "1m0s"
+    assert shown(refused, "limit-requests") == "6"
     clock.advance(9.9)
     assert not store.admit_now(quota).admitted
     clock.advance(0.1)
     ok = store.admit_now(quota)
-    assert ok.admitted and ok.requests is not None and ok.requests.remaining == 0
+    assert ok.admitted and shown(ok, "remaining-requests") == "0"
     clock.advance(60)
     fresh = store.admit_now(quota)
-    assert fresh.requests is not None and fresh.requests.remaining == 5
+    assert shown(fresh, "remaining-requests") == "5"
 
 
 def test_tokens_are_reserved_then_corrected_by_usage() -> None:
@@ -61,12 +69,13 @@ def test_tokens_are_reserved_then_corrected_by_usage() -> None:
     quota = Quota("team", tpm=1000)
     first = store.admit_now(quota, tokens=600)
     assert first.admitted and first.reserved == 600
-    assert first.tokens is not None and first.tokens.remaining == 400
+    assert shown(first, "remaining-tokens") == "400"
+    assert "x-ratelimit-limit-requests" not in first.rate  # no rpm: no request window
     refused = store.admit_now(quota, tokens=600)
     assert not refused.admitted and refused.limit == "tpm"
     store.settle(first, tokens_used=100, cost_usd=0.0)  # the answer was short: 500 back
     second = store.admit_now(quota, tokens=600)
-    assert second.admitted and second.tokens is not None and second.tokens.remaining == 300
+    assert second.admitted and shown(second, "remaining-tokens") == "300"
     store.settle(second, tokens_used=1300, cost_usd=0.0)  # longer than reserved: debt
     third = store.admit_now(quota, tokens=1)
     assert not third.admitted and third.retry_after_s > 20
@@ -120,8 +129,8 @@ def test_refused_requests_reserve_nothing() -> None:
     assert store.admit_now(quota, tokens=10).admitted
     refused = store.admit_now(quota, tokens=10)  # concurrency says no
     assert not refused.admitted
-    assert refused.requests is not None and refused.requests.remaining == 99
-    assert refused.tokens is not None and refused.tokens.remaining == 90
+    assert shown(refused, "remaining-requests") == "99"
+    assert shown(refused, "remaining-tokens") == "90"
 
 
 def test_bindings_expire_and_stay_bounded() -> None:
@@ -189,7 +198,9 @@ def test_redis_admits_exactly_the_limit_across_stores() -> None:
             refused = [v for v in verdicts if not v.admitted]
             assert all(v.code == RATE_LIMITED and v.limit == "rpm" for v in refused)
             assert all(5.0 < v.retry_after_s <= 6.01 for v in refused)
-            assert sorted(v.requests.remaining for v in admitted if v.requests) == list(range(10))
+            left = sorted(int(shown(v, "remaining-requests")) for v in admitted)
+            assert left == list(range(10))
+            assert all(shown(v, "limit-tokens") == "10000" for v in verdicts)
             assert all(v.reserved == 100 and v.lease for v in admitted)
         finally:
             for s in stores:

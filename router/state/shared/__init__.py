@@ -29,8 +29,7 @@ import abc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 __all__ = [
     "Admission",
@@ -39,7 +38,6 @@ __all__ = [
     "SharedState",
     "Spend",
     "StateUnavailable",
-    "Window",
     "budget_windows",
     "duration",
     "make_state",
@@ -75,19 +73,6 @@ class Quota:
         return self.day_usd is not None or self.month_usd is not None
 
 
-class Window(NamedTuple):
-    """One limit as OpenAI's ``x-ratelimit-*`` headers show it (a tuple: one is made
-    per limit per request, and a frozen dataclass costs several times as much)."""
-
-    limit: int
-    remaining: int
-    reset: str  # until the allowance is whole again, as the header writes it (``duration``)
-
-
-# Window((limit, remaining, reset)) without NamedTuple's Python-level __new__.
-make_window: Callable[[tuple[int, int, str]], Window] = partial(tuple.__new__, Window)
-
-
 def duration(seconds: float) -> str:
     """A span as OpenAI writes it in ``x-ratelimit-reset-*``: ``20ms``, ``6s``, ``1m30s``
     (in whole milliseconds: integer arithmetic, as this runs for every answer).
@@ -116,8 +101,10 @@ class Admission:
     code: str | None = None  # RATE_LIMITED or BUDGET_EXCEEDED when refused
     limit: str | None = None  # which one: rpm, tpm, concurrent, day, month
     retry_after_s: float = 0.0
-    requests: Window | None = None
-    tokens: Window | None = None
+    # OpenAI's x-ratelimit-* header lines for the key's rpm and tpm windows, each ending
+    # in CRLF, as the answer carries them: only ever shown, so made whole where the
+    # numbers are (Redis's script, or ``memory.window``), never taken apart again.
+    rate: str = ""
     binding: str | None = None  # the value bound to the asked binding key, if any
     quota: Quota | None = None
     reserved: int = 0  # tokens reserved against tpm, corrected on settlement

@@ -3,13 +3,13 @@
 Both run on every request of a key with limits, so they are written for it: a key's
 unchanging part (its key names and limits) is encoded once a day, a request adds its
 binding key, tokens and slot id in one format; the answer is one string, split once,
-its rate windows' resets already written as the headers write them. Settlements the
+the key's x-ratelimit-* header lines already written by the script. Settlements the
 admission carries (``writer.Writer.carry``) are encoded into the same command.
 """
 
 from __future__ import annotations
 
-from router.state.shared import Admission, Quota, budget_windows, make_window
+from router.state.shared import Admission, Quota, budget_windows
 from router.state.shared.batch import TTLS, Encoder, Settlement
 from router.state.shared.resp import bulk
 
@@ -95,11 +95,9 @@ class AdmitCodec:
 
     @staticmethod
     def answer(reply: bytes, quota: Quota, lease: str) -> Admission:
-        """``scripts.ADMIT``'s answer: ok, code, limit, retry ms, the rpm window's
-        remaining and reset, the tpm window's, tokens reserved, ``=binding`` or ``-``."""
-        ok, code, limit, retry_ms, req_left, req_reset, tok_left, tok_reset, reserved, bound = (
-            reply.decode().split(" ", 9)
-        )
+        """``scripts.ADMIT``'s answer: ok, code, limit, retry ms, tokens reserved, the
+        size of the header lines that follow, then ``=binding`` or ``-``."""
+        ok, code, limit, retry_ms, reserved, size, rest = reply.decode().split(" ", 6)
         out = Admission(quota)
         if ok == "1":
             if lease:
@@ -111,10 +109,10 @@ class AdmitCodec:
             out.code = code
             out.limit = limit
             out.retry_after_s = int(retry_ms) / 1000.0
-        if quota.rpm is not None:
-            out.requests = make_window((quota.rpm, int(req_left), req_reset))
-        if quota.tpm is not None:
-            out.tokens = make_window((quota.tpm, int(tok_left), tok_reset))
-        if bound[0] == "=":
-            out.binding = bound[1:]
+        if size != "0":
+            n = int(size)
+            out.rate = rest[:n]
+            rest = rest[n:]
+        if rest[0] == "=":
+            out.binding = rest[1:]
         return out

@@ -22,10 +22,8 @@ from router.state.shared import (
     Quota,
     SharedState,
     Spend,
-    Window,
     budget_windows,
     duration,
-    make_window,
 )
 
 MAX_BINDINGS = 100_000
@@ -42,14 +40,21 @@ def gcra(tat: float, now: float, limit: int, cost: float) -> tuple[float, float]
     return new, new - now - PERIOD_S
 
 
-def window(tat: float, now: float, limit: int) -> Window:
-    """The bucket as headers show it: units left now, seconds until it is whole."""
+def window(kind: str, tat: float, now: float, limit: int) -> str:
+    """The bucket as OpenAI's headers show it (``kind``: requests or tokens): its limit,
+    units left now, and how long until it is whole again."""
     ahead = tat - now
     if ahead <= 0.0:
-        return make_window((limit, limit, "0ms"))
-    # + 0.01: a Unix time holds ~0.2 us, so "whole units" can come out a hair short.
-    remaining = int((PERIOD_S - ahead) * limit / PERIOD_S + 0.01)  # int() floors: >= 0 here
-    return make_window((limit, remaining if remaining > 0 else 0, duration(ahead)))
+        remaining, reset = limit, "0ms"
+    else:
+        # + 0.01: a Unix time holds ~0.2 us, so "whole units" can come out a hair short.
+        remaining = int((PERIOD_S - ahead) * limit / PERIOD_S + 0.01)  # int() floors
+        reset = duration(ahead)
+    return (
+        f"x-ratelimit-limit-{kind}: {limit}\r\n"
+        f"x-ratelimit-remaining-{kind}: {remaining if remaining > 0 else 0}\r\n"
+        f"x-ratelimit-reset-{kind}: {reset}\r\n"
+    )
 
 
 class MemoryState(SharedState):
@@ -127,10 +132,10 @@ class MemoryState(SharedState):
             out.lease = _SLOT  # slots are counted here, not named
         if rpm is not None:
             self._req[name] = req_new
-            out.requests = window(req_new, now, rpm)
+            out.rate = window("requests", req_new, now, rpm)
         if tpm is not None:
             self._tok[name] = tok_new
-            out.tokens = window(tok_new, now, tpm)
+            out.rate += window("tokens", tok_new, now, tpm)
             out.reserved = cost
         return out
 
@@ -144,9 +149,9 @@ class MemoryState(SharedState):
         out.limit = limit
         out.retry_after_s = retry_after
         if quota.rpm is not None:
-            out.requests = window(self._req.get(quota.name, 0.0), now, quota.rpm)
+            out.rate = window("requests", self._req.get(quota.name, 0.0), now, quota.rpm)
         if quota.tpm is not None:
-            out.tokens = window(self._tok.get(quota.name, 0.0), now, quota.tpm)
+            out.rate += window("tokens", self._tok.get(quota.name, 0.0), now, quota.tpm)
         return out
 
     # -- after the request ------------------------------------------------------------

@@ -100,12 +100,17 @@ class Connection(asyncio.Protocol):
         error reply, or the connection's loss, raised)."""
         if self.closed:
             raise ConnectionError("the Redis connection is closed")
+        fut = self.loop.create_future()
+        if not self.waiters:  # idle: nothing to share a write with, so no wait for one
+            if self._watchdog is None:
+                self._watchdog = self.loop.call_later(self.timeout_s / 2, self._check)
+            self.waiters.append((fut, self.loop.time()))
+            self.out.append(command)
+            self._flush()
+            return fut
         if not self.out:
             self.loop.call_soon(self._flush)  # this turn's commands leave in one write
         self.out.append(command)
-        fut = self.loop.create_future()
-        if not self.waiters and self._watchdog is None:
-            self._watchdog = self.loop.call_later(self.timeout_s / 2, self._check)
         self.waiters.append((fut, self.loop.time()))
         return fut
 

@@ -11,8 +11,9 @@ charges, one call for everything the replica finished since its last batch. An a
 carries the batch waiting when it leaves (``ADMIT`` applies it first, in the same call):
 under steady traffic no settlement costs a command of its own.
 
-``ADMIT`` answers in one string, the rate windows' resets written as OpenAI's headers
-write them (``SPAN``, as ``duration`` in Python): the request only splits it.
+``ADMIT`` answers in one string that holds the key's ``x-ratelimit-*`` header lines
+whole (resets written by ``SPAN``, as ``duration`` in Python): the request only splits
+it and passes the lines on.
 """
 
 from __future__ import annotations
@@ -95,25 +96,27 @@ local function arrival(key)
   if v < now then return now end
   return v
 end
-local function window(tat, limit)
+local function window(kind, tat, limit)
   local ahead = tat - now
   if ahead < 0 then ahead = 0 end
   local left = math.floor((60 - ahead) * limit / 60 + 0.01)
   if left < 0 then left = 0 elseif left > limit then left = limit end
-  return left, span(math.ceil(ahead * 1000))
+  return string.format('x-ratelimit-limit-%s: %d\\r\\nx-ratelimit-remaining-%s: %d\\r\\n' ..
+                       'x-ratelimit-reset-%s: %s\\r\\n', kind, limit, kind, left, kind,
+                       span(math.ceil(ahead * 1000)))
 end
 local req_tat, tok_tat = 0, 0
 if rpm >= 0 then req_tat = arrival(KEYS[2]) end
 if tpm >= 0 then tok_tat = arrival(KEYS[3]) end
 local function answer(ok, code, limit, retry_s, reserved)
-  local rl, rr, tl, tr = -1, '-', -1, '-'
-  if rpm >= 0 then rl, rr = window(req_tat, rpm) end
-  if tpm >= 0 then tl, tr = window(tok_tat, tpm) end
-  -- One string, not an array: the client splits it in C instead of parsing ten replies.
-  local head = string.format('%d %s %s %d %d %s %d %s %d ', ok, code, limit,
-                             math.ceil(retry_s * 1000), rl, rr, tl, tr, reserved)
-  if binding then return head .. '=' .. binding end
-  return head .. '-'
+  local rate = ''
+  if rpm >= 0 then rate = window('requests', req_tat, rpm) end
+  if tpm >= 0 then rate = rate .. window('tokens', tok_tat, tpm) end
+  -- One string, not an array: the client splits it once instead of parsing replies.
+  local head = string.format('%d %s %s %d %d %d ', ok, code, limit, math.ceil(retry_s * 1000),
+                             reserved, #rate)
+  if binding then return head .. rate .. '=' .. binding end
+  return head .. rate .. '-'
 end
 
 local day, month = tonumber(ARGV[4]), tonumber(ARGV[5])
