@@ -153,32 +153,47 @@ class ResponsesInspector:
             self._carry = data[end + 2 :]
             data = data[: end + 2]
         if not self.first_token:
-            for event in data.split(b"\n\n"):
+            # Event by event up to the first token (not a split of the whole read: a
+            # whole answer often comes in one).
+            pos, n = 0, len(data)
+            while pos < n and not self.first_token:
+                stop = data.find(b"\n\n", pos)
+                event = data[pos:stop]
+                pos = stop + 2
                 if event.strip():
                     self._before_first_token(event)
-                if self.first_token:
-                    break
         if self.first_token and not self.done:
-            final = self._final(data)
-            if final is not None:  # the stream is over: nothing after its end passes on
-                data = data[:final]
-                self._carry = b""
-            self._check(data)
+            data = self._pass(data)
         return data
 
-    def _check(self, data: bytes) -> None:
+    def _pass(self, data: bytes) -> bytes:
+        """``data`` up to the final event if it is there (nothing after a stream's end
+        passes on), checked. The final event was parsed by ``_final``: only the events
+        before it are checked, unless it is ``response.failed`` (which ends the stream as
+        broken) — a whole answer in one read is not parsed again for its ``"error": null``."""
+        final = self._final(data)
+        if final is None:
+            self._check(data, len(data))
+            return data
+        start, end, failed = final
+        self._carry = b""
+        data = data[:end]
+        self._check(data, end if failed else start)
+        return data
+
+    def _check(self, data: bytes, stop: int) -> None:
         """After the first token events pass unparsed, unless the read may hold one not to
         pass on: a data event that does not end in ``}`` (garbage, an HTML page, a cut
         event; one count per read, and one more when it holds several events) or an
-        ``"error"`` (a host's error event or ``response.failed``; the final event's
-        ``"error": null`` too, so the last read is parsed). Those end the stream as broken
-        (``ProtocolViolation``, carrying the valid events before them), as for chat."""
-        events = data.count(b"data:")
-        framed = data[-3] == 0x7D if events == 1 else events == data.count(b"}\n\n")
-        if framed and data.find(b'"error"') == -1:
+        ``"error"`` (a host's error event or ``response.failed``), in ``data[:stop]``.
+        Those end the stream as broken (``ProtocolViolation``, carrying the valid events
+        before them), as for chat."""
+        events = data.count(b"data:", 0, stop)
+        framed = data[stop - 3] == 0x7D if events == 1 else events == data.count(b"}\n\n", 0, stop)
+        if framed and data.find(b'"error"', 0, stop) == -1:
             return
         pos = 0
-        for event in data.split(b"\n\n"):
+        for event in data[:stop].split(b"\n\n"):
             if event.strip() and data_of(event) != b"[DONE]":
                 try:
                     obj = _parse(event)
@@ -206,21 +221,26 @@ class ResponsesInspector:
         elif kind in FINAL_EVENTS:
             self.first_token = True  # finished without a token: judged empty below
 
-    def _final(self, data: bytes) -> int | None:
-        """Where the final event ends in ``data`` (None when it is not there): the one
-        event after the first token that holds a ``"response":`` object, found with one
-        search per read (``response.in_progress`` holds one too: it is parsed and passed)."""
-        at = data.find(b'"response":')
+    def _final(self, data: bytes) -> tuple[int, int, bool] | None:
+        """Where the final event starts and ends in ``data``, and whether it is
+        ``response.failed`` (None when it is not there). It closes the stream, so it is
+        the read's last event holding a ``"response":`` object: searched from the end
+        (a whole answer in one read is not scanned), past anything after it that holds
+        one but is not a final event (``response.in_progress``, garbage)."""
+        at = data.rfind(b'"response":')
         while at != -1:
             start = data.rfind(b"\n\n", 0, at)
             start = 0 if start == -1 else start + 2
             end = data.find(b"\n\n", at)
             end = len(data) if end == -1 else end + 2
-            obj = _parse(data[start:end])
+            try:
+                obj = _parse(data[start:end])
+            except ProtocolViolation:
+                obj = None  # not an event: what follows the end is dropped anyway
             if obj is not None and obj.get("type") in FINAL_EVENTS:
                 self._finish(obj)
-                return end
-            at = data.find(b'"response":', end)
+                return start, end, obj.get("type") == "response.failed"
+            at = data.rfind(b'"response":', 0, start)
         return None
 
     def _finish(self, obj: dict[str, Any]) -> None:
@@ -238,9 +258,7 @@ class ResponsesInspector:
             return b""
         data += b"\n\n"
         if self.first_token and not self.done:
-            end = self._final(data)
-            data = data if end is None else data[:end]
-            self._check(data)
+            data = self._pass(data)
         return data
 
     def tool_calls_valid(self) -> bool | None:
