@@ -57,7 +57,7 @@ from scenario import Router, Sim, dump, pct, table
 
 PRICE = {"input": 3.0, "cache_read": 0.3, "cache_write": 3.0, "output": 15.0}
 HOSTS = {"fast": 80, "medium": 150, "slow": 300}
-SLOW_TTFT_MS = 1200
+SLOWED = {"fast": 1200}  # the TTFT in ms a host turns to halfway
 CACHE: dict[str, Any] = {"ttl_s": 300, "min_tokens": 1024, "ttft_factor": 0.3}
 SYSTEM = " ".join(f"Rule {i}: keep the repository tidy and explain each change." for i in range(500))
 TOOLS = [
@@ -228,7 +228,7 @@ async def run_policy(
                 cid, turns = queue.pop(0)
                 started += 1
                 if started == half and not switched.is_set():
-                    await sims["fast"].control(s, ttft_ms=SLOW_TTFT_MS)
+                    await sims["fast"].control(s, ttft_ms=SLOWED["fast"])
                     switched.set()
                 await conversation(s, url, cid, turns, tally, pin, switched)
 
@@ -302,6 +302,13 @@ async def main() -> None:
         help="TTFT in ms of fast, medium and slow (e.g. 80,90,300: two near-equal hosts, "
         "which a ranking spreads load over)",
     )
+    ap.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply every TTFT (the hosts' and the slowdown's): 3 gives 240/450/900 ms, "
+        "nearer hosted models' and less moved by the machine's own hiccups",
+    )
     ap.add_argument("--cache-tokens", type=int, default=None,
                     help="each host's cache size in tokens (default: unbounded)")
     ap.add_argument("--turns", help="write every turn (policy, conversation, endpoint, "
@@ -312,6 +319,9 @@ async def main() -> None:
     )
     args = ap.parse_args()
     HOSTS.update(zip(HOSTS, map(int, args.hosts.split(",")), strict=True))
+    for name in HOSTS:
+        HOSTS[name] = round(HOSTS[name] * args.scale)
+    SLOWED["fast"] = round(SLOWED["fast"] * args.scale)
     rng = random.Random(args.seed)
     plan = [rng.randint(10, 30) for _ in range(args.conversations)]
     results: dict[str, Any] = {}

@@ -14,24 +14,22 @@ worth to the operator), is more::
 
 ``cached`` and ``fresh`` are an endpoint's expected waits for a turn whose prompt its
 cache holds and for one it does not (``Wait``; TTFT for a stream, latency otherwise, each
-inflated by the error rate: an error costs a retry). ``best`` is the ranking's best
-endpoint with evidence (an endpoint being explored is no place to move a conversation to
-on the strength of an optimistic prior). ``horizon`` is the turns expected from this one
-on: as many as the conversation has had so far (one that has lasted n turns is, as a rule
-of thumb, about halfway through), and at least ``MIN_HORIZON``: an agent's conversation is
-a tool loop that seldom ends within a few turns, so a young one is not judged on a one-turn
-future. Without prices (a provider that says ``prompt_cache: true`` and an endpoint with
-no ``price``) the saving cannot be valued: the conversation then stays while its
-endpoint's expected wait is at most twice the best's. An unavailable bound endpoint
-(cooldown, full, filtered out) is never kept: that is the breaker's call, made before
-this one. Pure: no clock, no I/O.
+inflated by the error rate: an error costs a retry; the caller estimates them). ``best``
+is the ranking's best endpoint with evidence (an endpoint being explored is no place to
+move a conversation to on the strength of an optimistic prior). ``horizon`` is the turns
+expected from this one on: as many as the conversation has had so far (one that has
+lasted n turns is, as a rule of thumb, about halfway through), and at least
+``MIN_HORIZON``: an agent's conversation is a tool loop that seldom ends within a few
+turns, so a young one is not judged on a one-turn future. Without prices (a provider that
+says ``prompt_cache: true`` and an endpoint with no ``price``) the saving cannot be
+valued: the conversation then stays while its endpoint's expected wait is at most twice
+the best's. An unavailable bound endpoint (cooldown, full, filtered out) is never kept:
+that is the breaker's call, made before this one. Pure: no clock, no I/O.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from policies.base import Candidate
 
 MIN_HORIZON = 4
 
@@ -56,13 +54,10 @@ class Wait:
     fresh: float
 
 
-def wait_of(
-    c: Candidate, stream: bool, cached_share: float = 1.0, fresh_share: float = 1.0
-) -> Wait:
-    """``c``'s waits: its live TTFT (a stream) or latency, inflated by its error rate, times
-    the share that a cached and an uncached answer take of it (as observed; 1.0 unknown)."""
-    wait = (c.ttft_s if stream else c.latency_s) * (1.0 + c.error_rate)
-    return Wait(wait * cached_share, wait * fresh_share)
+def wait_of(cached_s: float, fresh_s: float, error_rate: float) -> Wait:
+    """The waits of an endpoint that fails ``error_rate`` of the time: an error costs a
+    retry, roughly one more wait."""
+    return Wait(cached_s * (1.0 + error_rate), fresh_s * (1.0 + error_rate))
 
 
 def cache_saving_usd(stay: Stay) -> float:

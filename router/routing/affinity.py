@@ -6,8 +6,8 @@ process), read in the request's one admission round trip. The bound endpoint, wh
 available and ``policies.affinity.keep_bound`` says the cache is worth more than moving to
 the ranking's best endpoint with evidence, goes first and the ranking follows as the
 failover path; else that best endpoint goes first. The rule's waits come from the live
-stats: each endpoint's TTFT estimate split by the shares that cached and uncached answers
-took of it there (``cache_shares``).
+stats (``waits``): for a stream, each endpoint's TTFTs of cached and of uncached answers,
+kept apart; otherwise its latency.
 
 A success binds the conversation to the endpoint that served it (refreshing the TTL),
 unless that endpoint was the ranking's exploration pick for a conversation with no
@@ -34,7 +34,6 @@ from router.routing.sessions import prefix_tokens, session_of, user_turns
 if TYPE_CHECKING:
     from router.runtime import Endpoint, RouteRuntime
     from router.state.shared import SharedState
-    from router.state.stats import EndpointStats
 
 HIT, NEW, OFF = "hit", "new", "off"
 
@@ -60,10 +59,12 @@ class Affinity:
         ranking: list[Endpoint],
         candidates: Sequence[Candidate],
         explores: bool = False,
+        now: float = 0.0,
     ) -> list[Endpoint]:
         """The ranking with the bound endpoint first when staying is worth it, else with
         the best endpoint with evidence first. ``explores``: the strategy puts endpoints
-        with stale evidence first (``policies.score``), so such a head is an experiment."""
+        with stale evidence first (``policies.score``), so such a head is an experiment.
+        ``now``: when ``candidates`` were read."""
         by_index = {c.index: c for c in candidates}
         bound = route.by_id.get(self.bound) if self.bound is not None else None
         if bound is None or bound not in ranking or bound.spec.index not in route.caching:
@@ -87,19 +88,14 @@ class Affinity:
             cache_read = route.cache_read[bound.spec.index]
             stay = replace(self.stay, price_in=price_in, price_cache_read=cache_read)
             if not keep_bound(
-                self._wait(bound, mine),
-                self._wait(best, by_index[best.spec.index]),
+                waits(bound, mine, self.stay.stream, now),
+                waits(best, by_index[best.spec.index], self.stay.stream, now),
                 stay,
                 self.usd_per_s,
             ):
                 return [best, *(e for e in ranking if e is not best)]
         self.first = bound.id
         return [bound, *(e for e in ranking if e is not bound)]
-
-    def _wait(self, endpoint: Endpoint, candidate: Candidate) -> Wait:
-        if not self.stay.stream:
-            return wait_of(candidate, False)
-        return wait_of(candidate, True, *cache_shares(endpoint.stats))
 
     def verdict(self, served: str | None) -> str:
         """``hit`` when the bound endpoint served; ``new`` otherwise."""
@@ -118,14 +114,32 @@ class Affinity:
             state.unbind(self.key)
 
 
-def cache_shares(stats: EndpointStats) -> tuple[float, float]:
-    """(cached, uncached) TTFT at an endpoint, each as a share of the TTFT mean its
-    rankings read: 1.0 where that kind of answer has not been seen there."""
-    mean = stats.ttft.mean
-    if not mean:
-        return 1.0, 1.0
-    cached, fresh = stats.ttft_cached.mean, stats.ttft_fresh.mean
-    return 1.0 if cached is None else cached / mean, 1.0 if fresh is None else fresh / mean
+def waits(endpoint: Endpoint, candidate: Candidate, stream: bool, now: float) -> Wait:
+    """What a turn at ``endpoint`` is expected to wait with its prompt cached and without.
+
+    A stream's are the medians of the endpoint's last few TTFTs of cached and of uncached
+    answers (``Recent``: a move re-buys a prefix, so one hiccup must not make it; a host
+    that turned slow shows it within a few answers). Where cached answers have not been
+    seen there, the uncached wait (no cache is assumed to shorten it); where neither has,
+    the ranking's TTFT estimate. Not that estimate otherwise: it mixes the two kinds, and
+    rises to the age of any request still waiting for its first token, which on a host
+    busy with others' first turns is most of the time. A request waiting longer than an
+    uncached turn takes does say the host got slower: both waits scale by how much.
+    Otherwise (not a stream) the ranking's latency estimate, for both.
+    """
+    if not stream:
+        return wait_of(candidate.latency_s, candidate.latency_s, candidate.error_rate)
+    st = endpoint.stats
+    cached, fresh = st.ttft_cached.median, st.ttft_fresh.median
+    if fresh is None:
+        fresh = max(candidate.ttft_s, cached or 0.0)
+    if cached is None:
+        cached = fresh
+    since = st.waiting_since
+    if since is not None and fresh > 0.0 and now - since > fresh:
+        slower = (now - since) / fresh
+        cached, fresh = cached * slower, fresh * slower
+    return wait_of(cached, fresh, candidate.error_rate)
 
 
 def plan(

@@ -88,7 +88,7 @@ class Lease:
         )
         if first is not None and usage is not None and usage.prompt_tokens:
             cached = 2 * usage.cached_tokens >= usage.prompt_tokens
-            ep.stats.cache_split(first - self.started, cached, now)
+            ep.stats.cache_split(first - self.started, cached)
         ep.breaker.success(now)
         ep.wake_one()
 

@@ -125,7 +125,7 @@ def rank(runtime: Runtime, route: RouteRuntime, call: Call, debug: bool) -> Rank
         ordered = prefs is not None and bool(prefs.order)  # provider.order wins over it
         if affinity is not None and affinity.route == route.name and not ordered:
             explores = getattr(strategy, "explores", False)
-            ranking = affinity.order(route, ranking, candidates, explores)
+            ranking = affinity.order(route, ranking, candidates, explores, now)
     if prefs is not None:
         ranking = prefs.reorder(route.by_id, ranking)
     return ranking, hedge

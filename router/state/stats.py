@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from router.state.clock import Clock
+from router.state.recent import Recent
 
 _WINDOW = 512  # recent samples kept for p50/p95 display and hedge thresholds
 
@@ -196,8 +197,8 @@ class EndpointStats:
         self.ttft = DecayedMean(peak=True)
         # TTFTs apart by whether the prompt was read from the host's cache, for affinity
         # (staying finds the prefix cached, moving pays one whole prefill); not ranked on.
-        self.ttft_cached = DecayedMean(peak=True)
-        self.ttft_fresh = DecayedMean(peak=True)
+        self.ttft_cached = Recent()
+        self.ttft_fresh = Recent()
         self.tokens_per_s = DecayedMean()
         self.errors = DecayedMean()
         self.tool_errors = DecayedMean()
@@ -275,10 +276,10 @@ class EndpointStats:
             self.ttft.add(ttft, now, self._halflife)
             self.ttft_window.add(ttft)
 
-    def cache_split(self, ttft: float, cached: bool, now: float) -> None:
+    def cache_split(self, ttft: float, cached: bool) -> None:
         """A streamed answer's TTFT once its usage said whether most of the prompt was
         read from the host's cache (``cached``)."""
-        (self.ttft_cached if cached else self.ttft_fresh).add(ttft, now, self._halflife)
+        (self.ttft_cached if cached else self.ttft_fresh).samples.append(ttft)
 
     def finish(
         self,

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from policies.affinity import Wait
 from providers.base import BufferedResponse, UpstreamRequest
 from providers.errors import UpstreamHTTPError
 from router.apis import BY_PATH
@@ -247,32 +248,68 @@ def test_an_exploration_pick_serves_a_new_conversation_but_does_not_bind_it() ->
     assert asyncio.run(world.state.get(plan.key)) == served(outcome)
 
 
-def test_a_bound_endpoint_whose_cached_turns_turned_slow_is_left_on_the_next_turn() -> None:
+def answered(world: World, stats: Any, kinds: list[tuple[float, bool]]) -> None:
+    """Streamed answers with these (TTFT, prompt cached) at ``stats``'s endpoint."""
+    for ttft, cached in kinds:
+        token = stats.start()
+        world.clock.advance(ttft)
+        stats.first_token(token)
+        stats.finish(token, ok=True, latency_s=ttft + 0.1)
+        stats.cache_split(ttft, cached)
+
+
+def test_a_streams_waits_are_its_recent_cached_and_uncached_ttfts_kept_apart() -> None:
+    world = World()
+    route = world.runtime.routes["r"]
+    a = route.by_id["a"]
+    now = world.clock()
+    assert affinity_mod.waits(a, route.candidates([a], now)[0], True, now) == Wait(0.0, 0.0)
+    answered(world, a.stats, [(0.3, False)])
+    now = world.clock()
+    (cand,) = route.candidates([a], now)
+    # No cached answer seen there yet: no cache is assumed to shorten the wait.
+    assert affinity_mod.waits(a, cand, True, now) == Wait(pytest.approx(0.3), pytest.approx(0.3))
+    answered(world, a.stats, [(0.1, True), (0.1, True), (0.9, True)])  # and a hiccup
+    now = world.clock()
+    (cand,) = route.candidates([a], now)
+    assert affinity_mod.waits(a, cand, True, now) == Wait(pytest.approx(0.1), pytest.approx(0.3))
+    latency = affinity_mod.waits(a, cand, False, now)
+    assert latency.cached == latency.fresh == pytest.approx(cand.latency_s)
+    before = cand.ttft_s
+    # Others' turns waiting for their first token: the ranking's estimate rises to the
+    # oldest one's age, but nothing waits longer than an uncached turn takes: no change.
+    a.stats.start()
+    world.clock.advance(0.25)
+    now = world.clock()
+    (cand,) = route.candidates([a], now)
+    assert cand.ttft_s > before + 0.02, (before, cand.ttft_s)
+    assert affinity_mod.waits(a, cand, True, now) == Wait(pytest.approx(0.1), pytest.approx(0.3))
+    world.clock.advance(0.35)  # 0.6 s: twice an uncached turn: the host got slower
+    now = world.clock()
+    (cand,) = route.candidates([a], now)
+    assert affinity_mod.waits(a, cand, True, now) == Wait(pytest.approx(0.2), pytest.approx(0.6))
+
+
+def test_a_bound_endpoint_whose_cached_turns_turned_slow_is_left_but_not_for_a_hiccup() -> None:
     world = World()
     route = world.runtime.routes["r"]
     world.turn("r", prefs=RoutingPrefs(order=("b",)))  # bound to b
     a, b = route.by_id["a"].stats, route.by_id["b"].stats
-    for stats, cached_ttft, fresh_ttft in ((a, 0.05, 0.13), (b, 0.03, 0.08)):
-        for ttft, cached in ((fresh_ttft, False), (cached_ttft, True), (cached_ttft, True)):
-            token = stats.start()
-            world.clock.advance(ttft)
-            stats.first_token(token)
-            stats.finish(token, ok=True, latency_s=ttft + 0.1)
-            stats.cache_split(ttft, cached, world.clock())
-    shares = affinity_mod.cache_shares(b)
-    assert b.ttft.mean is not None and shares[0] * b.ttft.mean == pytest.approx(0.03)
-    assert shares[1] * b.ttft.mean == pytest.approx(0.08)  # the TTFT split by kind
+    answered(world, a, [(0.13, False), (0.05, True), (0.05, True)])
+    answered(world, b, [(0.08, False), (0.03, True), (0.03, True)])
     plan = affinity_mod.plan(
         route, route.affinity_for(None), "chat", {"messages": []}, {}, 80_000, True
     )
     assert plan is not None
     plan.bound = "b"
     ranking = [route.by_id["a"], route.by_id["b"]]  # the ranking says a; the cache says b
-    assert plan.order(route, ranking, route.candidates(ranking, world.clock()))[0].id == "b"
-    # b turns slow: one cached turn takes 0.4 s (the peak rule believes it at once).
-    token = b.start()
-    world.clock.advance(0.4)
-    b.first_token(token)
-    b.finish(token, ok=True, latency_s=0.5)
-    b.cache_split(0.4, True, world.clock())
-    assert plan.order(route, ranking, route.candidates(ranking, world.clock()))[0].id == "a"
+    now = world.clock()
+    assert plan.order(route, ranking, route.candidates(ranking, now), False, now)[0].id == "b"
+    # One cached turn at b takes 0.4 s: a hiccup, as far as anyone can tell.
+    answered(world, b, [(0.4, True)])
+    now = world.clock()
+    assert plan.order(route, ranking, route.candidates(ranking, now), False, now)[0].id == "b"
+    # Two more: most of b's recent cached turns are slow now. Moving pays.
+    answered(world, b, [(0.4, True), (0.4, True)])
+    now = world.clock()
+    assert plan.order(route, ranking, route.candidates(ranking, now), False, now)[0].id == "a"

@@ -34,6 +34,7 @@ from router.state.blend import EXPLORE_BELOW, PROBE_BELOW, Prior, loads
 from router.state.breaker import CircuitBreaker
 from router.state.live import LiveLoads
 from router.state.loads import RouteLoads
+from router.state.recent import Recent
 from router.state.stats import _WINDOW, DecayedMean, EndpointStats, Window
 from tests.support import FakeUpstream, chat_body, chunk, open_stream, poll, routes_yaml
 
@@ -810,11 +811,22 @@ def test_a_streamed_answers_ttft_is_kept_apart_by_whether_its_prompt_was_cached(
         lease.first_token()
         clock.advance(0.2)
         lease.succeed(Usage(prompt_tokens=1000, cached_tokens=cached, completion_tokens=5), 5, None)
-    assert ep.stats.ttft_fresh.value == pytest.approx(0.3)
-    assert ep.stats.ttft_cached.value == pytest.approx(0.1)
+    assert ep.stats.ttft_fresh.median == pytest.approx(0.3)
+    assert ep.stats.ttft_cached.median == pytest.approx(0.1)
     assert ep.stats.ttft.value is not None and ep.stats.ttft.value > 0.1  # both, mixed
     Lease(ep, clock).succeed(Usage(prompt_tokens=1000, cached_tokens=1000), 1, None)
-    assert ep.stats.ttft_cached.value == pytest.approx(0.1)  # no first token: no TTFT
+    assert list(ep.stats.ttft_cached.samples) == [pytest.approx(0.1)]  # no first token
+
+
+def test_recent_reads_the_median_of_the_last_few_samples() -> None:
+    r = Recent(size=4)
+    assert r.median is None
+    for x in (0.1, 0.1, 0.9):
+        r.samples.append(x)
+    assert r.median == pytest.approx(0.1)  # one outlier does not move it
+    for x in (0.9, 0.9):
+        r.samples.append(x)  # the window holds the last 4: 0.1, 0.9, 0.9, 0.9
+    assert r.median == pytest.approx(0.9)
 
 
 def test_lease_that_fails(endpoint: tuple[Endpoint, FakeClock]) -> None:
