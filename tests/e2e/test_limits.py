@@ -216,9 +216,11 @@ def test_a_header_value_that_is_not_utf8_fails_nothing(
     ],
     ids=["key-plus-byte", "bytes", "no-scheme", "x-api-key"],
 )
-def test_a_key_that_is_not_utf8_is_a_401(env: Env, field: bytes) -> None:
+@pytest.mark.parametrize("path", [b"/v1/chat/completions", b"/v1/messages", b"/v1/responses"])
+def test_a_key_that_is_not_utf8_is_a_401(env: Env, field: bytes, path: bytes) -> None:
+    """In every client API (Anthropic's shape on /v1/messages: ``error.type`` alike)."""
     with Conn(env.router.port) as c:
-        answer = c.exchange(chat_head(field, body=chat_request()))
+        answer = c.exchange(chat_head(field, body=chat_request(), path=path))
         assert answer.status == 401, answer.body
         assert json.loads(answer.body)["error"]["type"] == "authentication_error"
         assert c.is_open()  # a refusal, not a failure: the connection serves on
