@@ -44,9 +44,11 @@ defaults:
   retry: {{attempts: 2, backoff_s: 0.01, backoff_max_s: 0.05}}
 providers:
   up: {{kind: openai, base_url: "{up}", api_key_env: UPSTREAM_KEY}}
+  up-chat: {{kind: openai, base_url: "{up}", api_key_env: UPSTREAM_KEY, apis: [chat]}}
   other: {{kind: openai, base_url: "{other}"}}
 routes:
   chat: {{endpoints: [{{provider: up, model: m}}]}}
+  chat-only: {{endpoints: [{{provider: up-chat, model: m}}]}}
   keyless: {{endpoints: [{{provider: other, model: m}}]}}
 """
 
@@ -224,6 +226,7 @@ async def _quoting_responses_stream(request: web.Request, key: str) -> web.Strea
         ("chat/completions", "chat"),  # passed through as the host sent it
         ("messages", "chat"),  # translated from chat, event by event
         ("responses", "chat"),  # passed through
+        ("responses", "chat-only"),  # translated from chat
     ],
 )
 def test_a_stream_quoting_the_upstreams_own_key_up_to_its_first_token_is_redacted(

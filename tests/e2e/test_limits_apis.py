@@ -4,7 +4,7 @@ over real sockets to one router with one fake upstream behind it that speaks eac
 
 Each case runs for every way such a request is served: Messages passed through to a host
 speaking it (``kind: anthropic``), Messages translated to a chat host, Responses passed
-through; chat is in ``test_limits.py``. The cases:
+through and translated to a chat host; chat is in ``test_limits.py``. The cases:
 
 - an upstream that sends one byte at a time cannot hold a request past ``total_s``,
   streamed or not;
@@ -46,6 +46,7 @@ WAYS = {
     "messages-native": ("/v1/messages", "anth"),
     "messages-via-chat": ("/v1/messages", "chat"),
     "responses": ("/v1/responses", "chat"),
+    "responses-via-chat": ("/v1/responses", "chatonly"),
 }
 BEHAVIOURS = ("trickle", "stall", "broken", "garbage", "ok")
 
@@ -65,7 +66,7 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("limits-apis")
     routes = []
-    for prefix in ("anth", "chat"):
+    for prefix in ("anth", "chat", "chatonly"):
         for b in BEHAVIOURS:
             routes.append(f"  {prefix}-{b}:\n    endpoints: [{{provider: {prefix}, model: {b}}}]\n")
     with FakeUpstream(behaviour=dispatch) as fake:
@@ -78,6 +79,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             "providers:\n"
             f"  chat: {{kind: openai, base_url: '{fake.base_url}'}}\n"
             f"  anth: {{kind: anthropic, base_url: '{fake.base_url}'}}\n"
+            f"  chatonly: {{kind: openai, base_url: '{fake.base_url}', apis: [chat]}}\n"
             "routes:\n" + "".join(routes)
         )
         # total_s is short for the trickles; the others need the idle bound only.
@@ -85,7 +87,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         config += "".join(
             f"  {p}-slow:\n    timeouts: {{total_s: {TOTAL_S}}}\n"
             f"    endpoints: [{{provider: {p}, model: trickle}}]\n"
-            for p in ("anth", "chat")
+            for p in ("anth", "chat", "chatonly")
         )
         with RouterProcess(config, tmp) as router:
             yield Env(router)

@@ -1,9 +1,9 @@
 """Fuzzing what upstreams answer to the newer client APIs: ``/v1/messages`` passed through
 to a host speaking Messages, translated to a chat host, and ``/v1/responses`` passed
-through. As ``test_upstream_answers`` (whose raw-socket upstream and wire scripts this
-reuses) does for chat: a raw upstream first, answering bytes hypothesis drew in the host's
-API (events and whole answers, with garbage, the host's own error events, cuts, any
-status, framing and pace), a well-behaved one second.
+through and translated to a chat host. As ``test_upstream_answers`` (whose raw-socket
+upstream and wire scripts this reuses) does for chat: a raw upstream first, answering
+bytes hypothesis drew in the host's API (events and whole answers, with garbage, the
+host's own error events, cuts, any status, framing and pace), a well-behaved one second.
 
 Whatever the first does, the client gets within ``total_s`` and a margin: a valid answer,
 a 4xx the upstream blamed on the request, a classified 502, or a stream that ends either
@@ -47,6 +47,7 @@ WAYS = {
     "messages-native": ("/v1/messages", "fuzz-anth", "messages"),
     "messages-via-chat": ("/v1/messages", "fuzz-chat", "chat"),
     "responses": ("/v1/responses", "fuzz-chat", "responses"),
+    "responses-via-chat": ("/v1/responses", "fuzz-chatonly", "chat"),
 }
 HOST_ERRORS = {
     "chat": [b'data: {"error": {"message": "overloaded"}}\n\n'],
@@ -147,12 +148,16 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             f"  good: {{kind: openai, base_url: '{good.base_url}'}}\n"
             f"  raw-anth: {{kind: anthropic, base_url: '{raw_url}'}}\n"
             f"  good-anth: {{kind: anthropic, base_url: '{good.base_url}'}}\n"
+            f"  raw-chat: {{kind: openai, base_url: '{raw_url}', apis: [chat]}}\n"
+            f"  good-chat: {{kind: openai, base_url: '{good.base_url}', apis: [chat]}}\n"
             "policies:\n  first: {strategy: priority}\n"
             "routes:\n"
             "  fuzz-chat: {policy: first, endpoints: [{provider: raw, model: m},"
             " {provider: good, model: ok}]}\n"
             "  fuzz-anth: {policy: first, endpoints: [{provider: raw-anth, model: m},"
             " {provider: good-anth, model: ok}]}\n"
+            "  fuzz-chatonly: {policy: first, endpoints: [{provider: raw-chat, model: m},"
+            " {provider: good-chat, model: ok}]}\n"
         )
         router = stack.enter_context(RouterProcess(tmp / "routes.yaml", tmp))
         client = stack.enter_context(httpx.Client(timeout=TOTAL_S + 10))
