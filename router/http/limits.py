@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from router.apis.base import ClientApi
 from router.errors import NoEndpointAvailable, NotFound, OverLimit
 from router.http.answers import LINES
-from router.state.shared import Admission, Quota, SharedState, StateUnavailable, duration
+from router.state.shared import Admission, SharedState, StateUnavailable, duration
 
 if TYPE_CHECKING:
     from router.runtime import Runtime
@@ -52,34 +52,22 @@ def check_route(routes: frozenset[str] | None, model: str) -> None:
         )
 
 
-async def admit(
-    state: SharedState,
-    quota: Quota,
-    tokens: int,
-    headers: dict[str, str],
-    binding_key: str | None = None,
-) -> Admission:
-    """The key's admission (and ``binding_key``'s value, read with it), its headers added
-    to ``headers``; over a limit, ``OverLimit`` (429 with ``Retry-After``); the store
-    unreachable under ``on_error: closed``, a 503."""
-    try:
-        admission = await state.admit(quota, tokens, binding_key)
-    except StateUnavailable as exc:
-        raise NoEndpointAvailable(str(exc), code="state_unavailable") from exc
-    rate_headers(admission, headers)
+def unavailable(exc: StateUnavailable) -> NoEndpointAvailable:
+    """The store unreachable under ``on_error: closed``: a 503."""
+    return NoEndpointAvailable(str(exc), code="state_unavailable")
+
+
+def verdict(admission: Admission, headers: dict[str, str]) -> None:
+    """The admission's headers added to ``headers``; over a limit, ``OverLimit`` (429
+    with ``Retry-After``). (Not a coroutine around ``state.admit``: the caller awaits
+    the store itself, one coroutine layer fewer per request.)"""
+    if admission.rate:
+        headers[LINES] = admission.rate
     if not admission.admitted:
         retry = max(admission.retry_after_s, 0.001)
         headers["Retry-After"] = str(math.ceil(retry))
         headers["retry-after-ms"] = str(math.ceil(retry * 1000))
         raise OverLimit(_message(admission), code=admission.code or "rate_limit_exceeded")
-    return admission
-
-
-def rate_headers(admission: Admission, headers: dict[str, str]) -> None:
-    """OpenAI's headers for the key's rpm and tpm windows: the store made them whole
-    (``Admission.rate``), so they go in as lines already written (``answers.LINES``)."""
-    if admission.rate:
-        headers[LINES] = admission.rate
 
 
 def _message(admission: Admission) -> str:

@@ -206,7 +206,11 @@ async def _admit(
     if key is not None and key.quota is not None:
         tokens = limits.estimate_tokens(call.api, size, call.payload)
         bound = affinity.key if affinity is not None else None
-        admission = await limits.admit(state, key.quota, tokens, headers, bound)
+        try:
+            admission = await state.admit(key.quota, tokens, bound)
+        except StateUnavailable as exc:
+            raise limits.unavailable(exc) from exc
+        limits.verdict(admission, headers)
         if affinity is not None:
             affinity.bound = admission.binding
         return admission

@@ -104,12 +104,19 @@ class Encoder:
         for name, tpm, delta, lease, cost in items:
             found = cache.get(name)
             if found is None or found[0] != day:
-                if len(cache) > 4096:  # keys of configs reloaded away
-                    cache.clear()
-                p = f"{self.prefix}{{{name}}}:"
-                names = (p + "t", p + "c", f"{p}d:{day}", f"{p}m:{month}")
-                found = cache[name] = (day, b"".join(bulk(k) for k in names))
+                found = self._key_names(name, day, month)
             keys.append(found[1])
-            arg = f"{tpm} {delta} {cost!r} {lease or ''}".encode()
+            arg = b"%d %d %r %s" % (tpm, delta, cost, lease.encode() if lease else b"")
             args.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+        if len(items) == 1:
+            return keys[0], args[0]
         return b"".join(keys), b"".join(args)
+
+    def _key_names(self, name: str, day: str, month: str) -> tuple[str, bytes]:
+        """A key's four key names for settlements, encoded (once a day)."""
+        if len(self._keys) > 4096:  # keys of configs reloaded away
+            self._keys.clear()
+        p = f"{self.prefix}{{{name}}}:"
+        names = (p + "t", p + "c", f"{p}d:{day}", f"{p}m:{month}")
+        found = self._keys[name] = (day, b"".join(bulk(k) for k in names))
+        return found

@@ -200,8 +200,12 @@ class RedisState(SharedState):
         if quota.day_usd is None and quota.month_usd is None:
             cost_usd = 0.0
         lease, admission.lease = admission.lease, None  # settled once
-        if delta or lease or cost_usd > 0:
-            self._writer.settle((quota.name, tpm or 0, delta, lease, cost_usd))
+        if delta or lease or cost_usd > 0:  # queued (Writer.settle, inlined: every request)
+            writer = self._writer
+            writer.batch.settles.append((quota.name, tpm or 0, delta, lease, cost_usd))
+            writer.waiting = True
+            if writer.timer is None:
+                writer.queued()
 
     def bind(self, key: str, value: str, ttl_s: float) -> None:
         if self.breaker.open:

@@ -62,20 +62,14 @@ class Writer:
         self.batch = Batch()
         self.waiting = False  # the batch holds something (cheaper to ask than the batch)
         self._carried = False  # an admission carried a batch since the timer was set
-        self._timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Future[None] | None = None
-
-    def settle(self, settlement: Settlement) -> None:
-        self.batch.settles.append(settlement)
-        self.waiting = True
-        if self._timer is None:
-            self._arm(self.delay_s)
 
     def queued(self, delay: float | None = None) -> None:
         """Something was put in the batch: it goes with the next admission, or in
         ``delay`` (``BATCH_S``) when none comes."""
         self.waiting = bool(self.batch)
-        if self._timer is None:
+        if self.timer is None:
             self._arm(self.delay_s if delay is None else delay)
 
     def _arm(self, delay: float) -> None:
@@ -83,7 +77,7 @@ class Writer:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop (a test's sync use): written by the next flush
-        self._timer = loop.call_later(delay, self._due)
+        self.timer = loop.call_later(delay, self._due)
 
     def carry(self, proto: Connection) -> list[Settlement] | None:
         """An admission is about to leave on ``proto``: the batch's settlements go inside
@@ -120,7 +114,7 @@ class Writer:
     def _due(self) -> None:
         """The timer: when admissions carry the batches, look again later; else send on
         the open connection straight away, or connect in a task."""
-        self._timer = None
+        self.timer = None
         if self._carried:
             self._carried = False
             if self.waiting:
@@ -226,9 +220,9 @@ class Writer:
 
     async def close(self) -> None:
         """One last write of what is queued, bounded by the timeout."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         store = self.store
         if self.batch:
             store.breaker.success()  # one last try
