@@ -15,8 +15,8 @@ worth to the operator), is more::
 ``cached`` and ``fresh`` are an endpoint's expected waits for a turn whose prompt its
 cache holds and for one it does not (``Wait``; TTFT for a stream, latency otherwise, each
 inflated by the error rate: an error costs a retry; the caller estimates them). ``best``
-is the ranking's best endpoint with evidence (an endpoint being explored is no place to
-move a conversation to on the strength of an optimistic prior). ``horizon`` is the turns
+is the endpoint with evidence that would serve the conversation soonest over that horizon
+(``over_horizon``), as a new conversation is placed. ``horizon`` is the turns
 expected from this one on: as many as the conversation has had so far (one that has
 lasted n turns is, as a rule of thumb, about halfway through), and at least
 ``MIN_HORIZON``: an agent's conversation is a tool loop that seldom ends within a few
@@ -70,12 +70,18 @@ def horizon(turns: int) -> int:
     return max(MIN_HORIZON, turns)
 
 
+def over_horizon(wait: Wait, turns: int) -> float:
+    """The wait of a conversation that comes to this endpoint now, over its horizon: one
+    turn without the cache, the rest with it. Where a new conversation is placed (the
+    least of these) and where a bound one would move to."""
+    return wait.fresh + (horizon(turns) - 1) * wait.cached
+
+
 def keep_bound(bound: Wait, best: Wait, stay: Stay, usd_per_s: float) -> bool:
     """Whether the bound endpoint should serve this turn rather than ``best``."""
     if stay.price_in <= 0.0:
         return bound.cached <= 2.0 * best.cached
-    h = horizon(stay.turns)
-    gain_s = h * bound.cached - (best.fresh + (h - 1) * best.cached)
+    gain_s = horizon(stay.turns) * bound.cached - over_horizon(best, stay.turns)
     if gain_s <= 0.0:
         return True
     return gain_s * usd_per_s <= cache_saving_usd(stay)

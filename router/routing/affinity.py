@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from policies.affinity import Stay, Wait, keep_bound, wait_of
+from policies.affinity import Stay, Wait, keep_bound, over_horizon, wait_of
 from policies.base import Candidate
 from router.routing.sessions import prefix_tokens, session_of, user_turns
 
@@ -62,27 +62,23 @@ class Affinity:
         now: float = 0.0,
     ) -> list[Endpoint]:
         """The ranking with the bound endpoint first when staying is worth it, else with
-        the best endpoint with evidence first. ``explores``: the strategy puts endpoints
-        with stale evidence first (``policies.score``), so such a head is an experiment.
-        ``now``: when ``candidates`` were read."""
+        the endpoint the conversation would wait least at first (``_soonest``).
+        ``explores``: the strategy ranks on live stats and puts endpoints with stale
+        evidence first (``policies.score``, the metric strategies): such a head is an
+        experiment, and a new conversation otherwise goes where it would wait least (a
+        strategy that does not rank on speed, priority or round robin, places it as it
+        ranks). ``now``: when ``candidates`` were read."""
         by_index = {c.index: c for c in candidates}
         bound = route.by_id.get(self.bound) if self.bound is not None else None
         if bound is None or bound not in ranking or bound.spec.index not in route.caching:
             head = by_index.get(ranking[0].spec.index)
             if explores and head is not None and head.explore:
                 self.trial = ranking[0].id  # served there, it does not bind (settle)
-            return ranking
+                return ranking
+            best = self._soonest(ranking, by_index, None, now) if explores else None
+            return ranking if best is None else [best, *(e for e in ranking if e is not best)]
         mine = by_index.get(bound.spec.index)
-        best = next(
-            (
-                e
-                for e in ranking
-                if e is not bound
-                and (c := by_index.get(e.spec.index)) is not None
-                and not (c.explore or c.probing)
-            ),
-            None,
-        )
+        best = self._soonest(ranking, by_index, bound, now)
         if mine is not None and best is not None:
             price_in, _ = bound.price
             cache_read = route.cache_read[bound.spec.index]
@@ -96,6 +92,31 @@ class Affinity:
                 return [best, *(e for e in ranking if e is not best)]
         self.first = bound.id
         return [bound, *(e for e in ranking if e is not bound)]
+
+    def _soonest(
+        self,
+        ranking: list[Endpoint],
+        by_index: dict[int, Candidate],
+        bound: Endpoint | None,
+        now: float,
+    ) -> Endpoint | None:
+        """Where the conversation would wait least over its horizon if it came now: among
+        the ranked endpoints with evidence (not being explored or probed: no optimistic
+        prior decides a conversation) and no pricier than the ranking's first, other than
+        ``bound``. The ranking's own order is one request's view (its estimate mixes cached
+        and uncached answers, believes every hiccup, draws between near-equals), a fine
+        failover path but a poor judge of where a conversation should live."""
+        head = by_index.get(ranking[0].spec.index)
+        ceiling = head.price if head is not None else 0.0
+        best, least = None, 0.0
+        for e in ranking:
+            c = by_index.get(e.spec.index)
+            if e is bound or c is None or c.explore or c.probing or c.price > ceiling:
+                continue
+            wait = over_horizon(waits(e, c, self.stay.stream, now), self.stay.turns)
+            if best is None or wait < least:
+                best, least = e, wait
+        return best
 
     def verdict(self, served: str | None) -> str:
         """``hit`` when the bound endpoint served; ``new`` otherwise."""

@@ -11,6 +11,7 @@ from policies.affinity import (
     cache_saving_usd,
     horizon,
     keep_bound,
+    over_horizon,
     wait_of,
 )
 
@@ -58,6 +59,14 @@ def test_the_horizon_grows_with_the_conversation_from_a_floor() -> None:
     bound, best = same(0.2), same(0.1)  # 0.1 s lead = $0.005 a turn at $0.05/s
     assert keep_bound(bound, best, stay(turns=1), usd_per_s=0.05)  # 4 turns: $0.02 < $0.0216
     assert not keep_bound(bound, best, stay(turns=5), usd_per_s=0.05)  # 5 turns: $0.025
+
+
+def test_over_its_horizon_a_conversation_waits_one_uncached_turn_then_cached_ones() -> None:
+    assert over_horizon(Wait(cached=0.05, fresh=0.6), turns=1) == pytest.approx(0.75)
+    assert over_horizon(Wait(cached=0.05, fresh=0.6), turns=10) == pytest.approx(1.05)
+    # Placed by it: the quicker first answer is not the quicker conversation.
+    quick_start, quick_after = Wait(cached=0.1, fresh=0.1), Wait(cached=0.03, fresh=0.2)
+    assert over_horizon(quick_after, 1) < over_horizon(quick_start, 1)
 
 
 def test_moving_pays_one_turn_without_the_cache() -> None:

@@ -59,6 +59,11 @@ routes:
     endpoints:
       - {{provider: a, model: m, price: {PRICE}}}
       - {{provider: b, model: m, price: {PRICE}}}
+  pricier:
+    policy: scored
+    endpoints:
+      - {{provider: a, model: m, price: {PRICE}}}
+      - {{provider: b, model: m, price: {{input: 6.0, output: 30.0, cache_read: 0.6}}}}
   nocache:
     policy: sticky
     endpoints: [{{provider: a, model: m}}, {{provider: b, model: m}}]
@@ -313,3 +318,31 @@ def test_a_bound_endpoint_whose_cached_turns_turned_slow_is_left_but_not_for_a_h
     answered(world, b, [(0.4, True), (0.4, True)])
     now = world.clock()
     assert plan.order(route, ranking, route.candidates(ranking, now), False, now)[0].id == "a"
+
+
+def test_a_new_conversation_goes_where_it_would_wait_least_over_its_horizon() -> None:
+    world = World()
+    for name in ("explored", "pricier"):
+        route = world.runtime.routes[name]
+        answered(world, route.by_id["a"].stats, [(0.13, False), (0.05, True), (0.05, True)])
+        answered(world, route.by_id["b"].stats, [(0.08, False), (0.03, True), (0.03, True)])
+    route = world.runtime.routes["explored"]
+    plan = affinity_mod.plan(
+        route, route.affinity_for(None), "chat", {"messages": []}, {}, 80_000, True
+    )
+    assert plan is not None
+    a, b = route.by_id["a"], route.by_id["b"]
+    now = world.clock()
+    # The ranking's one-request view put a first (a hiccup, a draw between near-equals):
+    # over the conversation's turns b is the sooner, so it goes first, a behind it.
+    assert plan.order(route, [a, b], route.candidates([a, b], now), True, now) == [b, a]
+    # A strategy that does not rank on speed places it as it ranks.
+    assert plan.order(route, [a, b], route.candidates([a, b], now), False, now) == [a, b]
+    # Never on an endpoint pricier than the ranking's choice.
+    pricier = world.runtime.routes["pricier"]
+    pa, pb = pricier.by_id["a"], pricier.by_id["b"]
+    plan = affinity_mod.plan(
+        pricier, pricier.affinity_for(None), "chat", {"messages": []}, {}, 80_000, True
+    )
+    assert plan is not None
+    assert plan.order(pricier, [pa, pb], pricier.candidates([pa, pb], now), True, now)[0] is pa
