@@ -144,7 +144,9 @@ class RedisState(SharedState):
         carried = None
         try:
             # Straight on the open connection: no coroutine layers per request.
-            proto = self.client.connected() or await self.client.connection()
+            proto = self.client.proto
+            if proto is None or proto.closed:
+                proto = await self.client.connection()
             if not codec.sha:
                 await self.load_scripts()
             writer = self._writer

@@ -150,6 +150,18 @@ class Connection(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
     def data_received(self, data: bytes) -> None:
+        if not self.buf and data[:1] == b"$" and len(self.waiters) == 1:
+            # The usual read: one bulk string (an admission's answer) for one caller.
+            end = data.find(b"\r\n")
+            size = data[1:end]
+            if end > 1 and size.isdigit() and len(data) == end + 4 + int(size):
+                fut = self.waiters.popleft()[0]
+                reply = data[end + 2 : -2]
+                if not isinstance(fut, asyncio.Future):
+                    fut(reply)
+                elif not fut.done():
+                    fut.set_result(reply)
+                return
         buf = self.buf
         buf += data
         pos = 0
@@ -219,7 +231,7 @@ class RespClient:
         db = parsed.path.strip("/") if parsed.scheme != "unix" else ""
         self.db = int(db) if db else 0
         self.timeout_s = timeout_s
-        self._proto: Connection | None = None
+        self.proto: Connection | None = None
         self._connecting: asyncio.Future[Connection] | None = None
         self._subscribed: list[Connection] = []
 
@@ -251,11 +263,11 @@ class RespClient:
 
     def connected(self) -> Connection | None:
         """The open connection, if there is one (no waiting)."""
-        proto = self._proto
+        proto = self.proto
         return proto if proto is not None and not proto.closed else None
 
     async def connection(self) -> Connection:
-        proto = self._proto
+        proto = self.proto
         if proto is not None and not proto.closed:
             return proto
         if self._connecting is None:  # one connect for every caller waiting on it
@@ -267,7 +279,7 @@ class RespClient:
     def _connected(self, task: asyncio.Future[Connection]) -> None:
         self._connecting = None
         if not task.cancelled() and task.exception() is None:
-            self._proto = task.result()
+            self.proto = task.result()
 
     async def call(self, command: bytes) -> Any:
         """Send one encoded command; its reply (a ``RespError`` reply is raised)."""
@@ -295,9 +307,9 @@ class RespClient:
 
     def reset(self) -> None:
         """Drop the connection (after a timeout: its replies can no longer be matched)."""
-        if self._proto is not None:
-            self._proto.abort(ConnectionError("reset after a timeout"))
-            self._proto = None
+        if self.proto is not None:
+            self.proto.abort(ConnectionError("reset after a timeout"))
+            self.proto = None
 
     def close(self) -> None:
         self.reset()
