@@ -13,8 +13,9 @@ Responses -> chat is ours too: litellm's bridge costs ~200x ours on a 256-token 
 Messages <-> chat is ours rather than litellm's Anthropic adapter, which builds pydantic
 objects per chunk: on a 256-token stream it takes ~30 ms of CPU to our ~0.4 ms (77x),
 and 8x ours on a tool-loop request (``benchmarks/messages_translation.py``); through the
-router, a translated 256-token stream stays under twice a native one
-(``benchmarks/instructions.py --apis``).
+router, a translated 256-token stream from a host streaming token by token costs about
+1.5x a native one, 3.4-3.7x when the whole answer comes in one read (``benchmarks/
+instructions.py --agents``, the table in docs/agents.md).
 """
 
 from __future__ import annotations
