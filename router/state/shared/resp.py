@@ -96,6 +96,7 @@ class Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.out: list[bytes] = []
         self.closed = False
+        self.alone = False  # the last write carried one command
         # A subscribed connection: what arrives unasked (pub/sub messages) is queued here.
         self.pushes: asyncio.Queue[Any] | None = None
 
@@ -108,7 +109,10 @@ class Connection(asyncio.Protocol):
         if self.closed:
             raise ConnectionError("the Redis connection is closed")
         fut = self.loop.create_future()
-        if not self.waiters:  # idle: nothing to share a write with, so no wait for one
+        if self.alone and not self.waiters:
+            # Idle, and the last writes carried one command each (one request at a time):
+            # nothing to share a write with, so no loop turn's wait for company. Under
+            # load (writes carrying several) a command waits for the turn's others.
             if self._watchdog is None:
                 self._watchdog = self.loop.call_later(self.timeout_s / 2, self._check)
             self.waiters.append((fut, self.loop.time()))
@@ -146,6 +150,7 @@ class Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         out, self.out = self.out, []
+        self.alone = len(out) == 1
         if self.transport is not None and not self.closed:
             self.transport.write(b"".join(out))
 
