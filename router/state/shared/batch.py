@@ -1,12 +1,13 @@
 """What follows answers, queued for Redis and written as one batch of pipelined commands.
 
-Settlements (token corrections, concurrency releases, cost charges) go as one EVALSHA of
-``scripts.SETTLE`` for the whole batch; bindings as SET/DEL; hard cooldowns as HSET into
-one hash plus a PUBLISH on the channel of the same name (``feed.py``). A batch leaves
-with the next admission's write when one comes within ``BATCH_S`` (no write, no wake-up
-of its own), else on a timer. A batch that could not be written keeps what must not be
-lost: costs (per key, written when Redis is back) and cooldowns still running;
-concurrency slots expire by themselves, and corrections and bindings are hints.
+Settlements (token corrections, concurrency releases, cost charges) ride inside the next
+admission (``admit.AdmitCodec``, ``settle_parts``) or, when none comes within
+``BATCH_S``, go on a timer as one EVALSHA of ``scripts.SETTLE`` for the whole batch;
+bindings as SET/DEL; hard cooldowns as HSET into one hash plus a PUBLISH on the channel
+of the same name (``feed.py``), ahead of the admission's command in the same write. A
+batch that could not be written keeps what must not be lost: costs (per key, written
+when Redis is back) and cooldowns still running; concurrency slots expire by
+themselves, and corrections and bindings are hints.
 """
 
 from __future__ import annotations
