@@ -35,6 +35,10 @@ from providers.answer import Answer, Closed, Deadline, NotHttp, Silence, decoder
 __all__ = ["Answer", "Closed", "Deadline", "NotHttp", "Origin", "Silence"]
 
 _USER_AGENT = "llm-router"
+# Header names as they came -> lower case: an upstream sends the same few every time,
+# and a lookup costs a third of a decode and a lower. Bounded: a peer may send any names.
+_NAMES: dict[bytes, str] = {}
+_MAX_NAMES = 512
 TICK_S = 0.1  # how often deadlines are checked: a bound holds to within this
 
 
@@ -96,7 +100,11 @@ class Connection(asyncio.Protocol):
     # -- the parser's callbacks ------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
+        key = _NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_NAMES) < _MAX_NAMES:
+                _NAMES[name] = key
         text = value.decode("latin-1")
         known = self._fields.get(key)
         self._fields[key] = text if known is None else f"{known}, {text}"

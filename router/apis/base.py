@@ -95,7 +95,9 @@ class ClientApi:
     def validate(self, payload: dict[str, Any]) -> None:
         """Raises ``BadRequest`` naming the first field that is missing or ill-typed."""
         try:
-            self.body.model_validate(payload)
+            # The model's own validator, as model_validate calls it: its keyword
+            # handling costs a third as much again per request (4,500 instructions).
+            self.body.__pydantic_validator__.validate_python(payload)
         except ValidationError as exc:
             raise _bad_field(self.body, exc) from None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+from router.errors import error_body
 from router.http.request import Request
 
 _JSON = "application/json"
@@ -133,3 +134,15 @@ class Stream:
 
 
 Answer = Response | Stream
+
+
+# A connection past the server's cap, answered and closed at once.
+TOO_MANY = Response(
+    503,
+    error_body(
+        "the router has too many open connections; retry shortly",
+        "service_unavailable",
+        "too_many_connections",
+    ),
+    headers={"Retry-After": "1"},
+)

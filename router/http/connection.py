@@ -29,9 +29,18 @@ import httptools
 import structlog
 
 from router.errors import BadRequest, error_body
-from router.http.answers import CLOSE, KEEP, Answer, Response, Stream
+from router.http.answers import CLOSE, KEEP, TOO_MANY, Answer, Response, Stream
 from router.http.flow import BODY, PIPELINE, FlowControl
-from router.http.head import MAX_FIELD, MAX_FIELDS, MAX_HEAD, MAX_TARGET, HttpError, http11
+from router.http.head import (
+    MAX_FIELD,
+    MAX_FIELDS,
+    MAX_HEAD,
+    MAX_NAMES,
+    MAX_TARGET,
+    NAMES,
+    HttpError,
+    http11,
+)
 from router.http.request import Body, Headers, Request
 
 if TYPE_CHECKING:
@@ -46,16 +55,6 @@ log = structlog.get_logger("router.http")
 LINGER_S = 2.0
 
 Handler = Callable[[Request], Awaitable[Answer]]
-# A connection past the server's cap, answered and closed at once.
-TOO_MANY = Response(
-    503,
-    error_body(
-        "the router has too many open connections; retry shortly",
-        "service_unavailable",
-        "too_many_connections",
-    ),
-    headers={"Retry-After": "1"},
-)
 
 
 class Connection(asyncio.Protocol):
@@ -201,7 +200,11 @@ class Connection(asyncio.Protocol):
             raise HttpError(431, f"the request has over {MAX_FIELDS} header fields")
         if len(name) + len(value) > MAX_FIELD:
             raise HttpError(431, f"a request header field is over {MAX_FIELD} bytes")
-        key = name.decode("latin-1").lower()
+        key = NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(NAMES) < MAX_NAMES:
+                NAMES[name] = key
         text = value.decode("utf-8", "replace")
         fields = self._fields
         known = fields.get(key)
