@@ -1,5 +1,6 @@
-"""Client keys' limits on the request path: which routes a key may use, its admission
-through the shared state, OpenAI's ``x-ratelimit-*`` headers, and the settlement.
+"""Client keys' limits on the request path: which routes a key may use, the token
+estimate its admission reserves, and the verdict's headers (OpenAI's ``x-ratelimit-*``)
+or refusal. The proxy awaits the shared state's admission and settles it itself.
 
 A key that may not use a route gets 404 ``model_not_found``, as OpenAI answers for a
 model the key has no access to: the route's existence is not disclosed, and
@@ -86,17 +87,6 @@ def _message(admission: Admission) -> str:
     if limit == "concurrent" and quota and quota.concurrent is not None:
         return f"key {name!r} has {quota.concurrent} requests in flight, its limit; {wait}"
     return f"key {name!r} is over a limit; {wait}"
-
-
-def settle(
-    state: SharedState, admission: Admission, answered: bool, tokens: int | None, cost: float
-) -> None:
-    """The request is over: correct its token reservation to what the answer reported
-    (``tokens``; unknown and ``answered``: the reservation stands; nothing answered:
-    nothing was used), charge its cost, free its concurrency slot."""
-    if tokens is None and not answered:
-        tokens = 0
-    state.settle(admission, tokens, cost)
 
 
 async def add_budgets(state: SharedState, runtime: Runtime | None, result: dict[str, Any]) -> None:

@@ -328,7 +328,9 @@ def _finish(
     if admission is not None:
         usage = record.usage
         used = usage.prompt_tokens + usage.completion_tokens if usage else None
-        limits.settle(service.state, admission, opened is not None, used, record.cost)
+        if used is None and opened is None:
+            used = 0  # nothing answered: nothing used (answered, unknown: the reservation stands)
+        service.state.settle(admission, used, record.cost)
     if record.status == 0:
         record.status = 499  # the client went away before an answer
         record.error = record.error or "client_closed"

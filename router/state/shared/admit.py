@@ -14,6 +14,7 @@ from router.state.shared.batch import TTLS, Encoder, Settlement
 from router.state.shared.resp import bulk
 
 _NO_BINDING = b"$0\r\n\r\n"
+_new = object.__new__
 
 
 class AdmitCodec:
@@ -98,7 +99,8 @@ class AdmitCodec:
         """``scripts.ADMIT``'s answer: ok, code, limit, retry ms, tokens reserved, the
         size of the header lines that follow, then ``=binding`` or ``-``."""
         ok, code, limit, retry_ms, reserved, size, rest = reply.decode().split(" ", 6)
-        out = Admission(quota)
+        out = _new(Admission)  # no __init__ call: every request makes one
+        out.quota = quota
         if ok == "1":
             if lease:
                 out.lease = lease

@@ -63,6 +63,7 @@ class Writer:
         self.waiting = False  # the batch holds something (cheaper to ask than the batch)
         self._carried = False  # an admission carried a batch since the timer was set
         self.timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the first one armed on
         self._flushing: asyncio.Future[None] | None = None
 
     def queued(self, delay: float | None = None) -> None:
@@ -73,10 +74,12 @@ class Writer:
             self._arm(self.delay_s if delay is None else delay)
 
     def _arm(self, delay: float) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # no loop (a test's sync use): written by the next flush
+        loop = self._loop
+        if loop is None:
+            try:
+                loop = self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop (a test's sync use): written by the next flush
         self.timer = loop.call_later(delay, self._due)
 
     def carry(self, proto: Connection) -> list[Settlement] | None:
