@@ -5,7 +5,7 @@ Why it exists: the shared state could speak to Redis through redis-py (public AP
 kept) or through its own small client; this is the measurement that chooses. Every
 client sends the same admission (an EVALSHA of ``scripts.ADMIT`` with the key's limits,
 its tokens and a concurrency slot) and parses the answer the same way
-(``RedisState._admission``). Settlements are left out: batched, they are one more
+(``AdmitCodec.answer``). Settlements are left out: batched, they are one more
 command per batch for any client. The figure is this process's CPU time (user and
 system: the kernel's share of each write and read counts) over the admissions, at 1
 caller (nothing to share a write with) and 16 callers at once:
@@ -45,6 +45,7 @@ from redis.asyncio.connection import _AsyncHiredisParser, _AsyncRESP2Parser
 from redis.utils import HIREDIS_AVAILABLE
 
 from router.state.shared import Admission, Quota
+from router.state.shared.admit import AdmitCodec
 from router.state.shared.redis_store import RedisState
 from router.state.shared.scripts import ADMIT
 
@@ -117,7 +118,7 @@ class RedisPy:
             reply = await fut
         else:
             reply = await self.client.evalsha(self.admit_sha, 6, *self.keys, *args)
-        return RedisState._admission(reply, QUOTA, lease)
+        return AdmitCodec.answer(reply, QUOTA, lease)
 
     def _send_batch(self) -> None:
         queue, self.queue = self.queue, []

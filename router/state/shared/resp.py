@@ -1,19 +1,20 @@
 """A lean pipelining Redis client: one connection for commands, one per subscription; RESP2.
 
-Why not redis.asyncio (measured by benchmarks/redis_client.py, one run, the same
-admission EVALSHA through each): 65 us of CPU per admission through ``Redis.evalsha``
-with redis-py's parser and 68 us with hiredis at one caller, 57-60 us at 16 (27-33 us
-when the admissions of a loop turn are batched into one pipeline); this client 13 us and
-6 us: a fifth to a tenth. At one caller that difference is a tenth of what the router
-spends on a whole request. For the cooldowns' subscription (off the request path), a
-redis-py ``PubSub`` was tried again (redis-py 8.1.0): a follower task cancelled while
-it waited in ``get_message`` stayed there (with or without a timeout), so closing the
-store hung; this client's subscription is kept for it.
+Why not redis.asyncio (benchmarks/redis_client.py, one run, the same admission EVALSHA
+through each; docs/teams.md has the table): 89-94 us of CPU per admission through
+``Redis.evalsha`` at one caller, with hiredis or without, and 53-57 us at 16 (27-30 us
+batched into a pipeline per loop turn); this client 31 us and 5.5 us. redis-py's best
+case adds a fifth of a whole request under load, more than the budget for limits. For
+the cooldowns' subscription (off the request path), a redis-py ``PubSub`` was tried
+again (redis-py 8.1.0): a follower task cancelled while it waited in ``get_message``
+stayed there (with or without a timeout), so closing the store hung; this client's
+subscription is kept for it.
 
-It writes a command at once on an idle connection, every command issued in one
-event-loop turn with one ``write`` when busy, and matches replies to callers in order.
-It speaks what the shared state needs (commands, pipelines, one subscription), nothing
-more; redis-py is what the tests and benchmarks use to look into Redis.
+It writes a command at once on an idle connection while commands come one at a time,
+every command issued in one event-loop turn with one ``write`` under load, and matches
+replies to callers in order. It speaks what the shared state needs (commands, pipelines,
+one subscription), nothing more; redis-py is what the tests and benchmarks use to look
+into Redis.
 
 A command unanswered after the timeout aborts the connection (its replies could no longer
 be matched in order), failing every call waiting on it; the next call reconnects. One

@@ -1,13 +1,13 @@
 """Writing ``RedisState``'s batches: what follows answers, off the request path.
 
 A batch (``batch.Batch``: settlements, bindings, hard cooldowns) rides the next
-admission's write: ``ride`` puts its commands on the connection just ahead of the
-admission's, so they leave in the same write, their replies come back in the same read,
-and Redis applies them first (a concurrency slot freed by the last request is free for
-the next). When no admission comes within ``BATCH_S``, a timer writes the batch alone.
-Its replies are counted by a callback, not a future per command: a batch costs no
-wake-up of its own. A batch that could not be written keeps what must not be lost
-(``Batch.keep``) for the next one.
+admission: ``carry`` hands its settlements to the admission's command (the admission
+script applies them first, so a concurrency slot freed by the last request is free for
+the next) and puts its bindings and cooldowns on the connection just ahead of it, in the
+same write. When no admission comes, a timer writes the batch alone after ``BATCH_S``
+(at most twice that: the timer is not set again per request); the replies of such a
+write are counted by a callback (``Sent``), not a future per command. A batch that could
+not be written keeps what must not be lost (``Batch.keep``) for the next one.
 """
 
 from __future__ import annotations
