@@ -25,7 +25,6 @@ upgrades an old log in place. ``usage()`` loads SQLAlchemy on first use: only ad
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ import structlog
 
 from router.requestlog.batches import Batches
 from router.requestlog.records import RequestRecord
+from router.requestlog.retention import Retention
 from router.requestlog.rows import NULL, Record, entry, learn_names
 from router.requestlog.store import HEAD, Store, Target, open_store, parse_target, upgrade_in_child
 from router.requestlog.usage import Reader
@@ -44,8 +44,6 @@ State = str  # "starting", "ok", "failing", "stopped"
 if TYPE_CHECKING:
     from router.config import StorageSection
 
-PRUNE_EVERY_S = 3600.0
-PRUNE_RETRY_S = 60.0
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 30.0
 
@@ -75,7 +73,6 @@ class RequestLog:
         self._queue_size = queue_size
         self._batch_size = batch_size
         self._flush_interval = flush_interval_s
-        self._retention_s = retention_days * 86400.0
         self._names: dict[str | None, Any] = {None: NULL}  # see rows.entry()
         self._batches = Batches(
             size=queue_size,
@@ -84,6 +81,9 @@ class RequestLog:
             log=self._log,
             safe_url=self.safe_url,
             redact=self._redact,
+        )
+        self._retention = Retention(
+            retention_days, log=self._log, safe_url=self.safe_url, redact=self._redact
         )
         # The batches' queue, which record() appends to directly (one lookup less).
         self._queue: deque[Record] = self._batches.queue
@@ -99,7 +99,6 @@ class RequestLog:
         self.state: State = "starting"
         self.last_error: str | None = None  # why the last failed write failed (redacted)
         self.last_error_at: datetime | None = None
-        self._next_prune = 0.0
         self._reader = Reader(url) if url else None  # SQLAlchemy, for usage() only
         self.migrated = False  # the database is at head (or newer): writes may start
         self.upgraded = False  # this log ran the upgrade child to get it there
@@ -288,7 +287,7 @@ class RequestLog:
                 await store.connect()
                 if not self.migrated:
                     await self._migrate(store)
-                await self._prune_if_due(store)
+                await self._retention.prune_if_due(store)
                 await self._batches.write(store, len(self._queue) if everything else None)
             except asyncio.CancelledError:
                 raise
@@ -375,34 +374,6 @@ class RequestLog:
             self._tried.set()
         self.migrated = True
         self._log.info("request_log.ready", url=self.safe_url)
-
-    async def _prune_if_due(self, store: Store) -> None:
-        """Delete rows past retention; a failure is logged and retried later, not fatal."""
-        now = time.monotonic()
-        if now < self._next_prune:
-            return
-        self._next_prune = now + PRUNE_EVERY_S
-        cutoff = time.time() - self._retention_s
-        try:
-            requests, attempts = await store.prune(cutoff)
-        except Exception as exc:
-            # Writes go on; a prune that failed (locked, down, too slow) comes back soon.
-            self._next_prune = now + PRUNE_RETRY_S
-            self._log.warning(
-                "request_log.prune_failed",
-                url=self.safe_url,
-                error=type(exc).__name__,
-                detail=self._redact(exc),
-                retry_in_s=PRUNE_RETRY_S,
-            )
-            return
-        if requests or attempts:
-            self._log.info(
-                "request_log.pruned",
-                requests=requests,
-                attempts=attempts,
-                before=datetime.fromtimestamp(cutoff, UTC).isoformat(),
-            )
 
     def _failed(self, why: str) -> None:
         self.state = "failing"
