@@ -327,7 +327,7 @@ def test_a_request_log_trace_fits_the_fleet_it_recorded(
     predicted = json.loads(lab(capsys, "--config", str(cfg), "--trace", url, "--json")[1])
     (best,) = predicted["runs"]
     assert best["share"]["chat/fast"] > 0.8
-    assert best["ttft_ms"]["p50"] < 45
+    assert best["ttft_ms"]["p50"] < (fast + slow) / 2  # mostly the fast host's
 
 
 def test_the_lab_plays_a_simulated_host_on_the_simulators_own_law() -> None:
