@@ -151,9 +151,11 @@ class SharedState(abc.ABC):
     """
 
     mode: str = "memory"
+    clock: Callable[[], float]  # Unix time, set by each implementation
 
     def __init__(self) -> None:
         self.listeners: list[CooldownListener] = []
+        self._cools: dict[str, tuple[float, str]] = {}  # scope -> (until, reason)
 
     @abc.abstractmethod
     async def admit(
@@ -194,9 +196,13 @@ class SharedState(abc.ABC):
         """Put ``scope`` (an endpoint) aside until Unix time ``until`` on every replica.
         The caller has already done so locally; others hear of it through ``listeners``."""
 
-    @abc.abstractmethod
     def cooldowns(self) -> dict[str, tuple[float, str]]:
         """The hard cooldowns known here and still running: scope -> (until, reason)."""
+        now = self.clock()
+        cools = self._cools
+        for scope in [s for s, (until, _) in cools.items() if until <= now]:
+            del cools[scope]
+        return dict(cools)
 
     @abc.abstractmethod
     async def spent(self, names: Iterable[str]) -> dict[str, Spend]:

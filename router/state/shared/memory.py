@@ -72,7 +72,6 @@ class MemoryState(SharedState):
         # name -> [day id, USD that day, month id, USD that month]: one entry per key.
         self._spend: dict[str, list[Any]] = {}
         self._bindings: dict[str, tuple[str, float]] = {}
-        self._cools: dict[str, tuple[float, str]] = {}
         self._windows = ("", 0.0, "", 0.0)  # budget_windows(), valid until the day ends
 
     # -- admission --------------------------------------------------------------------
@@ -244,9 +243,3 @@ class MemoryState(SharedState):
         known = self._cools.get(scope)
         if known is None or known[0] < until:
             self._cools[scope] = (until, reason)
-
-    def cooldowns(self) -> dict[str, tuple[float, str]]:
-        now = self.clock()
-        for scope in [s for s, (until, _) in self._cools.items() if until <= now]:
-            del self._cools[scope]
-        return dict(self._cools)

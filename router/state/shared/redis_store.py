@@ -82,7 +82,6 @@ class RedisState(SharedState):
         encoder = Encoder(prefix, self._channel, self.replica)
         self._codec = AdmitCodec(prefix, lease_s, encoder)
         self._writer = Writer(self, encoder)
-        self._cools: dict[str, tuple[float, str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- calls --------------------------------------------------------------------------
@@ -224,12 +223,6 @@ class RedisState(SharedState):
         self._cools[scope] = (until, reason)
         self._writer.batch.cools.append((scope, until, reason))
         self._writer.queued()
-
-    def cooldowns(self) -> dict[str, tuple[float, str]]:
-        now = self.clock()
-        for scope in [s for s, (until, _) in self._cools.items() if until <= now]:
-            del self._cools[scope]
-        return dict(self._cools)
 
     async def flush(self) -> None:
         """Write what is queued now; returns when Redis answered (bounded by the timeout)."""
