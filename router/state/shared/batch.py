@@ -76,16 +76,19 @@ class Encoder:
         if items:
             out.append(self.settle_command(items, settle_sha, day, month))
         for key, (value, ttl_s) in batch.binds.items():
-            if value is None:
-                out.append(encode("DEL", self.prefix + "b:" + key))
-            else:
-                px = max(1, int(ttl_s * 1000))
-                out.append(encode("SET", self.prefix + "b:" + key, value, "PX", px))
+            out.append(self.binding(key, value, ttl_s))
         for scope, until, reason in batch.cools:
             out.append(encode("HSET", self.channel, scope, orjson.dumps([until, reason])))
             message = orjson.dumps([self.replica, scope, until, reason])
             out.append(encode("PUBLISH", self.channel, message))
         return out
+
+    def binding(self, key: str, value: str | None, ttl_s: float) -> bytes:
+        """The SET of a binding for ``ttl_s`` seconds, or its DEL when ``value`` is None."""
+        if value is None:
+            return encode("DEL", self.prefix + "b:" + key)
+        px = max(1, int(ttl_s * 1000))
+        return encode("SET", self.prefix + "b:" + key, value, "PX", px)
 
     def settle_command(
         self, items: list[Settlement], settle_sha: bytes, day: str, month: str

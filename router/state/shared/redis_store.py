@@ -79,7 +79,7 @@ class RedisState(SharedState):
         self.client = RespClient(url, timeout_s=timeout_s)
         self.settle_sha = b""
         self._channel = f"{prefix}cooldowns"
-        encoder = Encoder(prefix, self._channel, self.replica)
+        encoder = self._encoder = Encoder(prefix, self._channel, self.replica)
         self._codec = AdmitCodec(prefix, lease_s, encoder)
         self._writer = Writer(self, encoder)
         self._tasks: list[asyncio.Task[None]] = []
@@ -237,15 +237,13 @@ class RedisState(SharedState):
         return value.decode() if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: str, ttl_s: float) -> None:
-        px = max(1, int(ttl_s * 1000))
-        command = encode("SET", self.prefix + "b:" + key, value, "PX", px)
-        done, _ = await self._guarded("set", command)
+        done, _ = await self._guarded("set", self._encoder.binding(key, value, ttl_s))
         if not done:
             self.local.bind(key, value, ttl_s)
 
     async def delete(self, key: str) -> None:
         self.local.unbind(key)
-        await self._guarded("delete", encode("DEL", self.prefix + "b:" + key))
+        await self._guarded("delete", self._encoder.binding(key, None, 0.0))
 
     # -- budgets ------------------------------------------------------------------------
 
