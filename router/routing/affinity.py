@@ -75,17 +75,17 @@ class Affinity:
             if explores and head is not None and head.explore:
                 self.trial = ranking[0].id  # served there, it does not bind (settle)
                 return ranking
-            best = self._soonest(ranking, by_index, None, now) if explores else None
+            best = self._soonest(ranking, by_index, None, now)[0] if explores else None
             return ranking if best is None else [best, *(e for e in ranking if e is not best)]
         mine = by_index.get(bound.spec.index)
-        best = self._soonest(ranking, by_index, bound, now)
-        if mine is not None and best is not None:
+        best, best_wait = self._soonest(ranking, by_index, bound, now)
+        if mine is not None and best is not None and best_wait is not None:
             price_in, _ = bound.price
             cache_read = route.cache_read[bound.spec.index]
             stay = replace(self.stay, price_in=price_in, price_cache_read=cache_read)
             if not keep_bound(
                 waits(bound, mine, self.stay.stream, now),
-                waits(best, by_index[best.spec.index], self.stay.stream, now),
+                best_wait,
                 stay,
                 self.usd_per_s,
             ):
@@ -99,24 +99,26 @@ class Affinity:
         by_index: dict[int, Candidate],
         bound: Endpoint | None,
         now: float,
-    ) -> Endpoint | None:
-        """Where the conversation would wait least over its horizon if it came now: among
-        the ranked endpoints with evidence (not being explored or probed: no optimistic
-        prior decides a conversation) and no pricier than the ranking's first, other than
-        ``bound``. The ranking's own order is one request's view (its estimate mixes cached
-        and uncached answers, believes every hiccup, draws between near-equals), a fine
-        failover path but a poor judge of where a conversation should live."""
+    ) -> tuple[Endpoint | None, Wait | None]:
+        """Where the conversation would wait least over its horizon if it came now, and its
+        ``waits`` there: among the ranked endpoints with evidence (not being explored or
+        probed: no optimistic prior decides a conversation) and no pricier than the
+        ranking's first, other than ``bound``. The ranking's own order is one request's
+        view (its estimate mixes cached and uncached answers, believes every hiccup, draws
+        between near-equals), a fine failover path but a poor judge of where a conversation
+        should live."""
         head = by_index.get(ranking[0].spec.index)
         ceiling = head.price if head is not None else 0.0
-        best, least = None, 0.0
+        best, best_wait, least = None, None, 0.0
         for e in ranking:
             c = by_index.get(e.spec.index)
             if e is bound or c is None or c.explore or c.probing or c.price > ceiling:
                 continue
-            wait = over_horizon(waits(e, c, self.stay.stream, now), self.stay.turns)
+            w = waits(e, c, self.stay.stream, now)
+            wait = over_horizon(w, self.stay.turns)
             if best is None or wait < least:
-                best, least = e, wait
-        return best
+                best, best_wait, least = e, w, wait
+        return best, best_wait
 
     def verdict(self, served: str | None) -> str:
         """``hit`` when the bound endpoint served; ``new`` otherwise."""
