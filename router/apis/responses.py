@@ -194,9 +194,10 @@ class ResponsesInspector:
             return
         pos = 0
         for event in data[:stop].split(b"\n\n"):
-            if event.strip() and data_of(event) != b"[DONE]":
+            payload = data_of(event) if event.strip() else None
+            if payload is not None and payload != b"[DONE]":
                 try:
-                    obj = _parse(event)
+                    obj = _load(payload)
                 except ProtocolViolation as exc:
                     exc.forward = data[:pos]
                     raise
@@ -270,11 +271,13 @@ class ResponsesInspector:
 
 def _parse(event: bytes) -> dict[str, Any] | None:
     """An event's JSON data (None for comments and keep-alives); garbage raises."""
-    parts = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
-    if not parts:
-        return None
+    payload = data_of(event)
+    return None if payload is None else _load(payload)
+
+
+def _load(payload: bytes) -> dict[str, Any]:
     try:
-        obj = orjson.loads(b"\n".join(parts))
+        obj = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise ProtocolViolation("stream event is not JSON") from exc
     if not isinstance(obj, dict):
