@@ -187,7 +187,7 @@ class Chat(ClientApi):
     name: ClassVar[str] = "chat"
     path: ClassVar[str] = "/v1/chat/completions"
     operation: ClassVar[str] = "chat/completions"
-    body = ChatBody
+    body: ClassVar[type[Body]] = ChatBody
 
     def prepare(self, payload: dict[str, Any], stream: bool) -> bool:
         return ask_for_usage(payload, stream)

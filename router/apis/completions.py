@@ -12,9 +12,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from router.apis.base import Body, ClientApi, Inspector
-from router.apis.chat import ChatInspector, ask_for_usage, inspect_body, wants_json
-from router.requestlog.records import Usage
+from router.apis.base import Body, Inspector
+from router.apis.chat import Chat, ChatInspector
 
 _NUMBER = "a number"
 
@@ -31,25 +30,18 @@ class CompletionsBody(Body):
     stream_options: dict[str, Any] | None = Field(None, description="an object")
 
 
-class Completions(ClientApi):
+class Completions(Chat):
+    """Chat's usage request, JSON mode and body judge; its own inspector (no tools)."""
+
     name: ClassVar[str] = "completions"
     path: ClassVar[str] = "/v1/completions"
     operation: ClassVar[str] = "completions"
     body = CompletionsBody
 
-    def prepare(self, payload: dict[str, Any], stream: bool) -> bool:
-        return ask_for_usage(payload, stream)
-
-    def wants_json(self, payload: Mapping[str, Any]) -> bool:
-        return wants_json(payload)
-
     def inspector(
         self, payload: Mapping[str, Any], client_wants_usage: bool, json: bool
     ) -> Inspector:
         return ChatInspector(chat=False, client_wants_usage=client_wants_usage, json=json)
-
-    def inspect_body(self, body: bytes, json: bool) -> tuple[Usage | None, bool | None, str | None]:
-        return inspect_body(body, json)
 
 
 API = Completions()
