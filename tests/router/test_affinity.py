@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 import pytest
 
 from policies.affinity import Wait
 from providers.base import BufferedResponse, UpstreamRequest
 from providers.errors import UpstreamHTTPError
-from router.apis import BY_PATH
 from router.config import loads
 from router.routing import affinity as affinity_mod
 from router.routing.affinity import HIT, NEW, Affinity
@@ -25,16 +23,8 @@ from router.routing.pipeline import Call, Pipeline, RoutingPrefs
 from router.runtime import Runtime, build_runtime
 from router.state.clock import FakeClock
 from router.state.shared.memory import MemoryState
+from tests.router.chat_answer import ANSWER, CHAT
 
-CHAT = BY_PATH["/v1/chat/completions"]
-ANSWER = orjson.dumps(
-    {
-        "id": "x",
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1},
-    }
-)
 PRICE = "{input: 3.0, output: 15.0, cache_read: 0.3}"
 CONFIG = f"""
 storage: {{url: null}}

@@ -16,7 +16,6 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 import pytest
 import structlog
 from structlog.testing import capture_logs
@@ -24,7 +23,6 @@ from structlog.testing import capture_logs
 from providers.base import UpstreamRequest, UpstreamResponse
 from providers.errors import UpstreamConnectError, UpstreamHTTPError
 from providers.mock import MockProvider, json_answer
-from router.apis import BY_PATH
 from router.config import loads
 from router.errors import AllAttemptsFailed
 from router.obs.logs import REQUEST, bind_request, request_fields
@@ -32,17 +30,8 @@ from router.routing.attempts import Attempts, Opened
 from router.routing.pipeline import Call, Pipeline
 from router.runtime import build_runtime
 from router.state.clock import FakeClock
+from tests.router.chat_answer import ANSWER, CHAT
 from tests.virtual_time import run
-
-CHAT = BY_PATH["/v1/chat/completions"]
-ANSWER = orjson.dumps(
-    {
-        "id": "x",
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1},
-    }
-)
 
 CONFIG = """
 storage: {url: null}

@@ -30,7 +30,6 @@ from providers.base import (
     retry_after_from,
 )
 from providers.errors import UpstreamHTTPError
-from router.apis import BY_PATH
 from router.config import loads
 from router.errors import AllAttemptsFailed, UpstreamRateLimited
 from router.routing.attempts import RATE_LIMIT_DEFAULT_S, Attempts, Opened
@@ -39,16 +38,7 @@ from router.runtime import Runtime, build_runtime
 from router.service import Service
 from router.state.breaker import MAX_SET_ASIDE_S
 from router.state.clock import FakeClock
-
-CHAT = BY_PATH["/v1/chat/completions"]
-ANSWER = orjson.dumps(
-    {
-        "id": "x",
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1},
-    }
-)
+from tests.router.chat_answer import ANSWER, CHAT
 
 CONFIG = """
 storage: {url: null}
