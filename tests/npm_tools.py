@@ -13,9 +13,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.support import RouterProcess, routes_yaml
 
 CACHE = Path(os.environ.get("ROUTER_TEST_CACHE", Path.home() / ".cache" / "llm-router-tests"))
 INSTALL_S = 300
@@ -51,3 +55,26 @@ def npm_binary(package: str, directory: str, pattern: str) -> Path:
 def _find(prefix: Path, pattern: str) -> Path | None:
     found = sorted(p for p in prefix.glob(f"node_modules/{pattern}") if os.access(p, os.X_OK))
     return found[0] if found else None
+
+
+@contextmanager
+def agent_router(
+    tmp_path_factory: pytest.TempPathFactory, name: str, model: str
+) -> Iterator[RouterProcess]:
+    """The router the agents talk to: route ``agent`` on a simulated endpoint serving
+    ``model`` in the agent's own API, ``agent-chat`` on one that speaks only chat (so
+    the router translates)."""
+    providers = """
+  sim: {kind: simulated, ttft_ms: 1, tokens_per_s: 5000}
+  sim-chat: {kind: simulated, ttft_ms: 1, tokens_per_s: 5000, apis: [chat]}
+"""
+    routes = f"""
+  agent:
+    endpoints: [{{provider: sim, model: {model}}}]
+  agent-chat:
+    endpoints: [{{provider: sim-chat, model: chat-sim}}]
+"""
+    tmp = Path(tmp_path_factory.mktemp(name))
+    (tmp / "routes.yaml").write_text(routes_yaml(routes, providers))
+    with RouterProcess(tmp / "routes.yaml", tmp) as proc:
+        yield proc

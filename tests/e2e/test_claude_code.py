@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.npm_tools import npm_binary
-from tests.support import RouterProcess, poll, routes_yaml
+from tests.npm_tools import agent_router, npm_binary
+from tests.support import RouterProcess, poll
 
 RUN_S = 120
 
@@ -34,19 +34,7 @@ def claude() -> Path:
 
 @pytest.fixture(scope="module")
 def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
-    providers = """
-  sim: {kind: simulated, ttft_ms: 1, tokens_per_s: 5000}
-  sim-chat: {kind: simulated, ttft_ms: 1, tokens_per_s: 5000, apis: [chat]}
-"""
-    routes = """
-  agent:
-    endpoints: [{provider: sim, model: claude-sim}]
-  agent-chat:
-    endpoints: [{provider: sim-chat, model: chat-sim}]
-"""
-    tmp = Path(tmp_path_factory.mktemp("claude-code"))
-    (tmp / "routes.yaml").write_text(routes_yaml(routes, providers))
-    with RouterProcess(tmp / "routes.yaml", tmp) as proc:
+    with agent_router(tmp_path_factory, "claude-code", "claude-sim") as proc:
         yield proc
 
 
