@@ -111,6 +111,19 @@ class RawUpstream:
         self._loop.close()
 
 
+# The routes file's head for both fuzz rigs. The breaker never opens, and a rate limit or
+# bad key rests a moment only: every example reaches the fuzzed upstream first.
+DEFAULTS = (
+    "storage: {url: null}\n"
+    "defaults:\n"
+    f"  timeouts: {{connect_s: 1, ttft_s: 0.6, idle_s: 0.4, total_s: {TOTAL_S}}}\n"
+    "  retry: {attempts: 2, backoff_s: 0.01, backoff_max_s: 0.02}\n"
+    "  breaker: {consecutive_failures: 10000, error_rate: 1.0, min_requests: 10000,"
+    " cooldown_s: 0.05}\n"
+    "providers:\n"
+)
+
+
 @dataclass
 class Rig:
     router: RouterProcess
@@ -125,16 +138,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         raw = stack.enter_context(RawUpstream())
         good = stack.enter_context(FakeUpstream(text="served by good"))
         (tmp / "routes.yaml").write_text(
-            "storage: {url: null}\n"
-            "defaults:\n"
-            f"  timeouts: {{connect_s: 1, ttft_s: 0.6, idle_s: 0.4, total_s: {TOTAL_S}}}\n"
-            "  retry: {attempts: 2, backoff_s: 0.01, backoff_max_s: 0.02}\n"
-            # The breaker never opens, and a rate limit or bad key rests a moment only:
-            # every example reaches the fuzzed upstream first.
-            "  breaker: {consecutive_failures: 10000, error_rate: 1.0, min_requests: 10000,"
-            " cooldown_s: 0.05}\n"
-            "providers:\n"
-            f"  raw: {{kind: openai, base_url: 'http://127.0.0.1:{raw.port}/v1'}}\n"
+            DEFAULTS + f"  raw: {{kind: openai, base_url: 'http://127.0.0.1:{raw.port}/v1'}}\n"
             f"  good: {{kind: openai, base_url: '{good.base_url}'}}\n"
             "policies:\n  first: {strategy: priority}\n"
             "routes:\n  fuzz: {policy: first, endpoints: [{provider: raw, model: m},"

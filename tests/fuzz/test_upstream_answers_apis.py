@@ -19,7 +19,6 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -30,12 +29,14 @@ from hypothesis import strategies as st
 from tests.fakes.hosts import HOSTS, dispatch, event
 from tests.fuzz.test_upstream_answers import (
     CLIENT_FAULT,
+    DEFAULTS,
     GARBAGE,
     MARGIN_S,
     REASONS,
     RETRY_ON,
     TOTAL_S,
     RawUpstream,
+    Rig,
     Script,
     data_events,
     scripts,
@@ -122,13 +123,6 @@ def streams(draw: st.DrawFn, api: str) -> Script:
     return Script([(p, draw(pauses)) for p in parts if p], hang=draw(st.integers(0, 3)) == 0)
 
 
-@dataclass
-class Rig:
-    router: RouterProcess
-    raw: RawUpstream
-    client: httpx.Client
-
-
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("fuzz-upstream-apis")
@@ -137,14 +131,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         good = stack.enter_context(FakeUpstream(behaviour=dispatch))
         raw_url = f"http://127.0.0.1:{raw.port}/v1"
         (tmp / "routes.yaml").write_text(
-            "storage: {url: null}\n"
-            "defaults:\n"
-            f"  timeouts: {{connect_s: 1, ttft_s: 0.6, idle_s: 0.4, total_s: {TOTAL_S}}}\n"
-            "  retry: {attempts: 2, backoff_s: 0.01, backoff_max_s: 0.02}\n"
-            "  breaker: {consecutive_failures: 10000, error_rate: 1.0, min_requests: 10000,"
-            " cooldown_s: 0.05}\n"
-            "providers:\n"
-            f"  raw: {{kind: openai, base_url: '{raw_url}'}}\n"
+            DEFAULTS + f"  raw: {{kind: openai, base_url: '{raw_url}'}}\n"
             f"  good: {{kind: openai, base_url: '{good.base_url}'}}\n"
             f"  raw-anth: {{kind: anthropic, base_url: '{raw_url}'}}\n"
             f"  good-anth: {{kind: anthropic, base_url: '{good.base_url}'}}\n"
