@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from _translation import chat_chunks, print_rows  # noqa: E402
+
 from router.apis.translate.messages_via_chat import (  # noqa: E402
     MessagesFromChat,
     messages_to_chat,
@@ -33,19 +35,6 @@ from router.apis.translate.messages_via_chat import (  # noqa: E402
 
 TOKENS = 256
 REQUEST = json.loads((ROOT / "tests/fixtures/messages/messages_request.json").read_text())
-
-
-def chat_chunks(n: int) -> list[dict[str, Any]]:
-    base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1, "model": "b"}
-    out = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
-    out += [
-        {**base, "choices": [{"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}]}
-        for i in range(n)
-    ]
-    out.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    usage = {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": 8 + n}
-    out.append({**base, "choices": [], "usage": usage})
-    return out
 
 
 def ours_stream(reads: list[bytes], reps: int) -> float:
@@ -118,9 +107,7 @@ def main() -> None:
             litellm_request(10 * args.reps),
         ),
     ]
-    print(f"{'':32s} {'ours':>10s} {'litellm':>10s} {'litellm/ours':>13s}")
-    for name, mine, theirs in rows:
-        print(f"{name:32s} {mine:10.3f} {theirs:10.3f} {theirs / mine:12.0f}x")
+    print_rows(rows)
 
 
 if __name__ == "__main__":
