@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,23 @@ async def run_real(url: str, route: str, n: int, conc: int) -> Run:
     return await drive(url, route, n=n, concurrency=conc)
 
 
+def print_tables(
+    header: list[str],
+    rows: Callable[[str], list[list[str]]],
+    policy: str,
+    predict: Iterable[str],
+    fleet: dict[str, Any],
+) -> None:
+    """The replay's table (``policy``), the prediction's (the others), and the fleet as
+    fitted: the part of the report both lab validations print alike."""
+    print(table([header, *rows(policy)]))
+    print(f"\n2. Prediction: the fit from {policy}'s log, other policies on its arrivals")
+    print(table([header, *(row for other in predict for row in rows(other))]))
+    print("\nThe fleet as fitted:")
+    for ep, how in sorted(fleet.items()):
+        print(f"  {ep}: " + ", ".join(f"{k} {v}" for k, v in how.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=600)
@@ -251,12 +269,7 @@ def main() -> None:
         f"\n1. Replay: {args.requests} streaming requests of policy {args.policy} at "
         f"concurrency {args.concurrency}, fitted from its own request log and replayed"
     )
-    print(table([header, *rows(args.policy)]))
-    print(f"\n2. Prediction: the fit from {args.policy}'s log, other policies on its arrivals")
-    print(table([header, *(row for policy in predict for row in rows(policy))]))
-    print("\nThe fleet as fitted:")
-    for ep, how in sorted(fleet.items()):
-        print(f"  {ep}: " + ", ".join(f"{k} {v}" for k, v in how.items()))
+    print_tables(header, rows, args.policy, predict, fleet)
     print(
         "\nreal: what the clients saw; real again: a second real run of the same policy (how"
         " far two real runs land apart); router's log: the serving attempt's TTFT as the"

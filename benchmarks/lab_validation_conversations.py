@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 import conversations as conv
-from lab_validation import logged_ttft, within
-from scenario import Router, Sim, dump, pct, table
+from lab_validation import logged_ttft, print_tables, within
+from scenario import Router, Sim, dump, pct
 
 from router.config import loads
 from router.lab.engine import simulate_config
@@ -252,12 +252,7 @@ def main() -> None:
         f"\n1. Replay: {args.conversations} conversations ({turns} turns) of policy "
         f"{args.policy} at concurrency {args.concurrency}, fitted from its own request log"
     )
-    print(table([header, *rows(args.policy)]))
-    print(f"\n2. Prediction: the fit from {args.policy}'s log, other policies on its arrivals")
-    print(table([header, *(row for policy in predict for row in rows(policy))]))
-    print("\nThe fleet as fitted:")
-    for ep, how in sorted(fleet.items()):
-        print(f"  {ep}: " + ", ".join(f"{k} {v}" for k, v in how.items()))
+    print_tables(header, rows, args.policy, predict, fleet)
     dump(args.json, {"real": real, "logged": logged, "lab": lab, "fleet": fleet,
                      "args": vars(args), "logs": {f"{k[1]}-{k[0]}": v for k, v in logs.items()}})  # fmt: skip
 
