@@ -33,7 +33,7 @@ import statistics
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from providers.simulated.prompt_cache import CacheSettings
 from router.lab.fleet import Bucket, Fitted, Quantiles
@@ -42,6 +42,7 @@ from router.lab.trace import CENSORED, HANG, HTTP, OK, Observation, Trace
 MAX_BUCKETS = 48
 MIN_WIDTH_S = 1.0
 MIN_SAMPLES = 20
+MIN_LAST = 3  # verdicts in a host's last bucket that stand for it after (``_kept_from``)
 PRIOR_TTFT_S = 0.5
 PRIOR_TOKENS_PER_S = 50.0
 
@@ -94,11 +95,13 @@ class Fleet:
     ) -> Fitted:
         """``observations`` fitted; what they lack, taken from ``pool`` (the route's)."""
         pooled = self._buckets(pool, None, None) if pool is not observations else None
-        cache = self._cache(observations)
+        cached_by = observations
         if pooled is not None and sum(o.outcome == OK for o in observations) < MIN_SAMPLES:
             # Too few answers to tell whether it caches (a host the policy avoided): its
             # route's hosts' caching, a stated prior, as for its outcome mix.
-            cache = self._cache(pool)
+            cached_by = pool
+        cache = self._cache(cached_by)
+        shared = _shared_prefix(cached_by) if cache is not None else 0
         return Fitted(
             self._buckets(observations, pooled, cache),
             self.start,
@@ -107,6 +110,7 @@ class Fleet:
             seed=seed,
             default_tokens_per_s=self.default_tps,
             cache=cache,
+            shared_prefix_tokens=shared,
             summary=_summary(observations, self.buckets),
         )
 
@@ -163,10 +167,14 @@ class Fleet:
         served = [[o for o in b if o.outcome == OK] for b in judged]
         streamed = [[o for o in b if o.stream] for b in served]
         failed = [[o for o in b if o.outcome not in (OK, HANG)] for b in judged]
+        near = _near
+        last = max((k for k in range(n) if judged[k]), default=n - 1)
+        if last < n - 1 and len(judged[last]) >= MIN_LAST:
+            near = _kept_from(last)
         buckets = []
         for k in range(n):
-            outcomes, cumulative = _mix(_near(judged, k), pooled[k] if pooled else None)
-            near_streamed = _near(streamed, k)
+            outcomes, cumulative = _mix(near(judged, k), pooled[k] if pooled else None)
+            near_streamed = near(streamed, k)
             bucket = Bucket(
                 outcomes=outcomes,
                 cumulative=cumulative,
@@ -178,10 +186,10 @@ class Fleet:
                     ]
                 ),
                 tokens_per_s=_quantiles(
-                    [o.tokens_per_s for o in _near(served, k, _has_tps) if o.tokens_per_s]
+                    [o.tokens_per_s for o in near(served, k, _has_tps) if o.tokens_per_s]
                 ),
-                whole=_quantiles([o.duration_s for o in _near(served, k, _whole)]),
-                fail_after=_quantiles([o.duration_s for o in _near(failed, k)]),
+                whole=_quantiles([o.duration_s for o in near(served, k, _whole)]),
+                fail_after=_quantiles([o.duration_s for o in near(failed, k)]),
                 p_break=(
                     sum(o.broken for o in near_streamed) / len(near_streamed)
                     if near_streamed
@@ -245,8 +253,43 @@ def _near(per: Sequence[list[_T]], k: int, keep: Callable[[_T], bool] | None = N
     return out
 
 
+def _kept_from(last: int) -> Callable[..., list[Any]]:
+    """``_near``, except that a bucket after ``last`` (the host's last verdicts: the
+    recorded policy stopped sending it anything) has what ``last`` showed, alone: the
+    host is taken to stay as it was last seen. Borrowing from nearest neighbours would
+    mix in the earlier buckets, and a host that slowed down, and was left for it, would
+    come back fast."""
+
+    def near(per: Sequence[list[_T]], k: int, keep: Callable[[_T], bool] | None = None) -> list[_T]:
+        if k > last:
+            own = [x for x in per[last] if keep is None or keep(x)]
+            if own:
+                return own
+        return _near(per, k, keep)
+
+    return near
+
+
 def _quantiles(samples: list[float]) -> Quantiles | None:
     return Quantiles(samples) if samples else None
+
+
+def _shared_prefix(observations: Sequence[Observation]) -> int:
+    """The prompt tokens a conversation's first answer on this host read from its cache:
+    a prefix common to conversations (the same tools, one system prompt) that the host
+    kept from the others'. The median over first answers, so a host that mostly had
+    none (or a log without sessions, or too few conversations to tell) keeps none."""
+    seen: set[str] = set()
+    firsts: list[int] = []
+    for o in sorted(observations, key=_ts):
+        if o.outcome == OK and o.session is not None and o.session not in seen:
+            seen.add(o.session)
+            firsts.append(o.cached_tokens)
+    return int(statistics.median(firsts)) if len(firsts) >= MIN_SAMPLES else 0
+
+
+def _ts(o: Observation) -> float:
+    return o.ts
 
 
 def _uncached(ttft: float, share: float, factor: float) -> float:

@@ -49,6 +49,9 @@ class Answer:
 class Behaviour(Protocol):
     source: str  # "fitted", "simulated", "prior (...)": shown in the output
     cache: CacheSettings | None
+    # A prefix common to conversations that the host serves from cache to any of them
+    # once another's prompt warmed it (fitted from first turns; 0: none known).
+    shared_prefix_tokens: int
 
     def answer(self, at: float, stream: bool, tokens: int, whole: bool) -> Answer:
         """An attempt sent at trace time ``at`` for ``tokens`` output tokens; ``whole``:
@@ -116,9 +119,11 @@ class Fitted:
         seed: int,
         default_tokens_per_s: float,
         cache: CacheSettings | None = None,
+        shared_prefix_tokens: int = 0,
         summary: dict[str, object] | None = None,
     ) -> None:
         self.buckets = list(buckets)
+        self.shared_prefix_tokens = shared_prefix_tokens
         self.start = start
         self.width_s = width_s
         self.source = source
@@ -135,6 +140,7 @@ class Fitted:
             "source": self.source,
             **self.summary,
             "cache_ttft_factor": round(cache.ttft_factor, 2),
+            "shared_prefix_tokens": self.shared_prefix_tokens,
         }
 
     def done(self) -> None:
@@ -188,6 +194,7 @@ class Simulated:
     """
 
     source = "simulated"
+    shared_prefix_tokens = 0  # the lab cannot see a simulated host's prompts' segments
 
     def __init__(self, params: SimParams, cache: CacheSettings | None = None) -> None:
         self.params = params

@@ -98,6 +98,8 @@ class Observation:
     tokens_per_s: float | None = None  # a served, single-attempt request's generation speed
     cached: bool = False  # served with cached prompt tokens
     cached_share: float = 0.0  # of its request's prompt tokens, those read from a cache
+    cached_tokens: int = 0
+    session: str | None = None  # its request's conversation (served attempts only)
     broken: bool = False  # served, then the stream broke
 
 
@@ -318,6 +320,8 @@ def _assemble(source: str, rows: Iterable[Any], attempt_rows: Iterable[Any]) -> 
             if generation > 0.0:
                 obs.tokens_per_s = req.completion_tokens / generation
         obs.cached = bool(req.cached_tokens)
+        obs.cached_tokens = req.cached_tokens or 0
+        obs.session = req.session
         if req.cached_tokens and req.prompt_tokens:
             obs.cached_share = min(1.0, req.cached_tokens / req.prompt_tokens)
         obs.broken = req.status != 200 and req.error in _MID_STREAM

@@ -17,9 +17,11 @@ with ``IdleTimeout``.
 
 Prompt caching: when the behaviour's host caches and the request names a session, a
 session's prefix seen on this host within the cache's ``ttl_s`` is read from cache (the
-shorter of the two prompts, when at least ``min_tokens``), and its TTFT shrinks as the
-simulator's does (``ttft_factor`` on the cached share). Without a session, the trace's own
-cached-token count is replayed where the host caches.
+shorter of the two prompts, when at least ``min_tokens``), and so is the host's prefix
+common to conversations (``shared_prefix_tokens``, fitted from first turns) while any
+prompt within ``ttl_s`` keeps it; its TTFT shrinks as the simulator's does
+(``ttft_factor`` on the cached share). Without a session, the trace's own cached-token
+count is replayed where the host caches.
 """
 
 from __future__ import annotations
@@ -214,6 +216,7 @@ class LabProvider:
         self._requests = requests
         self._trace_time = trace_time
         self._sessions: dict[tuple[str, str], tuple[float, int]] = {}  # -> (expires, prompt)
+        self._warm: dict[str, float] = {}  # model -> until when its shared prefix is cached
 
     def send(self, request: UpstreamRequest) -> asyncio.Future[Any]:
         loop = self._loop
@@ -264,10 +267,14 @@ class LabProvider:
             return min(req.cached_tokens, req.prompt_tokens)
         key = (model, req.session)
         seen = self._sessions.get(key)
-        self._sessions[key] = (now + cache.ttl_s, req.prompt_tokens)
-        if seen is None or seen[0] < now:
-            return 0
-        prefix = min(seen[1], req.prompt_tokens)
+        expires = now + cache.ttl_s
+        self._sessions[key] = (expires, req.prompt_tokens)
+        prefix = 0 if seen is None or seen[0] < now else min(seen[1], req.prompt_tokens)
+        shared = behaviour.shared_prefix_tokens
+        if shared:  # the prefix common to conversations, while any prompt keeps it warm
+            if self._warm.get(model, -1.0) >= now:
+                prefix = max(prefix, min(shared, req.prompt_tokens))
+            self._warm[model] = expires
         return prefix if prefix >= cache.min_tokens else 0
 
     async def aclose(self) -> None:

@@ -96,3 +96,69 @@ def test_a_host_tried_too_little_to_tell_caches_as_its_route_does() -> None:
     fleet = Fleet(Trace("t", requests, attempts), 0)
     rare = fleet.behaviour("agent", "rare")
     assert rare.cache is not None and rare.cache.ttft_factor < 0.5
+
+
+SHARED_CONFIG = """
+providers:
+  h: {kind: openai, base_url: "http://127.0.0.1:9/v1"}
+routes:
+  agent:
+    policy: round_robin
+    endpoints:
+      - {provider: h, model: m}
+"""
+
+
+def _first_turns(cached: int) -> Trace:
+    """60 conversations seen once each on host ``h``, every one after the first reading
+    ``cached`` tokens of its 3,000 from cache: the tools and system prompt they share."""
+    requests, attempts = [], []
+    for i in range(60):
+        hit = cached if i else 0
+        requests.append(TraceRequest(NOW + i, "agent", "chat", True, 3000, 20, hit, f"c{i}"))
+        obs = Observation(NOW + i, "agent", "h", True, OK, 200, 0.2, 0.1 if hit else 0.2,
+                          cached=bool(hit), cached_share=hit / 3000)  # fmt: skip
+        obs.cached_tokens, obs.session = hit, f"c{i}"
+        attempts.append(obs)
+    return Trace("t", requests, attempts)
+
+
+def test_a_prefix_every_conversation_shares_is_fitted_and_replayed_as_cached() -> None:
+    """First turns that read 2,000 tokens from cache tell of a prefix common to the
+    conversations; the lab serves it from cache to a new conversation on a warm host
+    (its own prefix is not there yet), so the replay's cache-hit rate is the log's."""
+    from router.config import loads
+    from router.lab.engine import simulate_config
+    from router.lab.figures import summarise
+
+    trace = _first_turns(2000)
+    assert Fleet(trace, 0).behaviour("agent", "h").shared_prefix_tokens == 2000
+    assert Fleet(_first_turns(0), 0).behaviour("agent", "h").shared_prefix_tokens == 0
+
+    summary = summarise(simulate_config(loads(SHARED_CONFIG, env={}), trace, seed=0), "a")
+    recorded = sum(r.cached_tokens for r in trace.requests) / (3000 * 60)
+    assert summary["cache_hit_rate"] == pytest.approx(recorded, abs=0.01)
+    assert summary["fleet"]["agent/h"]["shared_prefix_tokens"] == 2000
+
+
+def test_a_host_left_after_it_slowed_down_stays_slow_in_the_fit() -> None:
+    """The recorded policy sent ``fast`` five slow answers' worth and then left it: after
+    that the fit keeps it as it was last seen, not as the fast host it had been before
+    (which borrowing from earlier buckets would bring back)."""
+    requests = [TraceRequest(NOW + i, "chat", "chat", True, 100, 20) for i in range(600)]
+    attempts = [
+        Observation(NOW + i, "chat", "fast", True, OK, 200, 0.05, ttft_s=0.05) for i in range(300)
+    ]
+    attempts += [
+        Observation(NOW + i, "chat", "fast", True, OK, 200, 0.5, ttft_s=0.5)
+        for i in range(300, 305)
+    ]
+    attempts += [
+        Observation(NOW + i, "chat", "other", True, OK, 200, 0.1, ttft_s=0.1)
+        for i in range(305, 600)
+    ]
+    fast = Fleet(Trace("left", requests, attempts), seed=1).behaviour("chat", "fast")
+    early = [fast.answer(NOW + 100, True, 20, False).first_s for _ in range(50)]
+    late = [fast.answer(NOW + 500, True, 20, False).first_s for _ in range(50)]
+    assert max(early) == pytest.approx(0.05)
+    assert min(late) == pytest.approx(0.5)
