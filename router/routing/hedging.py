@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 from providers.errors import UpstreamError
 from router.config import HedgeSection
@@ -31,26 +33,21 @@ async def race(
     if hedge is None:
         return await attempts.open(route, first)
     delay = hedge_delay(hedge, first)
-    tasks = {asyncio.ensure_future(attempts.open(route, first, racing=True))}
+    loop = asyncio.get_running_loop()
+    tasks = {loop.create_task(attempts.open(route, first, racing=True))}
     extra = 0
     last: BaseException | None = None
     won = False
     try:
         while tasks:
             can_hedge = extra < hedge.max_extra
-            done, _ = await asyncio.wait(
-                tasks,
-                timeout=delay if can_hedge else None,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            done = await _first_done(loop, tasks, delay if can_hedge else None)
             if not done:
                 ep = next_endpoint() if spend() else None
                 extra += 1
                 if ep is not None:
                     attempts.hedges += 1
-                    tasks.add(
-                        asyncio.ensure_future(attempts.open(route, ep, hedged=True, racing=True))
-                    )
+                    tasks.add(loop.create_task(attempts.open(route, ep, hedged=True, racing=True)))
                 continue
             for task in done:
                 tasks.discard(task)
@@ -72,6 +69,33 @@ async def race(
             except BaseException:
                 continue
             result.abandon()  # opened just as it was cancelled: close it
+
+
+async def _first_done(
+    loop: asyncio.AbstractEventLoop, tasks: set[asyncio.Task[Opened]], after: float | None
+) -> set[asyncio.Task[Opened]]:
+    """The done set of ``asyncio.wait(tasks, timeout=after, return_when=FIRST_COMPLETED)``,
+    woken in the same loop turns (a task's done callback, then the waiter's), without its
+    generality: no copy of the set, no coroutine check per member, no closure counting
+    completions. A hedged request waits once per attempt started."""
+    waiter: asyncio.Future[None] = loop.create_future()
+    release = partial(_release, waiter)
+    handle = None if after is None else loop.call_later(after, release)
+    for task in tasks:
+        task.add_done_callback(release)
+    try:
+        await waiter
+    finally:
+        if handle is not None:
+            handle.cancel()
+        for task in tasks:
+            task.remove_done_callback(release)
+    return {task for task in tasks if task.done()}
+
+
+def _release(waiter: asyncio.Future[None], *_: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def hedge_delay(hedge: HedgeSection, ep: Endpoint) -> float:
