@@ -240,8 +240,8 @@ class Simulated:
         if whole:
             return Answer(OK, ttft + gap * n)
         if p.disconnect_mid_stream:
-            return Answer(BREAK, ttft, gap * (max(1, n // 2) - 1), gap_s=gap)
-        return Answer(OK, ttft, gap * (n - 1), gap_s=gap)
+            return Answer(BREAK, ttft, gap * (max(1, n // 2) - 1), 200, None, gap)
+        return Answer(OK, ttft, gap * (n - 1), 200, None, gap)  # by position: no kwargs dict
 
     def done(self) -> None:
         self.busy = max(0, self.busy - 1)

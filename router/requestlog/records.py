@@ -69,11 +69,16 @@ class Usage:
         if isinstance(pdetails, dict):
             u.cached_tokens = _int(pdetails.get("cached_tokens"))
             u.cache_write_tokens = _int(pdetails.get("cache_creation_tokens"))
-        # Anthropic-style fields, as litellm passes them through.
+        # Anthropic-style fields, as litellm passes them through (checked only when there:
+        # most answers have neither, and this runs on every one).
         if not u.cached_tokens:
-            u.cached_tokens = _int(usage.get("cache_read_input_tokens"))
+            read = usage.get("cache_read_input_tokens")
+            if read is not None:
+                u.cached_tokens = _int(read)
         if not u.cache_write_tokens:
-            u.cache_write_tokens = _int(usage.get("cache_creation_input_tokens"))
+            written = usage.get("cache_creation_input_tokens")
+            if written is not None:
+                u.cache_write_tokens = _int(written)
         return u
 
     @classmethod

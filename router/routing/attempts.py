@@ -203,16 +203,17 @@ class Attempts:
         """What ``ep`` is sent, in ``api`` (the client's own when ``native_api``)."""
         timeouts = ep.spec.timeouts
         ttft = timeouts.ttft_s
+        # By position, in the fields' order: keywords cost a dict per call to a class.
         return UpstreamRequest(
-            operation=api.operation,
-            payload=payload,
-            stream=self.stream,
-            request_id=self.request_id,
-            headers=self.headers if native_api else None,
-            connect_s=timeouts.connect_s,
-            read_s=max(ttft, timeouts.idle_s) if self.stream and not native else ttft,
-            first_s=ttft,
-            total_s=max(0.0, budget),
+            api.operation,
+            payload,
+            self.stream,
+            self.request_id,
+            self.headers if native_api else None,
+            timeouts.connect_s,
+            max(ttft, timeouts.idle_s) if self.stream and not native else ttft,  # read_s
+            ttft,  # first_s
+            max(0.0, budget),  # total_s
         )
 
     def _failed(
@@ -308,14 +309,14 @@ class Attempts:
         now = self.clock()
         ttft = lease.first_token_at
         self.records.append(
-            AttemptRecord(
-                route=route,
-                endpoint=ep.id,
-                status=status,
-                reason=reason,
-                duration_ms=(now - lease.started) * 1000.0,
-                hedged=hedged,
-                ttft_ms=None if ttft is None else (ttft - lease.started) * 1000.0,
+            AttemptRecord(  # by position, as UpstreamRequest above
+                route,
+                ep.id,
+                status,
+                reason,
+                (now - lease.started) * 1000.0,  # duration_ms
+                hedged,
+                None if ttft is None else (ttft - lease.started) * 1000.0,  # ttft_ms
             )
         )
 
