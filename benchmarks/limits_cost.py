@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import cpu_seconds, free_port, raise_nofile
+from _common import cpu_seconds, free_port, raise_nofile, tree
 from perf import HERE, PY, Bench, Proc, f, pinned, router_cmd
 
 KEY = "sk-bench-limited-key"
@@ -179,18 +179,52 @@ async def admit_latency(url: str, n: int = 2000) -> tuple[float, float]:
     return took[len(took) // 2], took[int(len(took) * 0.99)]
 
 
+def sleeps(pid: int) -> int:
+    """How many times a process tree went to sleep waiting (voluntary context switches):
+    at one connection, each is a wait for the client, the upstream or Redis."""
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status", "rb") as fh:
+                for line in fh:
+                    if line.startswith(b"voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
 def latency_rounds(procs: dict[str, Proc], rounds: int, duration: float) -> None:
+    """Each configuration alone under one connection in turn, rounds rotated: the latency
+    the admission adds, and the CPU per answer of a router that has its core to itself
+    (side by side, six routers share core 0, so each wake-up finds its caches cold:
+    the worst case for a request that waits once more, on Redis)."""
     added: dict[str, dict[str, list[float]]] = {n: {"p50": [], "p99": []} for n in NAMES[1:]}
+    cpu: dict[str, list[float]] = {n: [] for n in NAMES}
+    waits: dict[str, list[float]] = {n: [] for n in NAMES}
     for r in range(rounds):
         order = NAMES[r % 3 :] + NAMES[: r % 3]
-        res = {n: loadgen(procs[n].url, key_of(n), 1, duration, "1") for n in order}
+        res = {}
+        for n in order:
+            pid = procs[n].pid
+            before, slept = cpu_seconds(pid) or 0.0, sleeps(pid)
+            res[n] = loadgen(procs[n].url, key_of(n), 1, duration, "1")
+            done = max(res[n]["completed"], 1)
+            cpu[n].append(((cpu_seconds(pid) or 0.0) - before) * 1000.0 / done)
+            waits[n].append((sleeps(pid) - slept) / done)
         for n in NAMES[1:]:
             for p in ("p50", "p99"):
                 added[n][p].append(res[n]["latency_ms"][p] - res["off"]["latency_ms"][p])
     for n in NAMES[1:]:
         p50 = statistics.median(added[n]["p50"])
         p99 = statistics.median(added[n]["p99"])
-        print(f"| {n} | {p50 * 1000:+.0f} us | {p99 * 1000:+.0f} us |")
+        change = [(x / z - 1.0) * 100.0 for x, z in zip(cpu[n], cpu["off"], strict=True)]
+        print(f"| {n} | {p50 * 1000:+.0f} us | {p99 * 1000:+.0f} us | "
+              f"{f(statistics.median(cpu[n]), 3)} | {pct(change)} "
+              f"({min(change):+.1f}..{max(change):+.1f}) | "
+              f"{statistics.median(waits[n]):.2f} |")  # fmt: skip
+    print(f"\n(off alone: {f(statistics.median(cpu['off']), 3)} cpu ms/req, "
+          f"{statistics.median(waits['off']):.2f} sleeps per request)")
 
 
 def workers(bench: Bench, tmp: str, upstream: str, env: dict[str, str], duration: float,
@@ -280,9 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         for conns in (int(c) for c in args.conns.split(",")):
             cpu, redis_ms = side_by_side(procs, conns, args.reps, args.duration, redis)
             report_cpu(cpu, redis_ms, conns)
-        print("\n### Latency added at 1 connection (vs off, same round; median over rounds)\n")
-        print("| config | p50 | p99 |")
-        print("|---|---|---|")
+        print("\n### Each alone at 1 connection: latency added and CPU (vs off, same round; "
+              "median over rounds)\n")
+        print("| config | p50 | p99 | cpu ms/req alone | vs off (range over rounds) | "
+              "sleeps per request |")  # fmt: skip
+        print("|---|---|---|---|---|---|")
         latency_rounds(procs, args.rounds, args.duration)
         p50, p99 = asyncio.run(admit_latency(args.redis))
         print(f"\nOne admission on Redis from a client process: p50 {p50 * 1000:.0f} us, "
