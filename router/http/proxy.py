@@ -38,6 +38,7 @@ from router.routing.affinity import OFF, Affinity
 from router.routing.affinity import plan as plan_affinity
 from router.routing.attempts import Attempts, Opened
 from router.routing.pipeline import Call, Pipeline, RoutingPrefs
+from router.routing.sessions import session_of
 from router.runtime import RouteRuntime
 from router.service import Service
 from router.state.shared import Admission, SharedState, StateUnavailable
@@ -99,7 +100,7 @@ class Proxy:
         headers = {"x-request-id": request_id}
         context = bind_request(request_id)  # every event of this request carries its fields
         record = RequestRecord(request_id=request_id, operation=api.operation, key_name=None)
-        opened = attempts = affinity = admission = None
+        opened = attempts = affinity = admission = call = None
         service.in_flight += 1
         try:
             if runtime is None:
@@ -131,6 +132,8 @@ class Proxy:
             return _crashed(api, record, headers)
         finally:
             service.in_flight -= 1
+            if affinity is None and call is not None and service.requestlog is not None:
+                record.session = _session(call, context.route, request)
             _finish(service, record, started, opened, attempts, affinity, admission)
             context.end()
 
@@ -191,6 +194,15 @@ def _affinity(route: RouteRuntime, call: Call, request: Request, size: int) -> A
         size,
         call.stream,
     )
+
+
+def _session(call: Call, route: str | None, request: Request) -> str | None:
+    """The conversation for the request log when no affinity named it, so that the
+    policy lab can replay a log recorded without affinity by conversation (prompt
+    caching, and a candidate policy with affinity). After the answer: no latency."""
+    if route is None:
+        return None
+    return session_of(route, call.api.name, call.payload, request.headers)
 
 
 async def _admit(

@@ -139,6 +139,6 @@ class RequestRecord:
     # The serving attempt's whole span (an attempt record ends when it opens: for a stream,
     # at its first token), for the model page's upstream latency and throughput.
     served_ms: float | None = None
-    # The conversation as prompt-cache affinity named it (``routing.sessions``); None
-    # when the request's policy has no affinity (no session is computed then).
+    # The conversation (``routing.sessions``), as prompt-cache affinity named it or, with
+    # no affinity, as the proxy names it for the request log (None without a log).
     session: str | None = None

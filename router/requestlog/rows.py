@@ -139,7 +139,7 @@ def entry(rec: RequestRecord, names: dict[str | None, Any]) -> Record:
         u.completion_tokens, rec.cost, attempt_ms, attempt_ttft,
     )  # fmt: skip
     # The columns at their defaults in most rows go only when they are not (DEFAULTS);
-    # the session, set only under affinity, last of all.
+    # the session last of all (a log written before revision 0008 has no column for it).
     session = rec.session
     if (
         rec.hedges or u.reasoning_tokens or u.cached_tokens or u.cache_write_tokens

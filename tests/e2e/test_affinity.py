@@ -114,8 +114,9 @@ def test_a_route_without_affinity_says_off(router_factory: Callable[..., RouterP
 def test_the_request_log_keeps_the_session_affinity_named(
     router_factory: Callable[..., RouterProcess], tmp_path: Path
 ) -> None:
-    """What the policy lab replays conversations from: the session of each request whose
-    policy has affinity, NULL where it has none (no session is computed there)."""
+    """What the policy lab replays conversations from: the session of each request, as
+    affinity named it, and where the policy has none as affinity would have (the lab
+    can then try affinity on a log recorded without it)."""
     db = tmp_path / "log.db"
     config = CONFIG.replace(
         "storage: {url: null}",
@@ -124,15 +125,18 @@ def test_the_request_log_keeps_the_session_affinity_named(
     router = router_factory(config)
     conversation(router, "fix the parser", 2, {"x-session-id": "s-9"})
     conversation(router, "fix the lexer", 1)  # no id: the conversation's fingerprint
-    plain = httpx.post(
-        f"{router.base_url}/chat/completions",
-        json={"model": "plain", "messages": [{"role": "user", "content": "hi"}]},
-        timeout=10,
-    )
-    assert plain.status_code == 200
+    for headers in ({}, {"x-session-id": "s-10"}):  # a route without affinity
+        plain = httpx.post(
+            f"{router.base_url}/chat/completions",
+            json={"model": "plain", "messages": [{"role": "user", "content": "hi"}]},
+            headers=headers,
+            timeout=10,
+        )
+        assert plain.status_code == 200 and plain.headers["x-router-affinity"] == "off"
     router.stop()  # the log is flushed before the process exits
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT route, session FROM requests ORDER BY id").fetchall()
     assert rows[:2] == [("agent", "h:s-9"), ("agent", "h:s-9")]
     assert rows[2][0] == "agent" and rows[2][1].startswith("f:") and len(rows[2][1]) == 34
-    assert rows[3] == ("plain", None)
+    assert rows[3][0] == "plain" and rows[3][1].startswith("f:") and rows[3][1] != rows[2][1]
+    assert rows[4] == ("plain", "h:s-10")
