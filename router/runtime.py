@@ -276,6 +276,7 @@ class Runtime:
         self.clock = clock
         self.route_names = sorted(routes)
         self.keys = config.keys  # name -> the key's routes and limits (``keys:``)
+        self.max_body_bytes = int(config.server.max_body_mb * 1024 * 1024)
         self.client_keys = tuple(
             (hashlib.sha256(key.encode()).digest(), name)
             for key, name in config.client_keys.items()

@@ -108,7 +108,7 @@ class Proxy:
             record.key_name = name = client_key_name(runtime, request)
             key = runtime.keys.get(name) if name is not None else None
             # Decoded, bounded (413), its encoding gzip or deflate (415).
-            body = await request.read(int(runtime.config.server.max_body_mb * 1024 * 1024))
+            body = await request.read(runtime.max_body_bytes)
             call = parse_call(api, body, request, request_id, key)
             record.stream = call.stream
             pipeline = self.pipeline
