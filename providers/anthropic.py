@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from providers.base import ProviderSettings, UpstreamRequest, http_base_url
-from providers.openai import MAX_ANSWER_BYTES, OpenAIProvider, OpenAIResponse
+from providers.base import UpstreamRequest
+from providers.openai import MAX_ANSWER_BYTES, HttpHostSettings, OpenAIProvider, OpenAIResponse
 
 DEFAULT_VERSION = "2023-06-01"  # the version every current Messages feature is under
 
@@ -52,7 +52,7 @@ class AnthropicProvider(OpenAIProvider):
         return await super().send(request)
 
 
-class AnthropicSettings(ProviderSettings):
+class AnthropicSettings(HttpHostSettings):
     """``kind: anthropic``: a host that speaks Anthropic's Messages API natively."""
 
     kind: Literal["anthropic"]
@@ -70,23 +70,6 @@ class AnthropicSettings(ProviderSettings):
         default_factory=dict,
         description=("Extra headers sent upstream (`anthropic-version`, `anthropic-beta`)."),
     )
-    max_connections: int = Field(
-        4096, ge=1, le=100_000, description=("Pooled connections to the host at most.")
-    )
-    max_answer_mb: float = Field(
-        MAX_ANSWER_BYTES / (1 << 20),
-        gt=0,
-        le=4096,
-        description=("Largest non-streamed answer in MB; a larger one fails over."),
-    )
-
-    _url = field_validator("base_url")(http_base_url)
 
     def build(self, name: str, api_key: str | None) -> AnthropicProvider:
-        return AnthropicProvider(
-            self.base_url,
-            api_key,
-            headers=self.headers,
-            max_connections=self.max_connections,
-            max_answer_bytes=int(self.max_answer_mb * (1 << 20)),
-        )
+        return AnthropicProvider(self.base_url, api_key, **self.client())

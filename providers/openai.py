@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections.abc import AsyncIterator, Mapping
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 from yarl import URL
@@ -190,28 +190,14 @@ async def _raise_for_status(answer: Answer) -> None:
     )
 
 
-class OpenAISettings(ProviderSettings):
-    """``kind: openai``: any host that speaks OpenAI's HTTP API."""
+class HttpHostSettings(ProviderSettings):
+    """What every kind served by ``OpenAIProvider``'s HTTP/1.1 client takes: the
+    host's URL, key, extra headers and the client's bounds."""
 
-    kind: Literal["openai"]
-    DEFAULT_APIS: ClassVar[frozenset[str]] = frozenset(
-        {"chat", "completions", "embeddings", "responses"}
-    )
-    base_url: str = Field(description="The API's base URL (`.../v1`), without credentials.")
-    api_key_env: str | None = Field(
-        None,
-        description=(
-            "Variable holding the key (sent as a Bearer token); unset: its endpoints are disabled."
-        ),
-    )
+    base_url: str
+    api_key_env: str | None = None
     headers: dict[str, str] = Field(
         default_factory=dict, description=("Extra headers sent upstream.")
-    )
-    reasoning: ReasoningForm = Field(
-        "passthrough",
-        description=(
-            "How the host takes reasoning requests; `passthrough` leaves the body as sent."
-        ),
     )
     max_connections: int = Field(
         4096, ge=1, le=100_000, description=("Pooled connections to the host at most.")
@@ -227,14 +213,38 @@ class OpenAISettings(ProviderSettings):
 
     _url = field_validator("base_url")(http_base_url)
 
+    def client(self) -> dict[str, Any]:
+        """The client's keyword arguments these settings give."""
+        return {
+            "headers": self.headers,
+            "max_connections": self.max_connections,
+            "max_answer_bytes": int(self.max_answer_mb * (1 << 20)),
+        }
+
+
+class OpenAISettings(HttpHostSettings):
+    """``kind: openai``: any host that speaks OpenAI's HTTP API."""
+
+    kind: Literal["openai"]
+    DEFAULT_APIS: ClassVar[frozenset[str]] = frozenset(
+        {"chat", "completions", "embeddings", "responses"}
+    )
+    base_url: str = Field(description="The API's base URL (`.../v1`), without credentials.")
+    api_key_env: str | None = Field(
+        None,
+        description=(
+            "Variable holding the key (sent as a Bearer token); unset: its endpoints are disabled."
+        ),
+    )
+    reasoning: ReasoningForm = Field(
+        "passthrough",
+        description=(
+            "How the host takes reasoning requests; `passthrough` leaves the body as sent."
+        ),
+    )
+
     def build(self, name: str, api_key: str | None) -> OpenAIProvider:
-        return OpenAIProvider(
-            self.base_url,
-            api_key,
-            headers=self.headers,
-            max_connections=self.max_connections,
-            max_answer_bytes=int(self.max_answer_mb * (1 << 20)),
-        )
+        return OpenAIProvider(self.base_url, api_key, **self.client())
 
 
 __all__ = ["OpenAIProvider", "OpenAIResponse", "UpstreamError", "UpstreamProtocolError"]
