@@ -9,7 +9,14 @@ best run's figures are shown (the machines are shared: the best is the least dis
 CPU seconds (``time.process_time``) are the figure to read on a busy machine; wall
 seconds are shown beside them.
 
-    python benchmarks/lab_speed.py [--requests 100000] [--repeat 3]
+    python benchmarks/lab_speed.py [--requests 100000] [--repeat 3] [--only "score p2c"]
+
+Instructions per simulated request, which do not move with the machine's load: one config
+under callgrind at two sizes, the difference over the 2,500 requests between them
+(start-up and warm-up cancel out)::
+
+    valgrind --tool=callgrind python benchmarks/lab_speed.py --requests 3000 --repeat 1 \
+        --only "score p2c"     # then --requests 500; (Ir_3000 - Ir_500) / 2500
 """
 
 from __future__ import annotations
@@ -71,6 +78,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--arrival-rate", type=float, default=50.0, help="requests a second")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", choices=list(CONFIGS), help="one config (default: both)")
     args = ap.parse_args()
     tr = trace(args.requests, args.arrival_rate)
     print(
@@ -79,6 +87,8 @@ def main() -> None:
     )
     print(f"{'config':<24} {'CPU s':>7} {'req/CPU s':>10} {'wall s':>7} {'req/wall s':>11}")
     for name, path in CONFIGS.items():
+        if args.only is not None and name != args.only:
+            continue
         text = path.read_text() if path else HEDGED
         config = loads(text, path=str(path or "hedged"), env={})
         best = None

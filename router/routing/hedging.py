@@ -16,6 +16,8 @@ from router.errors import CLIENT_FAULT_STATUSES
 from router.routing.attempts import HEDGE_LOST, Attempts, Opened
 from router.runtime import Endpoint
 
+_QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}  # hedge.after's choices
+
 
 async def race(
     attempts: Attempts,
@@ -101,7 +103,7 @@ def _release(waiter: asyncio.Future[None], *_: Any) -> None:
 def hedge_delay(hedge: HedgeSection, ep: Endpoint) -> float:
     """Seconds to wait for a first token before hedging; a percentile of live TTFT if asked."""
     if hedge.after is not None:
-        q = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}[hedge.after]
+        q = _QUANTILES[hedge.after]
         live = ep.stats.ttft_percentile(q)
         if live is not None and ep.stats.ttft_window_size() >= 20:
             return live
