@@ -11,10 +11,12 @@ Three measurements, one run (ratios within it; see requestlog_cost.py for why):
    The limited key has rpm, tpm, concurrent and a day budget (all far above the load, so
    nothing is refused), and the endpoints have prices: every request is admitted with
    one Lua call, its answer's tokens corrected and its cost charged (batched).
-2. **Latency added by the admission**, at one connection (nothing queues): each
-   configuration alone in turn, rounds rotated, p50/p99 against ``off`` in the same
-   round; and the store's own round trip measured from this process (``admit`` on
-   Redis, p50/p99 over 2,000 calls), which is what a request waits for.
+2. **Each alone at one connection** (nothing queues): each configuration alone in turn,
+   rounds rotated: the latency added (p50/p99 against ``off`` in the same round), its
+   CPU per answer, and how often its event loop went to sleep per answer (voluntary
+   context switches: a wait for the client, the upstream, or Redis); and the store's own
+   round trip measured from this process (``admit`` on Redis, p50/p99 over 2,000 calls),
+   which is what a request waits for.
 3. **--workers 2 vs 1** with the limited key on Redis, unpinned at 64 connections: the
    load generator and the upstream share the same two cores, so the figure is what two
    workers reach with them; from CPU per request the script also prints what the
