@@ -51,10 +51,13 @@ def _events(block: bytes) -> list[bytes]:
 
 
 def data_of(event: bytes) -> bytes | None:
-    """The payload of an event's data lines (joined), or None for comments/other fields."""
+    """The payload of an event's data lines (joined), or None for comments/other fields.
+    Stripped at both ends: a host's ``[DONE]`` with a trailing blank or a lone CR (a
+    stream whose Content-Length cut its last CRLF) is the end wherever it is read, by
+    the inspector and by every translator alike."""
     if event.startswith(b"data:") and event.find(b"\n") == -1:  # the usual one-line event
-        return event[5:].lstrip()
-    parts = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
+        return event[5:].strip()
+    parts = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
     if not parts:
         return None
     return b"\n".join(parts)

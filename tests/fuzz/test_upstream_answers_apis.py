@@ -198,6 +198,38 @@ def check(rig: Rig, way: str, stream: bool, status: int, headers: Any, text: str
         assert isinstance(json.loads(text), dict), text[:300]
 
 
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [choice]}
+    return b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("way", ["messages-via-chat", "responses-via-chat"])
+def test_a_translated_stream_ends_whole_when_its_length_cuts_the_last_crlf(
+    rig: Rig, way: str
+) -> None:
+    """Found by the fuzzing below (this runs first, while ``raw`` is in no cooldown): a
+    chat host whose Content-Length stops at ``data: [DONE]\\r``, then keeps the
+    connection open. Its answer is whole (the inspector reads that [DONE] as the end), so
+    the client gets its API's whole ending, not an answer that just stops (Messages'
+    ``message_stop`` was missing)."""
+    body = (
+        _chunk({"role": "assistant", "content": ""}) + _chunk({"content": "t0 "})
+        + _chunk({"content": "t1 "}) + _chunk({}, "stop") + b"data: [DONE]\r\n\r\n"
+    )  # fmt: skip
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(body) - 3)
+    rig.raw.script = Script([(head + body, 0.0)], hang=True)
+    path, route, _ = WAYS[way]
+    with rig.client.stream(
+        "POST", f"{rig.router.url}{path}", json=request_body(path, route, True)
+    ) as r:
+        text = r.read().decode()
+    assert r.status_code == 200 and r.headers["x-router-endpoint"].startswith("raw"), text
+    check_stream(way, text)
+    kinds = [json.loads(e).get("type") for e in data_events(text)]
+    assert kinds[-1] == ("message_stop" if way.startswith("messages") else "response.completed")
+
+
 @settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "40")),
     deadline=None,

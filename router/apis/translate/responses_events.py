@@ -32,6 +32,7 @@ from router.apis.translate.responses_answer import (
     usage_from_chat,
 )
 from router.apis.translate.responses_via_chat import custom_tools
+from router.routing.sse import data_of
 
 _DONE = b"[DONE]"
 
@@ -111,7 +112,7 @@ class ResponsesFromChat:
                         out.append(item.template % (self.seq, piece))
                         self.seq += 1
                     continue
-            payload = _data(block)
+            payload = data_of(block)
             if payload is None:
                 continue
             if payload == _DONE:
@@ -308,10 +309,3 @@ class ResponsesFromChat:
         out: list[bytes] = []
         self._chunk({}, out)
         return b"".join(out)
-
-
-def _data(block: bytes) -> bytes | None:
-    if block.startswith(b"data:") and block.find(b"\n") == -1:
-        return block[5:].strip()
-    parts = [line[5:].strip() for line in block.split(b"\n") if line.startswith(b"data:")]
-    return b"\n".join(parts) if parts else None
