@@ -72,4 +72,4 @@ class AnthropicSettings(HttpHostSettings):
     )
 
     def build(self, name: str, api_key: str | None) -> AnthropicProvider:
-        return AnthropicProvider(self.base_url, api_key, **self.client())
+        return self.provider(AnthropicProvider, api_key)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 from pydantic import Field, field_validator
 from yarl import URL
@@ -190,6 +190,9 @@ async def _raise_for_status(answer: Answer) -> None:
     )
 
 
+_P = TypeVar("_P", bound="OpenAIProvider")
+
+
 class HttpHostSettings(ProviderSettings):
     """What every kind served by ``OpenAIProvider``'s HTTP/1.1 client takes: the
     host's URL, key, extra headers and the client's bounds."""
@@ -213,13 +216,15 @@ class HttpHostSettings(ProviderSettings):
 
     _url = field_validator("base_url")(http_base_url)
 
-    def client(self) -> dict[str, Any]:
-        """The client's keyword arguments these settings give."""
-        return {
-            "headers": self.headers,
-            "max_connections": self.max_connections,
-            "max_answer_bytes": int(self.max_answer_mb * (1 << 20)),
-        }
+    def provider(self, kind: type[_P], api_key: str | None) -> _P:
+        """A provider of ``kind`` (``OpenAIProvider`` or a subclass) on these settings."""
+        return kind(
+            self.base_url,
+            api_key,
+            headers=self.headers,
+            max_connections=self.max_connections,
+            max_answer_bytes=int(self.max_answer_mb * (1 << 20)),
+        )
 
 
 class OpenAISettings(HttpHostSettings):
@@ -244,7 +249,7 @@ class OpenAISettings(HttpHostSettings):
     )
 
     def build(self, name: str, api_key: str | None) -> OpenAIProvider:
-        return OpenAIProvider(self.base_url, api_key, **self.client())
+        return self.provider(OpenAIProvider, api_key)
 
 
 __all__ = ["OpenAIProvider", "OpenAIResponse", "UpstreamError", "UpstreamProtocolError"]

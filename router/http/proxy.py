@@ -38,7 +38,7 @@ from router.routing.affinity import OFF, Affinity
 from router.routing.affinity import plan as plan_affinity
 from router.routing.attempts import Attempts, Opened
 from router.routing.pipeline import Call, Pipeline, RoutingPrefs
-from router.routing.sessions import session_of
+from router.routing.sessions import CACHEABLE_BYTES, client_session, session_of
 from router.runtime import RouteRuntime
 from router.service import Service
 from router.state.shared import Admission, SharedState, StateUnavailable
@@ -133,7 +133,7 @@ class Proxy:
         finally:
             service.in_flight -= 1
             if affinity is None and call is not None and service.requestlog is not None:
-                record.session = _session(call, context.route, request)
+                record.session = _session(call, context.route, request, len(body))
             _finish(service, record, started, opened, attempts, affinity, admission)
             context.end()
 
@@ -196,13 +196,22 @@ def _affinity(route: RouteRuntime, call: Call, request: Request, size: int) -> A
     )
 
 
-def _session(call: Call, route: str | None, request: Request) -> str | None:
+def _session(call: Call, route: str | None, request: Request, size: int) -> str | None:
     """The conversation for the request log when no affinity named it, so that the
     policy lab can replay a log recorded without affinity by conversation (prompt
-    caching, and a candidate policy with affinity). After the answer: no latency."""
-    if route is None:
+    caching, and a candidate policy with affinity). Last of all: after a stream's end,
+    just before a whole answer is written. The fingerprint (a few microseconds) only
+    for a prompt long enough for a host to cache; the session the client named, always.
+    An embedding has no conversation; and nothing here may cost the request its record."""
+    if route is None or call.api.name == "embeddings":
         return None
-    return session_of(route, call.api.name, call.payload, request.headers)
+    try:
+        if size < CACHEABLE_BYTES:
+            return client_session(call.payload, request.headers)
+        return session_of(route, call.api.name, call.payload, request.headers)
+    except Exception:  # a bug of ours: logged, and the record goes without a session
+        log.exception("session_failed", request_id=call.request_id)
+        return None
 
 
 async def _admit(

@@ -262,7 +262,7 @@ def _kept_from(last: int) -> Callable[..., list[Any]]:
     def near(per: Sequence[list[_T]], k: int, keep: Callable[[_T], bool] | None = None) -> list[_T]:
         if k > last:
             own = [x for x in per[last] if keep is None or keep(x)]
-            if own:
+            if len(own) >= MIN_LAST:
                 return own
         return _near(per, k, keep)
 
@@ -293,6 +293,8 @@ def _factor(shares: Sequence[float], ratios: Sequence[float]) -> float:
         s1[b] = s1.get(b, 0.0) + ly
         s2[b] = s2.get(b, 0.0) + ly * ly
     total = sum(n.values())
+    if not total:
+        return 1.0
     best, factor = math.inf, 1.0
     for step in range(101):
         keep = 1.0 - step / 100.0  # 1 - f

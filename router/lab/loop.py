@@ -1,6 +1,6 @@
 """An asyncio event loop whose clock is virtual: it jumps to the next timer when idle.
 
-The policy lab runs the router's own pipeline (tasks, ``asyncio.timeout``, ``asyncio.wait``,
+The policy lab runs the router's own pipeline (tasks, ``asyncio.timeout``, hedging's race,
 ``asyncio.sleep``, tenacity's backoff) unmodified, so it needs an event loop on which
 those work but no time passes while the code runs: ``time()`` returns the virtual now,
 and whenever no callback is ready the loop moves the clock to the earliest timer and

@@ -238,7 +238,7 @@ class LabProvider:
             else:
                 loop.call_at(now + answer.first_s, _settle, fut, None, _failure(answer))
             return fut
-        cached = self._cached(behaviour, model, req, now)
+        cached = 0 if operation == "embeddings" else self._cached(behaviour, model, req, now)
         if cached and behaviour.cache is not None:
             # As the simulator's cache: the cached share of the prompt is read at
             # ``ttft_factor`` of the cost of computing it.

@@ -175,8 +175,9 @@ def plan(
     stream: bool,
 ) -> Affinity | None:
     """The request's affinity under ``settings`` (a policy's ``affinity``), or None when
-    the policy has none or no endpoint of the route caches."""
-    if settings is None or not route.caching:
+    the policy has none, no endpoint of the route caches, or the request is an
+    embedding (no conversation: every one would share one binding)."""
+    if settings is None or not route.caching or api == "embeddings":
         return None
     session = session_of(route.name, api, payload, headers)
     stay = Stay(

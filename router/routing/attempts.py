@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from providers.base import UpstreamRequest, UpstreamResponse
 from providers.errors import (
     IdleTimeout,
@@ -34,6 +36,7 @@ from router.apis.reasoning import apply as apply_reasoning
 from router.apis.reasoning import rejected as reasoning_refused
 from router.apis.thoughts import Thoughts
 from router.apis.translate import Translation
+from router.errors import BadRequest
 from router.obs.logs import REQUEST, RequestContext
 from router.requestlog.records import AttemptRecord, Usage
 from router.routing.lease import RATE_LIMIT_DEFAULT_S, Lease
@@ -152,6 +155,11 @@ class Attempts:
                 response.close()
             # exc itself, or what it became (chained to it): no new cause to name
             raise self._failed(route, ep, lease, exc, hedged, translation)  # noqa: B904
+        except orjson.JSONEncodeError as exc:
+            # The client's JSON nests deeper than an encoder goes (orjson: 254 levels; a
+            # decoder takes 1,024): it cannot be sent anywhere. The client's error.
+            self._cancelled(route, ep, lease, response, exc, hedged)
+            raise BadRequest(f"the request's JSON cannot be forwarded: {exc}") from exc
         except BaseException as exc:
             # Cancelled (a hedge won, the client left) or a bug: never leak the slot.
             self._cancelled(route, ep, lease, response, exc, hedged)

@@ -29,10 +29,15 @@ HEADERS = ("x-session-id",)
 AGENT_HEADERS = ("x-claude-code-session-id", "session_id", "session-id")
 _SAMPLE = 2048
 BYTES_PER_TOKEN = 4
+# No host caches a prompt shorter than 1,024 tokens (Anthropic's and OpenAI's minimum):
+# a body under this many bytes has no cache for a session to find.
+CACHEABLE_BYTES = 1024 * BYTES_PER_TOKEN
 MAX_KEY = 200  # a client's session id longer than this is hashed, not stored as it is
 
 
-def session_of(route: str, api: str, payload: Mapping[str, Any], headers: Mapping[str, str]) -> str:
+def client_session(payload: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
+    """The session the client named (header, ``prompt_cache_key``, agent header), or None:
+    a few dictionary lookups."""
     for name in HEADERS:
         value = headers.get(name)
         if value:
@@ -44,7 +49,11 @@ def session_of(route: str, api: str, payload: Mapping[str, Any], headers: Mappin
         value = headers.get(name)
         if value:
             return _bounded("a:", value)
-    return "f:" + fingerprint(route, api, payload)
+    return None
+
+
+def session_of(route: str, api: str, payload: Mapping[str, Any], headers: Mapping[str, str]) -> str:
+    return client_session(payload, headers) or "f:" + fingerprint(route, api, payload)
 
 
 def _bounded(prefix: str, value: str) -> str:
@@ -106,8 +115,8 @@ def _sample(value: Any) -> bytes:
     head and tail when long: hashing is what costs, at about 0.6 us a KB."""
     try:
         data = orjson.dumps(value)
-    except TypeError:
-        data = repr(value).encode("utf-8", "replace")
+    except TypeError:  # not JSON, or nested past orjson's limit (254), where repr recurses
+        data = type(value).__name__.encode()
     if len(data) > 2 * _SAMPLE:
         data = b"%d:" % len(data) + data[:_SAMPLE] + data[-_SAMPLE:]
     return b"%d|" % len(data) + data

@@ -94,7 +94,7 @@ def blend(
         if last is None:
             c = 0.0
         elif now > last:
-            c *= 0.5 ** ((now - last) / st._halflife)  # the property's field: no call
+            c *= 0.5 ** ((now - last) / st.halflife_s)
         conf[k] = c
         if c < least:
             least = c

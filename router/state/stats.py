@@ -156,13 +156,13 @@ class EndpointStats:
 
     __slots__ = (
         "_feed",
-        "_halflife",
         "_report",
         "_token",
         "_waiting",
         "clock",
         "errors",
         "failures",
+        "halflife_s",
         "in_flight",
         "last_error",
         "last_sample",
@@ -188,7 +188,9 @@ class EndpointStats:
     )
 
     def __init__(self, halflife_s: float = 30.0, clock: Clock = time.monotonic) -> None:
-        self._halflife = halflife_s
+        # Read it freely (the blend does, per endpoint per ranking: no property call);
+        # set it through ``halflife``, which reports the change to a ranking's cache.
+        self.halflife_s = halflife_s
         self.clock = clock
         self.version = 0
         self._feed: ChangeFeed | None = None
@@ -223,12 +225,12 @@ class EndpointStats:
 
     @property
     def halflife(self) -> float:
-        return self._halflife
+        return self.halflife_s
 
     @halflife.setter
     def halflife(self, seconds: float) -> None:
-        if seconds != self._halflife:  # a reload sets it whether or not it changed
-            self._halflife = seconds
+        if seconds != self.halflife_s:  # a reload sets it whether or not it changed
+            self.halflife_s = seconds
             self._touch()
 
     def subscribe(self, feed: ChangeFeed) -> None:
@@ -273,7 +275,7 @@ class EndpointStats:
             if now is None:
                 now = self.clock()
             ttft = now - started
-            self.ttft.add(ttft, now, self._halflife)
+            self.ttft.add(ttft, now, self.halflife_s)
             self.ttft_window.add(ttft)
 
     def cache_split(self, ttft: float, cached: bool) -> None:
@@ -307,7 +309,7 @@ class EndpointStats:
         if ok is None:
             return
         now = self.clock()
-        h = self._halflife
+        h = self.halflife_s
         # One decay factor since the last verdict, shared by every mean last updated then
         # (the error rate always is; latency and throughput unless a failure came between).
         last = self.last_sample
@@ -350,7 +352,7 @@ class EndpointStats:
     # -- reading --------------------------------------------------------------------
 
     def confidence(self, now: float) -> float:
-        return confidence(self.sample_conf, self.last_sample, now, self._halflife)
+        return confidence(self.sample_conf, self.last_sample, now, self.halflife_s)
 
     def ttft_percentile(self, q: float) -> float | None:
         return self.ttft_window.quantile(q)

@@ -115,8 +115,9 @@ def test_the_request_log_keeps_the_session_affinity_named(
     router_factory: Callable[..., RouterProcess], tmp_path: Path
 ) -> None:
     """What the policy lab replays conversations from: the session of each request, as
-    affinity named it, and where the policy has none as affinity would have (the lab
-    can then try affinity on a log recorded without it)."""
+    affinity named it, and where the policy has none as affinity would have for a
+    prompt a host could cache (the lab can then try affinity on a log recorded without
+    it)."""
     db = tmp_path / "log.db"
     config = CONFIG.replace(
         "storage: {url: null}",
@@ -125,18 +126,34 @@ def test_the_request_log_keeps_the_session_affinity_named(
     router = router_factory(config)
     conversation(router, "fix the parser", 2, {"x-session-id": "s-9"})
     conversation(router, "fix the lexer", 1)  # no id: the conversation's fingerprint
-    for headers in ({}, {"x-session-id": "s-10"}):  # a route without affinity
+    # A route without affinity: the session the client names, or a fingerprint for a
+    # prompt long enough for a host to cache (SYSTEM is 6 KB); none for a short one.
+    for content, headers in ((SYSTEM, {}), ("hi", {"x-session-id": "s-10"}), ("hi", {})):
         plain = httpx.post(
             f"{router.base_url}/chat/completions",
-            json={"model": "plain", "messages": [{"role": "user", "content": "hi"}]},
+            json={"model": "plain", "messages": [{"role": "user", "content": content}]},
             headers=headers,
             timeout=10,
         )
         assert plain.status_code == 200 and plain.headers["x-router-affinity"] == "off"
+    # An embedding is no conversation. A body nested deeper than JSON encoders go (254
+    # levels; decoders take 1,024) cannot be forwarded: a 400, and its row all the same
+    # (the fingerprint samples it without recursing).
+    nested = "[" * 1000 + "]" * 1000
+    for path, body, status in (
+        ("/embeddings", '{"model": "agent", "input": "some text"}', 200),
+        ("/chat/completions", '{"model": "plain", "messages": [{"role": "user", "content": "x"}],'
+                              f' "tools": [{nested}]}}', 400),
+    ):  # fmt: skip
+        resp = httpx.post(f"{router.base_url}{path}", content=body, timeout=10,
+                          headers={"content-type": "application/json"})  # fmt: skip
+        assert resp.status_code == status, resp.text
     router.stop()  # the log is flushed before the process exits
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT route, session FROM requests ORDER BY id").fetchall()
+    with sqlite3.connect(db) as conn:  # by arrival (a batch's rows of each shape go apart)
+        rows = conn.execute("SELECT route, session FROM requests ORDER BY ts").fetchall()
     assert rows[:2] == [("agent", "h:s-9"), ("agent", "h:s-9")]
     assert rows[2][0] == "agent" and rows[2][1].startswith("f:") and len(rows[2][1]) == 34
     assert rows[3][0] == "plain" and rows[3][1].startswith("f:") and rows[3][1] != rows[2][1]
-    assert rows[4] == ("plain", "h:s-10")
+    assert rows[4:6] == [("plain", "h:s-10"), ("plain", None)]
+    assert rows[6] == ("agent", None)  # the embedding: no session, though the route has affinity
+    assert rows[7:] == [("plain", None)]  # the nested one: logged (short, and no id)

@@ -743,3 +743,22 @@ def test_upstream_connections_are_reused_across_requests_and_modes(tmp_path: Pat
                     assert answer.choices[0].message.content == upstream.text
     assert len(upstream.received) == 6
     assert len({r.peer for r in upstream.received}) == 1
+
+
+def test_a_body_nested_deeper_than_json_encoders_go_is_a_400(env: Env) -> None:
+    """A decoder takes 1,024 levels of nesting, an encoder (orjson) 254: such a body
+    parses but cannot be sent upstream, which is the client's error, not a 500."""
+    nested = "[" * 600 + "]" * 600
+    body = (
+        '{"model": "chat", "user": "nested", "messages": [{"role": "user", "content": "x"}],'
+        f' "tools": [{nested}]}}'
+    )
+    resp = httpx.post(
+        f"{env.router.base_url}/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {CLIENT_KEY}", "content-type": "application/json"},
+        timeout=10,
+    )
+    err = assert_error_shape(resp, 400)
+    assert "cannot be forwarded" in err["message"]
+    assert not [r for r in env.main.received if r.body.get("user") == "nested"]

@@ -185,3 +185,10 @@ def test_the_cache_factor_is_read_through_a_hosts_jitter_and_slow_spells() -> No
     fitted = Fleet(Trace("t", requests, attempts), 0).behaviour("agent", "h")
     assert fitted.cache is not None
     assert fitted.cache.ttft_factor == pytest.approx(0.3, abs=0.025)
+
+
+def test_the_cache_factor_of_no_usable_answer_is_no_change() -> None:
+    """TTFTs of 0 or less (a bad JSONL trace) leave nothing to fit: 1, not a crash."""
+    from router.lab.fit import _factor
+
+    assert _factor([0.2, 0.9, 0.95], [0.0, -1.0, 0.0]) == 1.0

@@ -3,8 +3,9 @@
 The session prompt-cache affinity computed for the request (``router.routing.sessions``:
 ``h:`` from ``x-session-id``, ``k:`` from ``prompt_cache_key``, ``a:`` from a coding
 agent's session header, ``f:`` a fingerprint of the conversation's start), so the policy
-lab can replay conversations and affinity from the log. NULL where the request's policy
-has no affinity: the session is computed only where affinity needs it. Nullable, without
+lab can replay conversations and affinity from the log (where the policy has none, the
+proxy names it the same way for the log: ``router.http.proxy._session``). NULL without
+one (a short prompt whose client named none, an embedding). Nullable, without
 a default: adding it rewrites nothing on either backend, and an older router's inserts,
 which do not name it, leave it NULL.
 
