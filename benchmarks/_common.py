@@ -77,6 +77,21 @@ def cpu_seconds(pid: int) -> float | None:
     return total if seen else None
 
 
+def sleeps(pid: int) -> int:
+    """How many times a process tree went to sleep waiting (voluntary context switches):
+    at one connection, each is a wait for the client, the upstream or Redis."""
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status", "rb") as fh:
+                for line in fh:
+                    if line.startswith(b"voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
 def machine_busy_seconds() -> float | None:
     """CPU seconds spent busy (not idle or iowait) by every core since boot."""
     try:

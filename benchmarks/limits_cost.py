@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import cpu_seconds, free_port, raise_nofile, tree
+from _common import cpu_seconds, free_port, raise_nofile, sleeps
 from perf import HERE, PY, Bench, Proc, f, pinned, router_cmd
 
 KEY = "sk-bench-limited-key"
@@ -181,21 +181,6 @@ async def admit_latency(url: str, n: int = 2000) -> tuple[float, float]:
     return took[len(took) // 2], took[int(len(took) * 0.99)]
 
 
-def sleeps(pid: int) -> int:
-    """How many times a process tree went to sleep waiting (voluntary context switches):
-    at one connection, each is a wait for the client, the upstream or Redis."""
-    total = 0
-    for p in tree(pid):
-        try:
-            with open(f"/proc/{p}/status", "rb") as fh:
-                for line in fh:
-                    if line.startswith(b"voluntary_ctxt_switches:"):
-                        total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
-
-
 def latency_rounds(procs: dict[str, Proc], rounds: int, duration: float) -> None:
     """Each configuration alone under one connection in turn, rounds rotated: the latency
     the admission adds, and the CPU per answer of a router that has its core to itself
@@ -225,8 +210,10 @@ def latency_rounds(procs: dict[str, Proc], rounds: int, duration: float) -> None
               f"{f(statistics.median(cpu[n]), 3)} | {pct(change)} "
               f"({min(change):+.1f}..{max(change):+.1f}) | "
               f"{statistics.median(waits[n]):.2f} |")  # fmt: skip
-    print(f"\n(off alone: {f(statistics.median(cpu['off']), 3)} cpu ms/req, "
-          f"{statistics.median(waits['off']):.2f} sleeps per request)")
+    print(
+        f"\n(off alone: {f(statistics.median(cpu['off']), 3)} cpu ms/req, "
+        f"{statistics.median(waits['off']):.2f} sleeps per request)"
+    )
 
 
 def workers(bench: Bench, tmp: str, upstream: str, env: dict[str, str], duration: float,
@@ -316,8 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         for conns in (int(c) for c in args.conns.split(",")):
             cpu, redis_ms = side_by_side(procs, conns, args.reps, args.duration, redis)
             report_cpu(cpu, redis_ms, conns)
-        print("\n### Each alone at 1 connection: latency added and CPU (vs off, same round; "
-              "median over rounds)\n")
+        print(
+            "\n### Each alone at 1 connection: latency added and CPU (vs off, same round; "
+            "median over rounds)\n"
+        )
         print("| config | p50 | p99 | cpu ms/req alone | vs off (range over rounds) | "
               "sleeps per request |")  # fmt: skip
         print("|---|---|---|---|---|---|")

@@ -34,6 +34,7 @@ import statistics
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from providers.simulated.prompt_cache import CacheSettings
@@ -313,15 +314,11 @@ def _shared_prefix(observations: Sequence[Observation]) -> int:
     none (or a log without sessions, or too few conversations to tell) keeps none."""
     seen: set[str] = set()
     firsts: list[int] = []
-    for o in sorted(observations, key=_ts):
+    for o in sorted(observations, key=attrgetter("ts")):
         if o.outcome == OK and o.session is not None and o.session not in seen:
             seen.add(o.session)
             firsts.append(o.cached_tokens)
     return int(statistics.median(firsts)) if len(firsts) >= MIN_SAMPLES else 0
-
-
-def _ts(o: Observation) -> float:
-    return o.ts
 
 
 def _uncached(ttft: float, share: float, factor: float) -> float:
