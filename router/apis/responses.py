@@ -254,11 +254,16 @@ class ResponsesInspector:
             self._error = "failed"
 
     def leftover(self) -> bytes:
+        """A final event the upstream did not end with a blank line (its stream closed,
+        or its Content-Length ran out). Parsed whatever its last byte: an event cut
+        inside its JSON may still end in ``}``, which the check of a read takes as whole
+        (``ProtocolViolation``, as chat's inspector does)."""
         data, self._carry = self._carry, b""
         if not data.strip():
             return b""
         data += b"\n\n"
         if self.first_token and not self.done:
+            _parse(data)  # the carry is one event: no blank line in it
             data = self._pass(data)
         return data
 

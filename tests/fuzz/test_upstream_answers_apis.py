@@ -230,6 +230,31 @@ def test_a_translated_stream_ends_whole_when_its_length_cuts_the_last_crlf(
     assert kinds[-1] == ("message_stop" if way.startswith("messages") else "response.completed")
 
 
+def test_a_stream_whose_length_cuts_its_last_event_ends_broken(rig: Rig) -> None:
+    """Found by the fuzzing below: a Responses host whose Content-Length stops inside its
+    last event (``response.completed`` without its closing brace), then keeps the
+    connection open. A cut event is no event: the client gets the broken ending, never
+    the cut JSON as if it were an event."""
+    body = (
+        event("response.created", response={"id": "resp_1", "status": "in_progress"})
+        + event("response.output_text.delta", item_id="m1", delta="t0 ")
+        + event(
+            "response.completed",
+            response={"id": "resp_1", "status": "completed", "output": [],
+                      "usage": {"input_tokens": 3, "output_tokens": 2}},
+        )
+    )  # fmt: skip
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    rig.raw.script = Script([(head % (len(body) - 3) + body, 0.0)], hang=True)
+    path, route, _ = WAYS["responses"]
+    with rig.client.stream(
+        "POST", f"{rig.router.url}{path}", json=request_body(path, route, True)
+    ) as r:
+        text = r.read().decode()
+    assert r.status_code == 200, text
+    check_stream("responses", text)
+
+
 @settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "40")),
     deadline=None,
