@@ -34,7 +34,7 @@ from router.config import Config, ConfigError, ProviderSpec, load, loads
 from router.lab.client import Clients, Outcome
 from router.lab.fit import Fleet, stable_seed
 from router.lab.fleet import Behaviour, Simulated
-from router.lab.loop import VirtualLoop
+from router.lab.loop import LoopStalled, VirtualLoop
 from router.lab.trace import Trace, TraceRequest
 from router.lab.upstream import LabProvider
 from router.runtime import Runtime, build_runtime
@@ -66,6 +66,15 @@ def load_config(path: str) -> Config:
     return loads(data, path=path, env=env)
 
 
+def replay_period(trace: Trace) -> float:
+    """How long one copy of the trace lasts when it repeats: its span and one mean gap
+    between arrivals. A trace at one instant (one request, or a burst with one
+    timestamp) has no gap to take: its copies come a second apart."""
+    span = trace.span_s
+    n = len(trace.requests)
+    return span + (span / (n - 1) if n > 1 and span > 0.0 else 1.0)
+
+
 def replay_order(
     trace: Trace, n: int | None, rate: float
 ) -> tuple[list[TraceRequest], list[float]]:
@@ -74,9 +83,7 @@ def replay_order(
     gap after the last one), arrivals compressed by ``rate``."""
     base = trace.requests
     t0 = base[0].ts
-    span = trace.span_s
-    gap = span / (len(base) - 1) if len(base) > 1 else 1.0
-    period = span + gap
+    period = replay_period(trace)
     total = len(base) if n is None else n
     requests, times = [], []
     for i in range(total):
@@ -171,14 +178,19 @@ class Engine:
         wall, cpu = time.perf_counter(), time.process_time()
         try:
             self.loop.run_until_complete(self._main())
+        except LoopStalled:
+            # A request that raised never finished: its error, freed with its task, is
+            # the cause to report, not the stall it left behind.
+            gc.collect()
+            if not self.loop.errors:
+                raise
         finally:
             gc.set_threshold(*thresholds)
             random.setstate(state)
         if self.loop.errors:
             first = self.loop.errors[0]
-            raise RuntimeError(f"the replay failed: {first.get('message')}") from first.get(
-                "exception"
-            )
+            exc = first.get("exception")
+            raise RuntimeError(f"the replay failed: {first.get('message')}: {exc!r}") from exc
         return Run(
             self.config,
             self.clients.out,
@@ -233,8 +245,8 @@ def simulate_config(
 ) -> Run:
     fleet = Fleet(trace, seed)
     replayed, times = replay_order(trace, requests, rate)
-    gap = trace.span_s / (len(trace.requests) - 1) if len(trace.requests) > 1 else 1.0
-    engine = Engine(config, fleet, replayed, times, seed=seed, rate=rate, period=trace.span_s + gap)
+    period = replay_period(trace)
+    engine = Engine(config, fleet, replayed, times, seed=seed, rate=rate, period=period)
     return engine.run()
 
 

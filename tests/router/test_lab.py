@@ -28,6 +28,7 @@ from router.lab.fit import Fleet
 from router.lab.fleet import Simulated
 from router.lab.loop import LoopStalled, VirtualLoop
 from router.lab.trace import OK, Observation, Trace, TraceRequest
+from router.lab.trace import read as read_trace
 from tests.support import ROOT, RouterProcess
 
 FLEET = """
@@ -193,6 +194,39 @@ def test_bad_inputs_are_errors_with_their_place(
     with pytest.raises(SystemExit):
         cli(["simulate", "--config", str(cfg), "--trace", trace, "--rate", "fast"])
     assert "not a rate: 'fast'" in capsys.readouterr().err
+
+
+def test_a_trace_at_one_instant_replays(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every request at one time (a burst, a hand-written trace): no span to place drift
+    in or to repeat, so copies come a second apart. It stalled the loop before."""
+    line = {"ts": 5, "route": "chat", "api": "chat", "stream": True,
+            "prompt_tokens": 100, "completion_tokens": 10}  # fmt: skip
+    burst = tmp_path / "burst.jsonl"
+    burst.write_text((json.dumps(line) + "\n") * 20)
+    cfg = str(config(tmp_path, "quick"))
+    code, out, err = lab(capsys, "--config", cfg, "--trace", str(burst), "--json", "--requests=50")
+    assert code == 0, err
+    doc = json.loads(out)
+    (run,) = doc["runs"]
+    assert run["requests"] == 50 and run["success_rate"] == 1.0
+    assert doc["lab"]["span_s"] == 2.0  # the third copy's ten, two seconds in
+
+
+def test_a_request_that_raises_is_reported_not_a_stall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A defect inside one replayed request (here a provider that raises what no host
+    does) ends the replay with that error, not with the loop's stall it leaves."""
+    from router.lab import engine
+    from router.lab.upstream import LabProvider
+
+    def broken(self: LabProvider, request: Any) -> Any:
+        raise ValueError("a defect")
+
+    monkeypatch.setattr(LabProvider, "send", broken)
+    trace = read_trace(str(write_trace(tmp_path / "t.jsonl", n=5)))
+    with pytest.raises(RuntimeError, match=r"the replay failed: .*a defect"):
+        engine.simulate(str(config(tmp_path, "quick")), trace)
 
 
 CACHING = """
