@@ -203,7 +203,7 @@ class Engine:
         loop = self.loop
         self._done = loop.create_future()
         if self.requests:
-            loop.call_at(self.times[0], self._arrive)
+            loop.at(self.times[0], self._arrive)
             await self._done
         for provider in self.runtime.providers.values():
             await provider.aclose()
@@ -219,7 +219,7 @@ class Engine:
         self._pending += 1
         self.loop.create_task(self.clients.serve(i))
         if self._next < len(self.requests):
-            self.loop.call_at(self.times[self._next], self._arrive)
+            self.loop.at(self.times[self._next], self._arrive)
 
 
 def simulate(

@@ -20,36 +20,57 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import heapq
 import itertools
 import sys
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Coroutine, Generator
 from contextvars import copy_context
+from heapq import heappop, heappush
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
 
 class _Handle(list[Any]):
-    """A callback scheduled to run, with ``asyncio.Handle``'s public face (cancel,
-    cancelled, when, get_context). A list (cancelled, context, callback, args, when) made
-    in C, not an object with an ``__init__``: the loop makes several per request."""
+    """A callback ready to run, with ``asyncio.Handle``'s public face (cancel, cancelled,
+    get_context). A list (cancelled, context, call) made in C, not an object with an
+    ``__init__``: the loop makes several per request. ``call`` is the callback and its
+    arguments in one tuple, as ``Context.run`` takes them."""
 
     __slots__ = ()
 
     def cancel(self) -> None:
         self[0] = True
-        self[3] = ()  # drop the references now, as asyncio does
+        self[2] = ()  # drop the references now, as asyncio does
 
     def cancelled(self) -> bool:
         return bool(self[0])
 
-    def when(self) -> float:
-        return float(self[4])
-
     def get_context(self) -> contextvars.Context:
         context: contextvars.Context = self[1]
+        return context
+
+
+class _TimerHandle(list[Any]):
+    """A callback set for a time, with ``asyncio.TimerHandle``'s public face: a list
+    (when, seq, cancelled, context, call) that is its own entry in the timers' heap,
+    ordered by time and then by the order timers were set (``seq`` is unique, so the
+    comparison never reaches the rest)."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        self[2] = True
+        self[4] = ()
+
+    def cancelled(self) -> bool:
+        return bool(self[2])
+
+    def when(self) -> float:
+        return float(self[0])
+
+    def get_context(self) -> contextvars.Context:
+        context: contextvars.Context = self[3]
         return context
 
 
@@ -73,8 +94,9 @@ class VirtualLoop(asyncio.AbstractEventLoop):
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
         self._ready: deque[_Handle] = deque()
-        self._timers: list[tuple[float, int, _Handle]] = []
+        self._timers: list[_TimerHandle] = []  # a heap
         self._seq = itertools.count()
+        self._bare = contextvars.Context()  # where the lab's own timers run (``at``)
         self._stopping = False
         self._running = False
         self._closed = False
@@ -86,43 +108,42 @@ class VirtualLoop(asyncio.AbstractEventLoop):
         return self._now
 
     # The handles are asyncio.Handle and TimerHandle in all but name (their public face).
+    # ``*call`` is the callback and then its arguments (as asyncio's ``callback, *args``),
+    # taken in one tuple: the form ``Context.run(*call)`` runs it in.
     def call_soon(  # type: ignore[override]
-        self,
-        callback: Callable[..., object],
-        *args: Any,
-        context: contextvars.Context | None = None,
+        self, *call: Any, context: contextvars.Context | None = None
     ) -> _Handle:
-        handle = _Handle((False, context or copy_context(), callback, args, self._now))
+        if context is None:
+            context = copy_context()
+        handle = _Handle((False, context, call))
         self._ready.append(handle)
         return handle
 
     def call_soon_threadsafe(  # type: ignore[override]
-        self,
-        callback: Callable[..., object],
-        *args: Any,
-        context: contextvars.Context | None = None,
+        self, *call: Any, context: contextvars.Context | None = None
     ) -> _Handle:
-        return self.call_soon(callback, *args, context=context)  # one thread: nothing to wake
+        return self.call_soon(*call, context=context)  # one thread: nothing to wake
 
     def call_at(  # type: ignore[override]
-        self,
-        when: float,
-        callback: Callable[..., object],
-        *args: Any,
-        context: contextvars.Context | None = None,
-    ) -> _Handle:
-        handle = _Handle((False, context or copy_context(), callback, args, when))
-        heapq.heappush(self._timers, (when, next(self._seq), handle))
+        self, when: float, *call: Any, context: contextvars.Context | None = None
+    ) -> _TimerHandle:
+        if context is None:
+            context = copy_context()
+        handle = _TimerHandle((when, next(self._seq), False, context, call))
+        heappush(self._timers, handle)
         return handle
 
     def call_later(  # type: ignore[override]
-        self,
-        delay: float,
-        callback: Callable[..., object],
-        *args: Any,
-        context: contextvars.Context | None = None,
-    ) -> _Handle:
-        return self.call_at(self._now + delay, callback, *args, context=context)
+        self, delay: float, *call: Any, context: contextvars.Context | None = None
+    ) -> _TimerHandle:
+        return self.call_at(self._now + delay, *call, context=context)
+
+    def at(self, when: float, *call: Any) -> None:
+        """The lab's own timers (a host's answer coming): ``call_at`` without a handle,
+        as nothing cancels them, and in one empty context rather than a copy of the
+        caller's, as they set no context variable (a future they settle runs its
+        callbacks in the contexts those were added in)."""
+        heappush(self._timers, _TimerHandle((when, next(self._seq), False, self._bare, call)))
 
     def create_future(self) -> asyncio.Future[Any]:
         return asyncio.Future(loop=self)
@@ -169,43 +190,42 @@ class VirtualLoop(asyncio.AbstractEventLoop):
 
     def _run(self) -> None:
         ready, timers = self._ready, self._timers
-        pop, heappop = ready.popleft, heapq.heappop
+        pop = ready.popleft
         while not self._stopping:
             # Like asyncio, a stop() takes effect once the callbacks ready now have run.
             while ready:
-                cancelled, context, callback, args, _ = pop()
+                cancelled, context, call = pop()
                 if cancelled:
                     continue
                 try:
-                    context.run(callback, *args)
+                    context.run(*call)
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as exc:
-                    self._failed(exc, callback)
+                    self._failed(exc, call)
             if self._stopping:
                 return
             # Idle: the clock jumps to the earliest live timer, which runs at once (it is
             # the only callback ready: nothing else is queued before it).
             while timers:
-                when, _, handle = heappop(timers)
-                cancelled, context, callback, args, _ = handle
+                when, _, cancelled, context, call = heappop(timers)
                 if cancelled:
                     continue
                 if when > self._now:
                     self._now = when
                 try:
-                    context.run(callback, *args)
+                    context.run(*call)
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as exc:
-                    self._failed(exc, callback)
+                    self._failed(exc, call)
                 break
             else:
                 return  # nothing left to happen
 
-    def _failed(self, exc: BaseException, callback: Callable[..., object]) -> None:
+    def _failed(self, exc: BaseException, call: tuple[Any, ...]) -> None:
         self.call_exception_handler(
-            {"message": "exception in callback", "exception": exc, "callback": callback}
+            {"message": "exception in callback", "exception": exc, "callback": call[0]}
         )
 
     def _finalize_asyncgen(self, agen: Any) -> None:

@@ -43,6 +43,7 @@ from providers.errors import (
     UpstreamProtocolError,
 )
 from router.lab.fleet import BREAK, Answer, Behaviour
+from router.lab.loop import VirtualLoop
 from router.lab.trace import BROKEN, CONNECT, HANG, HTTP, OK, TraceRequest
 
 _TOKEN = b'data: {"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]}\n\n'
@@ -80,7 +81,7 @@ class LabStream:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: VirtualLoop,
         answer: Answer,
         sent: float,
         read_s: float,
@@ -115,10 +116,10 @@ class LabStream:
         if step == 0:
             first = answer.first_s
             if first > self._read_s:
-                loop.call_at(self._sent + self._read_s, _settle, fut, None, _idle())
+                loop.at(self._sent + self._read_s, _settle, fut, None, _idle())
             else:
                 self._first_at = at = self._sent + first
-                loop.call_at(at, _settle, fut, _TOKEN if self._chat else _TEXT_TOKEN, None)
+                loop.at(at, _settle, fut, _TOKEN if self._chat else _TEXT_TOKEN, None)
             return fut
         exc: UpstreamError | None
         if answer.gap_s > self._read_s:  # the idle timeout, set after the first token
@@ -133,7 +134,7 @@ class LabStream:
             tail = _CHAT_TAIL if self._chat else _TEXT_TAIL
             usage = b"data: " + orjson.dumps({"choices": [], "usage": self._usage}) + b"\n\n"
             at, result, exc = self._first_at + answer.rest_s, tail + usage + _DONE, None
-        loop.call_at(at, self._end, fut, result, exc)
+        loop.at(at, self._end, fut, result, exc)
         return fut
 
     def _end(
@@ -160,7 +161,7 @@ class LabBody:
     status = 200
     content_type = "application/json"
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, body: bytes) -> None:
+    def __init__(self, loop: VirtualLoop, body: bytes) -> None:
         self._loop = loop
         self._body = body
 
@@ -206,7 +207,7 @@ class LabProvider:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: VirtualLoop,
         behaviours: Mapping[str, Behaviour],
         requests: Sequence[TraceRequest],
         trace_time: Callable[[float], float],
@@ -234,9 +235,9 @@ class LabProvider:
         if outcome != OK and outcome != BREAK:
             if outcome == HANG or answer.first_s > read_s:
                 timeout = TTFTTimeout("no answer before the read timeout (simulated)")
-                loop.call_at(now + read_s, _settle, fut, None, timeout)
+                loop.at(now + read_s, _settle, fut, None, timeout)
             else:
-                loop.call_at(now + answer.first_s, _settle, fut, None, _failure(answer))
+                loop.at(now + answer.first_s, _settle, fut, None, _failure(answer))
             return fut
         cached = 0 if operation == "embeddings" else self._cached(behaviour, model, req, now)
         if cached and behaviour.cache is not None:
@@ -253,10 +254,10 @@ class LabProvider:
         fut.add_done_callback(_ended(behaviour))  # answered, timed out or cancelled
         if answer.first_s > read_s:
             timeout = TTFTTimeout("no complete answer before the read timeout (simulated)")
-            loop.call_at(now + read_s, _settle, fut, None, timeout)
+            loop.at(now + read_s, _settle, fut, None, timeout)
         else:
             body = LabBody(loop, orjson.dumps(_whole(operation, usage)))
-            loop.call_at(now + answer.first_s, _settle, fut, body, None)
+            loop.at(now + answer.first_s, _settle, fut, body, None)
         return fut
 
     def _cached(self, behaviour: Behaviour, model: str, req: TraceRequest, now: float) -> int:
