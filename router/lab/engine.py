@@ -85,12 +85,15 @@ def replay_order(
     t0 = base[0].ts
     period = replay_period(trace)
     total = len(base) if n is None else n
-    requests, times = [], []
-    for i in range(total):
-        copy, j = divmod(i, len(base))
-        req = base[j]
-        requests.append(req)
-        times.append(START + ((req.ts - t0) + copy * period) / rate)
+    requests: list[TraceRequest] = []
+    times: list[float] = []
+    copy = 0
+    while len(requests) < total:  # a copy of the trace at a time, the last one cut
+        part = base[: total - len(requests)]
+        offset = copy * period
+        requests += part
+        times += [START + ((req.ts - t0) + offset) / rate for req in part]
+        copy += 1
     return requests, times
 
 

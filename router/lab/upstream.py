@@ -51,6 +51,12 @@ _CHAT_TAIL = b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}
 _TEXT_TOKEN = b'data: {"choices":[{"index":0,"text":"x","finish_reason":null}]}\n\n'
 _TEXT_TAIL = b'data: {"choices":[{"index":0,"text":"","finish_reason":"stop"}]}\n\n'
 _DONE = b"data: [DONE]\n\n"
+# A stream's last read is its tail, the usage chunk {"choices":[],"usage":...} and [DONE]:
+# the usage is serialised alone between the two halves made here.
+_USAGE_OPEN = b'data: {"choices":[],"usage":'
+_CHAT_END = _CHAT_TAIL + _USAGE_OPEN
+_TEXT_END = _TEXT_TAIL + _USAGE_OPEN
+_USAGE_CLOSE = b"}\n\n" + _DONE
 _ERROR_BODY = b'{"error":{"message":"simulated by the policy lab","type":"server_error"}}'
 
 
@@ -131,9 +137,9 @@ class LabStream:
                 StreamBroken("simulated disconnect mid-stream"),
             )
         else:
-            tail = _CHAT_TAIL if self._chat else _TEXT_TAIL
-            usage = b"data: " + orjson.dumps({"choices": [], "usage": self._usage}) + b"\n\n"
-            at, result, exc = self._first_at + answer.rest_s, tail + usage + _DONE, None
+            head = _CHAT_END if self._chat else _TEXT_END
+            result = head + orjson.dumps(self._usage) + _USAGE_CLOSE
+            at, exc = self._first_at + answer.rest_s, None
         loop.at(at, self._end, fut, result, exc)
         return fut
 
@@ -239,7 +245,9 @@ class LabProvider:
             else:
                 loop.at(now + answer.first_s, _settle, fut, None, _failure(answer))
             return fut
-        cached = 0 if operation == "embeddings" else self._cached(behaviour, model, req, now)
+        cached = 0
+        if behaviour.cache is not None and operation != "embeddings":
+            cached = self._cached(behaviour, model, req, now)
         if cached and behaviour.cache is not None:
             # As the simulator's cache: the cached share of the prompt is read at
             # ``ttft_factor`` of the cost of computing it.
