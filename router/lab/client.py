@@ -88,7 +88,8 @@ class Clients:
         affinity: Affinity | None = None
         try:
             route = pipeline.resolve(runtime, call)
-            affinity = call.affinity = self._affinity(route, call, req)
+            if req.session is not None:  # without one, no affinity (see _affinity)
+                affinity = call.affinity = self._affinity(route, call, req)
             attempts = Attempts(
                 api=call.api,
                 payload=call.payload,

@@ -27,6 +27,7 @@ count is replayed where the host caches.
 from __future__ import annotations
 
 import asyncio
+from asyncio import Future
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -117,7 +118,7 @@ class LabStream:
         if step >= 2 or self._ended is None:
             raise StopAsyncIteration
         loop = self._loop
-        fut: asyncio.Future[bytes] = loop.create_future()
+        fut: asyncio.Future[bytes] = Future(loop=loop)
         answer = self._answer
         if step == 0:
             first = answer.first_s
@@ -235,7 +236,7 @@ class LabProvider:
         streamed = request.stream
         tokens = 0 if operation == "embeddings" else req.completion_tokens
         answer = behaviour.answer(self._trace_time(now), streamed, tokens, not streamed)
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[Any] = Future(loop=loop)  # loop.create_future(), inlined
         read_s = request.read_s
         outcome = answer.outcome
         if outcome != OK and outcome != BREAK:
