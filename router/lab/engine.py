@@ -217,6 +217,9 @@ class Engine:
             self._done.set_result(None)
 
     def _arrive(self) -> None:
+        """The next request arrives: a task of its own. Arrivals are the loop's own
+        timers (``VirtualLoop.at``), run in an empty context, so each request's task
+        starts with no context variable of the code that runs the replay."""
         i = self._next
         self._next = i + 1
         self._pending += 1
