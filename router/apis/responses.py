@@ -224,10 +224,13 @@ class ResponsesInspector:
 
     def _final(self, data: bytes) -> tuple[int, int, bool] | None:
         """Where the final event starts and ends in ``data``, and whether it is
-        ``response.failed`` (None when it is not there). It closes the stream, so it is
-        the read's last event holding a ``"response":`` object: searched from the end
-        (a whole answer in one read is not scanned), past anything after it that holds
-        one but is not a final event (``response.in_progress``, garbage)."""
+        ``response.failed`` (None when it is not there). Only events holding a
+        ``"response":`` object are parsed, found by searching from the end (a whole
+        answer in one read is not scanned), past anything that holds one but is not a
+        final event (``response.in_progress``, garbage). The first final event ends the
+        stream: a host that sends another after it (``response.failed`` after
+        ``response.completed``) has already answered."""
+        found: tuple[int, int, dict[str, Any]] | None = None
         at = data.rfind(b'"response":')
         while at != -1:
             start = data.rfind(b"\n\n", 0, at)
@@ -239,10 +242,13 @@ class ResponsesInspector:
             except ProtocolViolation:
                 obj = None  # not an event: what follows the end is dropped anyway
             if obj is not None and obj.get("type") in FINAL_EVENTS:
-                self._finish(obj)
-                return start, end, obj.get("type") == "response.failed"
+                found = (start, end, obj)
             at = data.rfind(b'"response":', 0, start)
-        return None
+        if found is None:
+            return None
+        start, end, obj = found
+        self._finish(obj)
+        return start, end, obj.get("type") == "response.failed"
 
     def _finish(self, obj: dict[str, Any]) -> None:
         self.done = True

@@ -255,6 +255,33 @@ def test_a_stream_whose_length_cuts_its_last_event_ends_broken(rig: Rig) -> None
     check_stream("responses", text)
 
 
+def test_nothing_after_the_first_final_event_reaches_the_client(rig: Rig) -> None:
+    """Found by the fuzzing below (1,000 examples): a Responses host that sends
+    ``response.failed`` after its ``response.completed``, in the same read. The stream
+    ended at the first: the client gets the completed answer, not it and then the
+    router's broken ending."""
+    completed = {"id": "resp_1", "status": "completed", "output": [],
+                 "usage": {"input_tokens": 3, "output_tokens": 2}}  # fmt: skip
+    first = event("response.created", response={"id": "resp_1", "status": "in_progress"}) + event(
+        "response.output_text.delta", item_id="m1", delta="t0 "
+    )
+    last = event("response.completed", response=completed) + event(
+        "response.failed", response={"status": "failed", "error": {"message": "x"}}
+    )
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+    # The end in a read of its own, after the first token: no failover then.
+    rig.raw.script = Script([(head + first, 0.0), (last, 0.05)], hang=False)
+    path, route, _ = WAYS["responses"]
+    with rig.client.stream(
+        "POST", f"{rig.router.url}{path}", json=request_body(path, route, True)
+    ) as r:
+        text = r.read().decode()
+    assert r.status_code == 200 and r.headers["x-router-endpoint"].startswith("raw"), text
+    check_stream("responses", text)
+    kinds = [json.loads(e).get("type") for e in data_events(text)]
+    assert kinds[-1] == "response.completed" and "response.failed" not in kinds, text
+
+
 @settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "40")),
     deadline=None,
