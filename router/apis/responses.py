@@ -240,7 +240,7 @@ class ResponsesInspector:
             try:
                 obj = _parse(data[start:end])
             except ProtocolViolation:
-                obj = None  # not an event: what follows the end is dropped anyway
+                obj = None  # not an event: dropped after the end, judged by _check before
             if obj is not None and obj.get("type") in FINAL_EVENTS:
                 found = (start, end, obj)
             at = data.rfind(b'"response":', 0, start)
@@ -260,7 +260,7 @@ class ResponsesInspector:
             self._error = "failed"
 
     def leftover(self) -> bytes:
-        """A final event the upstream did not end with a blank line (its stream closed,
+        """A last event the upstream did not end with a blank line (its stream closed,
         or its Content-Length ran out). Parsed whatever its last byte: an event cut
         inside its JSON may still end in ``}``, which the check of a read takes as whole
         (``ProtocolViolation``, as chat's inspector does)."""
