@@ -88,7 +88,9 @@ class Clients:
         affinity: Affinity | None = None
         try:
             route = pipeline.resolve(runtime, call)
-            if req.session is not None:  # without one, no affinity (see _affinity)
+            # A request without a session in the trace has no affinity: the lab cannot
+            # tell which conversation it continued.
+            if req.session is not None:
                 affinity = call.affinity = self._affinity(route, call, req)
             attempts = Attempts(
                 api=call.api,
@@ -120,11 +122,10 @@ class Clients:
         self.finished()
 
     def _affinity(self, route: RouteRuntime, call: Call, req: TraceRequest) -> Affinity | None:
-        """Prompt-cache affinity as the service's handler plans it, its bindings in an
-        in-process state on the virtual clock. A request without a session in the trace
-        has none: the lab cannot tell which conversation it continued."""
+        """Prompt-cache affinity as the service's handler plans it for a request with a
+        session, its bindings in an in-process state on the virtual clock."""
         settings = route.affinity_for(call.policy)
-        if settings is None or req.session is None:
+        if settings is None:
             return None
         size = req.prompt_tokens * BYTES_PER_TOKEN  # the body the prompt came in, roughly
         found = plan_affinity(route, settings, call.api.name, call.payload, {}, size, call.stream)
