@@ -28,7 +28,11 @@ pytestmark = pytest.mark.skipif(
     not REDIS_URL, reason="ROUTER_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379/0)"
 )
 ADMIN = "admin-key-for-replicas"
-KEYS = {"LIMITED_KEY": "sk-limited-1234", "BUDGET_KEY": "sk-budget-1234"}
+KEYS = {
+    "LIMITED_KEY": "sk-limited-1234",
+    "BUDGET_KEY": "sk-budget-1234",
+    "WIDE_KEY": "sk-wide-1234",
+}
 PLAIN = "sk-plain-1234"  # from ROUTER_API_KEYS: no limits
 Fleet = tuple[list[RouterProcess], FakeUpstream]  # three routers on one Redis, the 401 host
 PRICE = "price: {input: 100000, output: 100000}"  # $0.8 per answer of the fake upstream
@@ -79,6 +83,7 @@ routes:
 keys:
   limited: {{key_env: LIMITED_KEY, limits: {{rpm: 10}}}}
   budget: {{key_env: BUDGET_KEY, budget_usd: {{day: 1.0}}}}
+  wide: {{key_env: WIDE_KEY, limits: {{rpm: 6400, tpm: 10000000, concurrent: 640}}}}
 """
             sub = tmp / f"r{i}"
             sub.mkdir()
@@ -113,6 +118,22 @@ def test_a_limit_of_10_rpm_over_3_replicas_admits_exactly_10(
     assert all(1 <= int(a.headers["Retry-After"]) <= 6 for a in refused)
     remaining = sorted(int(a.headers["x-ratelimit-remaining-requests"]) for a in answers)
     assert remaining[-10:] == list(range(10))  # each admission saw the shared count
+
+
+def test_a_key_far_from_its_limits_is_admitted_from_the_replicas_allowances(
+    fleet: Fleet,
+) -> None:
+    """Past its first admission on a replica, a key far from its limits is admitted
+    there without asking Redis (``allowance_admissions`` in /health)."""
+    routers, _ = fleet
+    before = [r.health()["state"]["allowance_admissions"] for r in routers]
+    answers = [ask(routers[i % 3], KEYS["WIDE_KEY"]) for i in range(60)]
+    assert all(a.status_code == 200 for a in answers)
+    after = [r.health()["state"]["allowance_admissions"] for r in routers]
+    assert all(a - b >= 10 for a, b in zip(after, before, strict=True)), (before, after)
+    for a in answers:  # OpenAI's headers on each, from Redis's count or the allowance's
+        assert a.headers["x-ratelimit-limit-requests"] == "6400"
+        assert 6400 - 60 <= int(a.headers["x-ratelimit-remaining-requests"]) < 6400
 
 
 def test_a_budget_charged_on_one_replica_blocks_on_the_others(

@@ -110,6 +110,10 @@ class Admission:
     reserved: int = 0  # tokens reserved against tpm, corrected on settlement
     lease: str | None = None  # the concurrency slot held, released on settlement
     local: bool = False  # decided by the local fallback (the shared store unreachable)
+    # Redis only: the allowance its script granted with this admission (``admit.py``),
+    # and the allowance a request was admitted from without a round trip (``allowance.py``).
+    granted: str | None = None
+    allowance: Any = None
 
     def __init__(self, quota: Quota | None = None) -> None:
         if quota is not None:

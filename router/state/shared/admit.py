@@ -31,8 +31,8 @@ class AdmitCodec:
     def loaded(self, sha: bytes) -> None:
         self.sha = sha
         self._sha = bulk(sha)
-        # EVALSHA, the script, 6 keys, then 11 arguments: 20 elements in all.
-        self._head = b"*20\r\n$7\r\nEVALSHA\r\n" + self._sha + b"$1\r\n6\r\n"
+        # EVALSHA, the script, 6 keys, then 12 arguments: 21 elements in all.
+        self._head = b"*21\r\n$7\r\nEVALSHA\r\n" + self._sha + b"$1\r\n6\r\n"
 
     def _encode(self, quota: Quota, now: float) -> tuple[Quota, float, str, str, bytes, bytes]:
         """A key's unchanging KEYS and ARGV, until the UTC day ends (its spend keys)."""
@@ -70,6 +70,7 @@ class AdmitCodec:
         lease: str,
         now: float,
         carried: list[Settlement] | None = None,
+        ask: bytes = b"-",
     ) -> bytes:
         static = self._static.get(quota.name)
         if static is None or static[0] is not quota or now >= static[1]:
@@ -81,13 +82,15 @@ class AdmitCodec:
             binding, flag = b"$%d\r\n%b\r\n" % (len(key), key), b"1"
         tok = b"%d" % tokens
         slot = lease.encode()
-        tail = b"$%d\r\n%b\r\n$%d\r\n%b\r\n$1\r\n%b\r\n" % (len(tok), tok, len(slot), slot, flag)
+        tail = b"$%d\r\n%b\r\n$%d\r\n%b\r\n$1\r\n%b\r\n$%d\r\n%b\r\n" % (
+            len(tok), tok, len(slot), slot, flag, len(ask), ask
+        )  # fmt: skip
         if not carried:
             return b"".join((self._head, binding, static[4], static[5], tail))
         n = len(carried)
         keys, args = self.encoder.settle_parts(carried, static[2], static[3])
         head = b"*%d\r\n$7\r\nEVALSHA\r\n%b$%d\r\n%d\r\n" % (
-            22 + 5 * n,
+            23 + 5 * n,
             self._sha,
             len(str(6 + 4 * n)),
             6 + 4 * n,
@@ -97,8 +100,9 @@ class AdmitCodec:
     @staticmethod
     def answer(reply: bytes, quota: Quota, lease: str) -> Admission:
         """``scripts.ADMIT``'s answer: ok, code, limit, retry ms, tokens reserved, the
+        allowance granted (``now,requests' and tokens' arrival times`` or ``-``), the
         size of the header lines that follow, then ``=binding`` or ``-``."""
-        ok, code, limit, retry_ms, reserved, size, rest = reply.decode().split(" ", 6)
+        ok, code, limit, retry_ms, reserved, granted, size, rest = reply.decode().split(" ", 7)
         out = _new(Admission)  # no __init__ call: every request makes one
         out.quota = quota
         if ok == "1":
@@ -117,4 +121,6 @@ class AdmitCodec:
             rest = rest[n:]
         if rest[0] == "=":
             out.binding = rest[1:]
+        if granted != "-":
+            out.granted = granted
         return out

@@ -16,6 +16,7 @@ import orjson
 
 from router.state.shared.resp import bulk, encode
 
+MAX_RAWS = 4096
 BATCH_S = 0.01  # how long a batch waits for an admission to carry it before it goes alone
 _DAY_TTL_S = 2 * 86400  # a day's spend outlives its day a little, for /admin/usage
 _MONTH_TTL_S = 32 * 86400
@@ -28,16 +29,17 @@ Settlement = tuple[str, int, int, str | None, float]
 class Batch:
     """What waits to be written. A plain class: a new one is made per write."""
 
-    __slots__ = ("binds", "cools", "owed", "settles")
+    __slots__ = ("binds", "cools", "owed", "raws", "settles")
 
     def __init__(self) -> None:
         self.settles: list[Settlement] = []
         self.binds: dict[str, tuple[str | None, float]] = {}
         self.cools: list[tuple[str, float, str]] = []
         self.owed: dict[str, float] = {}  # USD not yet written, per key
+        self.raws: list[bytes] = []  # encoded commands (what ended allowances give back)
 
     def __bool__(self) -> bool:
-        return bool(self.settles or self.binds or self.cools or self.owed)
+        return bool(self.settles or self.binds or self.cools or self.owed or self.raws)
 
     def items(self) -> list[Settlement]:
         """The settlements, costs owed from an outage included (as settlements of cost)."""
@@ -56,6 +58,8 @@ class Batch:
         for name, cost in failed.owed.items():
             self.owe(name, cost)
         self.cools.extend(c for c in failed.cools if c[1] > now)
+        if len(self.raws) < MAX_RAWS:  # give-backs: worth writing late, not unbounded
+            self.raws.extend(failed.raws[: MAX_RAWS - len(self.raws)])
 
 
 class Encoder:
@@ -69,8 +73,8 @@ class Encoder:
 
     def commands(self, batch: Batch, settle_sha: bytes, day: str, month: str) -> list[bytes]:
         """The batch as commands; the settlement's EVALSHA first, when there is one."""
-        if batch.settles and not (batch.binds or batch.cools or batch.owed):  # the usual
-            return [self.settle_command(batch.settles, settle_sha, day, month)]
+        if batch.settles and not (batch.binds or batch.cools or batch.owed or batch.raws):
+            return [self.settle_command(batch.settles, settle_sha, day, month)]  # the usual
         out = []
         items = batch.items()
         if items:
@@ -81,6 +85,7 @@ class Encoder:
             out.append(encode("HSET", self.channel, scope, orjson.dumps([until, reason])))
             message = orjson.dumps([self.replica, scope, until, reason])
             out.append(encode("PUBLISH", self.channel, message))
+        out.extend(batch.raws)
         return out
 
     def binding(self, key: str, value: str | None, ttl_s: float) -> bytes:

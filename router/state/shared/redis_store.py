@@ -40,10 +40,11 @@ from router.state.shared import (
     feed,
 )
 from router.state.shared.admit import AdmitCodec
+from router.state.shared.allowance import ALLOWANCE_S, Allowance, Sizes, ask
 from router.state.shared.batch import Encoder
 from router.state.shared.breaker import StoreBreaker
 from router.state.shared.memory import MemoryState
-from router.state.shared.resp import RespClient, RespError, encode
+from router.state.shared.resp import RespClient, RespError, bulk, encode
 from router.state.shared.scripts import ADMIT, SETTLE
 from router.state.shared.writer import FAILURES as _FAILURES
 from router.state.shared.writer import Writer
@@ -83,6 +84,12 @@ class RedisState(SharedState):
         self._codec = AdmitCodec(prefix, lease_s, encoder)
         self._writer = Writer(self, encoder)
         self._tasks: list[asyncio.Task[None]] = []
+        # Allowances (``allowance.py``): the current one per key, what the next asks for,
+        # and the keys whose admission is asking now (one ask per key at a time).
+        self._held: dict[str, Allowance] = {}
+        self._sizes: dict[str, Sizes] = {}
+        self._asking: set[str] = set()
+        self.allowed = 0  # admissions from allowances, for /health
 
     # -- calls --------------------------------------------------------------------------
 
@@ -136,11 +143,33 @@ class RedisState(SharedState):
             if binding_key is not None:
                 out.binding = await self.get(binding_key)
             return out
+        name = quota.name
+        held = self._held.get(name)
+        if held is not None and binding_key is None:  # a binding is read from Redis
+            if held.quota is quota:
+                allowed = held.admit(tokens, self.clock())
+                if allowed is not None:
+                    self.allowed += 1
+                    return allowed
+            self._retire(held)  # spent, expired or its key reloaded: given back, asked anew
+            held = None
         if self.breaker.open and not self.breaker.allows():
             return self._fallback(quota, tokens, binding_key)
         lease = f"{self.replica}:{next(self._leases)}" if quota.concurrent is not None else ""
         codec = self._codec
         carried = None
+        asked = None
+        allowance_id = ""
+        if held is None and name not in self._asking:
+            sizes = self._sizes.get(name)
+            if sizes is None:
+                sizes = self._sizes[name] = Sizes()
+            asked = ask(quota, sizes, tokens)
+        want = b"-"
+        if asked is not None:
+            self._asking.add(name)
+            allowance_id = f"{self.replica}:a{next(self._leases)}"
+            want = b"%d %d %d %s" % (*asked, allowance_id.encode())
         try:
             # Straight on the open connection: no coroutine layers per request.
             proto = self.client.proto
@@ -153,7 +182,7 @@ class RedisState(SharedState):
                 carried = writer.carry(proto)
             try:
                 reply = await proto.send(
-                    codec.command(quota, tokens, binding_key, lease, self.clock(), carried)
+                    codec.command(quota, tokens, binding_key, lease, self.clock(), carried, want)
                 )
             except RespError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
@@ -162,7 +191,7 @@ class RedisState(SharedState):
                     writer.again(carried)
                     carried = None
                 await self.load_scripts()  # Redis restarted and forgot them
-                command = codec.command(quota, tokens, binding_key, lease, self.clock())
+                command = codec.command(quota, tokens, binding_key, lease, self.clock(), None, want)
                 reply = await self._call(command)
         except asyncio.CancelledError:
             self.breaker.release()
@@ -172,9 +201,62 @@ class RedisState(SharedState):
             if carried is not None:
                 self._writer.lost(carried)
             return self._fallback(quota, tokens, binding_key)
+        finally:
+            if asked is not None:
+                self._asking.discard(name)
         if self.breaker.open:
             self.recovered()
-        return codec.answer(reply, quota, lease)
+        out = codec.answer(reply, quota, lease)
+        if out.granted is not None and asked is not None:
+            self._grant(quota, asked, allowance_id, out.granted)
+        return out
+
+    # -- allowances ---------------------------------------------------------------------
+
+    def _grant(
+        self, quota: Quota, asked: tuple[int, int, int], lease_id: str, granted: str
+    ) -> None:
+        now = self.clock()
+        held = self._held.get(quota.name)
+        if held is not None:
+            self._retire(held)
+        allowance = self._held[quota.name] = Allowance(quota, asked, lease_id, granted, now)
+        with contextlib.suppress(RuntimeError):  # no loop (a test's sync use): ends on use
+            asyncio.get_running_loop().call_later(ALLOWANCE_S, self._lapse, allowance)
+
+    def _lapse(self, allowance: Allowance) -> None:
+        if allowance.current:
+            self._retire(allowance)
+
+    def _retire(self, allowance: Allowance) -> None:
+        """End an allowance: what is left of it goes back in the next write (requests
+        and tokens to their buckets, free slots released); its requests still in flight
+        settle with Redis as any other."""
+        if not allowance.current:
+            return
+        allowance.current = False
+        quota = allowance.quota
+        name = quota.name
+        if self._held.get(name) is allowance:
+            del self._held[name]
+        sizes = self._sizes.get(name)
+        if sizes is not None:
+            allowance.resize(sizes, self.clock())
+        batch = self._writer.batch
+        p = f"{self.prefix}{{{name}}}:"
+        if quota.rpm is not None and allowance.requests > 0:
+            back = allowance.requests * 60.0 / quota.rpm
+            batch.raws.append(encode("INCRBYFLOAT", p + "r", f"{-back:.6f}"))
+        if quota.tpm is not None and allowance.tokens:
+            batch.settles.append((name, quota.tpm, -allowance.tokens, None, 0.0))
+        if allowance.free:
+            batch.raws.append(
+                b"*%d\r\n$4\r\nZREM\r\n" % (2 + len(allowance.free))
+                + bulk(p + "c")
+                + b"".join(bulk(m) for m in allowance.free)
+            )
+            allowance.free = []
+        self._writer.queued()
 
     def _fallback(self, quota: Quota, tokens: int, binding_key: str | None) -> Admission:
         if self.on_error == "closed":
@@ -190,6 +272,17 @@ class RedisState(SharedState):
         quota = admission.quota
         if quota is None or not admission.admitted:
             return
+        allowance = admission.allowance
+        if allowance is not None and allowance.current:
+            allowance.settle(admission, tokens_used, cost_usd)
+            if cost_usd > 0 and quota.budgeted:
+                writer = self._writer
+                owed = writer.batch.owed  # one charge per key per write, not per request
+                owed[quota.name] = owed.get(quota.name, 0.0) + cost_usd
+                writer.waiting = True
+                if writer.timer is None:
+                    writer.queued()
+            return
         if admission.local:
             self.local.settle(admission, tokens_used, cost_usd)
             if cost_usd > 0 and quota.budgeted:
@@ -200,6 +293,10 @@ class RedisState(SharedState):
         delta = 0 if tpm is None or tokens_used is None else tokens_used - admission.reserved
         if quota.day_usd is None and quota.month_usd is None:
             cost_usd = 0.0
+        elif cost_usd > 0 and self._held:
+            held = self._held.get(quota.name)
+            if held is not None:  # all this replica spends counts against its allowance
+                held.spent += cost_usd
         lease, admission.lease = admission.lease, None  # settled once
         if delta or lease or cost_usd > 0:  # queued (Writer.settle, inlined: every request)
             writer = self._writer
@@ -299,6 +396,8 @@ class RedisState(SharedState):
         ]
 
     async def aclose(self) -> None:
+        for allowance in list(self._held.values()):
+            self._retire(allowance)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -314,5 +413,6 @@ class RedisState(SharedState):
             "reachable": not self.breaker.open,
             "errors": self.breaker.failures,
             "local_admissions": self.fallbacks,
+            "allowance_admissions": self.allowed,
             "owed_usd": round(sum(self._writer.batch.owed.values()), 6),
         }

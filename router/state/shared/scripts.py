@@ -81,11 +81,12 @@ ADMIT = (
 --       5 day spend, 6 month spend, then 4 per settlement carried (_SETTLE_FN)
 -- ARGV: 1 rpm, 2 tpm, 3 concurrent, 4 day usd, 5 month usd, 6 slot lifetime s,
 --       7 day end, 8 month end (Unix times), 9 tokens, 10 slot id, 11 read binding,
+--       12 the allowance asked ('requests tokens slots id', or '-'),
 --       then 1 per settlement carried and, with any, the spend keys' TTLs
 -- (what is the same for every request of a key comes first: the caller encodes it once)
 local carried = (#KEYS - 6) / 4
 if carried > 0 then  -- first: a slot the last request freed is free for this one
-  settle(6, 12, carried, ARGV[12 + carried], ARGV[13 + carried])
+  settle(6, 13, carried, ARGV[13 + carried], ARGV[14 + carried])
 end
 local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local binding = false
@@ -108,23 +109,31 @@ end
 local req_tat, tok_tat = 0, 0
 if rpm >= 0 then req_tat = arrival(KEYS[2]) end
 if tpm >= 0 then tok_tat = arrival(KEYS[3]) end
+local granted = '-'
 local function answer(ok, code, limit, retry_s, reserved)
   local rate = ''
   if rpm >= 0 then rate = window('requests', req_tat, rpm) end
   if tpm >= 0 then rate = rate .. window('tokens', tok_tat, tpm) end
   -- One string, not an array: the client splits it once instead of parsing replies.
-  local head = string.format('%d %s %s %d %d %d ', ok, code, limit, math.ceil(retry_s * 1000),
-                             reserved, #rate)
+  local head = string.format('%d %s %s %d %d %s %d ', ok, code, limit,
+                             math.ceil(retry_s * 1000), reserved, granted, #rate)
   if binding then return head .. rate .. '=' .. binding end
   return head .. rate .. '-'
 end
 
 local day, month = tonumber(ARGV[4]), tonumber(ARGV[5])
-if day >= 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= day then
-  return answer(0, 'budget_exceeded', 'day', math.max(1, tonumber(ARGV[7]) - now), 0)
+local day_spent, month_spent = 0, 0
+if day >= 0 then
+  day_spent = tonumber(redis.call('GET', KEYS[5]) or '0')
+  if day_spent >= day then
+    return answer(0, 'budget_exceeded', 'day', math.max(1, tonumber(ARGV[7]) - now), 0)
+  end
 end
-if month >= 0 and tonumber(redis.call('GET', KEYS[6]) or '0') >= month then
-  return answer(0, 'budget_exceeded', 'month', math.max(1, tonumber(ARGV[8]) - now), 0)
+if month >= 0 then
+  month_spent = tonumber(redis.call('GET', KEYS[6]) or '0')
+  if month_spent >= month then
+    return answer(0, 'budget_exceeded', 'month', math.max(1, tonumber(ARGV[8]) - now), 0)
+  end
 end
 local req_new, tok_new, cost = 0, 0, 0
 if rpm >= 0 then
@@ -140,24 +149,55 @@ if tpm >= 0 then
     return answer(0, 'rate_limit_exceeded', 'tpm', tok_new - now - 60, 0)
   end
 end
+local busy = 0
 if conc >= 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)  -- slots of replicas that died
-  if redis.call('ZCARD', KEYS[4]) >= conc then
+  busy = redis.call('ZCARD', KEYS[4])
+  if busy >= conc then
     return answer(0, 'rate_limit_exceeded', 'concurrent', 1, 0)
   end
+end
+-- The allowance asked, granted only while every limit stays at most half used with it
+-- (near a limit, every request comes here, one at a time): its requests, tokens and
+-- slots are reserved like a request's, and the replica admits from them on its own.
+local lease_req, lease_tok = req_new, tok_new
+if ARGV[12] ~= '-' then
+  local n_req, n_tok, n_slots, id = string.match(ARGV[12], '^(%S+) (%S+) (%S+) (%S+)$')
+  n_req, n_tok, n_slots = tonumber(n_req), tonumber(n_tok), tonumber(n_slots)
+  local ok = (day < 0 or day_spent * 2 < day) and (month < 0 or month_spent * 2 < month)
+  if ok and rpm >= 0 then
+    lease_req = req_new + n_req * 60 / rpm
+    ok = lease_req - now <= 30
+  end
+  if ok and tpm >= 0 then
+    lease_tok = tok_new + n_tok * 60 / tpm
+    ok = lease_tok - now <= 30
+  end
+  if ok and conc >= 0 then ok = (busy + 1 + n_slots) * 2 <= conc end
+  if ok then
+    if conc >= 0 then
+      local life = tonumber(ARGV[6])
+      for i = 1, n_slots do redis.call('ZADD', KEYS[4], now + life, id .. '.' .. i) end
+    end
+    granted = string.format('%.6f,%.6f,%.6f', now, lease_req, lease_tok)
+  else
+    lease_req, lease_tok = req_new, tok_new
+  end
+end
+if conc >= 0 then
   local life = tonumber(ARGV[6])
   redis.call('ZADD', KEYS[4], now + life, ARGV[10])
   redis.call('PEXPIRE', KEYS[4], math.ceil(life * 1000))
 end
 if rpm >= 0 then
-  req_tat = req_new
-  redis.call('SET', KEYS[2], string.format('%.6f', req_new), 'PX',
-             math.ceil((req_new - now) * 1000) + 1000)
+  req_tat = req_new  -- this request's headers: the allowance is not its own
+  redis.call('SET', KEYS[2], string.format('%.6f', lease_req), 'PX',
+             math.ceil((lease_req - now) * 1000) + 1000)
 end
 if tpm >= 0 then
   tok_tat = tok_new
-  redis.call('SET', KEYS[3], string.format('%.6f', tok_new), 'PX',
-             math.ceil((tok_new - now) * 1000) + 1000)
+  redis.call('SET', KEYS[3], string.format('%.6f', lease_tok), 'PX',
+             math.ceil((lease_tok - now) * 1000) + 1000)
 end
 return answer(1, '-', '-', 0, cost)
 """

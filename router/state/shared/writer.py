@@ -89,14 +89,14 @@ class Writer:
         batch = self.batch
         self.waiting = False
         self._carried = True
-        if not (batch.binds or batch.cools or batch.owed):  # settlements only: the usual
+        if not (batch.binds or batch.cools or batch.owed or batch.raws):  # the usual
             settles = batch.settles
             batch.settles = []
             return settles or None
         self.batch = Batch()
-        if batch.binds or batch.cools:
+        if batch.binds or batch.cools or batch.raws:
             rest = Batch()
-            rest.binds, rest.cools = batch.binds, batch.cools
+            rest.binds, rest.cools, rest.raws = batch.binds, batch.cools, batch.raws
             self._send(proto, rest)
         return batch.items() or None
 
