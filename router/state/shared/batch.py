@@ -18,6 +18,7 @@ from router.state.shared.resp import bulk, encode
 
 MAX_RAWS = 4096
 BATCH_S = 0.01  # how long a batch waits for an admission to carry it before it goes alone
+CHARGE_S = 0.1  # how long charges alone wait (``Writer.charged``)
 _DAY_TTL_S = 2 * 86400  # a day's spend outlives its day a little, for /admin/usage
 _MONTH_TTL_S = 32 * 86400
 TTLS = bulk(_DAY_TTL_S) + bulk(_MONTH_TTL_S)  # the spend keys' TTLs, after settlements

@@ -279,9 +279,7 @@ class RedisState(SharedState):
                 writer = self._writer
                 owed = writer.batch.owed  # one charge per key per write, not per request
                 owed[quota.name] = owed.get(quota.name, 0.0) + cost_usd
-                writer.waiting = True
-                if writer.timer is None:
-                    writer.queued()
+                writer.charged()
             return
         if admission.local:
             self.local.settle(admission, tokens_used, cost_usd)
@@ -302,7 +300,7 @@ class RedisState(SharedState):
             writer = self._writer
             writer.batch.settles.append((quota.name, tpm or 0, delta, lease, cost_usd))
             writer.waiting = True
-            if writer.timer is None:
+            if writer.timer is None or writer.late:
                 writer.queued()
 
     def bind(self, key: str, value: str, ttl_s: float) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from router.state.shared.batch import BATCH_S, Batch, Encoder, Settlement
+from router.state.shared.batch import BATCH_S, CHARGE_S, Batch, Encoder, Settlement
 from router.state.shared.resp import Connection, RespError
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ class Writer:
         self.waiting = False  # the batch holds something (cheaper to ask than the batch)
         self._carried = False  # an admission carried a batch since the timer was set
         self.timer: asyncio.TimerHandle | None = None
+        self.late = False  # the timer is set for CHARGE_S (only charges wait)
         self._loop: asyncio.AbstractEventLoop | None = None  # the first one armed on
         self._flushing: asyncio.Future[None] | None = None
 
@@ -72,6 +73,18 @@ class Writer:
         self.waiting = bool(self.batch)
         if self.timer is None:
             self._arm(self.delay_s if delay is None else delay)
+        elif self.late:  # more than charges waits now: sooner
+            self.timer.cancel()
+            self._arm(self.delay_s if delay is None else delay)
+
+    def charged(self) -> None:
+        """A charge of a request admitted from an allowance was put in the batch: it may
+        wait ``CHARGE_S`` (the allowance's share bounds the spend meanwhile), so that a
+        replica writes its charges ten times a second, not after every request."""
+        self.waiting = True
+        if self.timer is None:
+            self._arm(CHARGE_S)
+            self.late = True
 
     def _arm(self, delay: float) -> None:
         loop = self._loop
@@ -81,6 +94,7 @@ class Writer:
             except RuntimeError:
                 return  # no loop (a test's sync use): written by the next flush
         self.timer = loop.call_later(delay, self._due)
+        self.late = False
 
     def carry(self, proto: Connection) -> list[Settlement] | None:
         """An admission is about to leave on ``proto``: the batch's settlements go inside
