@@ -9,8 +9,11 @@ Three measurements, one run (ratios within it; see requestlog_cost.py for why):
    (its process, from /proc) is compared with ``off``'s. Redis's own CPU per request is
    read from its process too, and shown apart: it is not the router's, but it is real.
    The limited key has rpm, tpm, concurrent and a day budget (all far above the load, so
-   nothing is refused), and the endpoints have prices: every request is admitted with
-   one Lua call, its answer's tokens corrected and its cost charged (batched).
+   nothing is refused), and the endpoints have prices: every request is admitted, its
+   answer's tokens corrected and its cost charged (batched). On Redis two ways:
+   ``redis``, far from its limits, admits from the replica's allowances (a Lua call per
+   allowance, about one a second); ``trip`` has a concurrency limit too small to share,
+   so every admission is one Lua call, a round trip, as for a key near its limits.
 2. **Each alone at one connection** (nothing queues): each configuration alone in turn,
    rounds rotated: the latency added (p50/p99 against ``off`` in the same round), its
    CPU per answer, and how often its event loop went to sleep per answer (voluntary
@@ -47,19 +50,24 @@ from perf import HERE, PY, Bench, Proc, f, pinned, router_cmd
 
 KEY = "sk-bench-limited-key"
 PLAIN = "sk-bench-plain-key"
-NAMES = ["off", "memory", "redis"]
+NAMES = ["off", "memory", "redis", "trip"]
 
 
 def config(folder: str, upstream: str, name: str, prefix: str) -> str:
     limited = name != "off"
+    # ``trip``: the same on Redis with a concurrency limit too small to share (63 < 64
+    # slots), so no allowance is granted and every admission is a round trip, as for a
+    # key near its limits (never reached here: at most 16 requests are in flight).
+    concurrent = 63 if name == "trip" else 100000
     keys = (
         "keys:\n  team:\n    key_env: BENCH_KEY\n"
-        "    limits: {rpm: 100000000, tpm: 10000000000, concurrent: 100000}\n"
+        f"    limits: {{rpm: 100000000, tpm: 10000000000, concurrent: {concurrent}}}\n"
         "    budget_usd: {day: 1000000000}\n"
         if limited
         else ""
     )
-    state = f"state: {{url_env: BENCH_REDIS_URL, prefix: '{prefix}'}}\n" if name == "redis" else ""
+    on_redis = name in ("redis", "trip")
+    state = f"state: {{url_env: BENCH_REDIS_URL, prefix: '{prefix}'}}\n" if on_redis else ""
     text = f"""\
 server: {{host: 127.0.0.1, port: 8080, api_keys_env: BENCH_PLAIN_KEYS}}
 storage: {{url: null}}
@@ -139,7 +147,9 @@ def side_by_side(procs: dict[str, Proc], conns: int, reps: int, duration: float,
         for n in procs:
             cpu[n].append((after[n] - before[n]) * 1000.0 / max(done[n]["completed"], 1))
         if r0 is not None and r1 is not None:
-            sent = sum(done[n]["completed"] for n in procs if n.startswith("redis"))
+            # Nearly all of Redis's work is the trip routers' (one call per request;
+            # the redis routers' allowances and charges are a few calls a second).
+            sent = sum(done[n]["completed"] for n in procs if n.startswith("trip"))
             redis_ms.append((r1 - r0) * 1000.0 / max(sent, 1))
         line = ", ".join(f"{n} {cpu[n][-1]:.3f}" for n in procs)
         print(f"# side by side x{conns} rep {rep + 1}: {line}", file=sys.stderr, flush=True)
@@ -157,23 +167,26 @@ def report_cpu(cpu: dict[str, list[float]], redis_ms: list[float], conns: int) -
         runs = [(a + b) / 2 for a, b in zip(cpu[name], cpu[f"{name}-2"], strict=True)]
         change = [(x / z - 1.0) * 100.0 for x, z in zip(runs, base, strict=True)]
         between = [(b / a - 1.0) * 100.0 for a, b in zip(cpu[name], cpu[f"{name}-2"], strict=True)]
-        extra = f"{med(redis_ms) * 1000:.0f} us" if name == "redis" and redis_ms else "-"
+        extra = f"{med(redis_ms) * 1000:.0f} us" if name == "trip" and redis_ms else "-"
         vs = "-" if name == "off" else f"{pct(change)} ({min(change):+.1f}..{max(change):+.1f})"
         print(f"| {name} | {conns} | {f(med(runs), 3)} | {vs} | {extra} | {pct(between)} |")
 
 
-async def admit_latency(url: str, n: int = 2000) -> tuple[float, float]:
-    """p50/p99 in ms of one admission on Redis from this process, one at a time."""
+async def admit_latency(url: str, n: int = 2000, *, trip: bool = True) -> tuple[float, float]:
+    """p50/p99 in ms of one admission on Redis from this process, one at a time: with
+    ``trip`` each asks Redis (a binding read with it, as a request with affinity does);
+    else the key's admissions come from the store's allowances, as far from its limits."""
     from router.state.shared import Quota
     from router.state.shared.redis_store import RedisState
 
     store = RedisState(url, prefix="bench-latency:")
     await store.start()
     quota = Quota("team", rpm=10**9, tpm=10**12, concurrent=10**6, day_usd=10.0**9)
+    binding = "bench-session" if trip else None
     took = []
     for _ in range(n):
         t0 = time.perf_counter()
-        admission = await store.admit(quota, tokens=100)
+        admission = await store.admit(quota, tokens=100, binding_key=binding)
         took.append((time.perf_counter() - t0) * 1000.0)
         store.settle(admission, 50, 0.0001)
     await store.aclose()
@@ -190,7 +203,7 @@ def latency_rounds(procs: dict[str, Proc], rounds: int, duration: float) -> None
     cpu: dict[str, list[float]] = {n: [] for n in NAMES}
     waits: dict[str, list[float]] = {n: [] for n in NAMES}
     for r in range(rounds):
-        order = NAMES[r % 3 :] + NAMES[: r % 3]
+        order = NAMES[r % len(NAMES) :] + NAMES[: r % len(NAMES)]
         res = {}
         for n in order:
             pid = procs[n].pid
@@ -290,8 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.only_instructions:
             return 0
         procs: dict[str, Proc] = {}
-        for name in ["off", "memory", "redis", "redis-2", "memory-2", "off-2"]:
-            procs[name] = start(bench, tmp, name, upstream, env, prefix=prefix)
+        for name in [*NAMES, *(f"{n}-2" for n in reversed(NAMES))]:
+            # Each trip router on its own keys: its 63 slots are its own (16 in flight, and
+            # up to 16 released but not yet written), not shared with the other replicas.
+            own = f"{prefix}{name}:" if name.startswith("trip") else prefix
+            procs[name] = start(bench, tmp, name, upstream, env, prefix=own)
         time.sleep(1.0)
         for p in procs.values():  # warm-up: pools, scripts loaded, code paths taken
             loadgen(p.url, key_of(p.name), 4, 0.5, "1")
@@ -314,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         p50, p99 = asyncio.run(admit_latency(args.redis))
         print(f"\nOne admission on Redis from a client process: p50 {p50 * 1000:.0f} us, "
               f"p99 {p99 * 1000:.0f} us (one round trip: EVALSHA of the admission script)")  # fmt: skip
+        p50, p99 = asyncio.run(admit_latency(args.redis, trip=False))
+        print(f"One admission from an allowance: p50 {p50 * 1000:.1f} us, "
+              f"p99 {p99 * 1000:.1f} us (no round trip; one in thousands asks Redis)")  # fmt: skip
         for name in list(procs):
             procs.pop(name).stop()
         bench.procs = [p for p in bench.procs if p.name == "upstream"]

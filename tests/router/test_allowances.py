@@ -262,3 +262,37 @@ def test_tokens_and_slots_balance_after_random_traffic(seed: int) -> None:
             assert sum(s.allowed for s in replicas) > 100
 
     run(main)
+
+
+def test_an_allowances_slots_outlive_it_only_when_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slots granted with an allowance expire in Redis within SLOT_HOLD_S unless its end
+    makes those in use long-lived: a replica that dies holding one frees them soon; a
+    request in flight keeps its slot until it settles."""
+    from router.state.shared import redis_store
+
+    monkeypatch.setattr(redis_store, "SLOT_HOLD_S", 0.3)
+
+    async def main() -> None:
+        async with stores(2) as (a, b):
+            prefix = a.prefix
+            quota = Quota("team", concurrent=640)
+            first = await a.admit(quota)  # its own slot, and 2 of the allowance
+            second = await a.admit(quota)  # from the allowance: one of its 2 in use
+            assert second.allowance is not None
+            assert await zcard(prefix, "{team}:c") == 3
+            a._retire(second.allowance)
+            await a.flush()
+            assert await zcard(prefix, "{team}:c") == 2  # the free one went
+            b_first = await b.admit(quota)
+            assert await zcard(prefix, "{team}:c") == 5  # b's own and its allowance's 2
+            b.client.close()  # b dies: nothing of it is given back
+            b._held.clear()
+            await asyncio.sleep(0.5)
+            await a.admit(quota, binding_key="x")  # any admission sweeps expired slots
+            # Held: a's two in flight, b's own request's (the slot lifetime, as before),
+            # and this admission's own and its new allowance's two; b's allowance's two
+            # expired.
+            assert await zcard(prefix, "{team}:c") == 6
+            assert b_first.lease and first.lease
+
+    run(main)

@@ -11,7 +11,8 @@ what a replica admits from an allowance was reserved in the shared buckets first
 near a limit (more than half used) none is granted, and every request goes to Redis,
 one atomic admission each, as before. When an allowance ends (spent, expired, or its
 key reloaded) what is left is given back in the next write: requests and tokens to
-their buckets, unused slots freed.
+their buckets, unused slots freed, the slots of its requests still in flight made to
+live as long as any request's (until then they expire in ``SLOT_HOLD_S``).
 
 What it costs: a key may be refused while another replica still holds unused units of
 its allowance (at most 1/``SHARE`` of each limit per replica, for at most
@@ -35,6 +36,10 @@ from router.state.shared import PERIOD_S, Admission, Quota
 from router.state.shared.memory import window
 
 ALLOWANCE_S = 1.0
+# An allowance's slots expire in Redis this soon unless its end makes those in use
+# long-lived (the slot lifetime of any request): a grant whose answer was lost, or a
+# replica that died, holds them seconds, not the ten minutes of a request's slot.
+SLOT_HOLD_S = 5.0
 SHARE = 64
 FIRST = 8  # requests an allowance asks for first
 _INF = float("inf")
@@ -83,11 +88,13 @@ class Allowance:
         "current",
         "free",
         "granted_at",
+        "members",
         "name",
         "peak",
         "quota",
         "req_tat",
         "requests",
+        "shift",
         "slots",
         "spent",
         "tok_tat",
@@ -100,14 +107,15 @@ class Allowance:
         self, quota: Quota, asked: tuple[int, int, int], lease_id: str, granted: str, now: float
     ) -> None:
         redis_now, req_tat, tok_tat = (float(x) for x in granted.split(","))
-        shift = now - redis_now  # the grant's times are Redis's clock; ours from here
+        shift = self.shift = now - redis_now  # the grant's times are Redis's clock
         self.quota = quota
         self.name = quota.name
         self.asked = asked
         self.requests, self.tokens, self.slots = asked
         self.req_tat = req_tat + shift
         self.tok_tat = tok_tat + shift
-        self.free = [f"{lease_id}.{i}" for i in range(self.slots, 0, -1)]
+        self.members = [f"{lease_id}.{i}" for i in range(self.slots, 0, -1)]
+        self.free = list(self.members)
         self.peak = 0
         self.spent = 0.0
         shares = [b / SHARE for b in (quota.day_usd, quota.month_usd) if b is not None]

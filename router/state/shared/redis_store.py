@@ -40,7 +40,7 @@ from router.state.shared import (
     feed,
 )
 from router.state.shared.admit import AdmitCodec
-from router.state.shared.allowance import ALLOWANCE_S, Allowance, Sizes, ask
+from router.state.shared.allowance import ALLOWANCE_S, SLOT_HOLD_S, Allowance, Sizes, ask
 from router.state.shared.batch import Encoder
 from router.state.shared.breaker import StoreBreaker
 from router.state.shared.memory import MemoryState
@@ -169,7 +169,7 @@ class RedisState(SharedState):
         if asked is not None:
             self._asking.add(name)
             allowance_id = f"{self.replica}:a{next(self._leases)}"
-            want = b"%d %d %d %s" % (*asked, allowance_id.encode())
+            want = b"%d %d %d %g %s" % (*asked, SLOT_HOLD_S, allowance_id.encode())
         try:
             # Straight on the open connection: no coroutine layers per request.
             proto = self.client.proto
@@ -249,12 +249,21 @@ class RedisState(SharedState):
             batch.raws.append(encode("INCRBYFLOAT", p + "r", f"{-back:.6f}"))
         if quota.tpm is not None and allowance.tokens:
             batch.settles.append((name, quota.tpm, -allowance.tokens, None, 0.0))
-        if allowance.free:
-            batch.raws.append(
-                b"*%d\r\n$4\r\nZREM\r\n" % (2 + len(allowance.free))
-                + bulk(p + "c")
-                + b"".join(bulk(m) for m in allowance.free)
-            )
+        free = allowance.free
+        if allowance.members:
+            if free:
+                batch.raws.append(
+                    b"*%d\r\n$4\r\nZREM\r\n" % (2 + len(free))
+                    + bulk(p + "c")
+                    + b"".join(bulk(m) for m in free)
+                )
+            unused = set(free)
+            busy = [m for m in allowance.members if m not in unused]
+            if busy:  # in flight: held as any request's slot, freed by its settlement
+                until = self.clock() - allowance.shift + self.lease_s  # Redis's clock
+                batch.raws.append(
+                    encode("ZADD", p + "c", "XX", *(x for m in busy for x in (f"{until:.6f}", m)))
+                )
             allowance.free = []
         self._writer.queued()
 

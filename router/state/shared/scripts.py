@@ -81,7 +81,7 @@ ADMIT = (
 --       5 day spend, 6 month spend, then 4 per settlement carried (_SETTLE_FN)
 -- ARGV: 1 rpm, 2 tpm, 3 concurrent, 4 day usd, 5 month usd, 6 slot lifetime s,
 --       7 day end, 8 month end (Unix times), 9 tokens, 10 slot id, 11 read binding,
---       12 the allowance asked ('requests tokens slots id', or '-'),
+--       12 the allowance asked ('requests tokens slots slot-life-s id', or '-'),
 --       then 1 per settlement carried and, with any, the spend keys' TTLs
 -- (what is the same for every request of a key comes first: the caller encodes it once)
 local carried = (#KEYS - 6) / 4
@@ -162,8 +162,9 @@ end
 -- slots are reserved like a request's, and the replica admits from them on its own.
 local lease_req, lease_tok = req_new, tok_new
 if ARGV[12] ~= '-' then
-  local n_req, n_tok, n_slots, id = string.match(ARGV[12], '^(%S+) (%S+) (%S+) (%S+)$')
-  n_req, n_tok, n_slots = tonumber(n_req), tonumber(n_tok), tonumber(n_slots)
+  local n_req, n_tok, n_slots, held, id =
+    string.match(ARGV[12], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+  n_req, n_tok, n_slots, held = tonumber(n_req), tonumber(n_tok), tonumber(n_slots), tonumber(held)
   local ok = (day < 0 or day_spent * 2 < day) and (month < 0 or month_spent * 2 < month)
   if ok and rpm >= 0 then
     lease_req = req_new + n_req * 60 / rpm
@@ -175,9 +176,8 @@ if ARGV[12] ~= '-' then
   end
   if ok and conc >= 0 then ok = (busy + 1 + n_slots) * 2 <= conc end
   if ok then
-    if conc >= 0 then
-      local life = tonumber(ARGV[6])
-      for i = 1, n_slots do redis.call('ZADD', KEYS[4], now + life, id .. '.' .. i) end
+    if conc >= 0 then  -- short-lived: the replica makes those in use long-lived at the end
+      for i = 1, n_slots do redis.call('ZADD', KEYS[4], now + held, id .. '.' .. i) end
     end
     granted = string.format('%.6f,%.6f,%.6f', now, lease_req, lease_tok)
   else
