@@ -296,3 +296,35 @@ def test_an_allowances_slots_outlive_it_only_when_in_use(monkeypatch: pytest.Mon
             assert b_first.lease and first.lease
 
     run(main)
+
+
+def test_concurrency_is_never_exceeded_across_replicas_with_allowances() -> None:
+    """Three replicas admit and settle at random against ``concurrent: 128`` (shares of
+    two slots): requests admitted and not yet settled never exceed 128, the limit is
+    reached (some are refused) and allowances served some."""
+
+    async def main() -> None:
+        rng = random.Random(3)
+        async with stores(3) as replicas:
+            quota = Quota("team", concurrent=128)
+            open_: list[tuple[object, Admission]] = []
+            refused = 0
+            for _ in range(80):
+                for _ in range(rng.randrange(1, 14)):
+                    store = replicas[rng.randrange(3)]
+                    a = await store.admit(quota)
+                    if a.admitted:
+                        open_.append((store, a))
+                    else:
+                        refused += 1
+                    assert len(open_) <= 128
+                for _ in range(rng.randrange(0, 8)):
+                    if open_:
+                        owner, a = open_.pop(rng.randrange(len(open_)))
+                        owner.settle(a, None, 0.0)  # type: ignore[attr-defined]
+                if rng.random() < 0.2:
+                    await asyncio.sleep(0.02)  # batches written
+            assert refused > 0 and len(open_) >= 100
+            assert sum(s.allowed for s in replicas) > 20
+
+    run(main)
