@@ -47,34 +47,46 @@ _new = object.__new__
 
 
 class Sizes:
-    """What the next allowance of a key asks for, learned from the last ones."""
+    """What the next allowance of a key asks for, learned from the last ones, and its
+    limits' caps (1/SHARE of each), worked out once per ``Quota``."""
 
-    __slots__ = ("requests", "slots", "tokens_each")
+    __slots__ = ("quota", "requests", "slot_cap", "slots", "tokens_each", "unshared")
 
     def __init__(self) -> None:
         self.requests = FIRST
         self.slots = 2
         self.tokens_each = 0
+        self.quota: Quota | None = None
+        self.unshared = False  # a limit too small for one unit: never an allowance
+        self.slot_cap = 0
+
+    def caps(self, quota: Quota) -> None:
+        self.quota = quota
+        self.slot_cap = (quota.concurrent or 0) // SHARE
+        self.unshared = (
+            (quota.rpm is not None and quota.rpm < SHARE)
+            or (quota.tpm is not None and quota.tpm < SHARE)
+            or (quota.concurrent is not None and self.slot_cap < 1)
+        )
 
 
 def ask(quota: Quota, sizes: Sizes, tokens: int) -> tuple[int, int, int] | None:
     """(requests, tokens, slots) to ask for, or None when a limit is too small to share."""
+    if sizes.quota is not quota:
+        sizes.caps(quota)
+    if sizes.unshared:
+        return None
     requests = sizes.requests
     if quota.rpm is not None:
         requests = min(requests, quota.rpm // SHARE)
-        if requests < 1:
-            return None
     asked_tokens = 0
     if quota.tpm is not None:
-        cap = quota.tpm // SHARE
-        asked_tokens = min(cap, requests * max(tokens, sizes.tokens_each))
-        if asked_tokens < tokens or asked_tokens < 1:
+        asked_tokens = min(quota.tpm // SHARE, requests * max(tokens, sizes.tokens_each))
+        if asked_tokens < tokens:
             return None  # not even one request of this size would fit
     slots = 0
     if quota.concurrent is not None:
-        slots = min(sizes.slots, quota.concurrent // SHARE)
-        if slots < 1:
-            return None
+        slots = min(sizes.slots, sizes.slot_cap)
     return requests, asked_tokens, slots
 
 
