@@ -12,7 +12,7 @@ Three measurements, one run (ratios within it; see requestlog_cost.py for why):
    nothing is refused), and the endpoints have prices: every request is admitted, its
    answer's tokens corrected and its cost charged (batched). On Redis two ways:
    ``redis``, far from its limits, admits from the replica's allowances (a Lua call per
-   allowance, about one a second); ``trip`` has a concurrency limit too small to share,
+   allowance, about one a second); ``trip`` turns them off (``state.allowances: false``),
    so every admission is one Lua call, a round trip, as for a key near its limits.
 2. **Each alone at one connection** (nothing queues): each configuration alone in turn,
    rounds rotated: the latency added (p50/p99 against ``off`` in the same round), its
@@ -55,19 +55,21 @@ NAMES = ["off", "memory", "redis", "trip"]
 
 def config(folder: str, upstream: str, name: str, prefix: str) -> str:
     limited = name != "off"
-    # ``trip``: the same on Redis with a concurrency limit too small to share (63 < 64
-    # slots), so no allowance is granted and every admission is a round trip, as for a
-    # key near its limits (never reached here: at most 16 requests are in flight).
-    concurrent = 63 if name == "trip" else 100000
     keys = (
         "keys:\n  team:\n    key_env: BENCH_KEY\n"
-        f"    limits: {{rpm: 100000000, tpm: 10000000000, concurrent: {concurrent}}}\n"
+        "    limits: {rpm: 100000000, tpm: 10000000000, concurrent: 100000}\n"
         "    budget_usd: {day: 1000000000}\n"
         if limited
         else ""
     )
-    on_redis = name in ("redis", "trip")
-    state = f"state: {{url_env: BENCH_REDIS_URL, prefix: '{prefix}'}}\n" if on_redis else ""
+    # ``trip``: the same on Redis without allowances (``state.allowances: false``), so
+    # every admission is a round trip, as for a key near its limits.
+    allowances = "false" if name == "trip" else "true"
+    state = (
+        f"state: {{url_env: BENCH_REDIS_URL, prefix: '{prefix}', allowances: {allowances}}}\n"
+        if name in ("redis", "trip")
+        else ""
+    )
     text = f"""\
 server: {{host: 127.0.0.1, port: 8080, api_keys_env: BENCH_PLAIN_KEYS}}
 storage: {{url: null}}
@@ -304,10 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         procs: dict[str, Proc] = {}
         for name in [*NAMES, *(f"{n}-2" for n in reversed(NAMES))]:
-            # Each trip router on its own keys: its 63 slots are its own (16 in flight, and
-            # up to 16 released but not yet written), not shared with the other replicas.
-            own = f"{prefix}{name}:" if name.startswith("trip") else prefix
-            procs[name] = start(bench, tmp, name, upstream, env, prefix=own)
+            procs[name] = start(bench, tmp, name, upstream, env, prefix=prefix)
         time.sleep(1.0)
         for p in procs.values():  # warm-up: pools, scripts loaded, code paths taken
             loadgen(p.url, key_of(p.name), 4, 0.5, "1")

@@ -122,7 +122,7 @@ class Service:
         writes what it holds and closes in the background."""
         url = config.state_url.get_secret_value() if config.state_url else None
         section = config.state
-        made_from = (url, section.on_error, section.prefix, section.timeout_ms)
+        made_from = (url, section.on_error, section.prefix, section.timeout_ms, section.allowances)
         lease_s = max((r.timeouts.total_s for r in config.routes.values()), default=600.0) + 60
         if made_from == self._state_made_from:
             return
@@ -133,6 +133,7 @@ class Service:
             prefix=section.prefix,
             timeout_s=section.timeout_ms / 1000.0,
             lease_s=lease_s,
+            allowances=section.allowances,
         )
         self.state.watch_cooldowns(self._heard_cooldown)
         self._state_made_from = made_from

@@ -271,6 +271,11 @@ class StateSection(Strict):
     timeout_ms: float = Field(
         250.0, gt=0, le=10_000, description="Bound on every Redis call."
     )  # every Redis call's bound
+    allowances: bool = Field(
+        True,
+        description="Far from its limits, a key is admitted from a replica's share without "
+        "a round trip; false: every admission asks Redis.",
+    )  # far from its limits, admit from a replica's share (docs/teams.md)
 
 
 class FileSection(Strict):

@@ -148,7 +148,7 @@ def test_replicas_with_allowances_never_admit_over_the_limit() -> None:
 def test_limits_too_small_to_share_go_to_redis_every_time() -> None:
     async def main() -> None:
         async with stores(1) as (store,):
-            for quota in (Quota("a", rpm=63), Quota("b", concurrent=10), Quota("c", tpm=6_000)):
+            for quota in (Quota("a", rpm=63), Quota("b", concurrent=7), Quota("c", tpm=6_000)):
                 for _ in range(5):
                     assert (await store.admit(quota, tokens=100)).admitted
                 assert store.allowed == 0 and not store._held
@@ -298,15 +298,16 @@ def test_an_allowances_slots_outlive_it_only_when_in_use(monkeypatch: pytest.Mon
     run(main)
 
 
-def test_concurrency_is_never_exceeded_across_replicas_with_allowances() -> None:
-    """Three replicas admit and settle at random against ``concurrent: 128`` (shares of
-    two slots): requests admitted and not yet settled never exceed 128, the limit is
-    reached (some are refused) and allowances served some."""
+@pytest.mark.parametrize("limit", [20, 128])
+def test_concurrency_is_never_exceeded_across_replicas_with_allowances(limit: int) -> None:
+    """Three replicas admit and settle at random against ``concurrent: limit`` (shares of
+    up to an eighth of it): requests admitted and not yet settled never exceed the limit,
+    the limit is reached (some are refused) and allowances served some."""
 
     async def main() -> None:
-        rng = random.Random(3)
+        rng = random.Random(limit)
         async with stores(3) as replicas:
-            quota = Quota("team", concurrent=128)
+            quota = Quota("team", concurrent=limit)
             open_: list[tuple[object, Admission]] = []
             refused = 0
             for _ in range(80):
@@ -317,14 +318,55 @@ def test_concurrency_is_never_exceeded_across_replicas_with_allowances() -> None
                         open_.append((store, a))
                     else:
                         refused += 1
-                    assert len(open_) <= 128
+                    assert len(open_) <= limit
                 for _ in range(rng.randrange(0, 8)):
                     if open_:
                         owner, a = open_.pop(rng.randrange(len(open_)))
                         owner.settle(a, None, 0.0)  # type: ignore[attr-defined]
                 if rng.random() < 0.2:
                     await asyncio.sleep(0.02)  # batches written
-            assert refused > 0 and len(open_) >= 100
-            assert sum(s.allowed for s in replicas) > 20
+            assert refused > 0 and len(open_) >= limit // 2
+            assert sum(s.allowed for s in replicas) > limit // 8
+
+    run(main)
+
+
+def test_without_allowances_every_admission_asks_redis() -> None:
+    async def main() -> None:
+        from router.state.shared import make_state
+
+        assert REDIS_URL is not None
+        prefix = f"test-{secrets.token_hex(4)}:"
+        store = make_state(REDIS_URL, prefix=prefix, allowances=False)
+        await store.start()
+        try:
+            quota = Quota("team", rpm=64_000, concurrent=640)
+            for _ in range(10):
+                assert (await store.admit(quota)).allowance is None
+            assert store.status()["allowance_admissions"] == 0
+            assert store.status()["allowances"] is False
+        finally:
+            await store.aclose()
+            await _drop(prefix)
+
+    run(main)
+
+
+def test_a_give_back_after_the_bucket_emptied_leaves_no_lasting_key() -> None:
+    async def main() -> None:
+        import redis.asyncio as aioredis
+
+        async with stores(1) as (store,):
+            quota = Quota("team", rpm=64_000)
+            await store.admit(quota)
+            held = store._held["team"]
+            client = aioredis.Redis.from_url(REDIS_URL)  # type: ignore[arg-type]
+            try:
+                await client.delete(store.prefix + "{team}:r")  # as if it had expired
+                store._retire(held)
+                await store.flush()
+                assert 0 < await client.pttl(store.prefix + "{team}:r") <= 61_000
+            finally:
+                await client.aclose()
 
     run(main)

@@ -239,6 +239,7 @@ def make_state(
     prefix: str = "router:",
     timeout_s: float = 0.25,
     lease_s: float = DEFAULT_LEASE_S,
+    allowances: bool = True,
 ) -> SharedState:
     """Redis when a URL is given, else this process's memory (redis is imported only then)."""
     if not url:
@@ -247,4 +248,11 @@ def make_state(
         return MemoryState()
     from router.state.shared.redis_store import RedisState
 
-    return RedisState(url, on_error=on_error, prefix=prefix, timeout_s=timeout_s, lease_s=lease_s)
+    return RedisState(
+        url,
+        on_error=on_error,
+        prefix=prefix,
+        timeout_s=timeout_s,
+        lease_s=lease_s,
+        allowances=allowances,
+    )

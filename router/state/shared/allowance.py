@@ -15,9 +15,11 @@ their buckets, unused slots freed, the slots of its requests still in flight mad
 live as long as any request's (until then they expire in ``SLOT_HOLD_S``).
 
 What it costs: a key may be refused while another replica still holds unused units of
-its allowance (at most 1/``SHARE`` of each limit per replica, for at most
-``ALLOWANCE_S``, and only when a burst takes the key from under half its limit to all
-of it within that second); never admitted over. A budget is checked at the grant (at
+its allowance (at most 1/``SHARE`` of rpm and tpm and 1/``SLOT_SHARE`` of concurrent per
+replica, for at most ``ALLOWANCE_S``, and only when a burst takes the key from under
+half its limit to all of it within that second); never admitted over. (Slots are shared
+more coarsely: teams' concurrency limits are tens, and a share of 1/64 would leave every
+such key a round trip per request.) A budget is checked at the grant (at
 most half spent) and locally against the allowance's share after it, and charged the
 actual cost as before (batched, a few milliseconds later). The ``x-ratelimit-remaining-*``
 headers of a request admitted from an allowance are this replica's view: the shared
@@ -26,7 +28,7 @@ bucket at the grant, less what this replica admitted since.
 Sizes adapt per key: an allowance asks for twice the requests of the last one when that
 one ran out within three quarters of its time, half when it lapsed with most unused;
 tokens for that many requests of the size seen, slots for twice the requests this
-replica held in flight at once (each capped at 1/``SHARE`` of the limit; a limit too
+replica held in flight at once (each capped at its share of the limit; a limit too
 small for one unit gets no allowance: a key with ``rpm: 10`` always goes to Redis).
 """
 
@@ -41,6 +43,7 @@ ALLOWANCE_S = 1.0
 # replica that died, holds them seconds, not the ten minutes of a request's slot.
 SLOT_HOLD_S = 5.0
 SHARE = 64
+SLOT_SHARE = 8
 FIRST = 8  # requests an allowance asks for first
 _INF = float("inf")
 _new = object.__new__
@@ -48,7 +51,7 @@ _new = object.__new__
 
 class Sizes:
     """What the next allowance of a key asks for, learned from the last ones, and its
-    limits' caps (1/SHARE of each), worked out once per ``Quota``."""
+    limits' caps for slots, worked out once per ``Quota``."""
 
     __slots__ = ("quota", "requests", "slot_cap", "slots", "tokens_each", "unshared")
 
@@ -62,7 +65,7 @@ class Sizes:
 
     def caps(self, quota: Quota) -> None:
         self.quota = quota
-        self.slot_cap = (quota.concurrent or 0) // SHARE
+        self.slot_cap = (quota.concurrent or 0) // SLOT_SHARE
         self.unshared = (
             (quota.rpm is not None and quota.rpm < SHARE)
             or (quota.tpm is not None and quota.tpm < SHARE)

@@ -64,6 +64,7 @@ class RedisState(SharedState):
         timeout_s: float = 0.25,
         lease_s: float = DEFAULT_LEASE_S,
         clock: Clock = time.time,
+        allowances: bool = True,
     ) -> None:
         super().__init__()
         self.on_error = on_error
@@ -90,6 +91,7 @@ class RedisState(SharedState):
         self._sizes: dict[str, Sizes] = {}
         self._asking: set[str] = set()
         self.allowed = 0  # admissions from allowances, for /health
+        self.allowances = allowances  # false: every admission asks Redis
 
     # -- calls --------------------------------------------------------------------------
 
@@ -160,7 +162,7 @@ class RedisState(SharedState):
         carried = None
         asked = None
         allowance_id = ""
-        if held is None and name not in self._asking:
+        if held is None and self.allowances and name not in self._asking:
             sizes = self._sizes.get(name)
             if sizes is None:
                 sizes = self._sizes[name] = Sizes()
@@ -247,6 +249,9 @@ class RedisState(SharedState):
         if quota.rpm is not None and allowance.requests > 0:
             back = allowance.requests * 60.0 / quota.rpm
             batch.raws.append(encode("INCRBYFLOAT", p + "r", f"{-back:.6f}"))
+            # The key may have expired meanwhile: the one INCRBYFLOAT then makes must not
+            # outlive a minute (a longer life than the arrival time needs does no harm).
+            batch.raws.append(encode("PEXPIRE", p + "r", 61_000))
         if quota.tpm is not None and allowance.tokens:
             batch.settles.append((name, quota.tpm, -allowance.tokens, None, 0.0))
         free = allowance.free
@@ -420,6 +425,7 @@ class RedisState(SharedState):
             "reachable": not self.breaker.open,
             "errors": self.breaker.failures,
             "local_admissions": self.fallbacks,
+            "allowances": self.allowances,
             "allowance_admissions": self.allowed,
             "owed_usd": round(sum(self._writer.batch.owed.values()), 6),
         }
