@@ -7,6 +7,7 @@ Needs ROUTER_TEST_REDIS_URL (skips otherwise); the outage drill starts its own
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import secrets
@@ -300,3 +301,60 @@ keys:
             server.kill()
     assert len(codes) > during > 0
     assert set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+
+
+def test_a_concurrency_limit_holds_at_the_upstream_across_replicas(tmp_path: Path) -> None:
+    """The contract's kind of team key (``concurrent: 20``, shares of two slots) on three
+    replicas, 40 clients at once on an upstream that holds each answer 50 ms: the
+    upstream never has more than 20 of the key's requests at a time, every request is
+    answered 200 or 429, and allowances admitted some of them."""
+    from aiohttp import web
+
+    from tests.support import ok_json
+
+    seen = {"now": 0, "peak": 0}
+
+    async def held(fake: FakeUpstream, request: web.Request, body: dict) -> web.StreamResponse:  # type: ignore[type-arg]
+        seen["now"] += 1
+        seen["peak"] = max(seen["peak"], seen["now"])
+        try:
+            await asyncio.sleep(0.05)
+            return await ok_json(fake, request, body)
+        finally:
+            seen["now"] -= 1
+
+    assert REDIS_URL is not None
+    prefix = f"test-{secrets.token_hex(4)}:"
+    key = "sk-team-20-1234"
+    with FakeUpstream() as up:
+        up.behaviour = held
+        routers = []
+        for i in range(3):
+            config = f"""
+storage: {{url: ''}}
+state: {{url_env: ROUTER_REDIS_URL, prefix: '{prefix}'}}
+providers:
+  up: {{kind: openai, base_url: '{up.base_url}'}}
+routes:
+  r: {{endpoints: [{{provider: up, model: m}}]}}
+keys:
+  team: {{key_env: TEAM_KEY, limits: {{rpm: 60000, concurrent: 20}}}}
+"""
+            sub = tmp_path / f"r{i}"
+            sub.mkdir()
+            env = {"TEAM_KEY": key, "ROUTER_REDIS_URL": REDIS_URL}
+            routers.append(RouterProcess(config, sub, env=env))
+        start_all(routers)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(40) as pool:
+                answers = list(pool.map(lambda i: ask(routers[i % 3], key), range(400)))
+            codes = [a.status_code for a in answers]
+            assert set(codes) <= {200, 429}, codes
+            assert codes.count(200) >= 100 and codes.count(429) > 0
+            assert seen["peak"] <= 20, seen
+            # Allowances served part of it (about a third in trial runs), Redis the rest.
+            assert sum(r.health()["state"]["allowance_admissions"] for r in routers) >= 10
+        finally:
+            for r in routers:
+                r.stop()
+            drop_keys(REDIS_URL, prefix)

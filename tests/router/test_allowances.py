@@ -370,3 +370,17 @@ def test_a_give_back_after_the_bucket_emptied_leaves_no_lasting_key() -> None:
                 await client.aclose()
 
     run(main)
+
+
+def test_a_request_too_large_for_an_allowance_asks_redis_and_the_allowance_stays() -> None:
+    async def main() -> None:
+        async with stores(1) as (store,):
+            quota = Quota("team", rpm=64_000, tpm=640_000)  # shares of at most 10,000 tokens
+            await store.admit(quota, tokens=100)
+            held = store._held["team"]
+            large = await store.admit(quota, tokens=50_000)
+            assert large.admitted and large.allowance is None and large.reserved == 50_000
+            assert store._held["team"] is held and held.current
+            assert (await store.admit(quota, tokens=100)).allowance is held
+
+    run(main)

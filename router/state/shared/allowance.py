@@ -182,6 +182,12 @@ class Allowance:
         out.rate = rate
         return out
 
+    def could_admit(self, tokens: int) -> bool:
+        """Whether any allowance could admit a request of ``tokens`` (one of more than
+        its share of tpm goes to Redis, and this allowance stays for the next ones)."""
+        tpm = self.quota.tpm
+        return tpm is None or min(tokens, tpm) <= tpm // SHARE
+
     def settle(self, admission: Admission, tokens_used: int | None, cost_usd: float) -> None:
         """A request admitted from this allowance ended while it is current: its slot
         comes back, its tokens are corrected within the allowance, its cost counted

@@ -153,8 +153,10 @@ class RedisState(SharedState):
                 if allowed is not None:
                     self.allowed += 1
                     return allowed
-            self._retire(held)  # spent, expired or its key reloaded: given back, asked anew
-            held = None
+            if held.quota is not quota or held.could_admit(tokens):
+                self._retire(held)  # spent, expired or its key reloaded: asked anew
+                held = None
+            # else a request too large for any allowance: it asks Redis alone
         if self.breaker.open and not self.breaker.allows():
             return self._fallback(quota, tokens, binding_key)
         lease = f"{self.replica}:{next(self._leases)}" if quota.concurrent is not None else ""
