@@ -9,7 +9,9 @@ it saw itself, and sharing them would cost a round trip per answer for little ga
 Two implementations run the same code: ``MemoryState`` (one process, the default) and
 ``RedisState`` (``state.url_env`` set), where one admission is one pipelined round trip:
 a Lua script checks and reserves every limit of the key and reads the request's binding
-atomically, so N replicas together admit exactly what the limit says. Everything written
+atomically, so N replicas together admit exactly what the limit says; far from its
+limits, a key is admitted from a share the script reserved for the replica the same way
+(``allowance.py``), without a round trip. Everything written
 after an answer (token corrections, cost charges, concurrency releases, bindings,
 cooldowns) is queued and written in batches off the request path.
 

@@ -1,7 +1,9 @@
 """Shared state in Redis, for several replicas (``state.url_env``).
 
 One admission is one round trip: ``scripts.ADMIT`` checks and reserves every limit of
-the key and reads the request's binding atomically. What follows an answer (settlements,
+the key and reads the request's binding atomically; far from the key's limits it also
+grants an allowance, which the key's next requests are admitted from here without one
+(``allowance.py``). What follows an answer (settlements,
 bindings, hard cooldowns) is queued (``writer.Writer``) and leaves in the same write as
 the next admission, or on a short timer when none comes: under load, one write carries
 many requests' worth, and no request waits for it.
