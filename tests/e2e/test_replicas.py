@@ -304,7 +304,7 @@ keys:
 
 
 def test_a_concurrency_limit_holds_at_the_upstream_across_replicas(tmp_path: Path) -> None:
-    """The contract's kind of team key (``concurrent: 20``, shares of two slots) on three
+    """The contract's kind of team key (``concurrent: 20``, shares of one slot) on three
     replicas, 40 clients at once on an upstream that holds each answer 50 ms: the
     upstream never has more than 20 of the key's requests at a time, every request is
     answered 200 or 429, and allowances admitted some of them."""
@@ -352,7 +352,7 @@ keys:
             assert set(codes) <= {200, 429}, codes
             assert codes.count(200) >= 100 and codes.count(429) > 0
             assert seen["peak"] <= 20, seen
-            # Allowances served part of it (about a third in trial runs), Redis the rest.
+            # Allowances served part of it (about a quarter in trial runs), Redis the rest.
             assert sum(r.health()["state"]["allowance_admissions"] for r in routers) >= 10
         finally:
             for r in routers:

@@ -298,18 +298,18 @@ def test_an_allowances_slots_outlive_it_only_when_in_use(monkeypatch: pytest.Mon
     run(main)
 
 
-@pytest.mark.parametrize("limit", [20, 128])
+@pytest.mark.parametrize("limit", [16, 20, 128])
 def test_concurrency_is_never_exceeded_across_replicas_with_allowances(limit: int) -> None:
     """Three replicas admit and settle at random against ``concurrent: limit`` (shares of
-    up to an eighth of it): requests admitted and not yet settled never exceed the limit,
-    the limit is reached (some are refused) and allowances served some."""
+    up to a sixteenth of it): requests admitted and not yet settled never exceed the
+    limit, they come near it (some are refused), and allowances served some."""
 
     async def main() -> None:
         rng = random.Random(limit)
         async with stores(3) as replicas:
             quota = Quota("team", concurrent=limit)
             open_: list[tuple[object, Admission]] = []
-            refused = 0
+            refused = most = 0
             for _ in range(80):
                 for _ in range(rng.randrange(1, 14)):
                     store = replicas[rng.randrange(3)]
@@ -319,14 +319,17 @@ def test_concurrency_is_never_exceeded_across_replicas_with_allowances(limit: in
                     else:
                         refused += 1
                     assert len(open_) <= limit
+                    most = max(most, len(open_))
                 for _ in range(rng.randrange(0, 8)):
                     if open_:
                         owner, a = open_.pop(rng.randrange(len(open_)))
                         owner.settle(a, None, 0.0)  # type: ignore[attr-defined]
                 if rng.random() < 0.2:
                     await asyncio.sleep(0.02)  # batches written
-            assert refused > 0 and len(open_) >= limit // 2
-            assert sum(s.allowed for s in replicas) > limit // 8
+            # Refusals come a little early: releases another replica has not written yet
+            # (10 ms), slots another's allowance holds (a second at most).
+            assert refused > 0 and most >= limit * 3 // 4
+            assert sum(s.allowed for s in replicas) > 0
 
     run(main)
 

@@ -43,7 +43,7 @@ ALLOWANCE_S = 1.0
 # replica that died, holds them seconds, not the ten minutes of a request's slot.
 SLOT_HOLD_S = 5.0
 SHARE = 64
-SLOT_SHARE = 8
+SLOT_SHARE = 16
 FIRST = 8  # requests an allowance asks for first
 _INF = float("inf")
 _new = object.__new__
