@@ -131,7 +131,7 @@ def test_a_key_far_from_its_limits_is_admitted_from_the_replicas_allowances(
     answers = [ask(routers[i % 3], KEYS["WIDE_KEY"]) for i in range(60)]
     assert all(a.status_code == 200 for a in answers)
     after = [r.health()["state"]["allowance_admissions"] for r in routers]
-    assert all(a - b >= 10 for a, b in zip(after, before, strict=True)), (before, after)
+    assert all(a - b >= 5 for a, b in zip(after, before, strict=True)), (before, after)
     for a in answers:  # OpenAI's headers on each, from Redis's count or the allowance's
         assert a.headers["x-ratelimit-limit-requests"] == "6400"
         assert 6400 - 60 <= int(a.headers["x-ratelimit-remaining-requests"]) < 6400
