@@ -76,14 +76,13 @@ def replay_period(trace: Trace) -> float:
 
 
 def replay_order(
-    trace: Trace, n: int | None, rate: float
+    trace: Trace, n: int | None, rate: float, period: float
 ) -> tuple[list[TraceRequest], list[float]]:
     """The requests to replay and their virtual arrival times: the trace's first ``n``,
-    or the trace end to end as often as it takes to make ``n`` (each copy starts one mean
-    gap after the last one), arrivals compressed by ``rate``."""
+    or the trace end to end as often as it takes to make ``n`` (a copy every ``period``,
+    ``replay_period``), arrivals compressed by ``rate``."""
     base = trace.requests
     t0 = base[0].ts
-    period = replay_period(trace)
     total = len(base) if n is None else n
     requests: list[TraceRequest] = []
     times: list[float] = []
@@ -250,8 +249,8 @@ def simulate_config(
     rate: float = 1.0,
 ) -> Run:
     fleet = Fleet(trace, seed)
-    replayed, times = replay_order(trace, requests, rate)
     period = replay_period(trace)
+    replayed, times = replay_order(trace, requests, rate, period)
     engine = Engine(config, fleet, replayed, times, seed=seed, rate=rate, period=period)
     return engine.run()
 

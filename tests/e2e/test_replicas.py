@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import secrets
 import shutil
@@ -52,6 +53,27 @@ def drop_keys(url: str, prefix: str) -> None:
     client.close()
 
 
+@contextlib.contextmanager
+def replicas(
+    tmp: Path, config: str, env: dict[str, str], prefix: str
+) -> Iterator[list[RouterProcess]]:
+    """Three routers on one config and one Redis; their keys (under ``prefix``) dropped
+    after."""
+    routers = []
+    for i in range(3):
+        sub = tmp / f"r{i}"
+        sub.mkdir()
+        routers.append(RouterProcess(config, sub, env=env))
+    start_all(routers)
+    try:
+        yield routers
+    finally:
+        for r in routers:
+            r.stop()
+        assert REDIS_URL is not None
+        drop_keys(REDIS_URL, prefix)
+
+
 def ask(router: RouterProcess, key: str, model: str = "r") -> httpx.Response:
     return httpx.post(
         f"{router.base_url}/chat/completions",
@@ -68,9 +90,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     prefix = f"test-{secrets.token_hex(4)}:"
     with FakeUpstream() as good, FakeUpstream() as bad:
         bad.behaviour = status(401, message="invalid upstream key")
-        routers = []
-        for i in range(3):
-            config = f"""
+        config = f"""
 storage: {{url: ''}}
 state: {{url_env: ROUTER_REDIS_URL, prefix: '{prefix}'}}
 providers:
@@ -86,22 +106,14 @@ keys:
   budget: {{key_env: BUDGET_KEY, budget_usd: {{day: 1.0}}}}
   wide: {{key_env: WIDE_KEY, limits: {{rpm: 6400, tpm: 10000000, concurrent: 640}}}}
 """
-            sub = tmp / f"r{i}"
-            sub.mkdir()
-            env = {
-                **KEYS,
-                "ROUTER_API_KEYS": f"plain:{PLAIN}",
-                "ROUTER_REDIS_URL": REDIS_URL,
-                "ROUTER_ADMIN_KEY": ADMIN,
-            }
-            routers.append(RouterProcess(config, sub, env=env))
-        start_all(routers)
-        try:
+        env = {
+            **KEYS,
+            "ROUTER_API_KEYS": f"plain:{PLAIN}",
+            "ROUTER_REDIS_URL": REDIS_URL,
+            "ROUTER_ADMIN_KEY": ADMIN,
+        }
+        with replicas(tmp, config, env, prefix) as routers:
             yield routers, bad
-        finally:
-            for r in routers:
-                r.stop()
-            drop_keys(REDIS_URL, prefix)
 
 
 def test_a_limit_of_10_rpm_over_3_replicas_admits_exactly_10(
@@ -328,9 +340,7 @@ def test_a_concurrency_limit_holds_at_the_upstream_across_replicas(tmp_path: Pat
     key = "sk-team-20-1234"
     with FakeUpstream() as up:
         up.behaviour = held
-        routers = []
-        for i in range(3):
-            config = f"""
+        config = f"""
 storage: {{url: ''}}
 state: {{url_env: ROUTER_REDIS_URL, prefix: '{prefix}'}}
 providers:
@@ -340,12 +350,8 @@ routes:
 keys:
   team: {{key_env: TEAM_KEY, limits: {{rpm: 60000, concurrent: 20}}}}
 """
-            sub = tmp_path / f"r{i}"
-            sub.mkdir()
-            env = {"TEAM_KEY": key, "ROUTER_REDIS_URL": REDIS_URL}
-            routers.append(RouterProcess(config, sub, env=env))
-        start_all(routers)
-        try:
+        env = {"TEAM_KEY": key, "ROUTER_REDIS_URL": REDIS_URL}
+        with replicas(tmp_path, config, env, prefix) as routers:
             with concurrent.futures.ThreadPoolExecutor(40) as pool:
                 answers = list(pool.map(lambda i: ask(routers[i % 3], key), range(400)))
             codes = [a.status_code for a in answers]
@@ -354,7 +360,3 @@ keys:
             assert seen["peak"] <= 20, seen
             # Allowances served part of it (about a quarter in trial runs), Redis the rest.
             assert sum(r.health()["state"]["allowance_admissions"] for r in routers) >= 10
-        finally:
-            for r in routers:
-                r.stop()
-            drop_keys(REDIS_URL, prefix)

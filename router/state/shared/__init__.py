@@ -42,6 +42,7 @@ __all__ = [
     "StateUnavailable",
     "budget_windows",
     "duration",
+    "key_base",
     "make_state",
 ]
 
@@ -73,6 +74,11 @@ class Quota:
     @property
     def budgeted(self) -> bool:
         return self.day_usd is not None or self.month_usd is not None
+
+
+def key_base(prefix: str, name: str) -> str:
+    """The start of a client key's names in Redis: its name in braces, one hash slot."""
+    return f"{prefix}{{{name}}}:"
 
 
 def duration(seconds: float) -> str:

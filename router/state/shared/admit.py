@@ -9,7 +9,7 @@ admission carries (``writer.Writer.carry``) are encoded into the same command.
 
 from __future__ import annotations
 
-from router.state.shared import Admission, Quota, budget_windows
+from router.state.shared import Admission, Quota, budget_windows, key_base
 from router.state.shared.batch import TTLS, Encoder, Settlement
 from router.state.shared.resp import bulk
 
@@ -39,7 +39,7 @@ class AdmitCodec:
         if len(self._static) > 4096:  # keys of configs reloaded away
             self._static.clear()
         day, day_end, month, month_end = budget_windows(now)
-        p = f"{self.prefix}{{{quota.name}}}:"
+        p = key_base(self.prefix, quota.name)
         keys = (p + "r", p + "t", p + "c", f"{p}d:{day}", f"{p}m:{month}")
         args = (
             -1 if quota.rpm is None else quota.rpm,

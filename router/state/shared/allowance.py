@@ -104,7 +104,6 @@ class Allowance:
         "free",
         "granted_at",
         "members",
-        "name",
         "peak",
         "quota",
         "req_tat",
@@ -124,7 +123,6 @@ class Allowance:
         redis_now, req_tat, tok_tat = (float(x) for x in granted.split(","))
         shift = self.shift = now - redis_now  # the grant's times are Redis's clock
         self.quota = quota
-        self.name = quota.name
         self.asked = asked
         self.requests, self.tokens, self.slots = asked
         self.req_tat = req_tat + shift
@@ -152,13 +150,13 @@ class Allowance:
             cost = tokens if tokens < tpm else tpm
             if cost > self.tokens:
                 return None
+        free = self.free
+        if quota.concurrent is not None and not free:
+            return None
         out = _new(Admission)  # no __init__ call: every request makes one
         out.quota = quota
         out.allowance = self
         if quota.concurrent is not None:
-            free = self.free
-            if not free:
-                return None
             out.lease = free.pop()
             busy = self.slots - len(free)
             if busy > self.peak:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import orjson
 
+from router.state.shared import key_base
 from router.state.shared.resp import bulk, encode
 
 MAX_RAWS = 4096
@@ -126,7 +127,7 @@ class Encoder:
         """A key's four key names for settlements, encoded (once a day)."""
         if len(self._keys) > 4096:  # keys of configs reloaded away
             self._keys.clear()
-        p = f"{self.prefix}{{{name}}}:"
+        p = key_base(self.prefix, name)
         names = (p + "t", p + "c", f"{p}d:{day}", f"{p}m:{month}")
         found = self._keys[name] = (day, b"".join(bulk(k) for k in names))
         return found

@@ -40,13 +40,14 @@ from router.state.shared import (
     Spend,
     StateUnavailable,
     feed,
+    key_base,
 )
 from router.state.shared.admit import AdmitCodec
 from router.state.shared.allowance import ALLOWANCE_S, SLOT_HOLD_S, Allowance, Sizes, ask
 from router.state.shared.batch import Encoder
 from router.state.shared.breaker import StoreBreaker
 from router.state.shared.memory import MemoryState
-from router.state.shared.resp import RespClient, RespError, bulk, encode
+from router.state.shared.resp import RespClient, RespError, encode
 from router.state.shared.scripts import ADMIT, SETTLE
 from router.state.shared.writer import FAILURES as _FAILURES
 from router.state.shared.writer import Writer
@@ -222,17 +223,12 @@ class RedisState(SharedState):
     def _grant(
         self, quota: Quota, asked: tuple[int, int, int], lease_id: str, granted: str
     ) -> None:
-        now = self.clock()
-        held = self._held.get(quota.name)
-        if held is not None:
-            self._retire(held)
-        allowance = self._held[quota.name] = Allowance(quota, asked, lease_id, granted, now)
+        """A new allowance for the key (one is asked only while none is held), ended by a
+        timer if nothing ends it sooner."""
+        allowance = Allowance(quota, asked, lease_id, granted, self.clock())
+        self._held[quota.name] = allowance
         with contextlib.suppress(RuntimeError):  # no loop (a test's sync use): ends on use
-            asyncio.get_running_loop().call_later(ALLOWANCE_S, self._lapse, allowance)
-
-    def _lapse(self, allowance: Allowance) -> None:
-        if allowance.current:
-            self._retire(allowance)
+            asyncio.get_running_loop().call_later(ALLOWANCE_S, self._retire, allowance)
 
     def _retire(self, allowance: Allowance) -> None:
         """End an allowance: what is left of it goes back in the next write (requests
@@ -249,7 +245,7 @@ class RedisState(SharedState):
         if sizes is not None:
             allowance.resize(sizes, self.clock())
         batch = self._writer.batch
-        p = f"{self.prefix}{{{name}}}:"
+        p = key_base(self.prefix, name)
         if quota.rpm is not None and allowance.requests > 0:
             back = allowance.requests * 60.0 / quota.rpm
             batch.raws.append(encode("INCRBYFLOAT", p + "r", f"{-back:.6f}"))
@@ -261,11 +257,7 @@ class RedisState(SharedState):
         free = allowance.free
         if allowance.members:
             if free:
-                batch.raws.append(
-                    b"*%d\r\n$4\r\nZREM\r\n" % (2 + len(free))
-                    + bulk(p + "c")
-                    + b"".join(bulk(m) for m in free)
-                )
+                batch.raws.append(encode("ZREM", p + "c", *free))
             unused = set(free)
             busy = [m for m in allowance.members if m not in unused]
             if busy:  # in flight: held as any request's slot, freed by its settlement
@@ -294,10 +286,8 @@ class RedisState(SharedState):
         if allowance is not None and allowance.current:
             allowance.settle(admission, tokens_used, cost_usd)
             if cost_usd > 0 and quota.budgeted:
-                writer = self._writer
-                owed = writer.batch.owed  # one charge per key per write, not per request
-                owed[quota.name] = owed.get(quota.name, 0.0) + cost_usd
-                writer.charged()
+                self._writer.batch.owe(quota.name, cost_usd)  # per key per write
+                self._writer.charged()
             return
         if admission.local:
             self.local.settle(admission, tokens_used, cost_usd)
@@ -363,7 +353,7 @@ class RedisState(SharedState):
     async def spent(self, names: Iterable[str]) -> dict[str, Spend]:
         names = list(names)
         day, _, month, _ = self.local.windows(self.clock())
-        keys = [f"{self.prefix}{{{n}}}:{w}" for n in names for w in (f"d:{day}", f"m:{month}")]
+        keys = [key_base(self.prefix, n) + w for n in names for w in (f"d:{day}", f"m:{month}")]
         if not keys:
             return {}
         done, values = await self._guarded("spent", encode("MGET", *keys))
