@@ -92,14 +92,16 @@ class Clients:
             # tell which conversation it continued.
             if req.session is not None:
                 affinity = call.affinity = self._affinity(route, call, req)
+            # By position (api, payload, stream, client_wants_usage, request_id, deadline,
+            # clock), as Call above.
             attempts = Attempts(
-                api=call.api,
-                payload=call.payload,
-                stream=call.stream,
-                client_wants_usage=True,
-                request_id=call.request_id,
-                deadline=start + route.spec.timeouts.total_s,
-                clock=clock,
+                call.api,
+                call.payload,
+                call.stream,
+                True,
+                call.request_id,
+                start + route.spec.timeouts.total_s,
+                clock,
             )
             opened = await pipeline.run(runtime, route, call, attempts)
             served = opened.endpoint

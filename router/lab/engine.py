@@ -222,7 +222,7 @@ class Engine:
         i = self._next
         self._next = i + 1
         self._pending += 1
-        self.loop.create_task(self.clients.serve(i))
+        asyncio.Task(self.clients.serve(i))  # on the running loop: no name, no context
         if self._next < len(self.requests):
             self.loop.at(self.times[self._next], self._arrive)
 

@@ -176,8 +176,8 @@ class Fitted:
         else:  # only non-streamed evidence: its first byte came after the whole answer
             ttft = b.whole.sample(rng) if b.whole is not None else 0.0
         if b.p_break and rng.random() < b.p_break:
-            return Answer(BREAK, ttft, rng.random() * rest, gap_s=gap)
-        return Answer(OK, ttft, rest, gap_s=gap)
+            return Answer(BREAK, ttft, rng.random() * rest, 200, None, gap)
+        return Answer(OK, ttft, rest, 200, None, gap)  # by position: no kwargs dict
 
 
 class Simulated:

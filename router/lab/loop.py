@@ -94,7 +94,7 @@ class VirtualLoop(asyncio.AbstractEventLoop):
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
         self._ready: deque[_Handle] = deque()
-        self._timers: list[_TimerHandle] = []  # a heap
+        self._timers: list[list[Any]] = []  # a heap of _TimerHandle and ``at``'s lists
         self._seq = itertools.count()
         self._bare = contextvars.Context()  # where the lab's own timers run (``at``)
         self._stopping = False
@@ -142,8 +142,9 @@ class VirtualLoop(asyncio.AbstractEventLoop):
         """The lab's own timers (a host's answer coming): ``call_at`` without a handle,
         as nothing cancels them, and in one empty context rather than a copy of the
         caller's, as they set no context variable (a future they settle runs its
-        callbacks in the contexts those were added in)."""
-        heappush(self._timers, _TimerHandle((when, next(self._seq), False, self._bare, call)))
+        callbacks in the contexts those were added in). A plain list, not a
+        ``_TimerHandle``: no handle is handed out, and a list display costs no call."""
+        heappush(self._timers, [when, next(self._seq), False, self._bare, call])
 
     def create_future(self) -> asyncio.Future[Any]:
         return asyncio.Future(loop=self)

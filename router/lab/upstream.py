@@ -118,7 +118,7 @@ class LabStream:
         if step >= 2 or self._ended is None:
             raise StopAsyncIteration
         loop = self._loop
-        fut: asyncio.Future[bytes] = Future(loop=loop)
+        fut: asyncio.Future[bytes] = Future()  # on the running loop: see send()
         answer = self._answer
         if step == 0:
             first = answer.first_s
@@ -236,7 +236,9 @@ class LabProvider:
         streamed = request.stream
         tokens = 0 if operation == "embeddings" else req.completion_tokens
         answer = behaviour.answer(self._trace_time(now), streamed, tokens, not streamed)
-        fut: asyncio.Future[Any] = Future(loop=loop)  # loop.create_future(), inlined
+        # loop.create_future(), inlined, and without its ``loop=``: a keyword to a class
+        # costs a dict per call, and the loop running this is the lab's.
+        fut: asyncio.Future[Any] = Future()
         read_s = request.read_s
         outcome = answer.outcome
         if outcome != OK and outcome != BREAK:

@@ -75,7 +75,6 @@ class Attempts:
 
     def __init__(
         self,
-        *,
         api: ClientApi,
         payload: dict[str, Any],
         stream: bool,
