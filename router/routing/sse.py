@@ -50,6 +50,12 @@ def _events(block: bytes) -> list[bytes]:
     return [e for e in block.split(b"\n\n") if e.strip()]
 
 
+def _joined(events: list[bytes]) -> bytes:
+    """Events back in a stream, each closed by its blank line (a join, not a generator
+    expression: that is a frame of its own)."""
+    return b"\n\n".join(events) + b"\n\n" if events else b""
+
+
 def data_of(event: bytes) -> bytes | None:
     """The payload of an event's data lines (joined), or None for comments/other fields.
     Stripped at both ends: a host's ``[DONE]`` with a trailing blank or a lone CR (a
@@ -168,7 +174,7 @@ class SseInspector:
                 end = n
             start, pos = pos, end + 2
             if self.first_token:
-                kept = b"" if keep is None else b"".join(e + b"\n\n" for e in keep)
+                kept = b"" if keep is None else _joined(keep)
                 try:
                     rest = self._after_first_token(block, start, 0 if keep is None else start)
                 except ProtocolViolation as exc:
@@ -190,7 +196,7 @@ class SseInspector:
                 if keep is None:
                     return block[:pos]
                 keep.append(event)
-                return b"".join(e + b"\n\n" for e in keep)
+                return _joined(keep)
             try:
                 obj = orjson.loads(payload)
             except orjson.JSONDecodeError as exc:
@@ -207,7 +213,7 @@ class SseInspector:
                 self.first_token = True
             if keep is not None:
                 keep.append(event)
-        return block if keep is None else b"".join(e + b"\n\n" for e in keep)
+        return block if keep is None else _joined(keep)
 
     def _inspect(self, data: bytes, start: int, first: int, head: int) -> bytes:
         """``data[head:]``, the events from the one holding byte ``first`` on parsed; one
@@ -217,7 +223,11 @@ class SseInspector:
         keep = []
         dropped = False
         ended = self.done  # by the [DONE] that ends this read, whose event stops the loop
-        for event in _events(data[cut:]):
+        # The split's pieces one by one (blank ones skipped): no list comprehension, a
+        # frame of its own, for the one or two events of the usual read.
+        for event in data[cut:].split(b"\n\n"):
+            if not event or event.isspace():
+                continue
             self.events += 1
             payload = data_of(event)
             if payload is None:
@@ -234,7 +244,7 @@ class SseInspector:
                 obj = _NOT_JSON
             why = _invalid(obj)
             if why is not None:
-                passed = data[head:cut] + b"".join(e + b"\n\n" for e in keep)
+                passed = data[head:cut] + _joined(keep)
                 raise ProtocolViolation(why, passed)
             assert isinstance(obj, dict)
             if not self._note(obj):
@@ -248,7 +258,7 @@ class SseInspector:
             self.events += data.count(b"data:", start, cut)
         if not dropped:
             return data[head:] if head else data
-        return data[head:cut] + b"".join(e + b"\n\n" for e in keep)
+        return data[head:cut] + _joined(keep)
 
     def _count_events(self, events: int) -> None:
         """Events passed through unparsed: only a fallback for the token count, so it is
@@ -327,10 +337,10 @@ def _invalid(obj: Any) -> str | None:
     if obj.get("object") == "error":
         return f"upstream sent an error event: {brief(obj)}"
     choices = obj.get("choices")
-    if isinstance(choices, list) and any(
-        isinstance(c, dict) and c.get("finish_reason") == "error" for c in choices
-    ):
-        return "upstream ended the answer with finish_reason 'error'"
+    if isinstance(choices, list):
+        for c in choices:  # a loop, not any() over a generator: no frame of its own
+            if isinstance(c, dict) and c.get("finish_reason") == "error":
+                return "upstream ended the answer with finish_reason 'error'"
     return None
 
 
