@@ -129,9 +129,6 @@ class SseInspector:
             if value[:1] == b"{" or value == b" {":
                 break
             first = data.rfind(b'"usage":', start, first)
-        if first != -1:
-            first = data.rfind(b"\n\n", start, first)
-            first = start if first == -1 else first + 2
         if self.tools:
             tools = data.find(self.TOOL_MARKER, start, len(data) if first == -1 else first)
             if tools != -1:
@@ -155,12 +152,13 @@ class SseInspector:
                 return self._inspect(data, start, start, head)
             self._count_events(events)
             return data[head:] if head else data
-        # The events before the one holding ``first`` pass unparsed: framed as above.
-        stop = data.rfind(b"\n\n", start, first)
-        stop = start if stop == -1 else stop + 2
-        if data.count(b"data:", start, stop) != data.count(b"}\n\n", start, stop):
+        # The events before the one holding ``first`` (found once, here, for whichever
+        # marker came first) pass unparsed: framed as above.
+        cut = data.rfind(b"\n\n", start, first)
+        cut = start if cut == -1 else cut + 2
+        if data.count(b"data:", start, cut) != data.count(b"}\n\n", start, cut):
             return self._inspect(data, start, start, head)
-        return self._inspect(data, start, first, head)
+        return self._inspect(data, start, cut, head)
 
     def _before_first_token(self, block: bytes) -> bytes:
         """Parses events one by one until the first token; the rest of the block takes the
@@ -215,11 +213,10 @@ class SseInspector:
                 keep.append(event)
         return block if keep is None else _joined(keep)
 
-    def _inspect(self, data: bytes, start: int, first: int, head: int) -> bytes:
-        """``data[head:]``, the events from the one holding byte ``first`` on parsed; one
-        that is not a JSON object or [DONE], or that is an error, ends the stream."""
-        cut = data.rfind(b"\n\n", start, first)
-        cut = start if cut == -1 else cut + 2
+    def _inspect(self, data: bytes, start: int, cut: int, head: int) -> bytes:
+        """``data[head:]``, the events from ``cut`` (an event's start) on parsed, those from
+        ``start`` to it counted; one that is not a JSON object or [DONE], or that is an
+        error, ends the stream."""
         keep = []
         dropped = False
         ended = self.done  # by the [DONE] that ends this read, whose event stops the loop
