@@ -61,7 +61,8 @@ def data_of(event: bytes) -> bytes | None:
     Stripped at both ends: a host's ``[DONE]`` with a trailing blank or a lone CR (a
     stream whose Content-Length cut its last CRLF) is the end wherever it is read, by
     the inspector and by every translator alike."""
-    if event.startswith(b"data:") and event.find(b"\n") == -1:  # the usual one-line event
+    # A slice's compare, cheaper than startswith() (which parses its arguments).
+    if event[:5] == b"data:" and event.find(b"\n") == -1:  # the usual one-line event
         return event[5:].strip()
     parts = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
     if not parts:
@@ -123,7 +124,7 @@ class SseInspector:
             self.done = True
         # One search per read in the usual case (no usage here); a "usage": null, which
         # some hosts put in every chunk, sends it on to the one before.
-        first = data.rfind(b'"usage":', start)
+        first = data.rfind(b'"usage":', start) if start else data.rfind(b'"usage":')
         while first != -1:
             value = data[first + 8 : first + 10]
             if value[:1] == b"{" or value == b" {":
@@ -226,7 +227,8 @@ class SseInspector:
             if not event or event.isspace():
                 continue
             self.events += 1
-            payload = data_of(event)
+            # The usual [DONE], that ends the usual last read, is known at a compare.
+            payload = b"[DONE]" if event == DONE else data_of(event)
             if payload is None:
                 keep.append(event)  # a comment, or a field other than data: valid SSE
                 continue
