@@ -79,7 +79,7 @@ class SseInspector:
 
     TOOL_MARKER = b'"tool_calls"'
 
-    def __init__(self, *, client_wants_usage: bool, tools: bool = True, json: bool = False) -> None:
+    def __init__(self, client_wants_usage: bool, tools: bool = True, json: bool = False) -> None:
         # Tool calls come only when the request offered tools: without them, no block is
         # scanned for the marker (a scan of every byte, the costliest step of a long stream).
         self.tools = tools
