@@ -151,7 +151,11 @@ class SseInspector:
                 framed = events == data.count(b"}\n\n", start) + (1 if self.done else 0)
             if not framed:
                 return self._inspect(data, start, start, head)
-            self._count_events(events)
+            # Events passed through unparsed: only a fallback for the token count, so it
+            # is not kept up once usage gives it.
+            usage = self.usage
+            if usage is None or not usage.completion_tokens:
+                self.events += events
             return data[head:] if head else data
         # The events before the one holding ``first`` (found once, here, for whichever
         # marker came first) pass unparsed: framed as above.
@@ -258,12 +262,6 @@ class SseInspector:
         if not dropped:
             return data[head:] if head else data
         return data[head:cut] + _joined(keep)
-
-    def _count_events(self, events: int) -> None:
-        """Events passed through unparsed: only a fallback for the token count, so it is
-        not kept up once usage gives it."""
-        if self.usage is None or not self.usage.completion_tokens:
-            self.events += events
 
     def _note(self, obj: dict[str, Any]) -> bool:
         """Records what an event says (usage, tool-call fragments, text); False = drop it."""
