@@ -61,13 +61,12 @@ def ask_for_usage(payload: dict[str, Any], stream: bool) -> bool:
 
 
 class ChatInspector(SseInspector):
-    """A stream of OpenAI chunks: chat's (``chat``) or legacy completions' (``text``)."""
+    """A stream of OpenAI chunks: chat's, or legacy completions' (``TextInspector``).
 
-    def __init__(
-        self, *, chat: bool, client_wants_usage: bool, tools: bool = True, json: bool = False
-    ) -> None:
-        super().__init__(client_wants_usage=client_wants_usage, tools=chat and tools, json=json)
-        self.chat = chat
+    No ``__init__`` of its own: one per stream, its frame and ``super()`` call cost 0.35%
+    of the policy lab's instructions per request."""
+
+    chat = True  # False: legacy completions' choices, with their ``text``
 
     def _note(self, obj: dict[str, Any]) -> bool:
         """Records usage and tool-call fragments; False = drop this event."""
@@ -124,6 +123,15 @@ class ChatInspector(SseInspector):
             if choice.get("finish_reason"):
                 return True
         return False
+
+
+class TextInspector(ChatInspector):
+    """A stream of legacy completions' chunks: their ``text``, and no tool calls."""
+
+    chat = False
+
+    def __init__(self, *, client_wants_usage: bool, json: bool = False) -> None:
+        super().__init__(client_wants_usage=client_wants_usage, tools=False, json=json)
 
 
 def wants_json(payload: Mapping[str, Any]) -> bool:
@@ -198,12 +206,9 @@ class Chat(ClientApi):
     def inspector(
         self, payload: Mapping[str, Any], client_wants_usage: bool, json: bool
     ) -> Inspector:
-        return ChatInspector(
-            chat=True,
-            client_wants_usage=client_wants_usage,
-            tools=bool(payload.get("tools")),
-            json=json,
-        )
+        # client_wants_usage, tools, json: positional, as a class called with keywords
+        # gathers them in a dict for its __init__ (0.33% of the lab's instructions).
+        return ChatInspector(client_wants_usage, bool(payload.get("tools")), json)
 
     def inspect_body(self, body: bytes, json: bool) -> tuple[Usage | None, bool | None, str | None]:
         return inspect_body(body, json)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from router.apis.base import Body, Inspector
-from router.apis.chat import Chat, ChatInspector
+from router.apis.chat import Chat, TextInspector
 
 _NUMBER = "a number"
 
@@ -41,7 +41,7 @@ class Completions(Chat):
     def inspector(
         self, payload: Mapping[str, Any], client_wants_usage: bool, json: bool
     ) -> Inspector:
-        return ChatInspector(chat=False, client_wants_usage=client_wants_usage, json=json)
+        return TextInspector(client_wants_usage=client_wants_usage, json=json)
 
 
 API = Completions()

@@ -19,23 +19,70 @@ Write = Callable[[bytes], Awaitable[None]]
 
 
 async def relay(opened: Opened, deadline: float, clock: Clock, write: Write, finish: Write) -> None:
-    """Writes the committed stream: what was held up to the first token, then the rest.
+    """Writes the committed stream: what was held up to the first token, then the rest,
+    up to and including ``[DONE]`` (raises if the stream ends without it), then reads
+    and drops the upstream's end so its connection goes back to the pool.
 
     The bytes that hold ``[DONE]`` go out through ``finish``, with the end of the
     client's response in the same write (a whole short answer, held up to its first
     token, is then one write). A coroutine that writes, not an async generator that
     yields: no generator protocol per chunk, and the lease still ends in ``finally``
-    however it stops.
+    however it stops. One coroutine, not one that awaits another: each read of the
+    stream would resume both.
+
+    The endpoint's own key is redacted from what was held up to the first token (where a
+    host that echoes its request puts it), and from what goes out once a stream breaks,
+    as from a non-streamed answer: a search once per stream. Not from every read after
+    the first token: a search per read costs 4 to 6% of a token-per-read stream's
+    instructions (docs/limits.md).
     """
     lease = opened.lease
     inspector = opened.inspector
-    assert inspector is not None and opened.chunks is not None
+    chunks = opened.chunks
+    assert inspector is not None and chunks is not None
     if opened.transform is not None:
         # Rewritten on the way (translated, or reasoning left out): the inspector
         # read the upstream's events, the client gets the transform's.
         write, finish = _through(opened.transform, write, finish)
+    secret = opened.endpoint.secret
     try:
-        await _pass_on(opened, inspector, deadline, clock, write, finish)
+        if inspector.done:
+            await finish(_clean(opened.body, secret))
+        else:
+            if opened.body:
+                await write(_clean(opened.body, secret))
+            async for data in chunks:
+                try:
+                    out = inspector.feed(data)
+                except ProtocolViolation as exc:
+                    # the valid events before the bad one
+                    await write(_clean(exc.forward, secret))
+                    raise
+                if inspector.done:
+                    await finish(out)
+                    break
+                if out:
+                    await write(out)
+                if clock() > deadline:
+                    raise TotalTimeout("total_s ran out mid-stream")
+            else:
+                tail = inspector.leftover()
+                if tail:
+                    await write(_clean(tail, secret))
+                if not inspector.done:
+                    raise StreamBroken("upstream closed the stream before [DONE]")
+        # The client has the whole answer: whatever happens next (it hangs up while the
+        # upstream's end is read) does not make it less than delivered.
+        opened.delivered = True
+        _succeed(opened, inspector)
+        try:
+            async for _ in chunks:  # the idle timer bounds this read
+                pass
+        except UpstreamError:
+            pass
+        except BaseException:  # cancelled meanwhile: the client hung up
+            opened.response.close()
+            raise
     except ProtocolViolation as exc:
         err = StreamBroken(str(exc))
         opened.response.close()
@@ -52,63 +99,6 @@ async def relay(opened: Opened, deadline: float, clock: Clock, write: Write, fin
                 _succeed(opened, inspector)
             else:
                 opened.abandon()  # the client went away: stop the upstream at once
-
-
-async def _pass_on(
-    opened: Opened,
-    inspector: Inspector,
-    deadline: float,
-    clock: Clock,
-    write: Write,
-    finish: Write,
-) -> None:
-    """Everything up to and including ``[DONE]`` (raises if the stream ends without it),
-    then the upstream's end, read and dropped so its connection goes back to the pool.
-
-    The endpoint's own key is redacted from what was held up to the first token (where a
-    host that echoes its request puts it), and from what goes out once a stream breaks,
-    as from a non-streamed answer: a search once per stream. Not from every read after
-    the first token: a search per read costs 4 to 6% of a token-per-read stream's
-    instructions (docs/limits.md)."""
-    chunks = opened.chunks
-    assert chunks is not None
-    secret = opened.endpoint.secret
-    if inspector.done:
-        await finish(_clean(opened.body, secret))
-    else:
-        if opened.body:
-            await write(_clean(opened.body, secret))
-        async for data in chunks:
-            try:
-                out = inspector.feed(data)
-            except ProtocolViolation as exc:
-                await write(_clean(exc.forward, secret))  # the valid events before the bad one
-                raise
-            if inspector.done:
-                await finish(out)
-                break
-            if out:
-                await write(out)
-            if clock() > deadline:
-                raise TotalTimeout("total_s ran out mid-stream")
-        else:
-            tail = inspector.leftover()
-            if tail:
-                await write(_clean(tail, secret))
-            if not inspector.done:
-                raise StreamBroken("upstream closed the stream before [DONE]")
-    # The client has the whole answer: whatever happens next (it hangs up while the
-    # upstream's end is read) does not make it less than delivered.
-    opened.delivered = True
-    _succeed(opened, inspector)
-    try:
-        async for _ in chunks:  # the idle timer bounds this read
-            pass
-    except UpstreamError:
-        pass
-    except BaseException:  # cancelled meanwhile: the client hung up
-        opened.response.close()
-        raise
 
 
 def _succeed(opened: Opened, inspector: Inspector) -> None:

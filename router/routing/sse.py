@@ -50,12 +50,19 @@ def _events(block: bytes) -> list[bytes]:
     return [e for e in block.split(b"\n\n") if e.strip()]
 
 
+def _joined(events: list[bytes]) -> bytes:
+    """Events back in a stream, each closed by its blank line (a join, not a generator
+    expression: that is a frame of its own)."""
+    return b"\n\n".join(events) + b"\n\n" if events else b""
+
+
 def data_of(event: bytes) -> bytes | None:
     """The payload of an event's data lines (joined), or None for comments/other fields.
     Stripped at both ends: a host's ``[DONE]`` with a trailing blank or a lone CR (a
     stream whose Content-Length cut its last CRLF) is the end wherever it is read, by
     the inspector and by every translator alike."""
-    if event.startswith(b"data:") and event.find(b"\n") == -1:  # the usual one-line event
+    # A slice's compare, cheaper than startswith() (which parses its arguments).
+    if event[:5] == b"data:" and event.find(b"\n") == -1:  # the usual one-line event
         return event[5:].strip()
     parts = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
     if not parts:
@@ -72,7 +79,7 @@ class SseInspector:
 
     TOOL_MARKER = b'"tool_calls"'
 
-    def __init__(self, *, client_wants_usage: bool, tools: bool = True, json: bool = False) -> None:
+    def __init__(self, client_wants_usage: bool, tools: bool = True, json: bool = False) -> None:
         # Tool calls come only when the request offered tools: without them, no block is
         # scanned for the marker (a scan of every byte, the costliest step of a long stream).
         self.tools = tools
@@ -117,15 +124,12 @@ class SseInspector:
             self.done = True
         # One search per read in the usual case (no usage here); a "usage": null, which
         # some hosts put in every chunk, sends it on to the one before.
-        first = data.rfind(b'"usage":', start)
+        first = data.rfind(b'"usage":', start) if start else data.rfind(b'"usage":')
         while first != -1:
             value = data[first + 8 : first + 10]
             if value[:1] == b"{" or value == b" {":
                 break
             first = data.rfind(b'"usage":', start, first)
-        if first != -1:
-            first = data.rfind(b"\n\n", start, first)
-            first = start if first == -1 else first + 2
         if self.tools:
             tools = data.find(self.TOOL_MARKER, start, len(data) if first == -1 else first)
             if tools != -1:
@@ -147,14 +151,19 @@ class SseInspector:
                 framed = events == data.count(b"}\n\n", start) + (1 if self.done else 0)
             if not framed:
                 return self._inspect(data, start, start, head)
-            self._count_events(events)
+            # Events passed through unparsed: only a fallback for the token count, so it
+            # is not kept up once usage gives it.
+            usage = self.usage
+            if usage is None or not usage.completion_tokens:
+                self.events += events
             return data[head:] if head else data
-        # The events before the one holding ``first`` pass unparsed: framed as above.
-        stop = data.rfind(b"\n\n", start, first)
-        stop = start if stop == -1 else stop + 2
-        if data.count(b"data:", start, stop) != data.count(b"}\n\n", start, stop):
+        # The events before the one holding ``first`` (found once, here, for whichever
+        # marker came first) pass unparsed: framed as above.
+        cut = data.rfind(b"\n\n", start, first)
+        cut = start if cut == -1 else cut + 2
+        if data.count(b"data:", start, cut) != data.count(b"}\n\n", start, cut):
             return self._inspect(data, start, start, head)
-        return self._inspect(data, start, first, head)
+        return self._inspect(data, start, cut, head)
 
     def _before_first_token(self, block: bytes) -> bytes:
         """Parses events one by one until the first token; the rest of the block takes the
@@ -168,7 +177,7 @@ class SseInspector:
                 end = n
             start, pos = pos, end + 2
             if self.first_token:
-                kept = b"" if keep is None else b"".join(e + b"\n\n" for e in keep)
+                kept = b"" if keep is None else _joined(keep)
                 try:
                     rest = self._after_first_token(block, start, 0 if keep is None else start)
                 except ProtocolViolation as exc:
@@ -190,7 +199,7 @@ class SseInspector:
                 if keep is None:
                     return block[:pos]
                 keep.append(event)
-                return b"".join(e + b"\n\n" for e in keep)
+                return _joined(keep)
             try:
                 obj = orjson.loads(payload)
             except orjson.JSONDecodeError as exc:
@@ -207,19 +216,23 @@ class SseInspector:
                 self.first_token = True
             if keep is not None:
                 keep.append(event)
-        return block if keep is None else b"".join(e + b"\n\n" for e in keep)
+        return block if keep is None else _joined(keep)
 
-    def _inspect(self, data: bytes, start: int, first: int, head: int) -> bytes:
-        """``data[head:]``, the events from the one holding byte ``first`` on parsed; one
-        that is not a JSON object or [DONE], or that is an error, ends the stream."""
-        cut = data.rfind(b"\n\n", start, first)
-        cut = start if cut == -1 else cut + 2
+    def _inspect(self, data: bytes, start: int, cut: int, head: int) -> bytes:
+        """``data[head:]``, the events from ``cut`` (an event's start) on parsed, those from
+        ``start`` to it counted; one that is not a JSON object or [DONE], or that is an
+        error, ends the stream."""
         keep = []
         dropped = False
         ended = self.done  # by the [DONE] that ends this read, whose event stops the loop
-        for event in _events(data[cut:]):
+        # The split's pieces one by one (blank ones skipped): no list comprehension, a
+        # frame of its own, for the one or two events of the usual read.
+        for event in data[cut:].split(b"\n\n"):
+            if not event or event.isspace():
+                continue
             self.events += 1
-            payload = data_of(event)
+            # The usual [DONE], that ends the usual last read, is known at a compare.
+            payload = b"[DONE]" if event == DONE else data_of(event)
             if payload is None:
                 keep.append(event)  # a comment, or a field other than data: valid SSE
                 continue
@@ -234,7 +247,7 @@ class SseInspector:
                 obj = _NOT_JSON
             why = _invalid(obj)
             if why is not None:
-                passed = data[head:cut] + b"".join(e + b"\n\n" for e in keep)
+                passed = data[head:cut] + _joined(keep)
                 raise ProtocolViolation(why, passed)
             assert isinstance(obj, dict)
             if not self._note(obj):
@@ -248,13 +261,7 @@ class SseInspector:
             self.events += data.count(b"data:", start, cut)
         if not dropped:
             return data[head:] if head else data
-        return data[head:cut] + b"".join(e + b"\n\n" for e in keep)
-
-    def _count_events(self, events: int) -> None:
-        """Events passed through unparsed: only a fallback for the token count, so it is
-        not kept up once usage gives it."""
-        if self.usage is None or not self.usage.completion_tokens:
-            self.events += events
+        return data[head:cut] + _joined(keep)
 
     def _note(self, obj: dict[str, Any]) -> bool:
         """Records what an event says (usage, tool-call fragments, text); False = drop it."""
@@ -327,10 +334,10 @@ def _invalid(obj: Any) -> str | None:
     if obj.get("object") == "error":
         return f"upstream sent an error event: {brief(obj)}"
     choices = obj.get("choices")
-    if isinstance(choices, list) and any(
-        isinstance(c, dict) and c.get("finish_reason") == "error" for c in choices
-    ):
-        return "upstream ended the answer with finish_reason 'error'"
+    if isinstance(choices, list):
+        for c in choices:  # a loop, not any() over a generator: no frame of its own
+            if isinstance(c, dict) and c.get("finish_reason") == "error":
+                return "upstream ended the answer with finish_reason 'error'"
     return None
 
 

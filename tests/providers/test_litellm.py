@@ -168,7 +168,7 @@ def test_streamed_answer_ends_with_done_and_usage_only_when_asked(
     assert anthropic.received[0].body["stream"] is True
 
     # The router's own reading of the stream finds the first token, usage and the end.
-    inspector = ChatInspector(chat=True, client_wants_usage=True)
+    inspector = ChatInspector(client_wants_usage=True)
     for e in with_usage:
         inspector.feed(e + b"\n\n")
     assert inspector.first_token and inspector.done
@@ -199,7 +199,7 @@ def test_streamed_tool_call(anthropic: FakeAnthropic) -> None:
     name, args = streamed_tool_args(chunks)
     assert name == "get_weather" and json.loads(args) == {"city": "Paris"}
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
-    inspector = ChatInspector(chat=True, client_wants_usage=False)
+    inspector = ChatInspector(client_wants_usage=False)
     for e in evts:
         inspector.feed(e + b"\n\n")
     assert inspector.tool_calls_valid() is True

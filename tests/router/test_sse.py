@@ -43,7 +43,7 @@ STREAM = [
 
 
 def run(chunks: list[bytes], *, wants_usage: bool) -> tuple[bytes, ChatInspector]:
-    insp = ChatInspector(chat=True, client_wants_usage=wants_usage)
+    insp = ChatInspector(client_wants_usage=wants_usage)
     out = b"".join(insp.feed(c) for c in chunks) + insp.leftover()
     return out, insp
 
@@ -72,7 +72,7 @@ def test_any_split_gives_the_same_bytes(cuts: list[int]) -> None:
 
 
 def test_the_role_chunk_is_not_a_token() -> None:
-    insp = ChatInspector(chat=True, client_wants_usage=False)
+    insp = ChatInspector(client_wants_usage=False)
     assert insp.feed(STREAM[0])  # held by the caller until the first token
     assert not insp.first_token
     insp.feed(STREAM[1])
@@ -80,13 +80,13 @@ def test_the_role_chunk_is_not_a_token() -> None:
 
 
 def test_error_event_before_the_first_token_is_a_protocol_violation() -> None:
-    insp = ChatInspector(chat=True, client_wants_usage=False)
+    insp = ChatInspector(client_wants_usage=False)
     with pytest.raises(ProtocolViolation, match="error event"):
         insp.feed(event({"error": {"message": "overloaded"}}))
 
 
 def test_garbage_is_a_protocol_violation() -> None:
-    insp = ChatInspector(chat=True, client_wants_usage=False)
+    insp = ChatInspector(client_wants_usage=False)
     with pytest.raises(ProtocolViolation):
         insp.feed(b"data: <html>bad gateway</html>\n\n")
 
@@ -107,7 +107,7 @@ def test_tool_calls_are_not_looked_for_when_the_request_offered_no_tools() -> No
     call = delta(tool_calls=[{"index": 0, "function": {"name": "f", "arguments": "{oops"}}])
     stream = [delta("a"), call, USAGE, b"data: [DONE]\n\n"]
     for tools, valid in ((True, False), (False, None)):
-        insp = ChatInspector(chat=True, client_wants_usage=False, tools=tools)
+        insp = ChatInspector(client_wants_usage=False, tools=tools)
         out = b"".join(insp.feed(c) for c in [b"".join(stream)])
         assert insp.tool_calls_valid() is valid
         assert out == b"".join(stream).replace(USAGE, b"")  # the usage chunk cut either way
@@ -193,7 +193,7 @@ def _chunk(delta: dict[str, object], finish: str | None = None) -> bytes:
     ids=["content", "empty", "tool-call", "json", "broken-json"],
 )
 def test_output_verdict_of_a_stream(events: list[bytes], json_wanted: bool, ok: bool) -> None:
-    inspector = ChatInspector(chat=True, client_wants_usage=False, json=json_wanted)
+    inspector = ChatInspector(client_wants_usage=False, json=json_wanted)
     out = b"".join(inspector.feed(e) for e in [*events, b"data: [DONE]\n\n"])
     assert inspector.done
     assert out.endswith(b"data: [DONE]\n\n")

@@ -58,7 +58,7 @@ FINE = [
 
 def feed_all(reads: list[bytes]) -> tuple[bytes, ProtocolViolation | None]:
     """What went to the client, and the violation that ended the stream, if any."""
-    insp = ChatInspector(chat=True, client_wants_usage=True)
+    insp = ChatInspector(client_wants_usage=True)
     out = b""
     try:
         for data in reads:
@@ -133,7 +133,7 @@ def test_nothing_after_done_is_passed_on(after: bytes, first_read: bool) -> None
     """[DONE] ends the stream even when more follows it in the same read."""
     tail = END[0] + END[1] + after
     reads = [HEAD[0] + HEAD[1] + tail] if first_read else [*HEAD, tail]
-    insp = ChatInspector(chat=True, client_wants_usage=True)
+    insp = ChatInspector(client_wants_usage=True)
     out = b""
     for data in reads:
         out += insp.feed(data)
