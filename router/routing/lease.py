@@ -49,7 +49,9 @@ class Lease:
         self.output_error: str | None = None  # why a 200 answer was broken, once it ended
         self.tool_calls_valid: bool | None = None
         self._token = endpoint.stats.start()
-        endpoint.breaker.acquire(self.started)
+        breaker = endpoint.breaker
+        if breaker.state != "healthy":  # a healthy breaker has no probe slot to take
+            breaker.acquire(self.started)
         self._done = False
 
     def first_token(self) -> None:

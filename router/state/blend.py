@@ -49,15 +49,6 @@ class Prior:
     tokens_per_s: float = 0.0
     error_rate: float = 0.0
 
-    def leave(
-        self, latency_s: float, ttft_s: float, tokens_per_s: float, error_rate: float
-    ) -> None:
-        """The bests a ranking found, infinite where no endpoint had evidence (then 0)."""
-        self.latency_s = 0.0 if latency_s == _INF else latency_s
-        self.ttft_s = 0.0 if ttft_s == _INF else ttft_s
-        self.tokens_per_s = tokens_per_s
-        self.error_rate = 0.0 if error_rate == _INF else error_rate
-
 
 def flags(conf: float, busy: int) -> tuple[bool, bool]:
     """(explore, probing) of an endpoint with this confidence and this many in flight."""
@@ -125,7 +116,11 @@ def blend(
             g_err[k] = c * (x - p_err)
             if seen and x < best_err:
                 best_err = x
-    prior.leave(best_lat, best_ttft, best_tps, best_err)
+    # The bests left behind, infinite where no endpoint had evidence (then 0).
+    prior.latency_s = 0.0 if best_lat == _INF else best_lat
+    prior.ttft_s = 0.0 if best_ttft == _INF else best_ttft
+    prior.tokens_per_s = best_tps
+    prior.error_rate = 0.0 if best_err == _INF else best_err
     return blend_with, (g_lat, g_ttft, g_tps, g_err), least
 
 

@@ -130,10 +130,21 @@ class CircuitBreaker:
 
     def success(self, now: float) -> None:
         self.consecutive = 0
-        if self.state == "half_open" or (self.state == "cooldown" and now >= self.until):
-            self._close(now)
-        if self.state == "healthy":
-            self._ok[self._slot(now)] += 1
+        state = self.state
+        if state != "healthy":
+            if state == "half_open" or (state == "cooldown" and now >= self.until):
+                self._close(now)
+            else:
+                return  # still cooling down: not counted
+        # Counted in its bucket (``_slot``, inlined: this runs on every answer).
+        epoch = int(now / self._span)
+        slot = epoch % _BUCKETS
+        if self._epoch[slot] != epoch:
+            self._epoch[slot] = epoch
+            self._ok[slot] = 1
+            self._bad[slot] = 0
+        else:
+            self._ok[slot] += 1
 
     def failure(self, now: float, reason: str) -> None:
         self.consecutive += 1

@@ -153,7 +153,21 @@ class LiveLoads(Loads):
                 w /= (p + d * top) or 1.0
             constant += w * p
             columns.append((w * d, g))
-        return _weighted_sum(constant, columns, self.span)
+        # constant + sum(w * column) per key: in one pass for up to three terms.
+        count = len(columns)
+        if count == 3:
+            (w1, x1), (w2, x2), (w3, x3) = columns
+            return [constant + w1 * a + w2 * b + w3 * c for a, b, c in zip(x1, x2, x3)]  # noqa: B905
+        if count == 2:
+            (w1, x1), (w2, x2) = columns
+            return [constant + w1 * a + w2 * b for a, b in zip(x1, x2)]  # noqa: B905  # same length
+        if count == 1:
+            ((w1, x1),) = columns
+            return [constant + w1 * a for a in x1]
+        total = [constant] * self.span  # the same sums, added in the same order
+        for w, x in columns:
+            total = [t + w * v for t, v in zip(total, x, strict=True)]
+        return total
 
     def largest(self, field: str) -> float:
         m = _DECAYED.get(field)
@@ -241,26 +255,6 @@ class LiveLoads(Loads):
             flags = self.flags()
             return flags is not None and key in flags[field == "probing"]
         return self.metric(field)[key]
-
-
-def _weighted_sum(
-    constant: float, terms: Sequence[tuple[float, Sequence[float]]], n: int
-) -> list[float]:
-    """``constant + sum(w * column)`` per position, in one pass for up to three terms."""
-    count = len(terms)
-    if count == 3:
-        (w1, x1), (w2, x2), (w3, x3) = terms
-        return [constant + w1 * a + w2 * b + w3 * c for a, b, c in zip(x1, x2, x3)]  # noqa: B905
-    if count == 2:
-        (w1, x1), (w2, x2) = terms
-        return [constant + w1 * a + w2 * b for a, b in zip(x1, x2)]  # noqa: B905  # same length
-    if count == 1:
-        ((w1, x1),) = terms
-        return [constant + w1 * a for a in x1]
-    total = _weighted_sum(constant, terms[:3], n) if terms else [constant] * n
-    for w, x in terms[3:]:
-        total = [t + w * v for t, v in zip(total, x, strict=True)]
-    return total
 
 
 def _live(field: str) -> Any:
