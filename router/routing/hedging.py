@@ -36,7 +36,10 @@ async def race(
         return await attempts.open(route, first)
     delay = hedge_delay(hedge, first)
     loop = asyncio.get_running_loop()
-    tasks = {loop.create_task(attempts.open(route, first, racing=True))}
+    # asyncio.Task(coro) is loop.create_task(coro) on the running loop (this router sets
+    # no task factory) without the loop's call, which passes Task its options by
+    # keyword: a dict per task.
+    tasks = {asyncio.Task(attempts.open(route, first, racing=True))}
     extra = 0
     last: BaseException | None = None
     won = False
@@ -49,7 +52,7 @@ async def race(
                 extra += 1
                 if ep is not None:
                     attempts.hedges += 1
-                    tasks.add(loop.create_task(attempts.open(route, ep, hedged=True, racing=True)))
+                    tasks.add(asyncio.Task(attempts.open(route, ep, hedged=True, racing=True)))
                 continue
             for task in done:
                 tasks.discard(task)
@@ -79,10 +82,14 @@ async def _first_done(
     """The done set of ``asyncio.wait(tasks, timeout=after, return_when=FIRST_COMPLETED)``,
     woken in the same loop turns (a task's done callback, then the waiter's), without its
     generality: no copy of the set, no coroutine check per member, no closure counting
-    completions. A hedged request waits once per attempt started."""
-    waiter: asyncio.Future[None] = loop.create_future()
+    completions. A hedged request waits once per attempt started.
+
+    As in ``race``, the future is made directly rather than by the loop (``Future()``
+    is the running loop's), and the timer set by ``call_at``, which ``call_later``
+    calls with the same time, without passing on its options by keyword."""
+    waiter: asyncio.Future[None] = asyncio.Future()
     release = partial(_release, waiter)
-    handle = None if after is None else loop.call_later(after, release)
+    handle = None if after is None else loop.call_at(loop.time() + after, release)
     for task in tasks:
         task.add_done_callback(release)
     try:
@@ -92,7 +99,7 @@ async def _first_done(
             handle.cancel()
         for task in tasks:
             task.remove_done_callback(release)
-    return {task for task in tasks if task.done()}
+    return set(filter(asyncio.Future.done, tasks))  # a comprehension is a frame of its own
 
 
 def _release(waiter: asyncio.Future[None], *_: Any) -> None:
