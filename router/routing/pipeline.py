@@ -208,14 +208,14 @@ class Pipeline:
             else route.spec.retry.attempts
         )
         walk = Walk(ranking, runtime.clock)
-
-        async def one_race() -> Opened:
-            budget.spend()
-            return await race(attempts, route.name, walk.next(), walk.next, hedge, budget.spend)
-
         if failure is None:
+            # The first race, as _retry's one_race (not that closure: its cells and frame
+            # are for retries only, an await level less on every resume).
+            budget.spend()
             try:
-                return await one_race()
+                return await race(
+                    attempts, route.name, walk.next(), walk.next, hedge, budget.spend
+                )
             except UpstreamError as exc:
                 failure = exc
         else:
@@ -230,7 +230,7 @@ class Pipeline:
             or attempts.clock() >= attempts.deadline
         ):
             raise failure
-        return await self._retry(runtime, route, attempts, walk, budget, one_race, failure)
+        return await self._retry(runtime, route, attempts, walk, budget, hedge, failure)
 
     async def _retry(
         self,
@@ -239,11 +239,16 @@ class Pipeline:
         attempts: Attempts,
         walk: Walk,
         budget: Budget,
-        one_race: Callable[[], Awaitable[Opened]],
+        hedge: HedgeSection | None,
         failure: UpstreamError,
     ) -> Opened:
         """Races after ``failure`` under tenacity: backoff (never sooner than the ranking
         frees up), until the budget or ``total_s`` is spent."""
+
+        async def one_race() -> Opened:
+            budget.spend()
+            return await race(attempts, route.name, walk.next(), walk.next, hedge, budget.spend)
+
         retry = route.spec.retry
         clock = runtime.clock
         backoff = full_jitter(runtime.rng, retry.backoff_s, retry.backoff_max_s)
