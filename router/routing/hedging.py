@@ -36,20 +36,42 @@ async def race(
         return await attempts.open(route, first)
     delay = hedge_delay(hedge, first)
     loop = asyncio.get_running_loop()
-    tasks = {loop.create_task(attempts.open(route, first, racing=True))}
+    tasks = {asyncio.Task(attempts.open(route, first, racing=True))}
     extra = 0
     last: BaseException | None = None
     won = False
     try:
         while tasks:
-            can_hedge = extra < hedge.max_extra
-            done = await _first_done(loop, tasks, delay if can_hedge else None)
+            # The done set of asyncio.wait(tasks, timeout=delay while a hedge may still
+            # start, return_when=FIRST_COMPLETED), woken in the same loop turns (a task's
+            # done callback, then the waiter's), without its generality: no copy of the
+            # set, no coroutine check per member, no closure counting completions. Here
+            # rather than in a coroutine of its own: one per wait, and an await level more
+            # on every resume. The future, task and timer are made directly, not by the
+            # loop (asyncio.Task(coro) and Future() are the running loop's; call_later
+            # calls call_at with the same time): its methods pass them options by keyword,
+            # a dict each. (This router sets no task factory.)
+            waiter: asyncio.Future[None] = asyncio.Future()
+            release = partial(_release, waiter)
+            timer = None
+            if extra < hedge.max_extra:
+                timer = loop.call_at(loop.time() + delay, release)
+            for task in tasks:
+                task.add_done_callback(release)
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                for task in tasks:
+                    task.remove_done_callback(release)
+            done = set(filter(asyncio.Future.done, tasks))  # a comprehension: a frame more
             if not done:
                 ep = next_endpoint() if spend() else None
                 extra += 1
                 if ep is not None:
                     attempts.hedges += 1
-                    tasks.add(loop.create_task(attempts.open(route, ep, hedged=True, racing=True)))
+                    tasks.add(asyncio.Task(attempts.open(route, ep, hedged=True, racing=True)))
                 continue
             for task in done:
                 tasks.discard(task)
@@ -73,29 +95,8 @@ async def race(
             result.abandon()  # opened just as it was cancelled: close it
 
 
-async def _first_done(
-    loop: asyncio.AbstractEventLoop, tasks: set[asyncio.Task[Opened]], after: float | None
-) -> set[asyncio.Task[Opened]]:
-    """The done set of ``asyncio.wait(tasks, timeout=after, return_when=FIRST_COMPLETED)``,
-    woken in the same loop turns (a task's done callback, then the waiter's), without its
-    generality: no copy of the set, no coroutine check per member, no closure counting
-    completions. A hedged request waits once per attempt started."""
-    waiter: asyncio.Future[None] = loop.create_future()
-    release = partial(_release, waiter)
-    handle = None if after is None else loop.call_later(after, release)
-    for task in tasks:
-        task.add_done_callback(release)
-    try:
-        await waiter
-    finally:
-        if handle is not None:
-            handle.cancel()
-        for task in tasks:
-            task.remove_done_callback(release)
-    return {task for task in tasks if task.done()}
-
-
 def _release(waiter: asyncio.Future[None], *_: Any) -> None:
+    """A task is done or the hedge delay has passed: wake the race (once)."""
     if not waiter.done():
         waiter.set_result(None)
 

@@ -47,7 +47,7 @@ from router.routing.hedging import race
 from router.routing.prefs import RoutingPrefs
 from router.routing.ranking import NoEndpoint, RateLimited, rank, wait_for_ranking
 from router.routing.relay import relay as relay_stream
-from router.routing.walk import Budget, Walk, full_jitter
+from router.routing.walk import Walk, full_jitter
 from router.runtime import Endpoint, RouteRuntime, Runtime
 
 log = structlog.get_logger("router.pipeline")
@@ -202,20 +202,19 @@ class Pipeline:
         failure: UpstreamError | None,
     ) -> Opened:
         """Races on the ranking, after the first try's ``failure`` if any."""
-        budget = Budget(
+        walk = Walk(
+            ranking,
+            runtime.clock,
             1
             if call.prefs is not None and not call.prefs.allow_fallbacks
-            else route.spec.retry.attempts
+            else route.spec.retry.attempts,
         )
-        walk = Walk(ranking, runtime.clock)
-
-        async def one_race() -> Opened:
-            budget.spend()
-            return await race(attempts, route.name, walk.next(), walk.next, hedge, budget.spend)
-
         if failure is None:
+            # The first race, as _retry's one_race (not that closure: its cells and frame
+            # are for retries only, an await level less on every resume).
+            walk.spend()
             try:
-                return await one_race()
+                return await race(attempts, route.name, walk.next(), walk.next, hedge, walk.spend)
             except UpstreamError as exc:
                 failure = exc
         else:
@@ -223,14 +222,14 @@ class Pipeline:
             # (Not walk.next(): with the head set aside by that failure, it would skip
             # the second instead, and the retry would go back to the head.)
             walk.skip_head()
-            budget.spend()
+            walk.spend()
         if (
             not self._retryable(route, failure)
-            or budget.left <= 0
+            or walk.left <= 0
             or attempts.clock() >= attempts.deadline
         ):
             raise failure
-        return await self._retry(runtime, route, attempts, walk, budget, one_race, failure)
+        return await self._retry(runtime, route, attempts, walk, hedge, failure)
 
     async def _retry(
         self,
@@ -238,12 +237,16 @@ class Pipeline:
         route: RouteRuntime,
         attempts: Attempts,
         walk: Walk,
-        budget: Budget,
-        one_race: Callable[[], Awaitable[Opened]],
+        hedge: HedgeSection | None,
         failure: UpstreamError,
     ) -> Opened:
         """Races after ``failure`` under tenacity: backoff (never sooner than the ranking
-        frees up), until the budget or ``total_s`` is spent."""
+        frees up), until the walk's attempts or ``total_s`` are spent."""
+
+        async def one_race() -> Opened:
+            walk.spend()
+            return await race(attempts, route.name, walk.next(), walk.next, hedge, walk.spend)
+
         retry = route.spec.retry
         clock = runtime.clock
         backoff = full_jitter(runtime.rng, retry.backoff_s, retry.backoff_max_s)
@@ -255,7 +258,7 @@ class Pipeline:
         def stop(state: RetryCallState) -> bool:
             # A Retry-After or cooldown that outlasts total_s cannot be waited out:
             # answer now rather than sleep until the deadline and fail anyway.
-            return budget.left <= 0 or clock() + walk.hold() >= attempts.deadline
+            return walk.left <= 0 or clock() + walk.hold() >= attempts.deadline
 
         retrying = AsyncRetrying(
             sleep=self._sleep,

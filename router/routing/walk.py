@@ -18,31 +18,26 @@ from router.runtime import Endpoint
 from router.state.clock import Clock
 
 
-class Budget:
-    """The attempts a request may still make (hedges included): ``retry.attempts``."""
+class Walk:
+    """The ranking as a failover path: onwards, skipping endpoints that became
+    unavailable meanwhile, and over from the top when it runs out; and the attempts the
+    request may still make on it (hedges included): ``retry.attempts``. (One object for
+    both: an object made per request costs a call of its class.)"""
 
-    __slots__ = ("left",)
+    __slots__ = ("_clock", "_pos", "left", "ranking")
 
-    def __init__(self, n: int) -> None:
-        self.left = n
+    def __init__(self, ranking: list[Endpoint], clock: Clock, attempts: int) -> None:
+        self.ranking = ranking
+        self._pos = 0
+        self._clock = clock
+        self.left = attempts
 
     def spend(self) -> bool:
+        """Takes one attempt, or says there is none left."""
         if self.left <= 0:
             return False
         self.left -= 1
         return True
-
-
-class Walk:
-    """The ranking as a failover path: onwards, skipping endpoints that became
-    unavailable meanwhile, and over from the top when it runs out."""
-
-    __slots__ = ("_clock", "_pos", "ranking")
-
-    def __init__(self, ranking: list[Endpoint], clock: Clock) -> None:
-        self.ranking = ranking
-        self._pos = 0
-        self._clock = clock
 
     def next(self) -> Endpoint:
         now = self._clock()
