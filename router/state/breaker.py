@@ -136,15 +136,7 @@ class CircuitBreaker:
                 self._close(now)
             else:
                 return  # still cooling down: not counted
-        # Counted in its bucket (``_slot``, inlined: this runs on every answer).
-        epoch = int(now / self._span)
-        slot = epoch % _BUCKETS
-        if self._epoch[slot] != epoch:
-            self._epoch[slot] = epoch
-            self._ok[slot] = 1
-            self._bad[slot] = 0
-        else:
-            self._ok[slot] += 1
+        self._ok[self._slot(now)] += 1
 
     def failure(self, now: float, reason: str) -> None:
         self.consecutive += 1
