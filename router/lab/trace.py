@@ -20,6 +20,7 @@ import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ def read(source: str, limit: int | None = None) -> Trace:
 # -- JSONL --------------------------------------------------------------------------
 
 
-def _timestamp(value: Any, where: str) -> float:
+def _timestamp(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     if isinstance(value, str):
@@ -140,44 +141,55 @@ def _timestamp(value: Any, where: str) -> float:
             return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
         except ValueError:
             pass
-    raise TraceError(f"{where}: 'ts' must be Unix seconds or an ISO 8601 time, got {value!r}")
+    raise TraceError(f"'ts' must be Unix seconds or an ISO 8601 time, got {value!r}")
 
 
-def _count(obj: Mapping[str, Any], name: str, where: str, default: int | None) -> int:
+def _count(obj: Mapping[str, Any], name: str, default: int | None) -> int:
     value = obj.get(name, default)
     if value is None:
-        raise TraceError(f"{where}: missing field {name!r}")
+        raise TraceError(f"missing field {name!r}")
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise TraceError(f"{where}: {name!r} must be a whole number >= 0, got {value!r}")
+        raise TraceError(f"{name!r} must be a whole number >= 0, got {value!r}")
     return value
 
 
-def parse_line(obj: Any, where: str) -> TraceRequest:
+def parse_line(obj: Any) -> TraceRequest:
+    """One JSONL line's request; a TraceError says what is wrong with it (its reader says
+    where). The usual line (plain numbers, a chat request) is checked inline: a day's trace
+    is a million lines, and each helper call is a frame."""
     if not isinstance(obj, dict):
-        raise TraceError(f"{where}: each line must be a JSON object")
-    route = obj.get("route")
-    if not isinstance(route, str) or not route:
-        raise TraceError(f"{where}: 'route' must be a non-empty string")
-    api = obj.get("api", "chat")
+        raise TraceError("each line must be a JSON object")
+    get = obj.get
+    route = get("route")
+    if type(route) is not str or not route:
+        raise TraceError("'route' must be a non-empty string")
+    api = get("api", "chat")
     if api not in REPLAYED_AS:
-        raise TraceError(f"{where}: 'api' must be one of {', '.join(REPLAYED_AS)}, got {api!r}")
-    stream = obj.get("stream", False)
-    if not isinstance(stream, bool):
-        raise TraceError(f"{where}: 'stream' must be true or false")
-    session = obj.get("session")
-    if session is not None and not isinstance(session, str | int):
-        raise TraceError(f"{where}: 'session' must be a string")
+        raise TraceError(f"'api' must be one of {', '.join(REPLAYED_AS)}, got {api!r}")
+    stream = get("stream", False)
+    if type(stream) is not bool:
+        raise TraceError("'stream' must be true or false")
+    session = get("session")
+    if session is not None:
+        if not isinstance(session, str | int):
+            raise TraceError("'session' must be a string")
+        session = str(session)
+    ts = get("ts")
+    if type(ts) is not float or not math.isfinite(ts):
+        ts = _timestamp(ts)
+    prompt = get("prompt_tokens")
+    if type(prompt) is not int or prompt < 0:
+        prompt = _count(obj, "prompt_tokens", None)
+    embeddings = api == "embeddings"
+    completion = get("completion_tokens")
+    if type(completion) is not int or completion < 0:
+        completion = _count(obj, "completion_tokens", 0 if embeddings else None)
+    cached = get("cached_tokens", 0)
+    if type(cached) is not int or cached < 0:
+        cached = _count(obj, "cached_tokens", 0)
+    # By position: a dataclass called with keywords gathers them in a dict.
     return TraceRequest(
-        ts=_timestamp(obj.get("ts"), where),
-        route=route,
-        api=api,
-        stream=stream and api != "embeddings",
-        prompt_tokens=_count(obj, "prompt_tokens", where, None),
-        completion_tokens=_count(
-            obj, "completion_tokens", where, 0 if api == "embeddings" else None
-        ),
-        cached_tokens=_count(obj, "cached_tokens", where, 0),
-        session=None if session is None else str(session),
+        ts, route, api, stream and not embeddings, prompt, completion, cached, session
     )
 
 
@@ -186,21 +198,25 @@ def read_jsonl(path: Path, limit: int | None = None) -> Trace:
         text = path.read_bytes()
     except OSError as exc:
         raise TraceError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    requests = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise TraceError(f"{path}:{n}: not JSON: {exc}") from exc
-        requests.append(parse_line(obj, f"{path}:{n}"))
-    requests.sort(key=lambda r: r.ts)  # stable: equal times keep the file's order
+    requests: list[TraceRequest] = []
+    append, loads = requests.append, orjson.loads
+    try:
+        for n, line in enumerate(text.splitlines(), 1):  # noqa: B007  # n: for the error
+            if line and not line.isspace():
+                append(parse_line(loads(line)))
+    except orjson.JSONDecodeError as exc:
+        raise TraceError(f"{path}:{n}: not JSON: {exc}") from exc
+    except TraceError as exc:
+        raise TraceError(f"{path}:{n}: {exc}") from None
+    requests.sort(key=_arrival)  # stable: equal times keep the file's order
     if limit is not None:
         requests = requests[:limit]
     if not requests:
         raise TraceError(f"{path}: no requests")
     return Trace(str(path), requests)
+
+
+_arrival = attrgetter("ts")
 
 
 # -- the request log ----------------------------------------------------------------
