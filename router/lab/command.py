@@ -9,6 +9,7 @@ never into the JSON, so the same inputs print the same JSON.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from operator import itemgetter
 from pathlib import Path
@@ -112,4 +113,8 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write(to_json(doc).decode())
     else:
         sys.stdout.write(text(doc))
+    # The command ends here, and the process with it: the run's objects (millions for a
+    # day's trace) set aside rather than walked once more by the collection at exit, 2 s
+    # of a day's minute.
+    gc.freeze()
     return 0

@@ -35,7 +35,7 @@ from router.lab.client import Clients, Outcome
 from router.lab.fit import Fleet, stable_seed
 from router.lab.fleet import Behaviour, Simulated
 from router.lab.loop import LoopStalled, VirtualLoop
-from router.lab.trace import Trace, TraceRequest
+from router.lab.trace import Trace, TraceRequest, fewer_collections
 from router.lab.upstream import LabProvider
 from router.runtime import Runtime, build_runtime
 
@@ -174,12 +174,12 @@ class Engine:
     def run(self) -> Run:
         state = random.getstate()
         random.seed(stable_seed(self.seed, "random"))
-        thresholds = gc.get_threshold()
-        gc.set_threshold(50_000, 50, 100)  # far fewer young collections: the run makes
-        # many short-lived objects and few cycles (exceptions with their tracebacks)
         wall, cpu = time.perf_counter(), time.process_time()
         try:
-            self.loop.run_until_complete(self._main())
+            # The run makes many short-lived objects and few cycles (exceptions with
+            # their tracebacks).
+            with fewer_collections():
+                self.loop.run_until_complete(self._main())
         except LoopStalled:
             # A request that raised never finished: its error, freed with its task, is
             # the cause to report, not the stall it left behind.
@@ -187,7 +187,6 @@ class Engine:
             if not self.loop.errors:
                 raise
         finally:
-            gc.set_threshold(*thresholds)
             random.setstate(state)
         if self.loop.errors:
             first = self.loop.errors[0]
