@@ -27,7 +27,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from router.requestlog.postgres import PG_CONNECT_TIMEOUT_S
-from router.requestlog.sqlite import SQLITE_BUSY_MS
+from router.requestlog.sqlite import SQLITE_BUSY_MS, use_wal
 from router.requestlog.store import HEAD
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -162,10 +162,11 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        # WAL: readers (usage queries) never block the writer, and other processes'
-        # writers queue on the lock instead of failing at once.
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+        # WAL: readers (usage queries) never block the writer, and other processes'
+        # writers queue on the lock instead of failing at once. Not patient: this may
+        # run on an event loop's thread, which must not sleep.
+        use_wal(dbapi_conn, patient=False)
         cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; fsync per checkpoint
         cursor.close()
 

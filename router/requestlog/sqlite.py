@@ -31,6 +31,34 @@ from router.requestlog.rows import (
 SQLITE_BUSY_MS = 2000  # wait this long for another writer's lock before failing the batch
 
 
+def use_wal(conn: Any, patient: bool = True) -> None:
+    """Puts the database in WAL mode, unless it is already (the mode is kept in the file).
+
+    The switch takes the file's exclusive lock, and SQLite answers "database is locked"
+    at once, busy timeout or not, when another connection holds a lock just then: four
+    writers opening one new file together saw it. So the mode is read first (most opens
+    find WAL on), and a switch that meets a lock is tried again, ``patient``ly, within
+    the busy timeout (this blocks the caller's thread: the writer's own, not a loop's).
+    ``conn`` is a DB-API connection: ``sqlite3``'s, or SQLAlchemy's adapter of one."""
+    deadline = time.monotonic() + SQLITE_BUSY_MS / 1000
+    pause = 0.002
+    while True:
+        cursor = conn.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode")
+            if str(cursor.fetchone()[0]).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not patient or "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        finally:
+            cursor.close()
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 class DatabaseReplaced(RuntimeError):
     """The SQLite file open is no longer the one at its path (deleted, or replaced by a
     new one): what would be written to it would be lost with it."""
@@ -230,7 +258,7 @@ class SQLiteStore:
             # WAL: readers (usage queries) never block the writer, and other processes'
             # writers queue on the lock instead of failing at once. NORMAL: safe with WAL,
             # an fsync per checkpoint rather than per batch.
-            conn.execute("PRAGMA journal_mode=WAL")
+            use_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
         except BaseException:
             conn.close()

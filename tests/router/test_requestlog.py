@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
@@ -511,6 +512,67 @@ def test_downgrade_to_0003_gives_the_old_times_back(url: str) -> None:
     assert run(read()).replace(tzinfo=UTC) == then  # SQLite's text has no offset: UTC
     _alembic(url, "upgrade", "head")
     assert run(index_names(url)) == {"ix_requests_ts"}
+
+
+def _holding_the_write_lock(path: Path) -> sqlite3.Connection:
+    """A connection to a new database file that holds its write lock (RESERVED): the
+    moment another connection's switch to WAL meets "database is locked" at once, its
+    busy timeout notwithstanding."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+def test_the_switch_to_wal_waits_out_another_writers_lock(tmp_path: Path) -> None:
+    """Four writers opening one new file together: one met the lock as another switched
+    the file to WAL (a CI run's failure). The switch is tried again until the lock is
+    let go."""
+    path = tmp_path / "log.db"
+    holder = _holding_the_write_lock(path)
+    conn = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
+    asked: list[str] = []
+    retried = threading.Event()
+
+    def traced(statement: str) -> None:
+        asked.append(statement)
+        if asked.count("PRAGMA journal_mode") == 2:  # the first switch failed: asked again
+            retried.set()
+
+    conn.set_trace_callback(traced)
+    failed: list[BaseException] = []
+
+    def switch() -> None:
+        try:
+            sqlite.use_wal(conn)
+        except BaseException as exc:
+            failed.append(exc)
+
+    worker = threading.Thread(target=switch)
+    worker.start()
+    try:
+        assert retried.wait(5), f"no second try: {asked} {failed}"
+    finally:
+        holder.execute("ROLLBACK")
+        worker.join(5)
+    assert not worker.is_alive() and not failed
+    conn.set_trace_callback(None)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    holder.close()
+
+
+def test_an_impatient_switch_to_wal_fails_at_once(tmp_path: Path) -> None:
+    """On an event loop's thread (SQLAlchemy's connect hook) there is no waiting."""
+    holder = _holding_the_write_lock(tmp_path / "log.db")
+    conn = sqlite3.connect(tmp_path / "log.db", timeout=5, isolation_level=None)
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        sqlite.use_wal(conn, patient=False)
+    assert time.monotonic() - started < 2
+    conn.close()
+    holder.execute("ROLLBACK")
+    holder.close()
 
 
 def test_workers_starting_together_migrate_once(url: str) -> None:
