@@ -48,7 +48,7 @@ class Lease:
         self.ended: float | None = None  # when it succeeded: a stream's whole span with started
         self.output_error: str | None = None  # why a 200 answer was broken, once it ended
         self.tool_calls_valid: bool | None = None
-        self._token = endpoint.stats.start()
+        self._token = endpoint.stats.start(self.started)
         breaker = endpoint.breaker
         if breaker.state != "healthy":  # a healthy breaker has no probe slot to take
             breaker.acquire(self.started)
@@ -79,14 +79,18 @@ class Lease:
         tokens = usage.completion_tokens if usage and usage.completion_tokens else events
         # Tokens per second after the first token for a stream; for a non-streamed answer
         # (no first token) over the whole answer, the only span it shows.
+        generation_s = (now - first) if first is not None and now > first else now - self.started
+        # By position, in finish's order: keywords cost ~500 instructions a call.
         ep.stats.finish(
             self._token,
-            ok=True,
-            latency_s=now - self.started,
-            completion_tokens=tokens,
-            generation_s=(now - first) if first is not None and now > first else now - self.started,
-            tool_calls_valid=tool_calls_valid,
-            output_ok=output_error is None,
+            True,  # ok
+            now - self.started,  # latency_s
+            tokens,  # completion_tokens
+            generation_s,
+            tool_calls_valid,
+            output_error is None,  # output_ok
+            None,  # error
+            now,
         )
         if first is not None and usage is not None and usage.prompt_tokens:
             cached = 2 * usage.cached_tokens >= usage.prompt_tokens
@@ -111,7 +115,11 @@ class Lease:
             if broken:
                 self.output_error = exc.reason
             ep.stats.finish(
-                self._token, ok=False, error=exc.reason, output_ok=False if broken else None
+                self._token,
+                ok=False,
+                error=exc.reason,
+                output_ok=False if broken else None,
+                now=now,
             )
             if status in (401, 403):
                 ep.hard_cooldown(now, "auth", ep.spec.breaker.cooldown_s)

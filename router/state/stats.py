@@ -249,15 +249,18 @@ class EndpointStats:
 
     # -- recording ------------------------------------------------------------------
 
-    def start(self) -> int:
-        """An attempt began; returns the token to pass to ``first_token``/``finish``."""
+    def start(self, now: float | None = None) -> int:
+        """An attempt began (at ``now``, when the caller read the clock already); returns
+        the token to pass to ``first_token``/``finish``."""
         self.in_flight += 1
         self.version += 1
         report = self._report
         if report is not None:
             report(self)
         token = self._token = self._token + 1
-        now = self._waiting[token] = self.clock()
+        if now is None:
+            now = self.clock()
+        self._waiting[token] = now
         if self.waiting_since is None:
             self.waiting_since = now
         return token
@@ -286,7 +289,6 @@ class EndpointStats:
     def finish(
         self,
         token: int,
-        *,
         ok: bool | None,
         latency_s: float | None = None,
         completion_tokens: int | None = None,
@@ -294,10 +296,12 @@ class EndpointStats:
         tool_calls_valid: bool | None = None,
         output_ok: bool | None = None,
         error: str | None = None,
+        now: float | None = None,
     ) -> None:
         """An attempt ended (``ok=None``: without a verdict, cancelled). ``output_ok`` judges
         an answer that came back 200: False when broken (a stream without its end marker, no
-        content and no tool call, not the JSON asked for); None for no such answer."""
+        content and no tool call, not the JSON asked for); None for no such answer. ``now``:
+        when, if the caller read the clock already (a lease: one reading less per attempt)."""
         self.in_flight -= 1
         self.version += 1
         report = self._report
@@ -308,7 +312,8 @@ class EndpointStats:
             self.waiting_since = next(iter(waiting.values())) if waiting else None
         if ok is None:
             return
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         h = self.halflife_s
         # One decay factor since the last verdict, shared by every mean last updated then
         # (the error rate always is; latency and throughput unless a failure came between).
