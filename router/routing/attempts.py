@@ -123,14 +123,21 @@ class Attempts:
         native = ep.provider.native_timeouts
         request = self._request(ep, api, payload, translation is None, budget, native)
         lease = Lease(ep, self.clock)
-        sent = self._exchange(route, ep, lease, request, hedged, api, payload, json, translation)
         try:
             try:
+                # Sent, then read up to the first token or the whole body (what ttft_s bounds);
+                # sent here, not in _answer: an await level less (~570 instructions a request).
                 if native:  # no ``async with`` at all (it cost ~2,800 instructions a request)
-                    opened = await sent
+                    response = await ep.provider.send(request)
+                    opened = await self._answer(
+                        route, ep, lease, response, hedged, api, payload, json, translation
+                    )
                 else:
                     async with asyncio.timeout(max(0.0, min(ttft, budget))):
-                        opened = await sent
+                        response = await ep.provider.send(request)
+                        opened = await self._answer(
+                            route, ep, lease, response, hedged, api, payload, json, translation
+                        )
             except TimeoutError as exc:
                 if bound_by_total:
                     raise TotalTimeout(f"total_s ran out waiting for {ep.id}") from exc
@@ -253,22 +260,20 @@ class Attempts:
         json = self.json if translation is None else api.wants_json(payload)
         return api, payload, json, translation, dropped
 
-    async def _exchange(
+    async def _answer(
         self,
         route: str,
         ep: Endpoint,
         lease: Lease,
-        request: UpstreamRequest,
+        response: UpstreamResponse,
         hedged: bool,
         api: ClientApi,
         payload: dict[str, Any],
         json: bool,
         translation: Translation | None,
     ) -> Opened:
-        """Sends ``request`` and reads up to the first token (a stream) or the whole body:
-        what ``ttft_s`` bounds. The response is closed when that fails."""
-        assert ep.provider is not None
-        response = await ep.provider.send(request)
+        """Reads up to the first token (a stream) or the whole body (else); closes the
+        response when that fails."""
         try:
             if not self.stream:
                 body = await response.read()
