@@ -1,4 +1,4 @@
-"""One ranking's view of a route's cached loads: the ``Loads`` that policies compare.
+"""A route's view of its latest ranking's loads: the ``Loads`` that policies compare.
 
 ``LiveLoads`` reads the public columns of its ``RouteLoads`` (``router.state.loads``) a
 metric at a time and builds no object per endpoint; its hot paths are inlined on purpose
@@ -39,11 +39,11 @@ _SNAPSHOT: Final = (
 
 
 class LiveLoads(Loads):
-    """One ranking's loads over a route's endpoints, computed a metric at a time.
+    """A route's loads as its latest ranking sees them, computed a metric at a time.
 
-    Its candidates are the route's ``LiveCandidate`` objects, made once per route: their
-    numbers are those of the route's latest ranking (the pipeline uses them at once).
-    Metrics are indexed by key over the whole route.
+    A route has one, renewed by each ranking (``renew``), so it is read at once, as the
+    pipeline does; so are its candidates, the route's ``LiveCandidate`` objects, made once
+    per route. Metrics are indexed by key over the whole route.
     """
 
     __slots__ = (
@@ -62,9 +62,12 @@ class LiveLoads(Loads):
         "span",
     )
 
-    def __init__(
+    def __init__(self, route: RouteLoads) -> None:
+        self._route = route
+        self.span = len(route.handles)
+
+    def renew(
         self,
-        route: RouteLoads,
         keys: list[int] | None,
         now: float,
         decay: float,
@@ -74,10 +77,11 @@ class LiveLoads(Loads):
         least_a: float,
         exact: bool,
     ) -> None:
-        self._route = route
+        """This view for a new ranking: a route renews its one view rather than make one
+        per ranking (a class call and an object on every request)."""
+        route = self._route
         self._exact = exact  # a * D is the confidence itself (a route computed directly)
         self._now = now
-        self.span = len(route.handles)
         if keys is None:
             self.full = True
             self.keys: Sequence[int] = route.keys

@@ -13,8 +13,9 @@ endpoints keeps no cache: its stats change on about every request, so each ranki
 computes its columns afresh, still building no objects.)
 
 ``RouteLoads`` keeps the cache, up to date through the ``ChangeFeed`` it subscribes its
-stats to; ``router.state.live.LiveLoads`` is one ranking's view of it, the ``Loads`` that
-policies compare, reading the route's public columns.
+stats to; ``router.state.live.LiveLoads`` is its latest ranking's view of it, the
+``Loads`` that policies compare, reading the route's public columns: one per route,
+renewed by each ranking.
 """
 
 from __future__ import annotations
@@ -84,11 +85,12 @@ class _Leasts:
 class RouteLoads:
     """A route's live loads, kept ready to rank (see the module docstring).
 
-    ``at`` makes one ranking's ``LiveLoads``: it first recomputes the cached values of the
-    endpoints whose stats changed since the last ranking, then leaves this ranking's bests
-    behind as the route's ``prior``, as ``blend`` does. The first ranking subscribes the
-    stats to the route's ``ChangeFeed`` (after a reload, the new runtime's route takes
-    them over); a route whose feed was superseded compares every ``version`` instead.
+    ``at`` renews the route's ``LiveLoads`` for one ranking: it first recomputes the cached
+    values of the endpoints whose stats changed since the last ranking, then leaves this
+    ranking's bests behind as the route's ``prior``, as ``blend`` does. The first ranking
+    subscribes the stats to the route's ``ChangeFeed`` (after a reload, the new runtime's
+    route takes them over); a route whose feed was superseded compares every ``version``
+    instead.
     Keys are positions in the route, which are the endpoints' ``index``. A route of up to
     ``direct_up_to`` endpoints keeps no cache: each ranking reads the stats afresh.
 
@@ -115,7 +117,8 @@ class RouteLoads:
             for k, (spec, (p_in, p_out)) in enumerate(zip(specs, prices, strict=True))
         ]
         self.index_ordered = all(k == spec.index for k, spec in enumerate(specs))
-        self.latest: LiveLoads | None = None
+        self.latest: LiveLoads | None = None  # the view, once a ranking has renewed it
+        self._view = LiveLoads(self)
         self.static: dict[str, list[float]] = {
             "weight": [spec.weight for spec in specs],
             "price": [p_in + 3.0 * p_out for p_in, p_out in prices],
@@ -152,8 +155,9 @@ class RouteLoads:
         self, keys: list[int] | None, now: float, forced: Collection[int] = ()
     ) -> LiveLoads | None:
         """This ranking's loads over ``keys`` (None: the whole route), with the ``forced``
-        keys to be explored; None where only ``blend.loads`` can answer exactly: the
-        endpoints' half-lives differ, or a sample is newer than ``now``."""
+        keys to be explored: the route's one view, renewed (read it at once). None where
+        only ``blend.loads`` can answer exactly: the endpoints' half-lives differ, or a
+        sample is newer than ``now``."""
         if self.direct:
             return self._direct(keys, now, forced)
         feed = self._feed
@@ -180,8 +184,8 @@ class RouteLoads:
         prior.error_rate = 0.0 if err == _INF else err
         decay = 0.5 ** ((now - self._t0) / h)
         eff = {} if ttft_g is None else {_TTFT: ttft_g}
-        live = LiveLoads(self, keys, now, decay, blend_with, eff, forced, least_a, False)
-        self.latest = live
+        live = self.latest = self._view
+        live.renew(keys, now, decay, blend_with, eff, forced, least_a, False)
         return live
 
     def _raised_ttft(
@@ -218,8 +222,8 @@ class RouteLoads:
             self._stats, keyed, now, self.prior, self.a, self.busy, self.out_errors
         )
         eff = {0: g_lat, _TTFT: g_ttft, 2: g_tps, 3: g_err}
-        live = LiveLoads(self, keys, now, 1.0, blend_with, eff, forced, least, True)
-        self.latest = live
+        live = self.latest = self._view
+        live.renew(keys, now, 1.0, blend_with, eff, forced, least, True)
         return live
 
     def _subscribe(self, feed: ChangeFeed) -> None:
