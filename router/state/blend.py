@@ -30,8 +30,9 @@ EXPLORE_BELOW: Final = 0.25
 PROBE_BELOW: Final = 0.5  # evidence older than about a half-life: one request at a time
 _INF: Final = math.inf
 
-# g = confidence * (x - prior) per endpoint, for latency, TTFT, throughput and errors
-Gains = tuple[list[float], list[float], list[float], list[float]]
+# g = confidence * (x - prior) per endpoint, by metric: latency 0, TTFT 1, throughput 2 and
+# errors 3 (as a ranking's ``LiveLoads`` keeps them, so a route hands them on as they are)
+Gains = dict[int, list[float]]
 # The prior a ranking blends with: latency, TTFT, throughput, errors
 Blend = tuple[float, float, float, float]
 
@@ -121,7 +122,7 @@ def blend(
     prior.ttft_s = 0.0 if best_ttft == _INF else best_ttft
     prior.tokens_per_s = best_tps
     prior.error_rate = 0.0 if best_err == _INF else best_err
-    return blend_with, (g_lat, g_ttft, g_tps, g_err), least
+    return blend_with, {0: g_lat, 1: g_ttft, 2: g_tps, 3: g_err}, least
 
 
 def loads(
@@ -145,7 +146,7 @@ def loads(
     stats = [st for _, st in endpoints]
     blend_with, gains, _ = blend(stats, range(n), now, prior, conf, busy, broken)
     p_lat, p_ttft, p_tps, p_err = blend_with
-    g_lat, g_ttft, g_tps, g_err = gains
+    g_lat, g_ttft, g_tps, g_err = gains[0], gains[1], gains[2], gains[3]
     out = []
     for k, ((spec, _), (p_in, p_out)) in enumerate(zip(endpoints, prices, strict=True)):
         explore, probing = flags(conf[k], busy[k])

@@ -37,7 +37,7 @@ _DECAYED_COUNT: Final = 4  # latency, TTFT, throughput, errors: the metrics blen
 _REBASE_HALFLIVES: Final = 32.0
 _STALE: Final = -2
 _INF: Final = math.inf
-# Up to this many endpoints a ranking is computed afresh from the stats (``_direct``):
+# Up to this many endpoints a ranking is computed afresh from the stats (``at``):
 # they change on about every request, and keeping the cache in step costs more than that.
 DIRECT_UP_TO: Final = 4
 
@@ -159,7 +159,22 @@ class RouteLoads:
         only ``blend.loads`` can answer exactly: the endpoints' half-lives differ, or a
         sample is newer than ``now``."""
         if self.direct:
-            return self._direct(keys, now, forced)
+            # Computed from the stats by ``blend``, with a decay factor of 1 (here rather
+            # than in a method of its own: a call less on every request).
+            if self._feed is None:
+                self._subscribe(ChangeFeed(collect=False))  # nothing cached: nothing to collect
+            blend_with, eff, least = blend(
+                self._stats,
+                self.keys if keys is None else keys,
+                now,
+                self.prior,
+                self.a,
+                self.busy,
+                self.out_errors,
+            )
+            live = self.latest = self._view
+            live.renew(keys, now, 1.0, blend_with, eff, forced, least, True)
+            return live
         feed = self._feed
         if feed is None or feed.changed or feed.superseded:
             self._catch_up(now)
@@ -212,19 +227,6 @@ class RouteLoads:
                 if wait > estimate:
                     ttft_g[k] = a * (wait - p)
         return ttft_g, best
-
-    def _direct(self, keys: list[int] | None, now: float, forced: Collection[int]) -> LiveLoads:
-        """This ranking computed from the stats by ``blend``, with a decay factor of 1."""
-        if self._feed is None:
-            self._subscribe(ChangeFeed(collect=False))  # nothing cached: nothing to collect
-        keyed = self.keys if keys is None else keys
-        blend_with, (g_lat, g_ttft, g_tps, g_err), least = blend(
-            self._stats, keyed, now, self.prior, self.a, self.busy, self.out_errors
-        )
-        eff = {0: g_lat, _TTFT: g_ttft, 2: g_tps, 3: g_err}
-        live = self.latest = self._view
-        live.renew(keys, now, 1.0, blend_with, eff, forced, least, True)
-        return live
 
     def _subscribe(self, feed: ChangeFeed) -> None:
         """Have the stats report their changes to ``feed``, and no longer to the route
