@@ -26,7 +26,7 @@ from itertools import compress
 from operator import ne
 from typing import Any, Final
 
-from router.state.blend import Prior, blend
+from router.state.blend import Gains, Prior, blend
 from router.state.live import TTFT, LiveCandidate, LiveLoads
 from router.state.stats import ChangeFeed, EndpointStats
 
@@ -139,6 +139,10 @@ class RouteLoads:
         self.gains: list[list[float]] = [[0.0] * n for _ in range(m)]
         self.gains_prior: list[float | None] = [None] * m  # the prior each g is for
         self.gains_top: list[float | None] = [None] * m  # max(g), when known
+        # A direct route's g per decayed metric, filled afresh by each ranking's ``blend``
+        # (whose LiveLoads reads them by metric); not ``gains``, which is the cache's.
+        self._fresh: Gains = ([0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n)
+        self._fresh_by_metric = dict(enumerate(self._fresh))
         self.busy = [0] * n
         # a * output error rate: its estimate blends towards 0 (no prior) as evidence ages.
         self.out_errors = [0.0] * n
@@ -163,7 +167,7 @@ class RouteLoads:
             # than in a method of its own: a call less on every request).
             if self._feed is None:
                 self._subscribe(ChangeFeed(collect=False))  # nothing cached: nothing to collect
-            blend_with, eff, least = blend(
+            blend_with, least = blend(
                 self._stats,
                 self.keys if keys is None else keys,
                 now,
@@ -171,9 +175,10 @@ class RouteLoads:
                 self.a,
                 self.busy,
                 self.out_errors,
+                self._fresh,
             )
             live = self.latest = self._view
-            live.renew(keys, now, 1.0, blend_with, eff, forced, least, True)
+            live.renew(keys, now, 1.0, blend_with, self._fresh_by_metric, forced, least, True)
             return live
         feed = self._feed
         if feed is None or feed.changed or feed.superseded:
