@@ -41,7 +41,6 @@ from router.state.clock import Clock
 from router.state.loads import RouteLoads
 from router.state.stats import EndpointStats
 
-_HEALTHY = frozenset({"healthy"})
 RATE_LIMITED = "rate_limited"  # a hard cooldown's reason for a host's Retry-After
 SCOPE_SEP = "\x1f"  # between route and endpoint id in a shared cooldown's scope
 # Tells the shared state of a hard cooldown: (scope, until as Unix time, reason).
@@ -176,7 +175,6 @@ class RouteRuntime:
         self._strategies: dict[str, tuple[Strategy, HedgeSection | None]] = {}
         self.prior = Prior()  # the route's best live values, refreshed by every ranking
         self._all = list(endpoints)
-        self._breakers = [e.breaker for e in endpoints]
         self._live = RouteLoads(
             [e.spec for e in endpoints],
             [e.stats for e in endpoints],
@@ -231,19 +229,16 @@ class RouteRuntime:
         this request. The route's ``RouteLoads`` answers from its cache; where it cannot
         (see ``RouteLoads.at``), ``loads`` computes the candidates directly.
         """
-        if endpoints == self._all:
-            keys = None
-            states = {b.state for b in self._breakers}
-        else:
-            keys = [e.spec.index for e in endpoints]
-            states = {e.breaker.state for e in endpoints}
-        forced: list[int] = []
-        if states != _HEALTHY:
-            forced = [
-                e.spec.index
-                for e in endpoints
-                if e.breaker.state != "healthy" and e.breaker.probe_due(now)
-            ]
+        keys = None if endpoints == self._all else [e.spec.index for e in endpoints]
+        forced: Sequence[int] = ()
+        for e in endpoints:  # a loop, not a set of states: nothing made per request
+            if e.breaker.state != "healthy":  # only then can a probe be due
+                forced = [
+                    e.spec.index
+                    for e in endpoints
+                    if e.breaker.state != "healthy" and e.breaker.probe_due(now)
+                ]
+                break
         live = self._live.at(keys, now, forced)
         if live is not None:
             return live

@@ -146,7 +146,26 @@ class Pipeline:
         limited = False
         for i, r in enumerate(chain):
             try:
-                return await self._serve(runtime, r, call, attempts)
+                # The route's ranking and its first try, here rather than in a coroutine
+                # of their own: one coroutine less per request, an await level less on
+                # each resume.
+                ranked = rank(runtime, r, call, self.debug)
+                if ranked is None:
+                    ranked = await wait_for_ranking(
+                        runtime, r, call, attempts, self._sleep, self.debug
+                    )
+                ranking, hedge = ranked
+                if hedge is not None and len(ranking) > 1:
+                    return await self._retrying(runtime, r, call, attempts, ranking, hedge, None)
+                # The usual case: one attempt on the best endpoint, with nothing allocated
+                # for retries until it fails. The ranking's head is available and not
+                # full: rank kept only such endpoints (or, all cooling down, put the one
+                # due first there).
+                try:
+                    return await attempts.open(r.name, ranking[0])
+                except UpstreamError as exc:
+                    failure = exc
+                return await self._retrying(runtime, r, call, attempts, ranking, None, failure)
             except UpstreamError as exc:
                 if isinstance(exc, UpstreamHTTPError) and exc.status in CLIENT_FAULT_STATUSES:
                     raise UpstreamClientError(exc) from exc
@@ -172,24 +191,6 @@ class Pipeline:
         ep = route.by_id.get(exc.endpoint or "")
         retry_on = ep.spec.retry_on if ep else frozenset(route.spec.retry.on)
         return retryable(exc, retry_on)
-
-    async def _serve(
-        self, runtime: Runtime, route: RouteRuntime, call: Call, attempts: Attempts
-    ) -> Opened:
-        ranked = rank(runtime, route, call, self.debug)
-        if ranked is None:
-            ranked = await wait_for_ranking(runtime, route, call, attempts, self._sleep, self.debug)
-        ranking, hedge = ranked
-        if hedge is not None and len(ranking) > 1:
-            return await self._retrying(runtime, route, call, attempts, ranking, hedge, None)
-        # The usual case: one attempt on the best endpoint, with nothing allocated for
-        # retries until it fails. The ranking's head is available and not full: rank
-        # kept only such endpoints (or, all cooling down, put the one due first there).
-        try:
-            return await attempts.open(route.name, ranking[0])
-        except UpstreamError as exc:
-            failure = exc
-        return await self._retrying(runtime, route, call, attempts, ranking, None, failure)
 
     async def _retrying(
         self,

@@ -65,16 +65,17 @@ def blend(
     conf: list[float],
     busy: list[int],
     broken: list[float],
-) -> tuple[Blend, Gains, float]:
+    gains: Gains,
+) -> tuple[Blend, float]:
     """The rule for the endpoints ``keys`` of ``stats``: fills their confidence (``conf``),
-    in-flight count (``busy``) and blended output error rate (``broken``); returns the
-    prior blended with, g = confidence * (x - prior) per metric (0 where x is unknown:
-    prior + g is the estimate) and the least confidence; leaves the bests of endpoints with
-    evidence in ``prior``. One pass of attribute reads: this runs on every request."""
+    in-flight count (``busy``), blended output error rate (``broken``) and g = confidence *
+    (x - prior) per metric (``gains``; 0 where x is unknown: prior + g is the estimate);
+    returns the prior blended with and the least confidence; leaves the bests of endpoints
+    with evidence in ``prior``. One pass of attribute reads: this runs on every request
+    (its columns are the route's own, filled afresh rather than made per ranking)."""
     blend_with = (prior.latency_s, prior.ttft_s, prior.tokens_per_s, prior.error_rate)
     p_lat, p_ttft, p_tps, p_err = blend_with
-    n = len(stats)
-    g_lat, g_ttft, g_tps, g_err = [0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n
+    g_lat, g_ttft, g_tps, g_err = gains
     best_lat = best_ttft = best_err = least = _INF
     best_tps = 0.0
     for k in keys:
@@ -102,26 +103,34 @@ def blend(
             g_lat[k] = c * (x - p_lat)
             if seen and x < best_lat:
                 best_lat = x
+        else:
+            g_lat[k] = 0.0
         if ttft is not None:
             g_ttft[k] = c * (ttft - p_ttft)
             if seen and ttft < best_ttft:
                 best_ttft = ttft
+        else:
+            g_ttft[k] = 0.0
         x = st.tokens_per_s.mean
         if x is not None:
             g_tps[k] = c * (x - p_tps)
             if seen and x > best_tps:
                 best_tps = x
+        else:
+            g_tps[k] = 0.0
         x = st.errors.mean
         if x is not None:
             g_err[k] = c * (x - p_err)
             if seen and x < best_err:
                 best_err = x
+        else:
+            g_err[k] = 0.0
     # The bests left behind, infinite where no endpoint had evidence (then 0).
     prior.latency_s = 0.0 if best_lat == _INF else best_lat
     prior.ttft_s = 0.0 if best_ttft == _INF else best_ttft
     prior.tokens_per_s = best_tps
     prior.error_rate = 0.0 if best_err == _INF else best_err
-    return blend_with, (g_lat, g_ttft, g_tps, g_err), least
+    return blend_with, least
 
 
 def loads(
@@ -143,9 +152,9 @@ def loads(
     n = len(endpoints)
     conf, busy, broken = [0.0] * n, [0] * n, [0.0] * n
     stats = [st for _, st in endpoints]
-    blend_with, gains, _ = blend(stats, range(n), now, prior, conf, busy, broken)
+    g_lat, g_ttft, g_tps, g_err = gains = [0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n
+    blend_with, _ = blend(stats, range(n), now, prior, conf, busy, broken, gains)
     p_lat, p_ttft, p_tps, p_err = blend_with
-    g_lat, g_ttft, g_tps, g_err = gains
     out = []
     for k, ((spec, _), (p_in, p_out)) in enumerate(zip(endpoints, prices, strict=True)):
         explore, probing = flags(conf[k], busy[k])

@@ -1,4 +1,4 @@
-"""One ranking's view of a route's cached loads: the ``Loads`` that policies compare.
+"""A route's view of its latest ranking's loads: the ``Loads`` that policies compare.
 
 ``LiveLoads`` reads the public columns of its ``RouteLoads`` (``router.state.loads``) a
 metric at a time and builds no object per endpoint; its hot paths are inlined on purpose
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 DECAYED: Final = {"latency_s": 0, "ttft_s": 1, "tokens_per_s": 2, "error_rate": 3}
 TTFT: Final = 1
 _DECAYED: Final = DECAYED
+# a * D may be off by rounding from the confidence ``loads`` computes (where not exact)
+_MARGIN: Final = 1.0 + 1e-9
+_ABOVE: Final = PROBE_BELOW * _MARGIN
 _SNAPSHOT: Final = (
     "latency_s",
     "ttft_s",
@@ -36,11 +39,11 @@ _SNAPSHOT: Final = (
 
 
 class LiveLoads(Loads):
-    """One ranking's loads over a route's endpoints, computed a metric at a time.
+    """A route's loads as its latest ranking sees them, computed a metric at a time.
 
-    Its candidates are the route's ``LiveCandidate`` objects, made once per route: their
-    numbers are those of the route's latest ranking (the pipeline uses them at once).
-    Metrics are indexed by key over the whole route.
+    A route has one, renewed by each ranking (``renew``), so it is read at once, as the
+    pipeline does; so are its candidates, the route's ``LiveCandidate`` objects, made once
+    per route. Metrics are indexed by key over the whole route.
     """
 
     __slots__ = (
@@ -49,7 +52,6 @@ class LiveLoads(Loads):
         "_exact",
         "_flags",
         "_forced",
-        "_least_a",
         "_metrics",
         "_now",
         "_prior",
@@ -60,9 +62,12 @@ class LiveLoads(Loads):
         "span",
     )
 
-    def __init__(
+    def __init__(self, route: RouteLoads) -> None:
+        self._route = route
+        self.span = len(route.handles)
+
+    def renew(
         self,
-        route: RouteLoads,
         keys: list[int] | None,
         now: float,
         decay: float,
@@ -72,11 +77,11 @@ class LiveLoads(Loads):
         least_a: float,
         exact: bool,
     ) -> None:
-        self._route = route
-        self._least_a = least_a
+        """This view for a new ranking: a route renews its one view rather than make one
+        per ranking (a class call and an object on every request)."""
+        route = self._route
         self._exact = exact  # a * D is the confidence itself (a route computed directly)
         self._now = now
-        self.span = len(route.handles)
         if keys is None:
             self.full = True
             self.keys: Sequence[int] = route.keys
@@ -92,7 +97,12 @@ class LiveLoads(Loads):
         self._forced = forced
         self._eff = eff  # g per decayed metric, as this ranking sees it (TTFT raised by waits)
         self._metrics: dict[str, Sequence[float]] = {}
-        self._flags: tuple[Collection[int], Collection[int]] | bool | None = False
+        # None when every confidence is above both thresholds, as on most rankings (the
+        # least a * D tells): every policy asks, so it is known here at once; else False,
+        # for ``flags`` to find them when asked.
+        self._flags: tuple[Collection[int], Collection[int]] | bool | None = (
+            None if not forced and least_a * decay >= (PROBE_BELOW if exact else _ABOVE) else False
+        )
 
     def _g(self, m: int) -> list[float]:
         g = self._eff.get(m)
@@ -180,10 +190,7 @@ class LiveLoads(Loads):
         if found is not False:
             return found  # type: ignore[return-value]
         route, d, forced, exact = self._route, self._decay, self._forced, self._exact
-        margin = 1.0 if exact else 1.0 + 1e-9
-        if not forced and self._least_a * d >= PROBE_BELOW * margin:
-            self._flags = None  # every confidence is above both thresholds
-            return None
+        margin = 1.0 if exact else _MARGIN
         # Only endpoints whose a * D is under the higher threshold can be flagged. Within
         # rounding of a threshold, a * D may fall on the other side of it than ``loads``'s
         # confidence would: there, compute that one as ``loads`` does.

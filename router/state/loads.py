@@ -13,8 +13,9 @@ endpoints keeps no cache: its stats change on about every request, so each ranki
 computes its columns afresh, still building no objects.)
 
 ``RouteLoads`` keeps the cache, up to date through the ``ChangeFeed`` it subscribes its
-stats to; ``router.state.live.LiveLoads`` is one ranking's view of it, the ``Loads`` that
-policies compare, reading the route's public columns.
+stats to; ``router.state.live.LiveLoads`` is its latest ranking's view of it, the
+``Loads`` that policies compare, reading the route's public columns: one per route,
+renewed by each ranking.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from itertools import compress
 from operator import ne
 from typing import Any, Final
 
-from router.state.blend import Prior, blend
+from router.state.blend import Gains, Prior, blend
 from router.state.live import TTFT, LiveCandidate, LiveLoads
 from router.state.stats import ChangeFeed, EndpointStats
 
@@ -36,7 +37,7 @@ _DECAYED_COUNT: Final = 4  # latency, TTFT, throughput, errors: the metrics blen
 _REBASE_HALFLIVES: Final = 32.0
 _STALE: Final = -2
 _INF: Final = math.inf
-# Up to this many endpoints a ranking is computed afresh from the stats (``_direct``):
+# Up to this many endpoints a ranking is computed afresh from the stats (``at``):
 # they change on about every request, and keeping the cache in step costs more than that.
 DIRECT_UP_TO: Final = 4
 
@@ -84,11 +85,12 @@ class _Leasts:
 class RouteLoads:
     """A route's live loads, kept ready to rank (see the module docstring).
 
-    ``at`` makes one ranking's ``LiveLoads``: it first recomputes the cached values of the
-    endpoints whose stats changed since the last ranking, then leaves this ranking's bests
-    behind as the route's ``prior``, as ``blend`` does. The first ranking subscribes the
-    stats to the route's ``ChangeFeed`` (after a reload, the new runtime's route takes
-    them over); a route whose feed was superseded compares every ``version`` instead.
+    ``at`` renews the route's ``LiveLoads`` for one ranking: it first recomputes the cached
+    values of the endpoints whose stats changed since the last ranking, then leaves this
+    ranking's bests behind as the route's ``prior``, as ``blend`` does. The first ranking
+    subscribes the stats to the route's ``ChangeFeed`` (after a reload, the new runtime's
+    route takes them over); a route whose feed was superseded compares every ``version``
+    instead.
     Keys are positions in the route, which are the endpoints' ``index``. A route of up to
     ``direct_up_to`` endpoints keeps no cache: each ranking reads the stats afresh.
 
@@ -115,7 +117,8 @@ class RouteLoads:
             for k, (spec, (p_in, p_out)) in enumerate(zip(specs, prices, strict=True))
         ]
         self.index_ordered = all(k == spec.index for k, spec in enumerate(specs))
-        self.latest: LiveLoads | None = None
+        self.latest: LiveLoads | None = None  # the view, once a ranking has renewed it
+        self._view = LiveLoads(self)
         self.static: dict[str, list[float]] = {
             "weight": [spec.weight for spec in specs],
             "price": [p_in + 3.0 * p_out for p_in, p_out in prices],
@@ -136,6 +139,10 @@ class RouteLoads:
         self.gains: list[list[float]] = [[0.0] * n for _ in range(m)]
         self.gains_prior: list[float | None] = [None] * m  # the prior each g is for
         self.gains_top: list[float | None] = [None] * m  # max(g), when known
+        # A direct route's g per decayed metric, filled afresh by each ranking's ``blend``
+        # (whose LiveLoads reads them by metric); not ``gains``, which is the cache's.
+        self._fresh: Gains = ([0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n)
+        self._fresh_by_metric = dict(enumerate(self._fresh))
         self.busy = [0] * n
         # a * output error rate: its estimate blends towards 0 (no prior) as evidence ages.
         self.out_errors = [0.0] * n
@@ -152,10 +159,27 @@ class RouteLoads:
         self, keys: list[int] | None, now: float, forced: Collection[int] = ()
     ) -> LiveLoads | None:
         """This ranking's loads over ``keys`` (None: the whole route), with the ``forced``
-        keys to be explored; None where only ``blend.loads`` can answer exactly: the
-        endpoints' half-lives differ, or a sample is newer than ``now``."""
+        keys to be explored: the route's one view, renewed (read it at once). None where
+        only ``blend.loads`` can answer exactly: the endpoints' half-lives differ, or a
+        sample is newer than ``now``."""
         if self.direct:
-            return self._direct(keys, now, forced)
+            # Computed from the stats by ``blend``, with a decay factor of 1 (here rather
+            # than in a method of its own: a call less on every request).
+            if self._feed is None:
+                self._subscribe(ChangeFeed(collect=False))  # nothing cached: nothing to collect
+            blend_with, least = blend(
+                self._stats,
+                self.keys if keys is None else keys,
+                now,
+                self.prior,
+                self.a,
+                self.busy,
+                self.out_errors,
+                self._fresh,
+            )
+            live = self.latest = self._view
+            live.renew(keys, now, 1.0, blend_with, self._fresh_by_metric, forced, least, True)
+            return live
         feed = self._feed
         if feed is None or feed.changed or feed.superseded:
             self._catch_up(now)
@@ -180,8 +204,8 @@ class RouteLoads:
         prior.error_rate = 0.0 if err == _INF else err
         decay = 0.5 ** ((now - self._t0) / h)
         eff = {} if ttft_g is None else {_TTFT: ttft_g}
-        live = LiveLoads(self, keys, now, decay, blend_with, eff, forced, least_a, False)
-        self.latest = live
+        live = self.latest = self._view
+        live.renew(keys, now, decay, blend_with, eff, forced, least_a, False)
         return live
 
     def _raised_ttft(
@@ -208,19 +232,6 @@ class RouteLoads:
                 if wait > estimate:
                     ttft_g[k] = a * (wait - p)
         return ttft_g, best
-
-    def _direct(self, keys: list[int] | None, now: float, forced: Collection[int]) -> LiveLoads:
-        """This ranking computed from the stats by ``blend``, with a decay factor of 1."""
-        if self._feed is None:
-            self._subscribe(ChangeFeed(collect=False))  # nothing cached: nothing to collect
-        keyed = self.keys if keys is None else keys
-        blend_with, (g_lat, g_ttft, g_tps, g_err), least = blend(
-            self._stats, keyed, now, self.prior, self.a, self.busy, self.out_errors
-        )
-        eff = {0: g_lat, _TTFT: g_ttft, 2: g_tps, 3: g_err}
-        live = LiveLoads(self, keys, now, 1.0, blend_with, eff, forced, least, True)
-        self.latest = live
-        return live
 
     def _subscribe(self, feed: ChangeFeed) -> None:
         """Have the stats report their changes to ``feed``, and no longer to the route
