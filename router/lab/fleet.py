@@ -247,7 +247,8 @@ class Simulated:
         return Answer(OK, ttft, gap * (n - 1), 200, None, gap)  # by position: no kwargs dict
 
     def done(self) -> None:
-        self.busy = max(0, self.busy - 1)
+        busy = self.busy - 1
+        self.busy = busy if busy > 0 else 0  # not max(): see answer()
 
 
 FAILURES = (HTTP, HANG, CONNECT, BROKEN)
