@@ -126,8 +126,8 @@ class SseInspector:
         # some hosts put in every chunk, sends it on to the one before.
         first = data.rfind(b'"usage":', start) if start else data.rfind(b'"usage":')
         while first != -1:
-            value = data[first + 8 : first + 10]
-            if value[:1] == b"{" or value == b" {":
+            # A byte by its index (an int, no copy): the read ends in a blank line, after it.
+            if data[first + 8] == 0x7B or data[first + 8 : first + 10] == b" {":
                 break
             first = data.rfind(b'"usage":', start, first)
         if self.tools:
@@ -223,12 +223,13 @@ class SseInspector:
         ``start`` to it counted; one that is not a JSON object or [DONE], or that is an
         error, ends the stream."""
         keep = []
-        dropped = False
+        dropped = blank = False
         ended = self.done  # by the [DONE] that ends this read, whose event stops the loop
         # The split's pieces one by one (blank ones skipped): no list comprehension, a
         # frame of its own, for the one or two events of the usual read.
         for event in data[cut:].split(b"\n\n"):
             if not event or event.isspace():
+                blank = True  # not passed on if the events are joined anew
                 continue
             self.events += 1
             # The usual [DONE], that ends the usual last read, is known at a compare.
@@ -239,7 +240,10 @@ class SseInspector:
             if payload == b"[DONE]":  # the end: nothing after it is passed on
                 self.done = True
                 keep.append(event)
-                dropped = True
+                # The usual last read ends with it, and passes as it came (no join): when
+                # the first [DONE] from ``cut`` on is its last bytes, nothing follows.
+                if blank or data.find(b"[DONE]", cut) != len(data) - 8:
+                    dropped = True
                 break
             try:
                 obj = orjson.loads(payload)
