@@ -210,7 +210,7 @@ class Attempts:
             timeouts.connect_s,
             max(ttft, timeouts.idle_s) if self.stream and not native else ttft,  # read_s
             ttft,  # first_s
-            max(0.0, budget),  # total_s
+            budget if budget > 0.0 else 0.0,  # total_s (not max(): see Window.quantile)
         )
 
     def _failed(

@@ -113,7 +113,9 @@ class LiveLoads(Loads):
     def _top(self, m: int, g: list[float]) -> float:
         """max(g) over the candidates; cached by the route for its own (unraised) g."""
         if not self.full:
-            return max(map(g.__getitem__, self.keys), default=0.0)
+            # No default= (a keyword max() parses at every call): an empty keys checked.
+            keys = self.keys
+            return max(map(g.__getitem__, keys)) if keys else 0.0
         if g is self._route.gains[m]:
             return self._route.g_top(m)
         return max(g)  # a full route's: not empty
@@ -145,7 +147,8 @@ class LiveLoads(Loads):
             if m is None:
                 column = route.busy if field == "in_flight" else self.metric(field)
                 if normalised:
-                    w /= max(map(column.__getitem__, self.keys), default=0.0) or 1.0
+                    keys = self.keys  # no default= for max(), as in _top
+                    w /= (max(map(column.__getitem__, keys)) if keys else 0.0) or 1.0
                 columns.append((w, column))
                 continue
             p = prior[m]
