@@ -37,12 +37,6 @@ COMPARED: tuple[tuple[str, bool], ...] = (
 )
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    return _nearest_rank(sorted(values), q)
-
-
 def _nearest_rank(ordered: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 

@@ -210,7 +210,7 @@ class Attempts:
             timeouts.connect_s,
             max(ttft, timeouts.idle_s) if self.stream and not native else ttft,  # read_s
             ttft,  # first_s
-            budget if budget > 0.0 else 0.0,  # total_s (not max(): see Window.quantile)
+            budget if budget > 0.0 else 0.0,  # total_s (a compare: max() parses keywords per call)
         )
 
     def _failed(
